@@ -1,0 +1,291 @@
+//! Runs one command: `sh -c` in its own process group, stdin from
+//! /dev/null, a non-interactive environment, output streamed in chunks, the
+//! whole group killed on timeout, on the output cap, or when its caller goes.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_CHUNK, Refusal, Stream};
+
+/// Between SIGTERM to the group and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The environment every command gets on top of the daemon's: nothing waits
+/// for a person to type.
+pub const NON_INTERACTIVE_ENV: &[(&str, &str)] = &[
+    ("DEBIAN_FRONTEND", "noninteractive"),
+    ("CI", "true"),
+    ("TERM", "dumb"),
+    ("PAGER", "cat"),
+    ("SYSTEMD_PAGER", "cat"),
+    ("GIT_TERMINAL_PROMPT", "0"),
+];
+
+type Chunk = (Stream, Vec<u8>);
+type ExitFuture = Pin<Box<dyn Future<Output = std::io::Result<i32>> + Send>>;
+
+/// A started process, seen uniformly whether it runs on pipes or a PTY.
+struct Running {
+    /// Its process group (= its pid).
+    pgid: i32,
+    /// Output chunks; closed when every writer has closed its end.
+    output: mpsc::Receiver<Chunk>,
+    /// Resolves to the exit status (128 + N when killed by signal N).
+    exit: ExitFuture,
+    /// Kept alive until the command ends (the PTY master).
+    _keep: Option<Box<dyn Send>>,
+}
+
+/// Runs `req`, sending `Started`, `Output` and `Exit` (or `Refused`) on `out`.
+/// Cancelling `cancel` kills the command's process group.
+pub async fn run(req: ExecRequest, out: mpsc::Sender<AgentMessage>, cancel: CancellationToken) {
+    let id = req.id;
+    if let Some(cwd) = &req.cwd
+        && !Path::new(cwd).is_dir()
+    {
+        let message = format!(
+            "cwd {cwd:?} does not exist on this machine (or is not a directory); pick an existing directory"
+        );
+        let _ = out
+            .send(AgentMessage::Refused {
+                id,
+                reason: Refusal::BadRequest,
+                message,
+            })
+            .await;
+        return;
+    }
+    let started = Instant::now();
+    let spawned = if req.pty {
+        spawn_pty(&req)
+    } else {
+        spawn_pipes(&req)
+    };
+    let running = match spawned {
+        Ok(running) => running,
+        Err(e) => {
+            let message = format!("the command could not be started: {e}");
+            let _ = out
+                .send(AgentMessage::Refused {
+                    id,
+                    reason: Refusal::SpawnFailed,
+                    message,
+                })
+                .await;
+            return;
+        }
+    };
+    if out.send(AgentMessage::Started { id }).await.is_err() {
+        kill_group(running.pgid, rustix::process::Signal::KILL);
+        return;
+    }
+    let end = supervise(&req, running, &out, &cancel).await;
+    let _ = out
+        .send(AgentMessage::Exit {
+            id,
+            exit_code: end.exit_code,
+            duration_ms: started.elapsed().as_millis() as u64,
+            truncated: end.truncated,
+            timed_out: end.timed_out,
+        })
+        .await;
+}
+
+struct End {
+    exit_code: i32,
+    truncated: bool,
+    timed_out: bool,
+}
+
+/// Forwards output and enforces the timeout, the cap and cancellation until
+/// the process has exited and its output is drained.
+async fn supervise(
+    req: &ExecRequest,
+    mut p: Running,
+    out: &mpsc::Sender<AgentMessage>,
+    cancel: &CancellationToken,
+) -> End {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
+    let mut sent: u64 = 0;
+    let mut truncated = false;
+    let mut timed_out = false;
+    let mut eof = false;
+    let mut exit: Option<i32> = None;
+    // When set, the group has had SIGTERM; SIGKILL follows at this instant.
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut killed = false;
+    let term = |kill_at: &mut Option<tokio::time::Instant>| {
+        if kill_at.is_none() {
+            kill_group(p.pgid, rustix::process::Signal::TERM);
+            *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
+        }
+    };
+    loop {
+        tokio::select! {
+            chunk = p.output.recv(), if !eof => match chunk {
+                None => eof = true,
+                Some(_) if truncated => {}
+                Some((stream, mut data)) => {
+                    let room = req.max_output.saturating_sub(sent);
+                    if data.len() as u64 > room {
+                        data.truncate(room as usize);
+                        truncated = true;
+                        term(&mut kill_at);
+                    }
+                    sent += data.len() as u64;
+                    if !data.is_empty() && out.send(AgentMessage::Output { id: req.id, stream, data }).await.is_err() {
+                        // The link is gone: nobody will read what follows.
+                        term(&mut kill_at);
+                        cancel.cancel();
+                    }
+                }
+            },
+            status = &mut p.exit, if exit.is_none() => {
+                exit = Some(status.unwrap_or(-1));
+            }
+            _ = tokio::time::sleep_until(deadline), if !timed_out && exit.is_none() => {
+                timed_out = true;
+                term(&mut kill_at);
+            }
+            _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at),
+            _ = tokio::time::sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && !killed => {
+                kill_group(p.pgid, rustix::process::Signal::KILL);
+                killed = true;
+            }
+        }
+        // Output that a process which escaped the group keeps open is not waited for once the group is dead.
+        if exit.is_some() && (eof || killed) {
+            break;
+        }
+    }
+    End {
+        exit_code: exit.unwrap_or(-1),
+        truncated,
+        timed_out,
+    }
+}
+
+fn kill_group(pgid: i32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        // ESRCH (the group is already gone) is the expected way for this to fail.
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(&req.command)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .envs(NON_INTERACTIVE_ENV.iter().copied());
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd.spawn()?;
+    let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+    let (tx, rx) = mpsc::channel(8);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(pump(stdout, Stream::Stdout, tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(pump(stderr, Stream::Stderr, tx));
+    }
+    let exit = Box::pin(async move { child.wait().await.map(exit_code) });
+    Ok(Running {
+        pgid,
+        output: rx,
+        exit,
+        _keep: None,
+    })
+}
+
+async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
+    let mut buf = vec![0u8; OUTPUT_CHUNK];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send((stream, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    let io = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 24,
+            cols: 120,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .map_err(io)?;
+    let mut cmd = CommandBuilder::new("sh");
+    cmd.args(["-c", &req.command]);
+    for (k, v) in NON_INTERACTIVE_ENV {
+        cmd.env(k, v);
+    }
+    // A program run under a PTY wants a terminal it can draw on.
+    cmd.env("TERM", "xterm-256color");
+    match &req.cwd {
+        Some(cwd) => cmd.cwd(cwd),
+        None => cmd.cwd(std::env::current_dir()?),
+    }
+    let mut child = pair.slave.spawn_command(cmd).map_err(io)?;
+    // The child holds the only slave end now; once it and its descendants
+    // close it, reads on the master end and the reader thread stops.
+    drop(pair.slave);
+    let pgid = child.process_id().map(|id| id as i32).unwrap_or(0);
+    let mut reader = pair.master.try_clone_reader().map_err(io)?;
+    let (tx, rx) = mpsc::channel(8);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; OUTPUT_CHUNK];
+        loop {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx
+                        .blocking_send((Stream::Stdout, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let exit = Box::pin(async move {
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(status.exit_code() as i32)
+    });
+    Ok(Running {
+        pgid,
+        output: rx,
+        exit,
+        _keep: Some(Box::new(pair.master)),
+    })
+}

@@ -1,0 +1,57 @@
+//! Human durations on the command line: `90s`, `5m`, `1h30m`, `250ms`.
+
+use std::time::Duration;
+
+/// Parses one or more `<number><unit>` parts, units `ms`, `s`, `m`, `h`, `d`.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let err = || format!("{text:?} is not a duration; write e.g. 90s, 5m, 1h or 1h30m");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        total = unit
+            .checked_mul(u32::try_from(number).map_err(|_| err())?)
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(err)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_forms() {
+        assert_eq!(parse("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn rejects_with_an_example() {
+        for bad in ["", "90", "s", "1x", "-1s", "1.5h", "99999999999s"] {
+            assert!(parse(bad).unwrap_err().contains("e.g. 90s"), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! aic: run shell commands on machines you own from AI clients, through a
+//! self-hosted relay, with the machine's operator in charge.
+//!
+//! Crate map:
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod daemon; // the agent: relay link, executor, state file
+pub mod duration; // human durations (90s, 1h) for flags
+pub mod protocol; // wire types (relay <-> daemon) and session codes
+pub mod relay; // HTTP server: REST API, agent WebSocket, store, access rules
+pub mod shutdown; // SIGINT/SIGTERM as a cancellation token for the binaries

@@ -1,0 +1,361 @@
+//! The relay <-> daemon protocol over the agent WebSocket: one JSON text frame
+//! per message, one enum per direction.
+//!
+//! The daemon speaks first with [`AgentMessage::Hello`]; the relay answers with
+//! [`RelayMessage::Registered`] or [`RelayMessage::Refused`]. After that the
+//! relay sends commands and the daemon streams their output back, keyed by the
+//! command's id.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::SessionCode;
+
+/// Version of this protocol. Both ends must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest WebSocket message either end accepts. Output chunks are much
+/// smaller ([`OUTPUT_CHUNK`]); the room left is for a long command line.
+pub const MAX_FRAME: usize = 512 * 1024;
+
+/// Bytes of output the daemon reads and forwards at a time.
+pub const OUTPUT_CHUNK: usize = 32 * 1024;
+
+/// How often the daemon pings the relay to measure round-trip time.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A link that has been silent this long is considered dead by either end.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// What the daemon tells about its machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// The machine's host name; also the alias an account link gets.
+    pub hostname: String,
+    /// Operating system, as Rust names it (`linux`, `macos`).
+    pub os: String,
+    /// CPU architecture, as Rust names it (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Optional features this daemon supports, such as `pty`.
+    pub capabilities: Vec<String>,
+}
+
+/// Proof that a daemon already holds a code: the agent token minted with it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The code the daemon was given.
+    pub code: SessionCode,
+    /// The agent token minted with it.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+/// Which pipe a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output (and all output of a PTY command).
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Who asked for a command, as the operator is shown it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requester {
+    /// A masked account email, or `anonymous`.
+    pub who: String,
+    /// The caller's IP address as the relay saw it.
+    pub ip: String,
+}
+
+/// Messages from the daemon to the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// First message: protocol version, machine info, and credentials unless registering anew.
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// What the daemon tells about its machine.
+        agent: AgentInfo,
+        /// The code and token from an earlier registration; `None` asks for a new code.
+        credentials: Option<Credentials>,
+    },
+    /// The command has passed the daemon's checks (and approval) and is running.
+    Started {
+        /// The command's id.
+        id: Uuid,
+    },
+    /// A chunk of a command's output, bytes carried exactly.
+    Output {
+        /// The command's id.
+        id: Uuid,
+        /// Which pipe it came from.
+        stream: Stream,
+        /// The bytes, base64 in JSON.
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// The command has finished; no more messages follow for its id.
+    Exit {
+        /// The command's id.
+        id: Uuid,
+        /// Exit status; 128 + N when killed by signal N.
+        exit_code: i32,
+        /// Wall time from start to exit.
+        duration_ms: u64,
+        /// Output passed the cap and was cut; the process group was killed.
+        truncated: bool,
+        /// The timeout passed and the process group was killed.
+        timed_out: bool,
+    },
+    /// The command never ran.
+    Refused {
+        /// The command's id.
+        id: Uuid,
+        /// Why, for the caller's program.
+        reason: Refusal,
+        /// What the caller should do, in words.
+        message: String,
+    },
+    /// Round-trip probe; the relay answers with the same `seq`.
+    Ping {
+        /// Echoed back in the pong.
+        seq: u64,
+    },
+    /// Answer to a relay ping.
+    Pong {
+        /// The ping's `seq`.
+        seq: u64,
+    },
+}
+
+/// Why the daemon did not run a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The request itself is unusable (a missing `cwd`, say).
+    BadRequest,
+    /// The daemon runs as many commands as it allows at once.
+    Busy,
+    /// The operator said no.
+    Denied,
+    /// Nobody answered the approval queue in time.
+    ApprovalTimeout,
+    /// The daemon is in disabled mode.
+    Disabled,
+    /// The command could not be started.
+    SpawnFailed,
+}
+
+/// Messages from the relay to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RelayMessage {
+    /// The hello was accepted. `token` is set when a new one was minted and
+    /// must be saved before it is next needed.
+    Registered {
+        /// The machine's code.
+        code: SessionCode,
+        /// A newly minted agent token, if any.
+        token: Option<String>,
+        /// Unix time (ms) the code was made; anonymous use is allowed for a while after it.
+        code_created_ms: u64,
+    },
+    /// The hello was not accepted; the relay closes the link after this.
+    HelloRefused {
+        /// Why, for the daemon's program.
+        reason: HelloRefusal,
+        /// What happened, in words, for the operator.
+        message: String,
+    },
+    /// Run a command.
+    Exec(ExecRequest),
+    /// Stop a command: its caller has gone.
+    Cancel {
+        /// The command's id.
+        id: Uuid,
+    },
+    /// Round-trip probe; the daemon answers with the same `seq`.
+    Ping {
+        /// Echoed back in the pong.
+        seq: u64,
+    },
+    /// Answer to a daemon ping.
+    Pong {
+        /// The ping's `seq`.
+        seq: u64,
+    },
+    /// The relay could not understand a message; the text says what was wrong.
+    Error {
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Why the relay refused a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelloRefusal {
+    /// The two ends speak different protocol versions.
+    Version,
+    /// The relay does not know this code (its store was reset): register anew.
+    UnknownCode,
+    /// The token does not match the code.
+    BadToken,
+    /// The relay is refusing registrations for now.
+    RateLimited,
+}
+
+/// One command for the daemon to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Chosen by the relay; names the command in every later message.
+    pub id: Uuid,
+    /// Shell text, run by `sh -c`.
+    pub command: String,
+    /// Working directory; the daemon's own when absent.
+    pub cwd: Option<String>,
+    /// Kill the process group after this long.
+    pub timeout_ms: u64,
+    /// Kill the process group once this many output bytes have been sent.
+    pub max_output: u64,
+    /// Run under a pseudo-terminal (stdout and stderr merged).
+    #[serde(default)]
+    pub pty: bool,
+    /// Who asked, shown to the operator.
+    pub requester: Requester,
+}
+
+/// Reads only the version of a hello, so that a peer of another version is
+/// told so instead of getting a parse error about fields it does not know.
+#[derive(Deserialize)]
+pub struct VersionProbe {
+    /// Present in every hello of every version.
+    pub protocol: Option<u32>,
+}
+
+/// A message that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable message: {0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
+/// Encodes a message as the text of one frame.
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    serde_json::to_string(msg).expect("protocol messages always serialize")
+}
+
+/// Decodes one frame's text.
+pub fn decode<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
+    Ok(serde_json::from_str(text)?)
+}
+
+/// The text a version mismatch is refused with, naming both versions.
+pub fn version_mismatch(theirs: Option<u32>) -> String {
+    match theirs {
+        Some(v) => format!(
+            "protocol version mismatch: this relay speaks version {PROTOCOL_VERSION}, the daemon speaks version {v}; upgrade the older of the two"
+        ),
+        None => format!(
+            "the first message must be a hello carrying the protocol version (this relay speaks version {PROTOCOL_VERSION})"
+        ),
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn output_carries_arbitrary_bytes_exactly() {
+        let data = vec![0, 0xff, 0xfe, b'\n', 0x80, b'a'];
+        let msg = AgentMessage::Output {
+            id: Uuid::nil(),
+            stream: Stream::Stderr,
+            data: data.clone(),
+        };
+        let text = encode(&msg);
+        assert_eq!(decode::<AgentMessage>(&text).unwrap(), msg);
+    }
+
+    #[test]
+    fn unknown_and_malformed_messages_are_errors() {
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"type":"launch_missiles"}"#,
+            r#"{"type":"output","id":"x"}"#,
+            r#"{"type":"output","id":"00000000-0000-0000-0000-000000000000","stream":"stdout","data":"!!"}"#,
+        ] {
+            let err = decode::<AgentMessage>(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("unreadable message"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn version_mismatch_names_both_versions() {
+        let text = version_mismatch(Some(7));
+        assert!(
+            text.contains("version 1") && text.contains("version 7"),
+            "{text}"
+        );
+        let probe: VersionProbe =
+            serde_json::from_str(r#"{"type":"hello","protocol":7,"whatever":[]}"#).unwrap();
+        assert_eq!(probe.protocol, Some(7));
+    }
+
+    #[test]
+    fn credentials_debug_hides_the_token() {
+        let c = Credentials {
+            code: SessionCode::generate(),
+            token: "s3cret".into(),
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(s in "\\PC{0,200}") {
+            let _ = decode::<AgentMessage>(&s);
+            let _ = decode::<RelayMessage>(&s);
+        }
+
+        #[test]
+        fn output_round_trips(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let msg = AgentMessage::Output { id: Uuid::new_v4(), stream: Stream::Stdout, data };
+            prop_assert_eq!(decode::<AgentMessage>(&encode(&msg)).unwrap(), msg);
+        }
+    }
+}

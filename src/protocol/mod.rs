@@ -1,0 +1,6 @@
+//! Wire types shared by both ends of every link, and session codes.
+
+pub mod agent;
+mod code;
+
+pub use code::{ALPHABET, CodeError, SessionCode};

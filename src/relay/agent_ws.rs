@@ -1,0 +1,248 @@
+//! `GET /agent/ws`: where daemons dial in, say hello, and take commands.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use super::AppState;
+use super::hub::AgentConn;
+use super::keys::{self, Digest};
+use crate::protocol::SessionCode;
+use crate::protocol::agent::{
+    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, LINK_TIMEOUT, MAX_FRAME,
+    PROTOCOL_VERSION, RelayMessage, VersionProbe,
+};
+
+/// How long a fresh connection has to say hello.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Upgrades the request and hands the socket to [`run`].
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = run(state, socket).await {
+                tracing::info!(%peer, "agent link ended: {e:#}");
+            }
+        })
+}
+
+/// An accepted hello: who the agent is and the frame that answers it.
+struct Accepted {
+    agent_id: i64,
+    code_hash: Digest,
+    code_created_ms: i64,
+    reply: RelayMessage,
+}
+
+async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
+    let first = match timeout(HELLO_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(_) => anyhow::bail!("closed before saying hello"),
+        Err(_) => anyhow::bail!("no hello within {HELLO_TIMEOUT:?}"),
+    };
+    let (info, credentials) = match parse_hello(&first) {
+        Ok(hello) => hello,
+        Err((reason, message)) => return refuse(socket, reason, message).await,
+    };
+    let accepted = match accept(&state, &info, credentials).await? {
+        Ok(accepted) => accepted,
+        Err((reason, message)) => return refuse(socket, reason, message).await,
+    };
+    socket.send(text(&accepted.reply)).await?;
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let conn = state.hub.connect(
+        accepted.agent_id,
+        info.clone(),
+        accepted.code_created_ms,
+        tx,
+    );
+    state.hub.insert(accepted.code_hash, Arc::clone(&conn));
+    tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
+
+    let result = pump(&state, &conn, &mut socket, &mut rx).await;
+
+    state.hub.remove(&accepted.code_hash, &conn);
+    if let Err(e) = state
+        .store
+        .touch_agent(accepted.agent_id, super::now_ms(), &info)
+        .await
+    {
+        tracing::warn!("recording agent disconnect: {e:#}");
+    }
+    tracing::info!(agent = accepted.agent_id, "agent disconnected");
+    result
+}
+
+/// Moves frames both ways until the link ends, the agent is replaced, or the relay shuts down.
+async fn pump(
+    state: &AppState,
+    conn: &Arc<AgentConn>,
+    socket: &mut WebSocket,
+    rx: &mut mpsc::UnboundedReceiver<RelayMessage>,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return close(socket, "relay shutting down").await,
+            _ = conn.replaced.cancelled() => return close(socket, "replaced by a newer connection of this agent").await,
+            Some(msg) = rx.recv() => socket.send(text(&msg)).await?,
+            frame = timeout(LINK_TIMEOUT, socket.recv()) => {
+                let Ok(frame) = frame else { anyhow::bail!("silent for {LINK_TIMEOUT:?}") };
+                match frame {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Message::Text(text))) => on_text(conn, &text),
+                    Some(Ok(Message::Binary(_))) => {
+                        conn.send(RelayMessage::Error { message: "binary frames are not part of the protocol; send JSON text".into() });
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+        }
+    }
+}
+
+fn on_text(conn: &AgentConn, text: &str) {
+    match agent::decode::<AgentMessage>(text) {
+        Ok(AgentMessage::Ping { seq }) => {
+            conn.send(RelayMessage::Pong { seq });
+        }
+        Ok(AgentMessage::Hello { .. }) => {
+            conn.send(RelayMessage::Error {
+                message: "hello was already accepted on this link".into(),
+            });
+        }
+        Ok(msg) => conn.dispatch(msg),
+        Err(e) => {
+            conn.send(RelayMessage::Error {
+                message: e.to_string(),
+            });
+        }
+    }
+}
+
+type Refused = (HelloRefusal, String);
+
+fn parse_hello(text: &str) -> Result<(AgentInfo, Option<Credentials>), Refused> {
+    let probe: Option<VersionProbe> = serde_json::from_str(text).ok();
+    let version = probe.and_then(|p| p.protocol);
+    if version != Some(PROTOCOL_VERSION) {
+        return Err((HelloRefusal::Version, agent::version_mismatch(version)));
+    }
+    match agent::decode::<AgentMessage>(text) {
+        Ok(AgentMessage::Hello {
+            agent, credentials, ..
+        }) => Ok((agent, credentials)),
+        Ok(_) => Err((HelloRefusal::Version, agent::version_mismatch(None))),
+        Err(e) => Err((
+            HelloRefusal::Version,
+            format!("the hello could not be read: {e}"),
+        )),
+    }
+}
+
+/// Registers a new agent, or checks a returning agent's token.
+async fn accept(
+    state: &AppState,
+    info: &AgentInfo,
+    credentials: Option<Credentials>,
+) -> anyhow::Result<Result<Accepted, Refused>> {
+    let now = super::now_ms();
+    let Some(Credentials { code, token }) = credentials else {
+        return register(state, info, now).await.map(Ok);
+    };
+    let code_hash = state.keys.code_hash(&code);
+    let Some(record) = state.store.agent_by_code(&code_hash).await? else {
+        return Ok(Err((
+            HelloRefusal::UnknownCode,
+            "this relay does not know this code (its store was reset or the code was replaced); register anew".into(),
+        )));
+    };
+    let presented = state.keys.token_hash(&token);
+    let current = keys::digest_eq(&presented, &record.token_hash);
+    let previous = record
+        .prev_token_hash
+        .as_deref()
+        .is_some_and(|prev| keys::digest_eq(&presented, prev));
+    if !(current || previous) {
+        return Ok(Err((
+            HelloRefusal::BadToken,
+            "the agent token does not match this code; if this machine's state file was copied or damaged, reset the code".into(),
+        )));
+    }
+    state.store.touch_agent(record.id, now, info).await?;
+    Ok(Ok(Accepted {
+        agent_id: record.id,
+        code_hash,
+        code_created_ms: record.code_created_ms,
+        reply: RelayMessage::Registered {
+            code,
+            token: None,
+            code_created_ms: record.code_created_ms as u64,
+        },
+    }))
+}
+
+async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Result<Accepted> {
+    let token = keys::new_token();
+    let token_hash = state.keys.token_hash(&token);
+    // 60 bits make a collision rare; a few tries make it harmless.
+    for _ in 0..5 {
+        let code = SessionCode::generate();
+        let code_hash = state.keys.code_hash(&code);
+        if state.store.agent_by_code(&code_hash).await?.is_some() {
+            continue;
+        }
+        let agent_id = state
+            .store
+            .insert_agent(&code_hash, &token_hash, now, info)
+            .await?;
+        tracing::info!(agent = agent_id, host = %info.hostname, "agent registered");
+        return Ok(Accepted {
+            agent_id,
+            code_hash,
+            code_created_ms: now,
+            reply: RelayMessage::Registered {
+                code,
+                token: Some(token),
+                code_created_ms: now as u64,
+            },
+        });
+    }
+    anyhow::bail!("could not mint an unused code")
+}
+
+async fn refuse(
+    mut socket: WebSocket,
+    reason: HelloRefusal,
+    message: String,
+) -> anyhow::Result<()> {
+    tracing::info!(?reason, "hello refused: {message}");
+    socket
+        .send(text(&RelayMessage::HelloRefused { reason, message }))
+        .await?;
+    close(&mut socket, "hello refused").await
+}
+
+async fn close(socket: &mut WebSocket, why: &'static str) -> anyhow::Result<()> {
+    let frame = CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: Utf8Bytes::from_static(why),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+    Ok(())
+}
+
+fn text(msg: &RelayMessage) -> Message {
+    Message::Text(agent::encode(msg).into())
+}

@@ -1,0 +1,151 @@
+//! Errors the API answers with: a status, a machine word, and words that say
+//! what to do.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::protocol::agent::Refusal;
+
+/// The `reason` word of an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Anonymous use of an unknown code, or of a code past its first hour.
+    AnonymousExpired,
+    /// The operator blocked this account.
+    Blocked,
+    /// The link waits for the operator's approval.
+    ApprovalRequired,
+    /// Not allowed, for another reason the message gives.
+    Forbidden,
+    /// The account must sign in again.
+    ReactivationRequired,
+    /// The operator said no.
+    Denied,
+    /// Nobody answered the approval queue in time.
+    ApprovalTimeout,
+    /// The machine's daemon is not connected.
+    AgentOffline,
+    /// Too many requests.
+    RateLimited,
+    /// The request is malformed.
+    BadRequest,
+    /// The request body is too large.
+    TooLarge,
+    /// The code or alias is unknown to this account.
+    NotFound,
+    /// A token was given but is not valid.
+    Unauthorized,
+    /// Something broke inside the relay.
+    Internal,
+}
+
+/// An error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Machine word.
+    pub reason: Reason,
+    /// What to do, in words.
+    pub message: String,
+    /// Seconds for `Retry-After`, with 429.
+    pub retry_after: Option<u64>,
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    /// Always false.
+    pub ok: bool,
+    /// What to do, in words.
+    pub error: &'a str,
+    /// Machine word.
+    pub reason: Reason,
+}
+
+impl ApiError {
+    /// An error with the given parts.
+    pub fn new(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Reason::BadRequest, message)
+    }
+
+    /// The one refusal for anonymous callers quoting an unknown code or a
+    /// code past its first hour: byte-identical for both, so it tells nothing
+    /// about which codes exist.
+    pub fn anonymous_refused() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            Reason::AnonymousExpired,
+            "This session code is unknown, or its first hour is over and it no longer works without an account. \
+             Check the code with the machine's operator, or send an account's API key as 'Authorization: Bearer <key>'.",
+        )
+    }
+
+    /// 503: the daemon is not connected.
+    pub fn agent_offline() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::AgentOffline,
+            "The machine's daemon is not connected to the relay. Ask its operator to check `systemctl status aic-daemon`, then retry.",
+        )
+    }
+
+    /// 500, for a fault the caller cannot fix; details go to the relay's log, not the caller.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::Internal,
+            "The relay hit an internal error; try again, and tell its operator if it persists.",
+        )
+    }
+
+    /// The answer for a command the daemon would not run.
+    pub fn from_refusal(refusal: Refusal, message: String) -> Self {
+        let (status, reason) = match refusal {
+            Refusal::BadRequest => (StatusCode::BAD_REQUEST, Reason::BadRequest),
+            Refusal::Busy => (StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited),
+            Refusal::Denied => (StatusCode::FORBIDDEN, Reason::Denied),
+            Refusal::ApprovalTimeout => (StatusCode::FORBIDDEN, Reason::ApprovalTimeout),
+            Refusal::Disabled => (StatusCode::FORBIDDEN, Reason::Forbidden),
+            Refusal::SpawnFailed => (StatusCode::INTERNAL_SERVER_ERROR, Reason::Internal),
+        };
+        let mut err = Self::new(status, reason, message);
+        if refusal == Refusal::Busy {
+            err.retry_after = Some(1);
+        }
+        err
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            ok: false,
+            error: &self.message,
+            reason: self.reason,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

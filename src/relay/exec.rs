@@ -1,0 +1,272 @@
+//! Running one command for one caller: the request checks, the hand-off to
+//! the daemon, and what comes back. REST (buffered and SSE) and MCP share it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::access::Target;
+use super::error::ApiError;
+use super::hub::{Exec, ExecEvent};
+use crate::protocol::agent::{ExecRequest, Requester, Stream};
+
+/// Timeout when the caller gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Shortest timeout a caller may ask for.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest timeout a caller may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The body of `POST /api/v1/exec`.
+#[derive(Debug, Deserialize)]
+pub struct ExecParams {
+    /// Session code (or, for an account, an alias).
+    pub code: String,
+    /// Shell text, run with `sh -c`.
+    pub command: String,
+    /// Working directory on the machine.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill the command after this many milliseconds (1 000 – 3 600 000; default 300 000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Run under a pseudo-terminal, stdout and stderr merged.
+    #[serde(default)]
+    pub pty: bool,
+}
+
+/// Everything a finished command produced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Exit status (128 + signal when killed).
+    pub exit_code: i32,
+    /// Wall time on the machine.
+    pub duration_ms: u64,
+    /// Standard output bytes.
+    pub stdout: Vec<u8>,
+    /// Standard error bytes.
+    pub stderr: Vec<u8>,
+    /// Output was cut at the cap and the command killed.
+    pub truncated: bool,
+    /// The timeout killed it.
+    pub timed_out: bool,
+}
+
+/// The JSON a finished command is reported as (buffered body, final SSE event).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResult {
+    /// True: the command ran (whatever its exit code).
+    pub ok: bool,
+    /// Exit status.
+    pub exit_code: i32,
+    /// Wall time on the machine.
+    pub duration_ms: u64,
+    /// Standard output as text (invalid UTF-8 replaced).
+    pub stdout: String,
+    /// Standard error as text (invalid UTF-8 replaced).
+    pub stderr: String,
+    /// Standard output exactly, present only when it is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_base64: Option<String>,
+    /// Standard error exactly, present only when it is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
+    /// Output passed the cap: narrow the command and run it again.
+    pub truncated: bool,
+    /// The timeout killed the command.
+    pub timed_out: bool,
+}
+
+impl From<&Outcome> for ExecResult {
+    fn from(o: &Outcome) -> Self {
+        let (stdout, stdout_base64) = text_and_exact(&o.stdout);
+        let (stderr, stderr_base64) = text_and_exact(&o.stderr);
+        Self {
+            ok: true,
+            exit_code: o.exit_code,
+            duration_ms: o.duration_ms,
+            stdout,
+            stderr,
+            stdout_base64,
+            stderr_base64,
+            truncated: o.truncated,
+            timed_out: o.timed_out,
+        }
+    }
+}
+
+/// Text for reading, plus base64 of the exact bytes when the text had to replace some.
+pub fn text_and_exact(bytes: &[u8]) -> (String, Option<String>) {
+    use base64::Engine;
+    match String::from_utf8_lossy(bytes) {
+        std::borrow::Cow::Borrowed(text) => (text.to_owned(), None),
+        std::borrow::Cow::Owned(text) => (
+            text,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
+}
+
+/// Checks a request's fields and builds what the daemon is sent.
+pub fn request(
+    params: &ExecParams,
+    requester: Requester,
+    max_output: u64,
+) -> Result<ExecRequest, ApiError> {
+    if params.command.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "command is empty; send the shell text to run, e.g. {\"code\":\"AIC-…\",\"command\":\"uname -a\"}",
+        ));
+    }
+    if params.command.contains('\0') || params.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "command and cwd cannot contain NUL bytes",
+        ));
+    }
+    let timeout = params
+        .timeout_ms
+        .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
+        .clamp(MIN_TIMEOUT, MAX_TIMEOUT);
+    Ok(ExecRequest {
+        id: Uuid::new_v4(),
+        command: params.command.clone(),
+        cwd: params.cwd.clone().filter(|c| !c.is_empty()),
+        timeout_ms: timeout.as_millis() as u64,
+        max_output,
+        pty: params.pty,
+        requester,
+    })
+}
+
+/// Sends the command to the target's daemon.
+pub fn start(target: Target, request: ExecRequest) -> Result<Exec, ApiError> {
+    target
+        .online()?
+        .start(request)
+        .ok_or_else(ApiError::agent_offline)
+}
+
+/// Adds one event to `outcome`. `Ok(true)` when the command has finished.
+/// Output past `max_output` is not kept, whatever the daemon sends.
+pub fn absorb(
+    outcome: &mut Outcome,
+    event: Option<ExecEvent>,
+    max_output: u64,
+) -> Result<bool, ApiError> {
+    match event {
+        None => Err(ApiError::agent_offline()),
+        Some(ExecEvent::Started) => Ok(false),
+        Some(ExecEvent::Output(stream, data)) => {
+            let room =
+                (max_output as usize).saturating_sub(outcome.stdout.len() + outcome.stderr.len());
+            let keep = &data[..data.len().min(room)];
+            match stream {
+                Stream::Stdout => outcome.stdout.extend_from_slice(keep),
+                Stream::Stderr => outcome.stderr.extend_from_slice(keep),
+            }
+            outcome.truncated |= keep.len() < data.len();
+            Ok(false)
+        }
+        Some(ExecEvent::Exit {
+            exit_code,
+            duration_ms,
+            truncated,
+            timed_out,
+        }) => {
+            outcome.exit_code = exit_code;
+            outcome.duration_ms = duration_ms;
+            outcome.truncated |= truncated;
+            outcome.timed_out = timed_out;
+            Ok(true)
+        }
+        Some(ExecEvent::Refused(reason, message)) => Err(ApiError::from_refusal(reason, message)),
+    }
+}
+
+/// Waits for the command to finish and gathers its output.
+pub async fn collect(mut exec: Exec, max_output: u64) -> Result<Outcome, ApiError> {
+    let mut outcome = Outcome::default();
+    while !absorb(&mut outcome, exec.next().await, max_output)? {}
+    Ok(outcome)
+}
+
+/// How many bytes at the end of `bytes` begin a UTF-8 character that the
+/// next chunk completes; live output holds them back so no character is split.
+pub fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue;
+        }
+        let need = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => return 0,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_tail_is_held_back_only_when_incomplete() {
+        let euro = "€".as_bytes(); // 3 bytes
+        assert_eq!(incomplete_utf8_tail(b"abc"), 0);
+        assert_eq!(incomplete_utf8_tail(&euro[..1]), 1);
+        assert_eq!(incomplete_utf8_tail(&[b'a', euro[0], euro[1]]), 2);
+        assert_eq!(incomplete_utf8_tail(euro), 0);
+        assert_eq!(incomplete_utf8_tail(&[0xff]), 0);
+    }
+
+    #[test]
+    fn timeouts_are_clamped() {
+        let req = |t| {
+            let p = ExecParams {
+                code: String::new(),
+                command: "true".into(),
+                cwd: None,
+                timeout_ms: t,
+                pty: false,
+            };
+            request(
+                &p,
+                Requester {
+                    who: "anonymous".into(),
+                    ip: "::1".into(),
+                },
+                1,
+            )
+            .unwrap()
+            .timeout_ms
+        };
+        assert_eq!(req(None), 300_000);
+        assert_eq!(req(Some(5)), 1_000);
+        assert_eq!(req(Some(99_999_999)), 3_600_000);
+        assert_eq!(req(Some(2_500)), 2_500);
+    }
+
+    #[test]
+    fn output_past_the_cap_is_not_kept() {
+        let mut o = Outcome::default();
+        absorb(
+            &mut o,
+            Some(ExecEvent::Output(Stream::Stdout, vec![b'a'; 6])),
+            8,
+        )
+        .unwrap();
+        absorb(
+            &mut o,
+            Some(ExecEvent::Output(Stream::Stderr, vec![b'b'; 6])),
+            8,
+        )
+        .unwrap();
+        assert_eq!((o.stdout.len(), o.stderr.len(), o.truncated), (6, 2, true));
+    }
+}

@@ -1,0 +1,156 @@
+//! The relay: an HTTP server that AI clients call (REST) and daemons dial
+//! into (WebSocket), with the store of agents behind it.
+//!
+//! [`serve`] takes a bound listener and a shutdown token, so tests run it on
+//! port 0 and stop it without sleeping.
+
+pub mod access;
+mod agent_ws;
+mod api;
+pub mod error;
+pub mod exec;
+pub mod hub;
+pub mod keys;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use hub::Hub;
+use keys::Keys;
+use store::Store;
+
+/// Everything the relay is told at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database and the server secret live.
+    pub data_dir: PathBuf,
+    /// How long after a code is made it works without an account.
+    pub anonymous_window: Duration,
+    /// Output bytes per command before it is cut and killed.
+    pub max_output: u64,
+    /// Largest request body the API reads.
+    pub max_body: usize,
+    /// Interval of `: heartbeat` comments on event streams.
+    pub heartbeat: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but the data dir.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            anonymous_window: Duration::from_secs(3600),
+            max_output: 1024 * 1024,
+            max_body: 256 * 1024,
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Shared state of a running relay; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// What [`AppState`] shares.
+pub struct Inner {
+    /// Settings.
+    pub config: Config,
+    /// Server secret for the keyed hashes.
+    pub keys: Keys,
+    /// Persistent store.
+    pub store: Store,
+    /// Connected agents.
+    pub hub: Hub,
+    /// Cancelled when the relay shuts down; agent links close on it.
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Opens the data dir (creating it, mode 0700), its secret and its database.
+    /// `secret` overrides the secret file (from `AIC_RELAY_SECRET`).
+    pub async fn open(
+        config: Config,
+        secret: Option<Keys>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        create_private_dir(&config.data_dir)?;
+        let keys = match secret {
+            Some(keys) => keys,
+            None => Keys::load_or_create(&config.data_dir)?,
+        };
+        let store = Store::open(&config.data_dir).await?;
+        Ok(Self(Arc::new(Inner {
+            config,
+            keys,
+            store,
+            hub: Hub::default(),
+            shutdown,
+        })))
+    }
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body;
+    Router::new()
+        .route("/api/v1/exec", post(api::exec))
+        .route("/api/v1/status/{code}", get(api::status))
+        .route("/api/health", get(api::health))
+        .route("/agent/ws", get(agent_ws::upgrade))
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains and closes the store.
+pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let listener = listener.tap_io(|tcp| {
+        // Requests and responses are small and written in pieces: without
+        // this, Nagle plus delayed ACKs adds ~40 ms to a round trip.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    state.store.close().await;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the data dir {}", dir.display()))
+}

@@ -1,0 +1,153 @@
+//! The relay's persistent store: agents (by code hash) in SQLite through sqlx.
+//!
+//! Only keyed hashes of codes and tokens are stored, never the values.
+//! Queries stay within SQL that PostgreSQL also runs.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::Context;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use super::keys::Digest;
+use crate::protocol::agent::AgentInfo;
+
+/// Name of the database file inside the data dir.
+pub const DB_FILE: &str = "relay.db";
+
+/// Schema changes, applied in order, each once.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE agents (
+        id INTEGER PRIMARY KEY,
+        code_hash BLOB NOT NULL UNIQUE,
+        token_hash BLOB NOT NULL,
+        prev_token_hash BLOB,
+        code_created_ms BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        agent_info TEXT NOT NULL
+    )",
+)];
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// One registered agent as stored.
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    /// Row id; stable across code resets.
+    pub id: i64,
+    /// Keyed hash of the current agent token.
+    pub token_hash: Vec<u8>,
+    /// Keyed hash of the token before the last rotation, still accepted until the new one is used.
+    pub prev_token_hash: Option<Vec<u8>>,
+    /// When the current code was made (Unix ms); the anonymous window counts from it.
+    pub code_created_ms: i64,
+    /// What the daemon last said about its machine.
+    pub agent_info: AgentInfo,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir` and brings its schema up to date.
+    pub async fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(DB_FILE);
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening the relay database {}", path.display()))?;
+        let store = Self { pool };
+        store
+            .migrate()
+            .await
+            .context("updating the relay database schema")?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS aic_migrations (version BIGINT PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        for (version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query("SELECT 1 FROM aic_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !done {
+                sqlx::query(*sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO aic_migrations (version) VALUES ($1)")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Records a new agent. Fails if the code hash is taken (the caller mints another).
+    pub async fn insert_agent(
+        &self,
+        code_hash: &Digest,
+        token_hash: &Digest,
+        now_ms: i64,
+        info: &AgentInfo,
+    ) -> anyhow::Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO agents (code_hash, token_hash, code_created_ms, created_ms, last_seen_ms, agent_info)
+             VALUES ($1, $2, $3, $3, $3, $4) RETURNING id",
+        )
+        .bind(&code_hash[..])
+        .bind(&token_hash[..])
+        .bind(now_ms)
+        .bind(serde_json::to_string(info)?)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get(0))
+    }
+
+    /// Finds an agent by its code's hash.
+    pub async fn agent_by_code(&self, code_hash: &Digest) -> anyhow::Result<Option<AgentRecord>> {
+        let row = sqlx::query(
+            "SELECT id, token_hash, prev_token_hash, code_created_ms, agent_info FROM agents WHERE code_hash = $1",
+        )
+        .bind(&code_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| AgentRecord {
+            id: r.get(0),
+            token_hash: r.get(1),
+            prev_token_hash: r.get(2),
+            code_created_ms: r.get(3),
+            agent_info: serde_json::from_str(r.get(4)).unwrap_or_default(),
+        }))
+    }
+
+    /// Notes that an agent connected (or left) and what it said about itself.
+    pub async fn touch_agent(&self, id: i64, now_ms: i64, info: &AgentInfo) -> anyhow::Result<()> {
+        sqlx::query("UPDATE agents SET last_seen_ms = $1, agent_info = $2 WHERE id = $3")
+            .bind(now_ms)
+            .bind(serde_json::to_string(info)?)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the pool, flushing the write-ahead log.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
