@@ -55,10 +55,7 @@ fn default_state_dir() -> anyhow::Result<PathBuf> {
 async fn main() -> anyhow::Result<()> {
     let Command::Run(args) = Cli::parse().command;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AIC_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
 
@@ -70,5 +67,6 @@ async fn main() -> anyhow::Result<()> {
     config.mode = args.mode;
     config.max_concurrent = args.max_concurrent.max(1);
     let shutdown = aic::shutdown::on_signals()?;
-    daemon::run(config, shutdown).await
+    let (status, _) = tokio::sync::watch::channel(daemon::LinkStatus::default());
+    daemon::run(config, status, shutdown).await
 }

@@ -48,10 +48,7 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AIC_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
 
@@ -66,14 +63,9 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = aic::shutdown::on_signals()?;
     let state = AppState::open(config, secret, shutdown).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding {} (is another relay running there? pick another with --listen)",
-                args.listen
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("binding {} (is another relay running there? pick another with --listen)", args.listen)
+    })?;
     tracing::info!(data_dir = %state.config.data_dir.display(), "aic-relay listening on http://{}", listener.local_addr()?);
     relay::serve(listener, state).await?;
     tracing::info!("aic-relay stopped");

@@ -50,35 +50,18 @@ pub async fn run(req: ExecRequest, out: mpsc::Sender<AgentMessage>, cancel: Canc
     if let Some(cwd) = &req.cwd
         && !Path::new(cwd).is_dir()
     {
-        let message = format!(
-            "cwd {cwd:?} does not exist on this machine (or is not a directory); pick an existing directory"
-        );
-        let _ = out
-            .send(AgentMessage::Refused {
-                id,
-                reason: Refusal::BadRequest,
-                message,
-            })
-            .await;
+        let message =
+            format!("cwd {cwd:?} does not exist on this machine (or is not a directory); pick an existing directory");
+        let _ = out.send(AgentMessage::Refused { id, reason: Refusal::BadRequest, message }).await;
         return;
     }
     let started = Instant::now();
-    let spawned = if req.pty {
-        spawn_pty(&req)
-    } else {
-        spawn_pipes(&req)
-    };
+    let spawned = if req.pty { spawn_pty(&req) } else { spawn_pipes(&req) };
     let running = match spawned {
         Ok(running) => running,
         Err(e) => {
             let message = format!("the command could not be started: {e}");
-            let _ = out
-                .send(AgentMessage::Refused {
-                    id,
-                    reason: Refusal::SpawnFailed,
-                    message,
-                })
-                .await;
+            let _ = out.send(AgentMessage::Refused { id, reason: Refusal::SpawnFailed, message }).await;
             return;
         }
     };
@@ -165,11 +148,7 @@ async fn supervise(
             break;
         }
     }
-    End {
-        exit_code: exit.unwrap_or(-1),
-        truncated,
-        timed_out,
-    }
+    End { exit_code: exit.unwrap_or(-1), truncated, timed_out }
 }
 
 fn kill_group(pgid: i32, signal: rustix::process::Signal) {
@@ -181,10 +160,7 @@ fn kill_group(pgid: i32, signal: rustix::process::Signal) {
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1)
+    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
 }
 
 fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
@@ -209,12 +185,7 @@ fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
         tokio::spawn(pump(stderr, Stream::Stderr, tx));
     }
     let exit = Box::pin(async move { child.wait().await.map(exit_code) });
-    Ok(Running {
-        pgid,
-        output: rx,
-        exit,
-        _keep: None,
-    })
+    Ok(Running { pgid, output: rx, exit, _keep: None })
 }
 
 async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
@@ -234,14 +205,8 @@ async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Send
 fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
     use portable_pty::{CommandBuilder, PtySize, native_pty_system};
     let io = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: 24,
-            cols: 120,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .map_err(io)?;
+    let pair =
+        native_pty_system().openpty(PtySize { rows: 24, cols: 120, pixel_width: 0, pixel_height: 0 }).map_err(io)?;
     let mut cmd = CommandBuilder::new("sh");
     cmd.args(["-c", &req.command]);
     for (k, v) in NON_INTERACTIVE_ENV {
@@ -266,10 +231,7 @@ fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
             match std::io::Read::read(&mut reader, &mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if tx
-                        .blocking_send((Stream::Stdout, buf[..n].to_vec()))
-                        .is_err()
-                    {
+                    if tx.blocking_send((Stream::Stdout, buf[..n].to_vec())).is_err() {
                         return;
                     }
                 }
@@ -277,15 +239,8 @@ fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
         }
     });
     let exit = Box::pin(async move {
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .map_err(std::io::Error::other)??;
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.map_err(std::io::Error::other)??;
         Ok(status.exit_code() as i32)
     });
-    Ok(Running {
-        pgid,
-        output: rx,
-        exit,
-        _keep: Some(Box::new(pair.master)),
-    })
+    Ok(Running { pgid, output: rx, exit, _keep: Some(Box::new(pair.master)) })
 }

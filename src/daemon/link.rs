@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::state::{State, StateFile};
-use super::{Config, Mode, executor};
+use super::{Config, LinkStatus, Mode, executor};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, ExecRequest, HelloRefusal, LINK_TIMEOUT, MAX_FRAME,
-    PING_INTERVAL, PROTOCOL_VERSION, Refusal, RelayMessage,
+    self, AgentInfo, AgentMessage, Credentials, ExecRequest, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, PING_INTERVAL,
+    PROTOCOL_VERSION, Refusal, RelayMessage,
 };
 
 /// First wait before reconnecting.
@@ -45,15 +45,17 @@ pub async fn run(
     config: Config,
     file: StateFile,
     mut state: State,
+    status: watch::Sender<LinkStatus>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     let limit = Arc::new(Semaphore::new(config.max_concurrent));
     loop {
         let attempt = tokio::select! {
-            r = connect(&config, &file, &mut state, &limit, &shutdown) => r,
+            r = connect(&config, &file, &mut state, &limit, &status, &shutdown) => r,
             _ = shutdown.cancelled() => Ok(Ended::Shutdown),
         };
+        status.send_modify(|s| s.connected = false);
         match attempt {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::Reregister) => continue,
@@ -65,7 +67,7 @@ pub async fn run(
             }
             Err(e) => tracing::warn!("relay link: {e:#}"),
         }
-        let wait = backoff.next();
+        let wait = backoff.next_wait();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return Ok(()),
@@ -97,21 +99,17 @@ async fn connect(
     file: &StateFile,
     state: &mut State,
     limit: &Arc<Semaphore>,
+    status: &watch::Sender<LinkStatus>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
     let url = agent_url(&config.relay)?;
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME))
-        .max_frame_size(Some(MAX_FRAME));
+    let ws_config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
 
-    let hello = AgentMessage::Hello {
-        protocol: PROTOCOL_VERSION,
-        agent: agent_info(),
-        credentials: state.credentials.clone(),
-    };
+    let hello =
+        AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent: agent_info(), credentials: state.credentials.clone() };
     ws.send(Message::text(agent::encode(&hello))).await?;
     let reply = match timeout(HELLO_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => agent::decode::<RelayMessage>(&text)?,
@@ -120,24 +118,17 @@ async fn connect(
     };
     match reply {
         RelayMessage::Registered { code, token, .. } => {
-            let previous = state.credentials.as_ref().map(|c| c.code);
             if let Some(token) = token {
                 state.credentials = Some(Credentials { code, token });
                 file.save(state).context("saving the new code and token")?;
             }
-            if previous != Some(code)
-                || !config
-                    .announced
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
+            if status.borrow().code != Some(code) {
+                // The operator's (and the journal's) way to learn the code.
                 eprintln!("Registered with relay {}", config.relay);
                 eprintln!("Session: {code}");
             }
         }
-        RelayMessage::HelloRefused {
-            reason: HelloRefusal::UnknownCode,
-            message,
-        } => {
+        RelayMessage::HelloRefused { reason: HelloRefusal::UnknownCode, message } => {
             tracing::warn!("{message}");
             state.credentials = None;
             file.save(state)?;
@@ -149,6 +140,8 @@ async fn connect(
         other => bail!("unexpected first answer from the relay: {other:?}"),
     }
     tracing::info!("linked to {url}");
+    let code = state.credentials.as_ref().map(|c| c.code);
+    status.send_replace(LinkStatus { code, connected: true });
 
     let connected = Instant::now();
     let (out_tx, mut out_rx) = mpsc::channel::<AgentMessage>(64);
@@ -208,24 +201,15 @@ fn start(
     let refuse = |reason, message: String| {
         let out = out.clone();
         tokio::spawn(async move {
-            let _ = out
-                .send(AgentMessage::Refused {
-                    id,
-                    reason,
-                    message,
-                })
-                .await;
+            let _ = out.send(AgentMessage::Refused { id, reason, message }).await;
         });
     };
     if config.mode == Mode::Disabled {
-        return refuse(
-            Refusal::Disabled,
-            "this machine's operator has disabled remote commands".into(),
-        );
+        return refuse(Refusal::Disabled, "this machine's operator has disabled remote commands".into());
     }
     let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
         let message = format!(
-            "this machine is already running {} commands, its limit; retry when one has finished",
+            "this machine is already running {} command(s), as many as its operator allows at once; retry when one has finished",
             config.max_concurrent
         );
         return refuse(Refusal::Busy, message);
@@ -244,10 +228,7 @@ fn start(
 /// What this machine tells the relay about itself.
 pub fn agent_info() -> AgentInfo {
     AgentInfo {
-        hostname: rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned(),
+        hostname: rustix::system::uname().nodename().to_string_lossy().into_owned(),
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -264,15 +245,13 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            step: BACKOFF_START,
-        }
+        Self { step: BACKOFF_START }
     }
 }
 
 impl Backoff {
     /// The next wait.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let step = self.step;
         self.step = (step * 2).min(BACKOFF_CAP);
         let mut r = [0u8; 4];
@@ -289,7 +268,7 @@ mod tests {
     #[test]
     fn backoff_grows_to_the_cap_and_stays_under_it() {
         let mut b = Backoff::default();
-        let waits: Vec<_> = (0..20).map(|_| b.next()).collect();
+        let waits: Vec<_> = (0..20).map(|_| b.next_wait()).collect();
         assert!(waits[0] <= BACKOFF_START);
         assert!(waits.iter().all(|w| *w <= BACKOFF_CAP));
         assert!(waits[19] >= BACKOFF_CAP / 2);
@@ -297,19 +276,8 @@ mod tests {
 
     #[test]
     fn relay_urls() {
-        assert_eq!(
-            agent_url("ws://127.0.0.1:8080/").unwrap(),
-            "ws://127.0.0.1:8080/agent/ws"
-        );
-        assert_eq!(
-            agent_url("https://relay.example.com").unwrap(),
-            "wss://relay.example.com/agent/ws"
-        );
-        assert!(
-            agent_url("relay.example.com")
-                .unwrap_err()
-                .to_string()
-                .contains("must start with")
-        );
+        assert_eq!(agent_url("ws://127.0.0.1:8080/").unwrap(), "ws://127.0.0.1:8080/agent/ws");
+        assert_eq!(agent_url("https://relay.example.com").unwrap(), "wss://relay.example.com/agent/ws");
+        assert!(agent_url("relay.example.com").unwrap_err().to_string().contains("must start with"));
     }
 }

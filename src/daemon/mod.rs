@@ -6,11 +6,12 @@ pub mod link;
 pub mod state;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::protocol::SessionCode;
 
 /// What the daemon does with an incoming command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,27 +45,29 @@ pub struct Config {
     pub mode: Mode,
     /// Commands allowed to run at once.
     pub max_concurrent: usize,
-    /// Whether `Session:` has been printed by this process.
-    pub announced: Arc<AtomicBool>,
 }
 
 impl Config {
     /// Defaults for everything but the relay and the state dir.
     pub fn new(relay: impl Into<String>, state_dir: PathBuf) -> Self {
-        Self {
-            relay: relay.into(),
-            state_dir,
-            mode: Mode::Auto,
-            max_concurrent: 16,
-            announced: Arc::default(),
-        }
+        Self { relay: relay.into(), state_dir, mode: Mode::Auto, max_concurrent: 16 }
     }
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The link as the rest of the daemon (and tests) see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The machine's code, once the relay has given one.
+    pub code: Option<SessionCode>,
+    /// Whether the link to the relay is up.
+    pub connected: bool,
+}
+
+/// Runs the daemon until `shutdown` is cancelled, publishing the link's
+/// state on `status`.
+pub async fn run(config: Config, status: watch::Sender<LinkStatus>, shutdown: CancellationToken) -> anyhow::Result<()> {
     link::check_relay_url(&config.relay)?;
     let file = state::StateFile::in_dir(&config.state_dir)?;
     let state = file.load()?;
-    link::run(config, file, state, shutdown).await
+    link::run(config, file, state, status, shutdown).await
 }

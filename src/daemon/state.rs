@@ -38,9 +38,7 @@ impl StateFile {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating the state dir {}", dir.display()))?;
-        Ok(Self {
-            path: dir.join(STATE_FILE),
-        })
+        Ok(Self { path: dir.join(STATE_FILE) })
     }
 
     /// Its path.
@@ -65,16 +63,10 @@ impl StateFile {
     /// Replaces the state atomically: a crash leaves the old file or the new one, never half of one.
     pub fn save(&self, state: &State) -> anyhow::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = self
-            .path
-            .with_extension(format!("tmp.{}", std::process::id()));
+        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
             file.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
@@ -100,20 +92,15 @@ mod tests {
         let file = StateFile::in_dir(&dir.path().join("sub")).unwrap();
         assert!(file.load().unwrap() == State::default());
         let state = State {
-            credentials: Some(Credentials {
-                code: SessionCode::generate(),
-                token: "t".into(),
-            }),
+            credentials: Some(Credentials { code: SessionCode::generate(), token: "t".into() }),
             mode: Some(Mode::Auto),
         };
         file.save(&state).unwrap();
         assert!(file.load().unwrap() == state);
         let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);
     }
 

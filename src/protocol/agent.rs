@@ -283,9 +283,7 @@ mod base64_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD
-            .decode(s.as_bytes())
-            .map_err(serde::de::Error::custom)
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
     }
 }
 
@@ -297,11 +295,7 @@ mod tests {
     #[test]
     fn output_carries_arbitrary_bytes_exactly() {
         let data = vec![0, 0xff, 0xfe, b'\n', 0x80, b'a'];
-        let msg = AgentMessage::Output {
-            id: Uuid::nil(),
-            stream: Stream::Stderr,
-            data: data.clone(),
-        };
+        let msg = AgentMessage::Output { id: Uuid::nil(), stream: Stream::Stderr, data: data.clone() };
         let text = encode(&msg);
         assert_eq!(decode::<AgentMessage>(&text).unwrap(), msg);
     }
@@ -317,31 +311,21 @@ mod tests {
             r#"{"type":"output","id":"00000000-0000-0000-0000-000000000000","stream":"stdout","data":"!!"}"#,
         ] {
             let err = decode::<AgentMessage>(bad).unwrap_err();
-            assert!(
-                err.to_string().starts_with("unreadable message"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().starts_with("unreadable message"), "{bad}: {err}");
         }
     }
 
     #[test]
     fn version_mismatch_names_both_versions() {
         let text = version_mismatch(Some(7));
-        assert!(
-            text.contains("version 1") && text.contains("version 7"),
-            "{text}"
-        );
-        let probe: VersionProbe =
-            serde_json::from_str(r#"{"type":"hello","protocol":7,"whatever":[]}"#).unwrap();
+        assert!(text.contains("version 1") && text.contains("version 7"), "{text}");
+        let probe: VersionProbe = serde_json::from_str(r#"{"type":"hello","protocol":7,"whatever":[]}"#).unwrap();
         assert_eq!(probe.protocol, Some(7));
     }
 
     #[test]
     fn credentials_debug_hides_the_token() {
-        let c = Credentials {
-            code: SessionCode::generate(),
-            token: "s3cret".into(),
-        };
+        let c = Credentials { code: SessionCode::generate(), token: "s3cret".into() };
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 

@@ -112,12 +112,7 @@ mod tests {
     fn parses_loose_forms() {
         let c: SessionCode = "AIC-7K3P-WX9M-RTBN".parse().unwrap();
         assert_eq!(c.to_string(), "AIC-7K3P-WX9M-RTBN");
-        for loose in [
-            "aic-7k3p-wx9m-rtbn",
-            "7K3PWX9MRTBN",
-            " aic7k3pwx9mrtbn\n",
-            "AIC-7K3P-WX9MRTBN",
-        ] {
+        for loose in ["aic-7k3p-wx9m-rtbn", "7K3PWX9MRTBN", " aic7k3pwx9mrtbn\n", "AIC-7K3P-WX9MRTBN"] {
             assert_eq!(loose.parse::<SessionCode>().unwrap(), c, "{loose}");
         }
     }
@@ -132,23 +127,14 @@ mod tests {
         ] {
             let err = bad.parse::<SessionCode>().unwrap_err();
             assert_eq!(err, CodeError::BadSymbol(ch));
-            assert!(
-                err.to_string().contains("never contain I, L, O or U"),
-                "{err}"
-            );
+            assert!(err.to_string().contains("never contain I, L, O or U"), "{err}");
         }
     }
 
     #[test]
     fn rejects_wrong_length() {
-        assert_eq!(
-            "AIC-7K3P".parse::<SessionCode>(),
-            Err(CodeError::WrongLength(4))
-        );
-        assert_eq!(
-            "AIC-7K3P-WX9M-RTBN-1".parse::<SessionCode>(),
-            Err(CodeError::WrongLength(13))
-        );
+        assert_eq!("AIC-7K3P".parse::<SessionCode>(), Err(CodeError::WrongLength(4)));
+        assert_eq!("AIC-7K3P-WX9M-RTBN-1".parse::<SessionCode>(), Err(CodeError::WrongLength(13)));
         assert_eq!("".parse::<SessionCode>(), Err(CodeError::WrongLength(0)));
     }
 

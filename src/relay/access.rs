@@ -29,18 +29,14 @@ impl Target {
 
     /// Whole minutes left in the code's anonymous window.
     pub fn fresh_minutes(&self, state: &AppState) -> u64 {
-        let ends = self
-            .code_created_ms
-            .saturating_add(state.config.anonymous_window.as_millis() as i64);
+        let ends = self.code_created_ms.saturating_add(state.config.anonymous_window.as_millis() as i64);
         (ends.saturating_sub(super::now_ms()).max(0) as u64) / 60_000
     }
 }
 
 /// Applies the access rules to an anonymous caller quoting `code`.
 pub async fn resolve(state: &AppState, code: &str) -> Result<Target, ApiError> {
-    let code: SessionCode = code
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("code: {e}")))?;
+    let code: SessionCode = code.parse().map_err(|e| ApiError::bad_request(format!("code: {e}")))?;
     let code_hash = state.keys.code_hash(&code);
     let window = state.config.anonymous_window.as_millis() as i64;
     let fresh = |created: i64| super::now_ms().saturating_sub(created) < window;
@@ -48,12 +44,7 @@ pub async fn resolve(state: &AppState, code: &str) -> Result<Target, ApiError> {
     if let Some(conn) = state.hub.get(&code_hash)
         && fresh(conn.code_created_ms)
     {
-        return Ok(Target {
-            code,
-            info: conn.info.clone(),
-            code_created_ms: conn.code_created_ms,
-            conn: Some(conn),
-        });
+        return Ok(Target { code, info: conn.info.clone(), code_created_ms: conn.code_created_ms, conn: Some(conn) });
     }
     // Every refusal goes through the same store lookup, so that unknown and
     // expired codes cost the same time as well as giving the same bytes.
@@ -62,12 +53,9 @@ pub async fn resolve(state: &AppState, code: &str) -> Result<Target, ApiError> {
         ApiError::internal()
     })?;
     match record {
-        Some(record) if fresh(record.code_created_ms) => Ok(Target {
-            code,
-            conn: None,
-            info: record.agent_info,
-            code_created_ms: record.code_created_ms,
-        }),
+        Some(record) if fresh(record.code_created_ms) => {
+            Ok(Target { code, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms })
+        }
         _ => Err(ApiError::anonymous_refused()),
     }
 }

@@ -14,8 +14,8 @@ use super::hub::AgentConn;
 use super::keys::{self, Digest};
 use crate::protocol::SessionCode;
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, LINK_TIMEOUT, MAX_FRAME,
-    PROTOCOL_VERSION, RelayMessage, VersionProbe,
+    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, PROTOCOL_VERSION, RelayMessage,
+    VersionProbe,
 };
 
 /// How long a fresh connection has to say hello.
@@ -27,13 +27,11 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| async move {
-            if let Err(e) = run(state, socket).await {
-                tracing::info!(%peer, "agent link ended: {e:#}");
-            }
-        })
+    ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| async move {
+        if let Err(e) = run(state, socket).await {
+            tracing::info!(%peer, "agent link ended: {e:#}");
+        }
+    })
 }
 
 /// An accepted hello: who the agent is and the frame that answers it.
@@ -61,23 +59,14 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
     socket.send(text(&accepted.reply)).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let conn = state.hub.connect(
-        accepted.agent_id,
-        info.clone(),
-        accepted.code_created_ms,
-        tx,
-    );
+    let conn = state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, tx);
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
     tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
 
     let result = pump(&state, &conn, &mut socket, &mut rx).await;
 
     state.hub.remove(&accepted.code_hash, &conn);
-    if let Err(e) = state
-        .store
-        .touch_agent(accepted.agent_id, super::now_ms(), &info)
-        .await
-    {
+    if let Err(e) = state.store.touch_agent(accepted.agent_id, super::now_ms(), &info).await {
         tracing::warn!("recording agent disconnect: {e:#}");
     }
     tracing::info!(agent = accepted.agent_id, "agent disconnected");
@@ -118,15 +107,11 @@ fn on_text(conn: &AgentConn, text: &str) {
             conn.send(RelayMessage::Pong { seq });
         }
         Ok(AgentMessage::Hello { .. }) => {
-            conn.send(RelayMessage::Error {
-                message: "hello was already accepted on this link".into(),
-            });
+            conn.send(RelayMessage::Error { message: "hello was already accepted on this link".into() });
         }
         Ok(msg) => conn.dispatch(msg),
         Err(e) => {
-            conn.send(RelayMessage::Error {
-                message: e.to_string(),
-            });
+            conn.send(RelayMessage::Error { message: e.to_string() });
         }
     }
 }
@@ -140,14 +125,9 @@ fn parse_hello(text: &str) -> Result<(AgentInfo, Option<Credentials>), Refused> 
         return Err((HelloRefusal::Version, agent::version_mismatch(version)));
     }
     match agent::decode::<AgentMessage>(text) {
-        Ok(AgentMessage::Hello {
-            agent, credentials, ..
-        }) => Ok((agent, credentials)),
+        Ok(AgentMessage::Hello { agent, credentials, .. }) => Ok((agent, credentials)),
         Ok(_) => Err((HelloRefusal::Version, agent::version_mismatch(None))),
-        Err(e) => Err((
-            HelloRefusal::Version,
-            format!("the hello could not be read: {e}"),
-        )),
+        Err(e) => Err((HelloRefusal::Version, format!("the hello could not be read: {e}"))),
     }
 }
 
@@ -170,10 +150,7 @@ async fn accept(
     };
     let presented = state.keys.token_hash(&token);
     let current = keys::digest_eq(&presented, &record.token_hash);
-    let previous = record
-        .prev_token_hash
-        .as_deref()
-        .is_some_and(|prev| keys::digest_eq(&presented, prev));
+    let previous = record.prev_token_hash.as_deref().is_some_and(|prev| keys::digest_eq(&presented, prev));
     if !(current || previous) {
         return Ok(Err((
             HelloRefusal::BadToken,
@@ -185,11 +162,7 @@ async fn accept(
         agent_id: record.id,
         code_hash,
         code_created_ms: record.code_created_ms,
-        reply: RelayMessage::Registered {
-            code,
-            token: None,
-            code_created_ms: record.code_created_ms as u64,
-        },
+        reply: RelayMessage::Registered { code, token: None, code_created_ms: record.code_created_ms as u64 },
     }))
 }
 
@@ -203,42 +176,26 @@ async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Resul
         if state.store.agent_by_code(&code_hash).await?.is_some() {
             continue;
         }
-        let agent_id = state
-            .store
-            .insert_agent(&code_hash, &token_hash, now, info)
-            .await?;
+        let agent_id = state.store.insert_agent(&code_hash, &token_hash, now, info).await?;
         tracing::info!(agent = agent_id, host = %info.hostname, "agent registered");
         return Ok(Accepted {
             agent_id,
             code_hash,
             code_created_ms: now,
-            reply: RelayMessage::Registered {
-                code,
-                token: Some(token),
-                code_created_ms: now as u64,
-            },
+            reply: RelayMessage::Registered { code, token: Some(token), code_created_ms: now as u64 },
         });
     }
     anyhow::bail!("could not mint an unused code")
 }
 
-async fn refuse(
-    mut socket: WebSocket,
-    reason: HelloRefusal,
-    message: String,
-) -> anyhow::Result<()> {
+async fn refuse(mut socket: WebSocket, reason: HelloRefusal, message: String) -> anyhow::Result<()> {
     tracing::info!(?reason, "hello refused: {message}");
-    socket
-        .send(text(&RelayMessage::HelloRefused { reason, message }))
-        .await?;
+    socket.send(text(&RelayMessage::HelloRefused { reason, message })).await?;
     close(&mut socket, "hello refused").await
 }
 
 async fn close(socket: &mut WebSocket, why: &'static str) -> anyhow::Result<()> {
-    let frame = CloseFrame {
-        code: axum::extract::ws::close_code::NORMAL,
-        reason: Utf8Bytes::from_static(why),
-    };
+    let frame = CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: Utf8Bytes::from_static(why) };
     let _ = socket.send(Message::Close(Some(frame))).await;
     Ok(())
 }

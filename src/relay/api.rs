@@ -29,20 +29,14 @@ pub async fn exec(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let params: ExecParams = parse_json(body)?;
-    let requester = Requester {
-        who: "anonymous".into(),
-        ip: peer.ip().to_string(),
-    };
+    let requester = Requester { who: "anonymous".into(), ip: peer.ip().to_string() };
     let request = exec::request(&params, requester, state.config.max_output)?;
     let target = access::resolve(&state, &params.code).await?;
     let running = exec::start(target, request)?;
     let max_output = state.config.max_output;
     if wants_event_stream(&headers) {
-        let sse = Sse::new(event_stream(running, max_output)).keep_alive(
-            KeepAlive::new()
-                .interval(state.config.heartbeat)
-                .text("heartbeat"),
-        );
+        let sse = Sse::new(event_stream(running, max_output))
+            .keep_alive(KeepAlive::new().interval(state.config.heartbeat).text("heartbeat"));
         return Ok(sse.into_response());
     }
     let outcome = exec::collect(running, max_output).await?;
@@ -61,10 +55,7 @@ struct StatusBody {
 }
 
 /// `GET /api/v1/status/{code}`.
-pub async fn status(
-    State(state): State<AppState>,
-    Path(code): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn status(State(state): State<AppState>, Path(code): Path<String>) -> Result<Response, ApiError> {
     let target = access::resolve(&state, &code).await?;
     let body = StatusBody {
         ok: true,
@@ -90,9 +81,7 @@ pub async fn not_found() -> ApiError {
     )
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
+fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -112,19 +101,12 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 }
 
 fn wants_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"))
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"))
 }
 
 /// Live output as `output` events, then one `result` event with the same
 /// JSON a buffered call returns (or the error body).
-fn event_stream(
-    exec: Exec,
-    max_output: u64,
-) -> impl FuturesStream<Item = Result<Event, Infallible>> {
+fn event_stream(exec: Exec, max_output: u64) -> impl FuturesStream<Item = Result<Event, Infallible>> {
     struct Live {
         exec: Exec,
         outcome: Outcome,
@@ -132,12 +114,7 @@ fn event_stream(
         carry: [Vec<u8>; 2],
         done: bool,
     }
-    let live = Live {
-        exec,
-        outcome: Outcome::default(),
-        carry: [Vec::new(), Vec::new()],
-        done: false,
-    };
+    let live = Live { exec, outcome: Outcome::default(), carry: [Vec::new(), Vec::new()], done: false };
     futures_util::stream::unfold(live, move |mut live| async move {
         loop {
             if live.done {
@@ -159,8 +136,7 @@ fn event_stream(
                 Ok(false) => continue,
                 Ok(true) => {
                     live.done = true;
-                    let data =
-                        serde_json::to_string(&ExecResult::from(&live.outcome)).unwrap_or_default();
+                    let data = serde_json::to_string(&ExecResult::from(&live.outcome)).unwrap_or_default();
                     return Some((Ok(Event::default().event("result").data(data)), live));
                 }
                 Err(err) => {

@@ -68,12 +68,7 @@ pub struct ErrorBody<'a> {
 impl ApiError {
     /// An error with the given parts.
     pub fn new(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            reason,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { status, reason, message: message.into(), retry_after: None }
     }
 
     /// 400 with a message.
@@ -130,11 +125,7 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> ErrorBody<'_> {
-        ErrorBody {
-            ok: false,
-            error: &self.message,
-            reason: self.reason,
-        }
+        ErrorBody { ok: false, error: &self.message, reason: self.reason }
     }
 }
 
@@ -142,9 +133,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

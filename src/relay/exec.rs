@@ -102,33 +102,21 @@ pub fn text_and_exact(bytes: &[u8]) -> (String, Option<String>) {
     use base64::Engine;
     match String::from_utf8_lossy(bytes) {
         std::borrow::Cow::Borrowed(text) => (text.to_owned(), None),
-        std::borrow::Cow::Owned(text) => (
-            text,
-            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        ),
+        std::borrow::Cow::Owned(text) => (text, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
     }
 }
 
 /// Checks a request's fields and builds what the daemon is sent.
-pub fn request(
-    params: &ExecParams,
-    requester: Requester,
-    max_output: u64,
-) -> Result<ExecRequest, ApiError> {
+pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Result<ExecRequest, ApiError> {
     if params.command.trim().is_empty() {
         return Err(ApiError::bad_request(
             "command is empty; send the shell text to run, e.g. {\"code\":\"AIC-…\",\"command\":\"uname -a\"}",
         ));
     }
     if params.command.contains('\0') || params.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
-        return Err(ApiError::bad_request(
-            "command and cwd cannot contain NUL bytes",
-        ));
+        return Err(ApiError::bad_request("command and cwd cannot contain NUL bytes"));
     }
-    let timeout = params
-        .timeout_ms
-        .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
-        .clamp(MIN_TIMEOUT, MAX_TIMEOUT);
+    let timeout = params.timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis).clamp(MIN_TIMEOUT, MAX_TIMEOUT);
     Ok(ExecRequest {
         id: Uuid::new_v4(),
         command: params.command.clone(),
@@ -142,25 +130,17 @@ pub fn request(
 
 /// Sends the command to the target's daemon.
 pub fn start(target: Target, request: ExecRequest) -> Result<Exec, ApiError> {
-    target
-        .online()?
-        .start(request)
-        .ok_or_else(ApiError::agent_offline)
+    target.online()?.start(request).ok_or_else(ApiError::agent_offline)
 }
 
 /// Adds one event to `outcome`. `Ok(true)` when the command has finished.
 /// Output past `max_output` is not kept, whatever the daemon sends.
-pub fn absorb(
-    outcome: &mut Outcome,
-    event: Option<ExecEvent>,
-    max_output: u64,
-) -> Result<bool, ApiError> {
+pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) -> Result<bool, ApiError> {
     match event {
         None => Err(ApiError::agent_offline()),
         Some(ExecEvent::Started) => Ok(false),
         Some(ExecEvent::Output(stream, data)) => {
-            let room =
-                (max_output as usize).saturating_sub(outcome.stdout.len() + outcome.stderr.len());
+            let room = (max_output as usize).saturating_sub(outcome.stdout.len() + outcome.stderr.len());
             let keep = &data[..data.len().min(room)];
             match stream {
                 Stream::Stdout => outcome.stdout.extend_from_slice(keep),
@@ -169,12 +149,7 @@ pub fn absorb(
             outcome.truncated |= keep.len() < data.len();
             Ok(false)
         }
-        Some(ExecEvent::Exit {
-            exit_code,
-            duration_ms,
-            truncated,
-            timed_out,
-        }) => {
+        Some(ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out }) => {
             outcome.exit_code = exit_code;
             outcome.duration_ms = duration_ms;
             outcome.truncated |= truncated;
@@ -228,23 +203,8 @@ mod tests {
     #[test]
     fn timeouts_are_clamped() {
         let req = |t| {
-            let p = ExecParams {
-                code: String::new(),
-                command: "true".into(),
-                cwd: None,
-                timeout_ms: t,
-                pty: false,
-            };
-            request(
-                &p,
-                Requester {
-                    who: "anonymous".into(),
-                    ip: "::1".into(),
-                },
-                1,
-            )
-            .unwrap()
-            .timeout_ms
+            let p = ExecParams { code: String::new(), command: "true".into(), cwd: None, timeout_ms: t, pty: false };
+            request(&p, Requester { who: "anonymous".into(), ip: "::1".into() }, 1).unwrap().timeout_ms
         };
         assert_eq!(req(None), 300_000);
         assert_eq!(req(Some(5)), 1_000);
@@ -255,18 +215,8 @@ mod tests {
     #[test]
     fn output_past_the_cap_is_not_kept() {
         let mut o = Outcome::default();
-        absorb(
-            &mut o,
-            Some(ExecEvent::Output(Stream::Stdout, vec![b'a'; 6])),
-            8,
-        )
-        .unwrap();
-        absorb(
-            &mut o,
-            Some(ExecEvent::Output(Stream::Stderr, vec![b'b'; 6])),
-            8,
-        )
-        .unwrap();
+        absorb(&mut o, Some(ExecEvent::Output(Stream::Stdout, vec![b'a'; 6])), 8).unwrap();
+        absorb(&mut o, Some(ExecEvent::Output(Stream::Stderr, vec![b'b'; 6])), 8).unwrap();
         assert_eq!((o.stdout.len(), o.stderr.len(), o.truncated), (6, 2, true));
     }
 }

@@ -96,10 +96,7 @@ impl Hub {
     /// Forgets `conn` if it is still the live connection for `code_hash`.
     pub fn remove(&self, code_hash: &Digest, conn: &AgentConn) {
         let mut agents = self.agents.lock().unwrap();
-        if agents
-            .get(code_hash)
-            .is_some_and(|c| c.conn_id == conn.conn_id)
-        {
+        if agents.get(code_hash).is_some_and(|c| c.conn_id == conn.conn_id) {
             agents.remove(code_hash);
         }
         drop(agents);
@@ -128,12 +125,7 @@ impl AgentConn {
             self.pending.lock().unwrap().remove(&id);
             return None;
         }
-        Some(Exec {
-            id,
-            rx,
-            conn: Arc::clone(self),
-            finished: false,
-        })
+        Some(Exec { id, rx, conn: Arc::clone(self), finished: false })
     }
 
     /// Queues a frame for the daemon. False when the link is gone.
@@ -146,40 +138,17 @@ impl AgentConn {
     pub fn dispatch(&self, msg: AgentMessage) {
         let (id, event, last) = match msg {
             AgentMessage::Started { id } => (id, ExecEvent::Started, false),
-            AgentMessage::Output { id, stream, data } => {
-                (id, ExecEvent::Output(stream, data), false)
+            AgentMessage::Output { id, stream, data } => (id, ExecEvent::Output(stream, data), false),
+            AgentMessage::Exit { id, exit_code, duration_ms, truncated, timed_out } => {
+                (id, ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out }, true)
             }
-            AgentMessage::Exit {
-                id,
-                exit_code,
-                duration_ms,
-                truncated,
-                timed_out,
-            } => (
-                id,
-                ExecEvent::Exit {
-                    exit_code,
-                    duration_ms,
-                    truncated,
-                    timed_out,
-                },
-                true,
-            ),
-            AgentMessage::Refused {
-                id,
-                reason,
-                message,
-            } => (id, ExecEvent::Refused(reason, message), true),
+            AgentMessage::Refused { id, reason, message } => (id, ExecEvent::Refused(reason, message), true),
             AgentMessage::Hello { .. } | AgentMessage::Ping { .. } | AgentMessage::Pong { .. } => {
                 return;
             }
         };
         let mut pending = self.pending.lock().unwrap();
-        let sender = if last {
-            pending.remove(&id)
-        } else {
-            pending.get(&id).cloned()
-        };
+        let sender = if last { pending.remove(&id) } else { pending.get(&id).cloned() };
         drop(pending);
         if let Some(sender) = sender {
             let _ = sender.send(event);
@@ -205,10 +174,7 @@ impl Exec {
     /// The next event; `None` when the agent's link went away mid-command.
     pub async fn next(&mut self) -> Option<ExecEvent> {
         let event = self.rx.recv().await;
-        if matches!(
-            event,
-            None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..))
-        ) {
+        if matches!(event, None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..))) {
             self.finished = true;
         }
         event

@@ -58,14 +58,11 @@ impl Keys {
 
     /// Parses `AIC_RELAY_SECRET`: 64 hex digits.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            secret: parse_hex32(text.trim()).context("the secret must be 64 hex digits")?,
-        })
+        Ok(Self { secret: parse_hex32(text.trim()).context("the secret must be 64 hex digits")? })
     }
 
     fn mac(&self, label: &[u8], data: &[u8]) -> Digest {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
-            .expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         mac.update(label);
         mac.update(data);
         mac.finalize().into_bytes().into()
@@ -119,19 +116,12 @@ mod tests {
     fn secret_file_is_private_and_stable() {
         let dir = tempfile::tempdir().unwrap();
         let a = Keys::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(SECRET_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join(SECRET_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = Keys::load_or_create(dir.path()).unwrap();
         let code = SessionCode::generate();
         assert_eq!(a.code_hash(&code), b.code_hash(&code));
-        assert_ne!(
-            a.code_hash(&code),
-            a.token_hash(&code.canonical()),
-            "labels separate the two uses"
-        );
+        assert_ne!(a.code_hash(&code), a.token_hash(&code.canonical()), "labels separate the two uses");
     }
 
     #[test]

@@ -86,24 +86,14 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Opens the data dir (creating it, mode 0700), its secret and its database.
     /// `secret` overrides the secret file (from `AIC_RELAY_SECRET`).
-    pub async fn open(
-        config: Config,
-        secret: Option<Keys>,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    pub async fn open(config: Config, secret: Option<Keys>, shutdown: CancellationToken) -> anyhow::Result<Self> {
         create_private_dir(&config.data_dir)?;
         let keys = match secret {
             Some(keys) => keys,
             None => Keys::load_or_create(&config.data_dir)?,
         };
         let store = Store::open(&config.data_dir).await?;
-        Ok(Self(Arc::new(Inner {
-            config,
-            keys,
-            store,
-            hub: Hub::default(),
-            shutdown,
-        })))
+        Ok(Self(Arc::new(Inner { config, keys, store, hub: Hub::default(), shutdown })))
     }
 }
 
@@ -141,9 +131,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

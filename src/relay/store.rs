@@ -67,10 +67,7 @@ impl Store {
             .await
             .with_context(|| format!("opening the relay database {}", path.display()))?;
         let store = Self { pool };
-        store
-            .migrate()
-            .await
-            .context("updating the relay database schema")?;
+        store.migrate().await.context("updating the relay database schema")?;
         Ok(store)
     }
 
@@ -87,10 +84,7 @@ impl Store {
                 .is_some();
             if !done {
                 sqlx::query(*sql).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO aic_migrations (version) VALUES ($1)")
-                    .bind(version)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query("INSERT INTO aic_migrations (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         }

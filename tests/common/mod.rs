@@ -1,0 +1,303 @@
+//! Starts relays and daemons on port 0 and temp dirs, in-process or as the
+//! real binaries, and waits on signals rather than sleeping.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use aic::daemon::{self, LinkStatus};
+use aic::protocol::SessionCode;
+use aic::relay::{self, AppState};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for anything a test waits on; a hang fails instead of stalling CI.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Awaits `fut`, failing the test after [`PATIENCE`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestRelay {
+    /// A relay with default settings on a fresh port and data dir.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(relay::Config::new(data_dir.to_path_buf()), "127.0.0.1:0").await
+    }
+
+    /// A relay with `config`, listening on `addr` (port 0 for a fresh port).
+    pub async fn start_with(config: relay::Config, addr: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let data_dir = config.data_dir.clone();
+        let state = AppState::open(config, None, shutdown.clone()).await.expect("open relay");
+        let task = tokio::spawn(relay::serve(listener, state));
+        Self { addr, data_dir, shutdown, task }
+    }
+
+    /// Base URL for HTTP.
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Base URL for daemons.
+    pub fn ws(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Stops it and waits until it has let go of its port and database.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        within("relay shutdown", self.task).await.unwrap().unwrap();
+    }
+}
+
+/// A daemon running in this process.
+pub struct TestDaemon {
+    pub status: watch::Receiver<LinkStatus>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestDaemon {
+    /// A daemon in auto mode dialling `relay_ws`, keeping state in `state_dir`.
+    pub async fn start(relay_ws: &str, state_dir: &Path) -> Self {
+        Self::start_with(daemon::Config::new(relay_ws, state_dir.to_path_buf())).await
+    }
+
+    /// A daemon with `config`.
+    pub async fn start_with(config: daemon::Config) -> Self {
+        let (tx, status) = watch::channel(LinkStatus::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(daemon::run(config, tx, shutdown.clone()));
+        let mut d = Self { status, shutdown, task };
+        d.online().await;
+        d
+    }
+
+    /// Waits until the link is up and returns the code.
+    pub async fn online(&mut self) -> SessionCode {
+        let status = within("daemon online", self.status.wait_for(|s| s.connected)).await.expect("daemon ended");
+        status.code.expect("connected without a code")
+    }
+
+    /// Waits until the link is down.
+    pub async fn offline(&mut self) {
+        within("daemon offline", self.status.wait_for(|s| !s.connected)).await.expect("daemon ended");
+    }
+
+    /// The current code.
+    pub fn code(&self) -> SessionCode {
+        self.status.borrow().code.expect("no code yet")
+    }
+
+    /// Stops it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        within("daemon shutdown", self.task).await.unwrap().unwrap();
+    }
+}
+
+/// A real `aic-daemon` process; its stderr is collected.
+pub struct DaemonProcess {
+    pub child: tokio::process::Child,
+    pub code: SessionCode,
+    stderr: JoinHandle<String>,
+}
+
+impl DaemonProcess {
+    /// Starts `aic-daemon run` and waits for its `Session:` line.
+    pub async fn start(relay_ws: &str, state_dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-daemon"))
+            .args(["run", "--relay", relay_ws, "--state-dir"])
+            .arg(state_dir)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn aic-daemon");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        let code = within("the Session: line", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push_str(&line);
+                seen.push('\n');
+                if let Some(code) = line.strip_prefix("Session: ") {
+                    return code.parse().expect("a valid code");
+                }
+            }
+            panic!("aic-daemon exited before printing its code:\n{seen}")
+        })
+        .await;
+        let stderr = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
+        });
+        Self { child, code, stderr }
+    }
+
+    /// Sends SIGTERM, waits for exit, and returns everything it wrote to stderr.
+    pub async fn stop(mut self) -> String {
+        terminate(&self.child);
+        let status = within("aic-daemon exit", self.child.wait()).await.unwrap();
+        assert!(status.success(), "aic-daemon exited with {status}");
+        within("aic-daemon stderr", self.stderr).await.unwrap()
+    }
+}
+
+/// SIGTERM to a child process.
+pub fn terminate(child: &tokio::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
+
+/// An HTTP client for the API.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// `POST /api/v1/exec` with `body`; returns status and parsed JSON.
+pub async fn exec(relay: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = within("exec", client().post(format!("{relay}/api/v1/exec")).json(&body).send()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON body"))
+}
+
+/// Runs `command` on `code` and expects it to have run.
+pub async fn run(relay: &str, code: SessionCode, command: &str) -> serde_json::Value {
+    let (status, body) = exec(relay, serde_json::json!({"code": code.to_string(), "command": command})).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Whether a process with `pid` is still alive (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the command name: state ppid pgrp ...
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" && fields[2].parse() == Ok(pgid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Polls `check` until it is true, a bounded number of times. For facts no
+/// event announces (a process being reaped by the kernel).
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never became true: {what}");
+}
+
+/// A real `aic-relay` process on a fresh port; its stderr is collected.
+pub struct RelayProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    stderr: JoinHandle<String>,
+}
+
+impl RelayProcess {
+    /// Starts `aic-relay` with `args` on 127.0.0.1:0 and waits until it listens.
+    pub async fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn aic-relay");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        let addr = within("the relay to listen", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push_str(&line);
+                seen.push('\n');
+                if let Some(at) = line.find("listening on http://") {
+                    let rest = &line[at + "listening on http://".len()..];
+                    return rest.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+            panic!("aic-relay exited before listening:\n{seen}")
+        })
+        .await;
+        let stderr = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
+        });
+        Self { child, addr, stderr }
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Sends SIGTERM, expects a clean exit, and returns its stderr.
+    pub async fn stop(mut self) -> String {
+        terminate(&self.child);
+        let status = within("aic-relay exit", self.child.wait()).await.unwrap();
+        assert!(status.success(), "aic-relay exited with {status}");
+        within("aic-relay stderr", self.stderr).await.unwrap()
+    }
+}
+
+/// Every file below `dir`, with its bytes.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
