@@ -146,9 +146,13 @@ async fn a_newer_connection_replaces_the_older_one() {
     assert_eq!(req.command, "echo hi");
     assert_eq!(req.requester.who, "anonymous");
     assert_eq!(req.requester.ip, "127.0.0.1");
-    send(&mut second, &AgentMessage::Output { id: req.id, stream: agent::Stream::Stdout, data: b"hi\n".to_vec() }).await;
-    send(&mut second, &AgentMessage::Exit { id: req.id, exit_code: 0, duration_ms: 1, truncated: false, timed_out: false })
+    send(&mut second, &AgentMessage::Output { id: req.id, stream: agent::Stream::Stdout, data: b"hi\n".to_vec() })
         .await;
+    send(
+        &mut second,
+        &AgentMessage::Exit { id: req.id, exit_code: 0, duration_ms: 1, truncated: false, timed_out: false },
+    )
+    .await;
     let (status, body) = call.await.unwrap();
     assert_eq!((status, body["stdout"].as_str()), (200, Some("hi\n")));
 }

@@ -105,9 +105,11 @@ async fn output_is_capped_at_one_mebibyte_and_the_command_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pty_mode_gives_the_command_a_terminal() {
     let (_dir, relay, daemon) = pair().await;
-    let (status, body) =
-        exec(&relay.http(), json!({"code": daemon.code().to_string(), "command": "test -t 1 && echo tty", "pty": true}))
-            .await;
+    let (status, body) = exec(
+        &relay.http(),
+        json!({"code": daemon.code().to_string(), "command": "test -t 1 && echo tty", "pty": true}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["stdout"], "tty\r\n");
     let body = run(&relay.http(), daemon.code(), "test -t 1 && echo tty || echo pipe").await;
