@@ -161,7 +161,8 @@ async fn a_newer_connection_replaces_the_older_one() {
 async fn a_daemon_at_its_concurrency_limit_asks_callers_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let mut config = aic::daemon::Config::new(relay.ws(), dir.path().join("daemon"));
+    let mut config = daemon_config(&relay.ws(), &dir.path().join("daemon"));
+    config.mode = Some(aic::daemon::Mode::Auto);
     config.max_concurrent = 1;
     let daemon = TestDaemon::start_with(config).await;
     let code = daemon.code().to_string();

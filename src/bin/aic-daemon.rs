@@ -1,17 +1,23 @@
 //! `aic-daemon`: the agent on each machine. Dials the relay, owns the
-//! machine's session code, runs commands.
+//! machine's session code, runs commands, serves the console's socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 
 use aic::daemon::{self, Mode};
 
 /// The aic daemon: keeps an outbound link to an aic relay (no inbound port),
-/// prints this machine's session code, and runs the commands sent with it.
+/// prints this machine's session code, runs the commands sent with it, and
+/// lets the operator watch and approve them with aic-console.
+///
+/// Settings come from flags, then AIC_* environment variables, then the
+/// config file, then defaults.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,28 +33,100 @@ enum Command {
 struct RunArgs {
     /// The relay's base URL: ws://127.0.0.1:8080 on loopback, wss://relay.example.com otherwise.
     #[arg(long, env = "AIC_RELAY_URL")]
-    relay: String,
+    relay: Option<String>,
 
     /// Where the state file (code, agent token, mode) lives [default: /var/lib/aic-daemon as root, else the user's data dir].
     #[arg(long, env = "AIC_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
-    /// What to do with incoming commands: auto (run at once) or disabled (refuse all).
-    #[arg(long, env = "AIC_MODE", default_value = "auto")]
-    mode: Mode,
+    /// The control socket aic-console talks to [default: /run/aic-daemon/aic.sock as root, else $XDG_RUNTIME_DIR/aic-daemon.sock].
+    #[arg(long, env = "AIC_SOCKET")]
+    socket: Option<PathBuf>,
 
-    /// Commands allowed to run at once; past it callers are told to retry.
-    #[arg(long, env = "AIC_MAX_CONCURRENT", default_value_t = 16)]
-    max_concurrent: usize,
+    /// supervised (every command waits for the operator's y/N), auto (run at once) or disabled (refuse all).
+    /// Given here it replaces the saved mode; otherwise the last mode set with aic-console stays [default: supervised].
+    #[arg(long, env = "AIC_MODE")]
+    mode: Option<Mode>,
+
+    /// Commands allowed to run or wait for approval at once; past it callers are told to retry [default: 16].
+    #[arg(long, env = "AIC_MAX_CONCURRENT")]
+    max_concurrent: Option<usize>,
+
+    /// How long a command waits for the operator before it is refused, e.g. 90s, 10m [default: 10m].
+    #[arg(long, env = "AIC_APPROVAL_TIMEOUT", value_parser = aic::duration::parse)]
+    approval_timeout: Option<Duration>,
+
+    /// Config file (TOML with the keys relay, state_dir, socket, mode, max_concurrent, approval_timeout)
+    /// [default: /etc/aic-daemon/config.toml as root, else the user's config dir; a missing default file is fine].
+    #[arg(long, env = "AIC_CONFIG")]
+    config: Option<PathBuf>,
 }
 
-fn default_state_dir() -> anyhow::Result<PathBuf> {
-    if rustix::process::geteuid().is_root() {
-        return Ok(PathBuf::from("/var/lib/aic-daemon"));
+/// The config file's keys; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    relay: Option<String>,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    mode: Option<String>,
+    max_concurrent: Option<usize>,
+    approval_timeout: Option<String>,
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn default_dir(system: &str, pick: fn(&directories::ProjectDirs) -> &Path) -> anyhow::Result<PathBuf> {
+    if is_root() {
+        return Ok(PathBuf::from(system));
     }
     directories::ProjectDirs::from("", "", "aic-daemon")
-        .map(|d| d.data_dir().to_path_buf())
+        .map(|d| pick(&d).to_path_buf())
         .context("no home directory to keep state in; pass --state-dir")
+}
+
+fn load_file(explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => default_dir("/etc/aic-daemon", |d| d.config_dir())?.join("config.toml"),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => return Ok(FileConfig::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading the config file {}", path.display())),
+    };
+    toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+}
+
+fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
+    let file = load_file(args.config.as_deref())?;
+    let relay = args.relay.or(file.relay).context(
+        "no relay given: pass --relay wss://relay.example.com (or set AIC_RELAY_URL, or `relay` in the config file)",
+    )?;
+    let state_dir = match args.state_dir.or(file.state_dir) {
+        Some(dir) => dir,
+        None => default_dir("/var/lib/aic-daemon", |d| d.data_dir())?,
+    };
+    let socket = args.socket.or(file.socket).unwrap_or_else(|| aic::protocol::control::default_socket(is_root()));
+    let mut config = daemon::Config::new(relay, state_dir, socket);
+    config.mode = match (args.mode, file.mode) {
+        (Some(mode), _) => Some(mode),
+        (None, Some(text)) => Some(text.parse().map_err(|e: String| anyhow::anyhow!("config file key mode: {e}"))?),
+        (None, None) => None,
+    };
+    if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
+        config.max_concurrent = n.max(1);
+    }
+    config.approval_timeout = match (args.approval_timeout, file.approval_timeout) {
+        (Some(d), _) => d,
+        (None, Some(text)) => {
+            aic::duration::parse(&text).map_err(|e| anyhow::anyhow!("config file key approval_timeout: {e}"))?
+        }
+        (None, None) => config.approval_timeout,
+    };
+    Ok(config)
 }
 
 #[tokio::main]
@@ -58,14 +136,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-
-    let state_dir = match args.state_dir {
-        Some(dir) => dir,
-        None => default_state_dir()?,
-    };
-    let mut config = daemon::Config::new(args.relay, state_dir);
-    config.mode = args.mode;
-    config.max_concurrent = args.max_concurrent.max(1);
+    let config = config(args)?;
     let shutdown = aic::shutdown::on_signals()?;
     let (status, _) = tokio::sync::watch::channel(daemon::LinkStatus::default());
     daemon::run(config, status, shutdown).await

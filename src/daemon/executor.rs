@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::core::Daemon;
 use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_CHUNK, Refusal, Stream};
 
 /// Between SIGTERM to the group and SIGKILL.
@@ -43,17 +44,40 @@ struct Running {
     _keep: Option<Box<dyn Send>>,
 }
 
-/// Runs `req`, sending `Started`, `Output` and `Exit` (or `Refused`) on `out`.
+/// Where a command's messages go: the console's view of traffic, then the relay.
+pub struct Outbox {
+    daemon: Daemon,
+    tx: mpsc::Sender<AgentMessage>,
+}
+
+impl Outbox {
+    /// Messages go to `tx` (the relay link) after `daemon` has seen them.
+    pub fn new(daemon: Daemon, tx: mpsc::Sender<AgentMessage>) -> Self {
+        Self { daemon, tx }
+    }
+
+    /// False when the link is gone.
+    pub async fn send(&self, msg: AgentMessage) -> bool {
+        self.daemon.observe(&msg);
+        self.tx.send(msg).await.is_ok()
+    }
+
+    /// Tells the caller the command will not run.
+    pub async fn refuse(&self, id: uuid::Uuid, reason: Refusal, message: String) {
+        self.send(AgentMessage::Refused { id, reason, message }).await;
+    }
+}
+
+/// Runs `req`, sending `Started`, `Output` and `Exit` (or `Refused`) to `out`.
 /// Cancelling `cancel` kills the command's process group.
-pub async fn run(req: ExecRequest, out: mpsc::Sender<AgentMessage>, cancel: CancellationToken) {
+pub async fn run(req: ExecRequest, out: &Outbox, cancel: &CancellationToken) {
     let id = req.id;
     if let Some(cwd) = &req.cwd
         && !Path::new(cwd).is_dir()
     {
         let message =
             format!("cwd {cwd:?} does not exist on this machine (or is not a directory); pick an existing directory");
-        let _ = out.send(AgentMessage::Refused { id, reason: Refusal::BadRequest, message }).await;
-        return;
+        return out.refuse(id, Refusal::BadRequest, message).await;
     }
     let started = Instant::now();
     let spawned = if req.pty { spawn_pty(&req) } else { spawn_pipes(&req) };
@@ -61,24 +85,22 @@ pub async fn run(req: ExecRequest, out: mpsc::Sender<AgentMessage>, cancel: Canc
         Ok(running) => running,
         Err(e) => {
             let message = format!("the command could not be started: {e}");
-            let _ = out.send(AgentMessage::Refused { id, reason: Refusal::SpawnFailed, message }).await;
-            return;
+            return out.refuse(id, Refusal::SpawnFailed, message).await;
         }
     };
-    if out.send(AgentMessage::Started { id }).await.is_err() {
+    if !out.send(AgentMessage::Started { id }).await {
         kill_group(running.pgid, rustix::process::Signal::KILL);
         return;
     }
-    let end = supervise(&req, running, &out, &cancel).await;
-    let _ = out
-        .send(AgentMessage::Exit {
-            id,
-            exit_code: end.exit_code,
-            duration_ms: started.elapsed().as_millis() as u64,
-            truncated: end.truncated,
-            timed_out: end.timed_out,
-        })
-        .await;
+    let end = supervise(&req, running, out, cancel).await;
+    out.send(AgentMessage::Exit {
+        id,
+        exit_code: end.exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        truncated: end.truncated,
+        timed_out: end.timed_out,
+    })
+    .await;
 }
 
 struct End {
@@ -89,12 +111,7 @@ struct End {
 
 /// Forwards output and enforces the timeout, the cap and cancellation until
 /// the process has exited and its output is drained.
-async fn supervise(
-    req: &ExecRequest,
-    mut p: Running,
-    out: &mpsc::Sender<AgentMessage>,
-    cancel: &CancellationToken,
-) -> End {
+async fn supervise(req: &ExecRequest, mut p: Running, out: &Outbox, cancel: &CancellationToken) -> End {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
     let mut sent: u64 = 0;
     let mut truncated = false;
@@ -123,7 +140,7 @@ async fn supervise(
                         term(&mut kill_at);
                     }
                     sent += data.len() as u64;
-                    if !data.is_empty() && out.send(AgentMessage::Output { id: req.id, stream, data }).await.is_err() {
+                    if !data.is_empty() && !out.send(AgentMessage::Output { id: req.id, stream, data }).await {
                         // The link is gone: nobody will read what follows.
                         term(&mut kill_at);
                         cancel.cancel();

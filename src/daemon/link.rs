@@ -7,19 +7,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::state::{State, StateFile};
-use super::{Config, LinkStatus, Mode, executor};
+use super::core::{Daemon, OperatorCall};
+use super::executor::{self, Outbox};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, ExecRequest, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, PING_INTERVAL,
+    self, AgentInfo, AgentMessage, Credentials, ExecRequest, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, OperatorOutcome,
     PROTOCOL_VERSION, Refusal, RelayMessage,
 };
+use crate::protocol::control::{Decision, Mode};
 
 /// First wait before reconnecting.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -40,37 +41,40 @@ enum Ended {
     Dropped { lasted: Duration },
 }
 
+/// Commands in flight on this daemon, by id, so that a cancel can reach them.
+type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
+
 /// Keeps a link to the relay up until `shutdown`.
-pub async fn run(
-    config: Config,
-    file: StateFile,
-    mut state: State,
-    status: watch::Sender<LinkStatus>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(daemon: Daemon, mut calls: mpsc::Receiver<OperatorCall>, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
-    let limit = Arc::new(Semaphore::new(config.max_concurrent));
+    let limit = Arc::new(Semaphore::new(daemon.config.max_concurrent));
     loop {
         let attempt = tokio::select! {
-            r = connect(&config, &file, &mut state, &limit, &status, &shutdown) => r,
+            r = connect(&daemon, &limit, &mut calls, &shutdown) => r,
             _ = shutdown.cancelled() => Ok(Ended::Shutdown),
         };
-        status.send_modify(|s| s.connected = false);
         match attempt {
-            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::Shutdown) => {
+                daemon.link_down(None);
+                return;
+            }
             Ok(Ended::Reregister) => continue,
             Ok(Ended::Dropped { lasted }) => {
                 tracing::warn!("relay link lost after {}s; reconnecting", lasted.as_secs());
+                daemon.link_down(Some("the link dropped".into()));
                 if lasted >= STABLE_LINK {
                     backoff = Backoff::default();
                 }
             }
-            Err(e) => tracing::warn!("relay link: {e:#}"),
+            Err(e) => {
+                tracing::warn!("relay link: {e:#}");
+                daemon.link_down(Some(format!("{e:#}")));
+            }
         }
         let wait = backoff.next_wait();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -94,22 +98,17 @@ pub fn check_relay_url(relay: &str) -> anyhow::Result<()> {
     agent_url(relay).map(drop)
 }
 
-async fn connect(
-    config: &Config,
-    file: &StateFile,
-    state: &mut State,
-    limit: &Arc<Semaphore>,
-    status: &watch::Sender<LinkStatus>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Ended> {
-    let url = agent_url(&config.relay)?;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Dials and says hello; on success the relay has accepted this daemon.
+async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
+    let url = agent_url(&daemon.config.relay)?;
     let ws_config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-
     let hello =
-        AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent: agent_info(), credentials: state.credentials.clone() };
+        AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent: agent_info(), credentials: daemon.credentials() };
     ws.send(Message::text(agent::encode(&hello))).await?;
     let reply = match timeout(HELLO_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => agent::decode::<RelayMessage>(&text)?,
@@ -118,37 +117,52 @@ async fn connect(
     };
     match reply {
         RelayMessage::Registered { code, token, .. } => {
+            let previous = daemon.credentials().map(|c| c.code);
             if let Some(token) = token {
-                state.credentials = Some(Credentials { code, token });
-                file.save(state).context("saving the new code and token")?;
+                daemon.set_credentials(Some(Credentials { code, token })).context("saving the new code and token")?;
             }
-            if status.borrow().code != Some(code) {
-                // The operator's (and the journal's) way to learn the code.
-                eprintln!("Registered with relay {}", config.relay);
-                eprintln!("Session: {code}");
+            let first = !daemon.announced.swap(true, std::sync::atomic::Ordering::Relaxed);
+            if first || previous != Some(code) {
+                announce(daemon, &code.to_string());
             }
+            tracing::info!("linked to {url}");
+            Ok(Ok(ws))
         }
         RelayMessage::HelloRefused { reason: HelloRefusal::UnknownCode, message } => {
             tracing::warn!("{message}");
-            state.credentials = None;
-            file.save(state)?;
-            return Ok(Ended::Reregister);
+            daemon.set_credentials(None)?;
+            Ok(Err(Ended::Reregister))
         }
-        RelayMessage::HelloRefused { message, .. } => {
-            bail!("the relay refused this daemon: {message}")
-        }
+        RelayMessage::HelloRefused { message, .. } => bail!("the relay refused this daemon: {message}"),
         other => bail!("unexpected first answer from the relay: {other:?}"),
     }
-    tracing::info!("linked to {url}");
-    let code = state.credentials.as_ref().map(|c| c.code);
-    status.send_replace(LinkStatus { code, connected: true });
+}
 
+/// Prints the code where the operator (and the journal) will see it.
+fn announce(daemon: &Daemon, code: &str) {
+    eprintln!("Registered with relay {}", daemon.config.relay);
+    eprintln!("Session: {code}");
+}
+
+async fn connect(
+    daemon: &Daemon,
+    limit: &Arc<Semaphore>,
+    calls: &mut mpsc::Receiver<OperatorCall>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Ended> {
+    let mut ws = match hello(daemon).await? {
+        Ok(ws) => ws,
+        Err(ended) => return Ok(ended),
+    };
+    daemon.link_up();
     let connected = Instant::now();
     let (out_tx, mut out_rx) = mpsc::channel::<AgentMessage>(64);
-    let running: Arc<Mutex<HashMap<Uuid, CancellationToken>>> = Arc::default();
+    let running: Running = Arc::default();
     let link_gone = CancellationToken::new();
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    let mut seq = 0u64;
+    let mut ping = tokio::time::interval(daemon.config.ping_interval);
+    let mut last_ping: Option<(u64, Instant)> = None;
+    let mut waiting: HashMap<u64, oneshot::Sender<OperatorOutcome>> = HashMap::new();
+    let mut next_req = 0u64;
 
     let ended = loop {
         tokio::select! {
@@ -157,28 +171,53 @@ async fn connect(
                 break Ended::Shutdown;
             }
             Some(msg) = out_rx.recv() => ws.send(Message::text(agent::encode(&msg))).await?,
+            Some((op, reply)) = calls.recv() => {
+                next_req += 1;
+                waiting.insert(next_req, reply);
+                ws.send(Message::text(agent::encode(&AgentMessage::Operator { req: next_req, op }))).await?;
+            }
             _ = ping.tick() => {
-                seq += 1;
+                let seq = last_ping.map_or(1, |(s, _)| s + 1);
+                last_ping = Some((seq, Instant::now()));
                 ws.send(Message::text(agent::encode(&AgentMessage::Ping { seq }))).await?;
             }
             frame = timeout(LINK_TIMEOUT, ws.next()) => {
-                let Ok(frame) = frame else { break Ended::Dropped { lasted: connected.elapsed() } };
-                match frame {
-                    None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break Ended::Dropped { lasted: connected.elapsed() },
-                    Some(Ok(Message::Text(text))) => match agent::decode::<RelayMessage>(&text) {
-                        Ok(RelayMessage::Exec(req)) => start(config, req, limit, &running, &link_gone, &out_tx),
-                        Ok(RelayMessage::Cancel { id }) => {
-                            if let Some(token) = running.lock().unwrap().get(&id) {
-                                token.cancel();
-                            }
+                let Ok(Some(Ok(frame))) = frame else { break Ended::Dropped { lasted: connected.elapsed() } };
+                let text = match frame {
+                    Message::Text(text) => text,
+                    Message::Close(_) => break Ended::Dropped { lasted: connected.elapsed() },
+                    _ => continue,
+                };
+                match agent::decode::<RelayMessage>(&text) {
+                    Ok(RelayMessage::Exec(req)) => start(daemon, req, limit, &running, &link_gone, &out_tx),
+                    Ok(RelayMessage::Cancel { id }) => {
+                        if let Some(token) = running.lock().unwrap().get(&id) {
+                            token.cancel();
                         }
-                        Ok(RelayMessage::Ping { seq }) => ws.send(Message::text(agent::encode(&AgentMessage::Pong { seq }))).await?,
-                        Ok(RelayMessage::Pong { .. }) => {}
-                        Ok(RelayMessage::Error { message }) => tracing::warn!("the relay says: {message}"),
-                        Ok(other) => tracing::warn!("unexpected message from the relay: {other:?}"),
-                        Err(e) => tracing::warn!("{e}"),
-                    },
-                    Some(Ok(_)) => {}
+                    }
+                    Ok(RelayMessage::Ping { seq }) => {
+                        ws.send(Message::text(agent::encode(&AgentMessage::Pong { seq }))).await?;
+                    }
+                    Ok(RelayMessage::Pong { seq }) => {
+                        if let Some((sent_seq, at)) = last_ping && sent_seq == seq {
+                            daemon.rtt_sample(at.elapsed());
+                        }
+                    }
+                    Ok(RelayMessage::OperatorReply { req, outcome }) => {
+                        if let OperatorOutcome::CodeReset { code, .. } = &outcome
+                            && let Some(creds) = daemon.credentials()
+                        {
+                            daemon.set_credentials(Some(Credentials { code: *code, token: creds.token }))?;
+                            announce(daemon, &code.to_string());
+                        }
+                        if let Some(reply) = waiting.remove(&req) {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Ok(RelayMessage::AccountsChanged) => daemon.accounts_changed(),
+                    Ok(RelayMessage::Error { message }) => tracing::warn!("the relay says: {message}"),
+                    Ok(other) => tracing::warn!("unexpected message from the relay: {other:?}"),
+                    Err(e) => tracing::warn!("{e}"),
                 }
             }
         }
@@ -188,41 +227,87 @@ async fn connect(
     Ok(ended)
 }
 
-/// Starts a command on its own task, unless the mode or the limit says no.
+/// Takes a command on its own task: the mode, the limit and (supervised)
+/// the operator decide whether it runs.
 fn start(
-    config: &Config,
+    daemon: &Daemon,
     req: ExecRequest,
     limit: &Arc<Semaphore>,
-    running: &Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
+    running: &Running,
     link_gone: &CancellationToken,
     out: &mpsc::Sender<AgentMessage>,
 ) {
     let id = req.id;
-    let refuse = |reason, message: String| {
-        let out = out.clone();
-        tokio::spawn(async move {
-            let _ = out.send(AgentMessage::Refused { id, reason, message }).await;
-        });
+    let mode = daemon.mode();
+    let outbox = Outbox::new(daemon.clone(), out.clone());
+    let permit = Arc::clone(limit).try_acquire_owned();
+    let initial = if mode == Mode::Supervised && permit.is_ok() {
+        crate::protocol::control::CommandState::Pending
+    } else {
+        crate::protocol::control::CommandState::Running
     };
-    if config.mode == Mode::Disabled {
-        return refuse(Refusal::Disabled, "this machine's operator has disabled remote commands".into());
-    }
-    let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
-        let message = format!(
-            "this machine is already running {} command(s), as many as its operator allows at once; retry when one has finished",
-            config.max_concurrent
-        );
-        return refuse(Refusal::Busy, message);
-    };
+    daemon.record(&req, initial);
     let cancel = link_gone.child_token();
     running.lock().unwrap().insert(id, cancel.clone());
     let running = Arc::clone(running);
-    let out = out.clone();
+    let daemon = daemon.clone();
+    let max = daemon.config.max_concurrent;
     tokio::spawn(async move {
-        executor::run(req, out, cancel).await;
+        match permit {
+            Ok(permit) => handle(&daemon, req, mode, &outbox, &cancel, permit).await,
+            Err(_) => {
+                let message = format!(
+                    "this machine is already running {max} command(s), as many as its operator allows at once; retry when one has finished"
+                );
+                outbox.refuse(id, Refusal::Busy, message).await;
+            }
+        }
         running.lock().unwrap().remove(&id);
-        drop(permit);
     });
+}
+
+async fn handle(
+    daemon: &Daemon,
+    req: ExecRequest,
+    mode: Mode,
+    outbox: &Outbox,
+    cancel: &CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let id = req.id;
+    match mode {
+        Mode::Disabled => {
+            let message = "this machine's operator has disabled remote commands (aic-console mode disabled)".into();
+            return outbox.refuse(id, Refusal::Disabled, message).await;
+        }
+        Mode::Auto => {}
+        Mode::Supervised => match daemon.await_approval(&req, cancel).await {
+            Decision::Approved => {}
+            Decision::Denied => {
+                let message = "the machine's operator denied this command".into();
+                return outbox.refuse(id, Refusal::Denied, message).await;
+            }
+            Decision::TimedOut => {
+                let message = format!(
+                    "the machine's operator did not answer within {}; ask them to watch aic-console, then retry",
+                    human(daemon.config.approval_timeout)
+                );
+                return outbox.refuse(id, Refusal::ApprovalTimeout, message).await;
+            }
+            Decision::Withdrawn => return daemon.cancelled(id),
+        },
+    }
+    executor::run(req, outbox, cancel).await;
+    if cancel.is_cancelled() {
+        daemon.cancelled(id);
+    }
+}
+
+fn human(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 /// What this machine tells the relay about itself.

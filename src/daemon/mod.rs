@@ -1,38 +1,22 @@
 //! The daemon: dials the relay, owns the machine's session code, runs
-//! commands.
+//! commands, and serves the control socket its operator's console uses.
 
+pub mod control;
+pub mod core;
 pub mod executor;
 pub mod link;
 pub mod state;
+pub mod traffic;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use self::core::Daemon;
 use crate::protocol::SessionCode;
-
-/// What the daemon does with an incoming command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Runs at once.
-    Auto,
-    /// Refuses every command.
-    Disabled,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "disabled" => Ok(Self::Disabled),
-            other => Err(format!("unknown mode {other:?}; use auto or disabled")),
-        }
-    }
-}
+pub use crate::protocol::control::Mode;
 
 /// Everything the daemon is told at start.
 #[derive(Debug, Clone)]
@@ -41,20 +25,34 @@ pub struct Config {
     pub relay: String,
     /// Where the state file lives.
     pub state_dir: PathBuf,
-    /// The mode given on the command line; otherwise the saved one, else auto.
-    pub mode: Mode,
-    /// Commands allowed to run at once.
+    /// The control socket's path.
+    pub socket: PathBuf,
+    /// A mode given at start; it wins over (and replaces) the saved one. Else the saved mode, else supervised.
+    pub mode: Option<Mode>,
+    /// Commands allowed to run (or wait for approval) at once.
     pub max_concurrent: usize,
+    /// How long a command waits for the operator before it is refused.
+    pub approval_timeout: Duration,
+    /// How often the relay is pinged to measure round-trip time.
+    pub ping_interval: Duration,
 }
 
 impl Config {
-    /// Defaults for everything but the relay and the state dir.
-    pub fn new(relay: impl Into<String>, state_dir: PathBuf) -> Self {
-        Self { relay: relay.into(), state_dir, mode: Mode::Auto, max_concurrent: 16 }
+    /// Defaults for everything but the relay, the state dir and the socket.
+    pub fn new(relay: impl Into<String>, state_dir: PathBuf, socket: PathBuf) -> Self {
+        Self {
+            relay: relay.into(),
+            state_dir,
+            socket,
+            mode: None,
+            max_concurrent: 16,
+            approval_timeout: Duration::from_secs(600),
+            ping_interval: crate::protocol::agent::PING_INTERVAL,
+        }
     }
 }
 
-/// The link as the rest of the daemon (and tests) see it.
+/// The link as whoever started the daemon (tests, the binary) sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStatus {
     /// The machine's code, once the relay has given one.
@@ -64,10 +62,17 @@ pub struct LinkStatus {
 }
 
 /// Runs the daemon until `shutdown` is cancelled, publishing the link's
-/// state on `status`.
+/// state on `status`. The control socket is bound before anything else, so a
+/// second daemon on the same socket refuses to start.
 pub async fn run(config: Config, status: watch::Sender<LinkStatus>, shutdown: CancellationToken) -> anyhow::Result<()> {
     link::check_relay_url(&config.relay)?;
+    let socket = control::ControlSocket::bind(&config.socket)?;
     let file = state::StateFile::in_dir(&config.state_dir)?;
-    let state = file.load()?;
-    link::run(config, file, state, status, shutdown).await
+    let saved = file.load()?;
+    let (daemon, calls) = Daemon::new(config, file, saved, status)?;
+    tracing::info!(mode = %daemon.mode(), socket = %socket.path().display(), "aic-daemon started");
+    let server = tokio::spawn(control::serve(socket, daemon.clone(), shutdown.clone()));
+    link::run(daemon, calls, shutdown).await;
+    server.await?;
+    Ok(())
 }

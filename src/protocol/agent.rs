@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::SessionCode;
+pub use super::control::LinkedAccount;
 
 /// Version of this protocol. Both ends must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -138,6 +139,63 @@ pub enum AgentMessage {
         /// The ping's `seq`.
         seq: u64,
     },
+    /// The operator asks the relay for something; answered by [`RelayMessage::OperatorReply`].
+    Operator {
+        /// Chosen by the daemon; echoed in the reply.
+        req: u64,
+        /// What the operator wants.
+        op: OperatorOp,
+    },
+}
+
+/// What a machine's operator may ask of the relay about that machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OperatorOp {
+    /// Replace the code: the old one stops working at once, links and blocks are cleared.
+    ResetCode,
+    /// The accounts linked to this machine.
+    ListAccounts,
+    /// Block a linked account.
+    Block {
+        /// The account link's id.
+        account: String,
+    },
+    /// Unblock a linked account.
+    Unblock {
+        /// The account link's id.
+        account: String,
+    },
+    /// Approve a pending link.
+    Approve {
+        /// The account link's id.
+        account: String,
+    },
+}
+
+/// The relay's answer to an [`OperatorOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum OperatorOutcome {
+    /// The code was replaced.
+    CodeReset {
+        /// The new code.
+        code: SessionCode,
+        /// When it was made (Unix ms).
+        code_created_ms: u64,
+    },
+    /// The linked accounts.
+    Accounts {
+        /// Masked as the operator may see them.
+        accounts: Vec<LinkedAccount>,
+    },
+    /// Done.
+    Done,
+    /// It could not be done; the message says why.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why the daemon did not run a command.
@@ -196,6 +254,15 @@ pub enum RelayMessage {
         /// The ping's `seq`.
         seq: u64,
     },
+    /// The answer to an [`AgentMessage::Operator`] request.
+    OperatorReply {
+        /// The request's `req`.
+        req: u64,
+        /// What came of it.
+        outcome: OperatorOutcome,
+    },
+    /// The accounts linked to this machine changed (a pending link appeared, say).
+    AccountsChanged,
     /// The relay could not understand a message; the text says what was wrong.
     Error {
         /// What was wrong.

@@ -2,5 +2,6 @@
 
 pub mod agent;
 mod code;
+pub mod control;
 
 pub use code::{ALPHABET, CodeError, SessionCode};

@@ -42,9 +42,9 @@ pub async fn resolve(state: &AppState, code: &str) -> Result<Target, ApiError> {
     let fresh = |created: i64| super::now_ms().saturating_sub(created) < window;
 
     if let Some(conn) = state.hub.get(&code_hash)
-        && fresh(conn.code_created_ms)
+        && fresh(conn.code_created_ms())
     {
-        return Ok(Target { code, info: conn.info.clone(), code_created_ms: conn.code_created_ms, conn: Some(conn) });
+        return Ok(Target { code, info: conn.info.clone(), code_created_ms: conn.code_created_ms(), conn: Some(conn) });
     }
     // Every refusal goes through the same store lookup, so that unknown and
     // expired codes cost the same time as well as giving the same bytes.

@@ -12,7 +12,6 @@ use tokio::time::timeout;
 use super::AppState;
 use super::hub::AgentConn;
 use super::keys::{self, Digest};
-use crate::protocol::SessionCode;
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, PROTOCOL_VERSION, RelayMessage,
     VersionProbe,
@@ -63,9 +62,10 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
     tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
 
-    let result = pump(&state, &conn, &mut socket, &mut rx).await;
+    let mut code_hash = accepted.code_hash;
+    let result = pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await;
 
-    state.hub.remove(&accepted.code_hash, &conn);
+    state.hub.remove(&code_hash, &conn);
     if let Err(e) = state.store.touch_agent(accepted.agent_id, super::now_ms(), &info).await {
         tracing::warn!("recording agent disconnect: {e:#}");
     }
@@ -77,6 +77,7 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
 async fn pump(
     state: &AppState,
     conn: &Arc<AgentConn>,
+    code_hash: &mut Digest,
     socket: &mut WebSocket,
     rx: &mut mpsc::UnboundedReceiver<RelayMessage>,
 ) -> anyhow::Result<()> {
@@ -90,7 +91,7 @@ async fn pump(
                 match frame {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(Message::Text(text))) => on_text(conn, &text),
+                    Some(Ok(Message::Text(text))) => on_text(state, conn, code_hash, &text).await,
                     Some(Ok(Message::Binary(_))) => {
                         conn.send(RelayMessage::Error { message: "binary frames are not part of the protocol; send JSON text".into() });
                     }
@@ -101,8 +102,12 @@ async fn pump(
     }
 }
 
-fn on_text(conn: &AgentConn, text: &str) {
+async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest, text: &str) {
     match agent::decode::<AgentMessage>(text) {
+        Ok(AgentMessage::Operator { req, op }) => {
+            let outcome = super::operator::handle(state, conn, code_hash, op).await;
+            conn.send(RelayMessage::OperatorReply { req, outcome });
+        }
         Ok(AgentMessage::Ping { seq }) => {
             conn.send(RelayMessage::Pong { seq });
         }
@@ -169,23 +174,15 @@ async fn accept(
 async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Result<Accepted> {
     let token = keys::new_token();
     let token_hash = state.keys.token_hash(&token);
-    // 60 bits make a collision rare; a few tries make it harmless.
-    for _ in 0..5 {
-        let code = SessionCode::generate();
-        let code_hash = state.keys.code_hash(&code);
-        if state.store.agent_by_code(&code_hash).await?.is_some() {
-            continue;
-        }
-        let agent_id = state.store.insert_agent(&code_hash, &token_hash, now, info).await?;
-        tracing::info!(agent = agent_id, host = %info.hostname, "agent registered");
-        return Ok(Accepted {
-            agent_id,
-            code_hash,
-            code_created_ms: now,
-            reply: RelayMessage::Registered { code, token: Some(token), code_created_ms: now as u64 },
-        });
-    }
-    anyhow::bail!("could not mint an unused code")
+    let (code, code_hash) = super::operator::unused_code(state).await?;
+    let agent_id = state.store.insert_agent(&code_hash, &token_hash, now, info).await?;
+    tracing::info!(agent = agent_id, host = %info.hostname, "agent registered");
+    Ok(Accepted {
+        agent_id,
+        code_hash,
+        code_created_ms: now,
+        reply: RelayMessage::Registered { code, token: Some(token), code_created_ms: now as u64 },
+    })
 }
 
 async fn refuse(mut socket: WebSocket, reason: HelloRefusal, message: String) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! else ever sees it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -32,8 +32,8 @@ pub struct AgentConn {
     pub agent_id: i64,
     /// What the daemon said about its machine.
     pub info: AgentInfo,
-    /// When the current code was made (Unix ms).
-    pub code_created_ms: i64,
+    /// When the current code was made (Unix ms); a code reset changes it.
+    code_created_ms: AtomicI64,
     /// Frames for the daemon; the connection's task writes them out.
     tx: mpsc::UnboundedSender<RelayMessage>,
     /// Callers waiting on their commands' events.
@@ -77,7 +77,7 @@ impl Hub {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             agent_id,
             info,
-            code_created_ms,
+            code_created_ms: AtomicI64::new(code_created_ms),
             tx,
             pending: Mutex::default(),
             replaced: CancellationToken::new(),
@@ -103,6 +103,17 @@ impl Hub {
         conn.fail_all();
     }
 
+    /// Moves `conn` from its old code to a new one (a code reset): the old
+    /// code stops reaching it at once.
+    pub fn rekey(&self, old: &Digest, new: Digest, conn: &Arc<AgentConn>, code_created_ms: i64) {
+        let mut agents = self.agents.lock().unwrap();
+        if agents.get(old).is_some_and(|c| c.conn_id == conn.conn_id) {
+            agents.remove(old);
+        }
+        conn.code_created_ms.store(code_created_ms, Ordering::Relaxed);
+        agents.insert(new, Arc::clone(conn));
+    }
+
     /// The live connection for a code, if its agent is online.
     pub fn get(&self, code_hash: &Digest) -> Option<Arc<AgentConn>> {
         self.agents.lock().unwrap().get(code_hash).cloned()
@@ -115,6 +126,11 @@ impl Hub {
 }
 
 impl AgentConn {
+    /// When the current code was made (Unix ms).
+    pub fn code_created_ms(&self) -> i64 {
+        self.code_created_ms.load(Ordering::Relaxed)
+    }
+
     /// Sends a command to the daemon; events arrive on the returned handle.
     /// Dropping the handle before the command ends cancels it on the machine.
     pub fn start(self: &Arc<Self>, request: ExecRequest) -> Option<Exec> {
@@ -143,9 +159,10 @@ impl AgentConn {
                 (id, ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out }, true)
             }
             AgentMessage::Refused { id, reason, message } => (id, ExecEvent::Refused(reason, message), true),
-            AgentMessage::Hello { .. } | AgentMessage::Ping { .. } | AgentMessage::Pong { .. } => {
-                return;
-            }
+            AgentMessage::Hello { .. }
+            | AgentMessage::Ping { .. }
+            | AgentMessage::Pong { .. }
+            | AgentMessage::Operator { .. } => return,
         };
         let mut pending = self.pending.lock().unwrap();
         let sender = if last { pending.remove(&id) } else { pending.get(&id).cloned() };

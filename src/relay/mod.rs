@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod hub;
 pub mod keys;
+mod operator;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -140,6 +140,18 @@ impl Store {
         Ok(())
     }
 
+    /// Gives an agent a new code: the old hash stops matching at once, and
+    /// the anonymous window starts again.
+    pub async fn reset_code(&self, id: i64, code_hash: &Digest, now_ms: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE agents SET code_hash = $1, code_created_ms = $2 WHERE id = $3")
+            .bind(&code_hash[..])
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Closes the pool, flushing the write-ahead log.
     pub async fn close(&self) {
         self.pool.close().await;

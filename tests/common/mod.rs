@@ -73,9 +73,11 @@ pub struct TestDaemon {
 }
 
 impl TestDaemon {
-    /// A daemon in auto mode dialling `relay_ws`, keeping state in `state_dir`.
+    /// A daemon in auto mode dialling `relay_ws`, keeping state (and its socket) in `state_dir`.
     pub async fn start(relay_ws: &str, state_dir: &Path) -> Self {
-        Self::start_with(daemon::Config::new(relay_ws, state_dir.to_path_buf())).await
+        let mut config = daemon_config(relay_ws, state_dir);
+        config.mode = Some(daemon::Mode::Auto);
+        Self::start_with(config).await
     }
 
     /// A daemon with `config`.
@@ -111,6 +113,11 @@ impl TestDaemon {
     }
 }
 
+/// Daemon settings for tests: state and socket in `state_dir`, mode left to the saved one.
+pub fn daemon_config(relay_ws: &str, state_dir: &Path) -> daemon::Config {
+    daemon::Config::new(relay_ws, state_dir.to_path_buf(), state_dir.join("aic.sock"))
+}
+
 /// A real `aic-daemon` process; its stderr is collected.
 pub struct DaemonProcess {
     pub child: tokio::process::Child,
@@ -119,11 +126,19 @@ pub struct DaemonProcess {
 }
 
 impl DaemonProcess {
-    /// Starts `aic-daemon run` and waits for its `Session:` line.
+    /// Starts `aic-daemon run` in auto mode and waits for its `Session:` line.
     pub async fn start(relay_ws: &str, state_dir: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::start_with_args(relay_ws, state_dir, &["--mode", "auto"], envs).await
+    }
+
+    /// Starts `aic-daemon run` with extra `args` (socket in `state_dir`) and waits for its `Session:` line.
+    pub async fn start_with_args(relay_ws: &str, state_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-daemon"))
             .args(["run", "--relay", relay_ws, "--state-dir"])
             .arg(state_dir)
+            .arg("--socket")
+            .arg(state_dir.join("aic.sock"))
+            .args(args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

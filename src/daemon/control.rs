@@ -1,0 +1,306 @@
+//! The control socket: consoles connect here to watch traffic, answer the
+//! approval queue and manage the machine. Access is by file mode and by the
+//! peer's credentials (root, the daemon's own user, or group `aic`).
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use super::core::Daemon;
+use crate::protocol::agent::{OperatorOp, OperatorOutcome};
+use crate::protocol::control::{Event, MAX_LINE, Op, Request, ServerFrame};
+
+/// The group whose members may use a root daemon's socket.
+pub const GROUP: &str = "aic";
+
+/// Frames queued for one console before its requests wait for it to read.
+const CLIENT_QUEUE: usize = 256;
+
+/// A bound control socket; the file is removed when this is dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+    listener: UnixListener,
+    access: Access,
+}
+
+/// Who may talk to the daemon.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    /// The daemon's own user.
+    uid: u32,
+    /// Group `aic`, if it exists.
+    group: Option<u32>,
+}
+
+impl ControlSocket {
+    /// Binds `path`, after removing a socket left over by a daemon that died;
+    /// refuses if a live daemon answers there.
+    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+        let is_root = rustix::process::geteuid().is_root();
+        let group = if is_root { group_id(GROUP) } else { None };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            prepare_dir(dir, group)?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                bail!("{} exists and is not a socket; remove it or pass another --socket", path.display())
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
+                    "another aic-daemon is already running on {}; stop it first (systemctl stop aic-daemon) or pass another --socket",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!("removing the stale socket {}", path.display());
+                    std::fs::remove_file(path).with_context(|| format!("removing the stale {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+        // Root shares the socket with group `aic`; anyone else keeps it to themselves.
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        if let Some(gid) = group {
+            rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))
+                .with_context(|| format!("giving {} to group {GROUP}", path.display()))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        let uid = rustix::process::geteuid().as_raw();
+        Ok(Self { path: path.to_path_buf(), listener, access: Access { uid, group } })
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Creates the socket's directory if missing: 0750 with group `aic` for
+/// root, 0700 otherwise. An existing directory is left as it is.
+fn prepare_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mode = if group.is_some() { 0o750 } else { 0o700 };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(gid) = group {
+        rustix::fs::chown(dir, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+    }
+    Ok(())
+}
+
+/// The id of group `name`, from /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name)).then(|| fields.nth(1)?.parse().ok()).flatten()
+    })
+}
+
+/// The supplementary groups of process `pid`.
+fn groups_of(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+impl Access {
+    fn check(&self, stream: &UnixStream) -> Result<(), String> {
+        let cred = stream.peer_cred().map_err(|e| format!("could not read the client's credentials: {e}"))?;
+        let uid = cred.uid();
+        if uid == 0 || uid == self.uid {
+            return Ok(());
+        }
+        if let Some(gid) = self.group
+            && (cred.gid() == gid || cred.pid().is_some_and(|pid| groups_of(pid).contains(&gid)))
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "permission denied: uid {uid} may not use this daemon; run the console as root (sudo aic-console …) or join group {GROUP} (sudo usermod -aG {GROUP} $USER, then log in again)"
+        ))
+    }
+}
+
+/// Accepts consoles until `shutdown`; then the socket file is removed.
+pub async fn serve(socket: ControlSocket, daemon: Daemon, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = socket.listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(client(daemon.clone(), stream, socket.access, shutdown.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors, say: wait a moment rather than spin.
+                tracing::warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn client(daemon: Daemon, stream: UnixStream, access: Access, shutdown: CancellationToken) {
+    if let Err(message) = access.check(&stream) {
+        tracing::warn!("control socket: {message}");
+        let mut stream = stream;
+        let _ = stream.write_all(&line(&ServerFrame::Error { id: None, message })).await;
+        return;
+    }
+    let (read, mut write) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<ServerFrame>(CLIENT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if write.write_all(&line(&frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE);
+    let mut lines = FramedRead::new(read, codec);
+    let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = lines.next() => next,
+        };
+        let bytes = match next {
+            None | Some(Err(AnyDelimiterCodecError::Io(_))) => break,
+            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
+                let message = format!("request line longer than {} KiB; closing this connection", MAX_LINE / 1024);
+                let _ = tx.send(ServerFrame::Error { id: None, message }).await;
+                break;
+            }
+            Some(Ok(bytes)) => bytes,
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let frame = match serde_json::from_slice::<Request>(&bytes) {
+            Err(e) => ServerFrame::Error {
+                id: request_id(&bytes),
+                message: format!("unreadable request ({e}); see docs/control-protocol.md"),
+            },
+            Ok(Request { id, op: Op::Subscribe }) => {
+                if forwarder.is_none() {
+                    forwarder = Some(tokio::spawn(forward(daemon.subscribe(), tx.clone())));
+                }
+                ServerFrame::Reply { id, result: json!({"subscribed": true}) }
+            }
+            Ok(Request { id, op }) => match handle(&daemon, op).await {
+                Ok(result) => ServerFrame::Reply { id, result },
+                Err(message) => ServerFrame::Error { id: Some(id), message },
+            },
+        };
+        if tx.send(frame).await.is_err() {
+            break;
+        }
+    }
+    if let Some(forwarder) = forwarder {
+        forwarder.abort();
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn line(frame: &ServerFrame) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(frame).expect("frames always serialize");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// The `id` of a request that did not parse as a whole, so its error can still be matched.
+fn request_id(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(bytes).ok()?.get("id")?.as_u64()
+}
+
+/// Pushes events to one console. A console that reads too slowly is told
+/// how many it missed instead of holding memory for them.
+async fn forward(mut events: broadcast::Receiver<Event>, tx: mpsc::Sender<ServerFrame>) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => Event::Lagged { missed },
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if tx.send(ServerFrame::Event(event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(daemon: &Daemon, op: Op) -> Result<Value, String> {
+    Ok(match op {
+        Op::Status => value(&daemon.status_info()),
+        Op::Traffic => value(&daemon.traffic()),
+        Op::Approvals => value(&daemon.approvals()),
+        Op::Approve { command } => {
+            daemon.decide(command, true)?;
+            json!({"command": command, "decision": "approved"})
+        }
+        Op::Deny { command } => {
+            daemon.decide(command, false)?;
+            json!({"command": command, "decision": "denied"})
+        }
+        Op::SetMode { mode } => {
+            daemon.set_mode(mode).map_err(|e| format!("{e:#}"))?;
+            json!({"mode": mode})
+        }
+        Op::Code => value(&daemon.code_info()),
+        Op::CodeReset => match daemon.operator(OperatorOp::ResetCode).await? {
+            OperatorOutcome::CodeReset { code, .. } => json!({"code": code}),
+            other => return Err(format!("unexpected answer from the relay: {other:?}")),
+        },
+        Op::Admins => match daemon.operator(OperatorOp::ListAccounts).await? {
+            OperatorOutcome::Accounts { accounts } => value(&accounts),
+            other => return Err(format!("unexpected answer from the relay: {other:?}")),
+        },
+        Op::AdminBlock { account } => {
+            account_op(daemon, OperatorOp::Block { account: account.clone() }, account, "blocked").await?
+        }
+        Op::AdminUnblock { account } => {
+            account_op(daemon, OperatorOp::Unblock { account: account.clone() }, account, "active").await?
+        }
+        Op::AdminApprove { account } => {
+            account_op(daemon, OperatorOp::Approve { account: account.clone() }, account, "active").await?
+        }
+        Op::Subscribe => json!({"subscribed": true}),
+    })
+}
+
+async fn account_op(daemon: &Daemon, op: OperatorOp, account: String, state: &str) -> Result<Value, String> {
+    daemon.operator(op).await?;
+    daemon.accounts_changed();
+    Ok(json!({"account": account, "state": state}))
+}
+
+fn value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}

@@ -1,0 +1,137 @@
+//! The in-memory ring of recent commands that consoles show. Bounded in
+//! entries and in bytes per entry; never written anywhere.
+
+use std::collections::VecDeque;
+
+use uuid::Uuid;
+
+use crate::protocol::agent::ExecRequest;
+use crate::protocol::control::{CommandState, TrafficEntry};
+
+/// Commands kept.
+pub const RING_LEN: usize = 1000;
+/// Bytes of each command's output kept (its end).
+pub const TAIL_BYTES: usize = 4096;
+/// Bytes of each command's text kept in the ring (the approval queue keeps it whole).
+pub const COMMAND_BYTES: usize = 4096;
+
+/// The ring.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    entries: VecDeque<TrafficEntry>,
+}
+
+impl Traffic {
+    /// Records a command that has just arrived.
+    pub fn push(&mut self, req: &ExecRequest, state: CommandState, at_ms: u64) -> TrafficEntry {
+        if self.entries.len() == RING_LEN {
+            self.entries.pop_front();
+        }
+        let entry = TrafficEntry {
+            id: req.id,
+            at_ms,
+            who: req.requester.who.clone(),
+            ip: req.requester.ip.clone(),
+            command: cut(&req.command, COMMAND_BYTES),
+            cwd: req.cwd.clone(),
+            state,
+            exit_code: None,
+            duration_ms: None,
+            bytes: 0,
+            truncated: false,
+            tail: String::new(),
+        };
+        self.entries.push_back(entry.clone());
+        entry
+    }
+
+    /// The entry for `id`; recent ones are found first.
+    pub fn get_mut(&mut self, id: Uuid) -> Option<&mut TrafficEntry> {
+        self.entries.iter_mut().rev().find(|e| e.id == id)
+    }
+
+    /// All entries, oldest first.
+    pub fn snapshot(&self) -> Vec<TrafficEntry> {
+        self.entries.iter().cloned().collect()
+    }
+
+    /// Commands now running.
+    pub fn running(&self) -> usize {
+        self.entries.iter().filter(|e| e.state == CommandState::Running).count()
+    }
+}
+
+/// Appends `text` to a tail, keeping its last [`TAIL_BYTES`] bytes.
+pub fn append_tail(tail: &mut String, text: &str) {
+    tail.push_str(text);
+    if tail.len() > TAIL_BYTES {
+        let mut start = tail.len() - TAIL_BYTES;
+        while !tail.is_char_boundary(start) {
+            start += 1;
+        }
+        tail.drain(..start);
+    }
+}
+
+/// The last [`TAIL_BYTES`] bytes of a chunk's text, for an output event.
+pub fn last_part(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(TAIL_BYTES);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::agent::Requester;
+
+    fn req(command: &str) -> ExecRequest {
+        ExecRequest {
+            id: Uuid::new_v4(),
+            command: command.into(),
+            cwd: None,
+            timeout_ms: 1000,
+            max_output: 1,
+            pty: false,
+            requester: Requester { who: "anonymous".into(), ip: "127.0.0.1".into() },
+        }
+    }
+
+    #[test]
+    fn ring_keeps_the_last_thousand() {
+        let mut t = Traffic::default();
+        let first = req("first");
+        t.push(&first, CommandState::Running, 0);
+        for _ in 0..RING_LEN {
+            t.push(&req("x"), CommandState::Running, 0);
+        }
+        assert_eq!(t.snapshot().len(), RING_LEN);
+        assert!(t.get_mut(first.id).is_none());
+    }
+
+    #[test]
+    fn tails_and_commands_are_bounded_on_char_boundaries() {
+        let mut tail = String::new();
+        for _ in 0..3000 {
+            append_tail(&mut tail, "é");
+        }
+        assert!(tail.len() <= TAIL_BYTES && tail.chars().all(|c| c == 'é'));
+        let mut t = Traffic::default();
+        let long = "€".repeat(5000);
+        let entry = t.push(&req(&long), CommandState::Pending, 0);
+        assert!(entry.command.len() <= COMMAND_BYTES + 3 && entry.command.ends_with('…'));
+    }
+}

@@ -1,0 +1,370 @@
+//! The daemon's control socket: newline-delimited JSON between the daemon
+//! and its consoles. Requests carry an `id` and an `op`; every request gets
+//! one reply with the same `id`; after `subscribe`, events are pushed too.
+//! docs/control-protocol.md describes it for people.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::agent::Stream;
+
+/// Longest request line the daemon reads; a longer one ends that client's connection.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The socket of the daemon that runs as root (the systemd service).
+pub const SYSTEM_SOCKET: &str = "/run/aic-daemon/aic.sock";
+
+/// The socket a daemon uses when none is given: the system one for root,
+/// else one in the user's runtime dir.
+pub fn default_socket(is_root: bool) -> PathBuf {
+    if is_root { PathBuf::from(SYSTEM_SOCKET) } else { user_socket() }
+}
+
+/// The socket a console dials when none is given: the system daemon's if
+/// there is one, else the user's own daemon's.
+pub fn console_socket() -> PathBuf {
+    let system = PathBuf::from(SYSTEM_SOCKET);
+    if system.exists() { system } else { user_socket() }
+}
+
+/// `$XDG_RUNTIME_DIR/aic-daemon.sock`, or a private dir under the temp dir without one.
+pub fn user_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("aic-daemon.sock"),
+        _ => std::env::temp_dir().join(format!("aic-daemon-{}", rustix::process::geteuid().as_raw())).join("aic.sock"),
+    }
+}
+
+/// What the daemon does with an incoming command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every command waits in the approval queue for the operator's y/N.
+    #[default]
+    Supervised,
+    /// Commands run at once (still shown live).
+    Auto,
+    /// Every command is refused.
+    Disabled,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Supervised => "supervised",
+            Self::Auto => "auto",
+            Self::Disabled => "disabled",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "supervised" => Ok(Self::Supervised),
+            "auto" => Ok(Self::Auto),
+            "disabled" => Ok(Self::Disabled),
+            other => Err(format!("unknown mode {other:?}; use supervised, auto or disabled")),
+        }
+    }
+}
+
+/// A request from a console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client; echoed in the reply.
+    pub id: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations a console can ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Daemon, link and queue at a glance: [`StatusInfo`].
+    Status,
+    /// The traffic ring, oldest first: `Vec<TrafficEntry>`.
+    Traffic,
+    /// Commands waiting for a decision: `Vec<Approval>`.
+    Approvals,
+    /// Run a waiting command.
+    Approve {
+        /// The command's id.
+        command: Uuid,
+    },
+    /// Refuse a waiting command; its caller gets 403 `denied`.
+    Deny {
+        /// The command's id.
+        command: Uuid,
+    },
+    /// Change the mode (kept across restarts).
+    SetMode {
+        /// The new mode.
+        mode: Mode,
+    },
+    /// The session code: [`CodeInfo`].
+    Code,
+    /// Ask the relay for a new code; the old one stops working at once.
+    CodeReset,
+    /// Accounts linked to this machine on the relay: `Vec<LinkedAccount>`.
+    Admins,
+    /// Block a linked account.
+    AdminBlock {
+        /// Its id.
+        account: String,
+    },
+    /// Unblock a linked account.
+    AdminUnblock {
+        /// Its id.
+        account: String,
+    },
+    /// Approve a pending link.
+    AdminApprove {
+        /// Its id.
+        account: String,
+    },
+    /// Push [`Event`]s on this connection from now on.
+    Subscribe,
+}
+
+/// What the daemon writes to a console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The answer to request `id`.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The answer; its shape depends on the op.
+        result: serde_json::Value,
+    },
+    /// Request `id` failed (or, with no id, the line could not be read).
+    Error {
+        /// The request's id, when it could be read.
+        id: Option<u64>,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// Something happened (after `subscribe`).
+    Event(Event),
+}
+
+/// Things that happen, pushed to subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A command arrived or changed state; the entry is its whole current record.
+    Traffic(TrafficEntry),
+    /// A chunk of a command's output.
+    Output {
+        /// The command's id.
+        command: Uuid,
+        /// Which pipe.
+        stream: Stream,
+        /// The chunk as text (invalid UTF-8 replaced).
+        text: String,
+    },
+    /// A command waits for a decision.
+    ApprovalQueued(Approval),
+    /// A waiting command was decided or went away.
+    ApprovalDecided {
+        /// The command's id.
+        command: Uuid,
+        /// What became of it.
+        decision: Decision,
+    },
+    /// The relay link changed or measured a round trip.
+    Relay(RelayHealth),
+    /// Linked accounts changed on the relay.
+    Accounts,
+    /// The session code changed.
+    CodeChanged(CodeInfo),
+    /// The mode changed.
+    ModeChanged {
+        /// The new mode.
+        mode: Mode,
+    },
+    /// This subscriber fell behind and missed events; it should re-read the state.
+    Lagged {
+        /// How many events were missed.
+        missed: u64,
+    },
+}
+
+/// What became of a command that waited for approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The operator said yes.
+    Approved,
+    /// The operator said no.
+    Denied,
+    /// Nobody decided in time.
+    TimedOut,
+    /// Its caller went away first.
+    Withdrawn,
+}
+
+/// Where a command is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandState {
+    /// Waiting for the operator.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished by itself (see `exit_code`).
+    Exited,
+    /// Killed by its timeout.
+    TimedOut,
+    /// The operator said no.
+    Denied,
+    /// Nobody decided in time.
+    ApprovalTimeout,
+    /// Its caller went away before it ended.
+    Cancelled,
+    /// Never ran (mode disabled, busy, bad cwd, spawn failure).
+    Refused,
+}
+
+/// One command in the traffic ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficEntry {
+    /// The command's id.
+    pub id: Uuid,
+    /// When it arrived (Unix ms).
+    pub at_ms: u64,
+    /// Who asked: a masked account email, or `anonymous`.
+    pub who: String,
+    /// The caller's IP as the relay saw it.
+    pub ip: String,
+    /// The command (long ones are cut in the ring).
+    pub command: String,
+    /// Its working directory, if given.
+    pub cwd: Option<String>,
+    /// Where it is in its life.
+    pub state: CommandState,
+    /// Exit status once it has exited.
+    pub exit_code: Option<i32>,
+    /// Run time once it has ended.
+    pub duration_ms: Option<u64>,
+    /// Output bytes so far.
+    pub bytes: u64,
+    /// Output was cut at the cap.
+    pub truncated: bool,
+    /// The end of its output (bounded).
+    pub tail: String,
+}
+
+/// A command waiting for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The command's id; `approve`/`deny` take it.
+    pub id: Uuid,
+    /// When it arrived (Unix ms).
+    pub at_ms: u64,
+    /// Who asked.
+    pub who: String,
+    /// The caller's IP.
+    pub ip: String,
+    /// The whole command.
+    pub command: String,
+    /// Its working directory, if given.
+    pub cwd: Option<String>,
+    /// Its timeout once running.
+    pub timeout_ms: u64,
+    /// When it is refused if nobody decides (Unix ms).
+    pub expires_at_ms: u64,
+}
+
+/// The link to the relay, as the operator watches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayHealth {
+    /// Whether the link is up.
+    pub connected: bool,
+    /// The relay's URL.
+    pub url: String,
+    /// Since when the link is up (Unix ms).
+    pub connected_since_ms: Option<u64>,
+    /// Recent round-trip times in ms, oldest first (at most 60).
+    pub rtt_ms: Vec<u32>,
+    /// How many times the link has been re-established.
+    pub reconnects: u64,
+    /// The last thing that went wrong with the link.
+    pub last_error: Option<String>,
+}
+
+/// The session code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeInfo {
+    /// The code; absent until the relay has given one.
+    pub code: Option<String>,
+}
+
+/// The daemon at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// The daemon's version.
+    pub version: String,
+    /// The session code.
+    pub code: Option<String>,
+    /// The mode.
+    pub mode: Mode,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// Commands waiting for approval.
+    pub pending: usize,
+    /// Commands running.
+    pub running: usize,
+    /// The relay link.
+    pub relay: RelayHealth,
+}
+
+/// An account linked to this machine, as the relay shows it to the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedAccount {
+    /// Stable id, for block/unblock/approve.
+    pub id: String,
+    /// The email, masked (`lu****@wear****.com`); the full one never leaves the relay.
+    pub email: String,
+    /// The name the account uses for this machine.
+    pub alias: String,
+    /// `active`, `blocked` or `pending`.
+    pub state: String,
+    /// When the link was made (Unix ms).
+    pub linked_at_ms: u64,
+    /// When the account last used this machine (Unix ms).
+    pub last_used_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_flat_json() {
+        let req: Request = serde_json::from_str(r#"{"id":4,"op":"set_mode","mode":"auto"}"#).unwrap();
+        assert_eq!(req, Request { id: 4, op: Op::SetMode { mode: Mode::Auto } });
+        assert_eq!(serde_json::to_string(&Request { id: 1, op: Op::Status }).unwrap(), r#"{"id":1,"op":"status"}"#);
+    }
+
+    #[test]
+    fn events_are_tagged() {
+        let frame = ServerFrame::Event(Event::ModeChanged { mode: Mode::Disabled });
+        assert_eq!(
+            serde_json::to_string(&frame).unwrap(),
+            r#"{"type":"event","event":"mode_changed","mode":"disabled"}"#
+        );
+    }
+
+    #[test]
+    fn modes_parse_in_any_case_with_a_hint() {
+        assert_eq!("Auto".parse::<Mode>(), Ok(Mode::Auto));
+        assert!("yolo".parse::<Mode>().unwrap_err().contains("supervised, auto or disabled"));
+    }
+}
