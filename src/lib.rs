@@ -5,8 +5,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod daemon; // the agent: relay link, executor, state file
+pub mod daemon; // the agent: relay link, executor, approval queue, control socket, state file
 pub mod duration; // human durations (90s, 1h) for flags
 pub mod protocol; // wire types (relay <-> daemon) and session codes
 pub mod relay; // HTTP server: REST API, agent WebSocket, store, access rules
-pub mod shutdown; // SIGINT/SIGTERM as a cancellation token for the binaries
+pub mod shutdown;
+pub mod tui; // the operator's console: control-socket client, CLI, sanitising // SIGINT/SIGTERM as a cancellation token for the binaries

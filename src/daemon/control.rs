@@ -304,3 +304,37 @@ async fn account_op(daemon: &Daemon, op: OperatorOp, account: String, state: &st
 fn value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::control::Mode;
+
+    #[tokio::test]
+    async fn a_subscriber_that_stops_reading_is_told_it_lagged() {
+        let (events, rx) = broadcast::channel(4);
+        let (tx, mut frames) = mpsc::channel(1);
+        let task = tokio::spawn(forward(rx, tx));
+        // The subscriber reads nothing while far more events than fit are sent.
+        for _ in 0..100 {
+            events.send(Event::ModeChanged { mode: Mode::Auto }).unwrap();
+        }
+        let mut lagged = None;
+        while let Some(ServerFrame::Event(event)) = frames.recv().await {
+            if let Event::Lagged { missed } = event {
+                lagged = Some(missed);
+                break;
+            }
+        }
+        assert!(lagged.is_some_and(|n| n > 0), "no Lagged event");
+        // Once the console is gone, so is its forwarder.
+        drop(frames);
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn groups_are_read_from_etc_group_format() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-aic-test"), None);
+    }
+}

@@ -1,0 +1,397 @@
+//! `aic-console` subcommands: the console's operations as a scriptable
+//! command line. Human-readable output by default, JSON with `--json`.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::client::{Client, ClientError};
+use super::sanitize;
+use crate::protocol::control::{
+    Approval, CodeInfo, CommandState, Event, LinkedAccount, Mode, Op, StatusInfo, TrafficEntry,
+};
+
+/// One subcommand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// The daemon at a glance.
+    Status,
+    /// Show the code.
+    Code,
+    /// Replace the code (asks first unless `yes`).
+    CodeReset {
+        /// Skip the question.
+        yes: bool,
+    },
+    /// List linked accounts.
+    Admins,
+    /// Block account N (list number or id).
+    AdminBlock(String),
+    /// Unblock account N.
+    AdminUnblock(String),
+    /// Approve pending account N.
+    AdminApprove(String),
+    /// List commands waiting for approval.
+    Approvals,
+    /// Approve a waiting command (id or unique prefix).
+    Approve(String),
+    /// Deny a waiting command.
+    Deny(String),
+    /// Show or set the mode.
+    Mode(Option<Mode>),
+    /// Show the traffic ring; with `follow`, then one line per event until interrupted.
+    Traffic {
+        /// Keep printing events.
+        follow: bool,
+    },
+}
+
+/// Runs `command` against the daemon at `socket`, writing to `out`.
+/// `confirm` asks the operator a yes/no question.
+pub async fn run(
+    socket: &Path,
+    command: Command,
+    json: bool,
+    out: &mut dyn Write,
+    confirm: &mut dyn FnMut(&str) -> bool,
+) -> Result<(), ClientError> {
+    let mut client = Client::connect(socket).await?;
+    let print = |out: &mut dyn Write, value: &Value, human: String| {
+        let text = if json { value.to_string() } else { human };
+        let _ = writeln!(out, "{text}");
+    };
+    match command {
+        Command::Status => {
+            let value = client.call(Op::Status).await?;
+            let status: StatusInfo = parse(&value)?;
+            print(out, &value, status_text(&status));
+        }
+        Command::Code => {
+            let value = client.call(Op::Code).await?;
+            let code: CodeInfo = parse(&value)?;
+            print(
+                out,
+                &value,
+                code.code.unwrap_or_else(|| "(no code yet: the daemon has not reached the relay)".into()),
+            );
+        }
+        Command::CodeReset { yes } => {
+            let question = "Reset the session code? The current code stops working at once, and every linked account and block is cleared.";
+            if !yes && !confirm(question) {
+                return Err(ClientError::Daemon("the code was not reset".into()));
+            }
+            let value = client.call(Op::CodeReset).await?;
+            let code = value["code"].as_str().unwrap_or_default().to_owned();
+            print(out, &value, format!("New session code: {code}\nThe old code no longer works."));
+        }
+        Command::Admins => {
+            let value = client.call(Op::Admins).await?;
+            let accounts: Vec<LinkedAccount> = parse(&value)?;
+            print(out, &value, accounts_text(&accounts));
+        }
+        Command::AdminBlock(n) => account_op(&mut client, &n, |account| Op::AdminBlock { account }, json, out).await?,
+        Command::AdminUnblock(n) => {
+            account_op(&mut client, &n, |account| Op::AdminUnblock { account }, json, out).await?
+        }
+        Command::AdminApprove(n) => {
+            account_op(&mut client, &n, |account| Op::AdminApprove { account }, json, out).await?
+        }
+        Command::Approvals => {
+            let value = client.call(Op::Approvals).await?;
+            let approvals: Vec<Approval> = parse(&value)?;
+            print(out, &value, approvals_text(&approvals, crate::daemon::core::now_ms()));
+        }
+        Command::Approve(id) => {
+            let command = resolve_approval(&mut client, &id).await?;
+            let value = client.call(Op::Approve { command }).await?;
+            print(out, &value, format!("Approved {command}; it runs now."));
+        }
+        Command::Deny(id) => {
+            let command = resolve_approval(&mut client, &id).await?;
+            let value = client.call(Op::Deny { command }).await?;
+            print(out, &value, format!("Denied {command}; its caller is told so."));
+        }
+        Command::Mode(None) => {
+            let status: StatusInfo = parse(&client.call(Op::Status).await?)?;
+            print(out, &serde_json::json!({"mode": status.mode}), status.mode.to_string());
+        }
+        Command::Mode(Some(mode)) => {
+            let value = client.call(Op::SetMode { mode }).await?;
+            print(out, &value, format!("Mode is now {mode}."));
+        }
+        Command::Traffic { follow } => {
+            if follow {
+                client.call(Op::Subscribe).await?;
+            }
+            let value = client.call(Op::Traffic).await?;
+            let entries: Vec<TrafficEntry> = parse(&value)?;
+            if json {
+                for entry in &entries {
+                    let _ = writeln!(out, "{}", serde_json::to_string(entry).unwrap_or_default());
+                }
+            } else {
+                if entries.is_empty() && !follow {
+                    let _ = writeln!(out, "No commands yet.");
+                }
+                for entry in &entries {
+                    let _ = writeln!(out, "{}", traffic_line(entry));
+                }
+                if follow {
+                    let _ = writeln!(out, "-- following; Ctrl-C to stop --");
+                    let _ = out.flush();
+                }
+            }
+            if follow {
+                loop {
+                    let event = client.next_event().await?;
+                    let text =
+                        if json { Some(serde_json::to_string(&event).unwrap_or_default()) } else { event_line(&event) };
+                    if let Some(text) = text {
+                        let _ = writeln!(out, "{text}");
+                        let _ = out.flush();
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, ClientError> {
+    serde_json::from_value(value.clone()).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Finds the one waiting command whose id starts with `prefix`.
+async fn resolve_approval(client: &mut Client, prefix: &str) -> Result<Uuid, ClientError> {
+    if let Ok(id) = prefix.parse::<Uuid>() {
+        return Ok(id);
+    }
+    let approvals: Vec<Approval> = client.call_as(Op::Approvals).await?;
+    let wanted = prefix.to_ascii_lowercase();
+    let matches: Vec<_> = approvals.iter().filter(|a| a.id.to_string().starts_with(&wanted)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.id),
+        [] => Err(ClientError::Daemon(format!(
+            "no command waiting for approval has an id starting with {prefix:?}; list them with `aic-console approvals`"
+        ))),
+        _ => Err(ClientError::Daemon(format!("{prefix:?} matches several waiting commands; give more of the id"))),
+    }
+}
+
+/// Finds account `n` (its number in `aic-console admins`, or its id) and applies `op`.
+async fn account_op(
+    client: &mut Client,
+    n: &str,
+    op: fn(String) -> Op,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), ClientError> {
+    let accounts: Vec<LinkedAccount> = client.call_as(Op::Admins).await?;
+    let listed = ordered(&accounts);
+    let account = match n.parse::<usize>() {
+        Ok(i) if (1..=listed.len()).contains(&i) => listed[i - 1],
+        _ => accounts.iter().find(|a| a.id == n).ok_or_else(|| {
+            ClientError::Daemon(format!(
+                "no linked account {n}: give its number or id from `aic-console admins` ({} linked)",
+                accounts.len()
+            ))
+        })?,
+    };
+    let value = client.call(op(account.id.clone())).await?;
+    let text = if json {
+        value.to_string()
+    } else {
+        format!(
+            "{} ({}) is now {}.",
+            sanitize::line(&account.email),
+            sanitize::line(&account.alias),
+            value["state"].as_str().unwrap_or("changed")
+        )
+    };
+    let _ = writeln!(out, "{text}");
+    Ok(())
+}
+
+/// Accounts in the order they are listed and numbered: active and pending, then blocked.
+fn ordered(accounts: &[LinkedAccount]) -> Vec<&LinkedAccount> {
+    let mut list: Vec<_> = accounts.iter().filter(|a| a.state != "blocked").collect();
+    list.extend(accounts.iter().filter(|a| a.state == "blocked"));
+    list
+}
+
+/// The status as a few labelled lines.
+pub fn status_text(s: &StatusInfo) -> String {
+    let relay = &s.relay;
+    let link = if relay.connected {
+        let rtt = relay.rtt_ms.last().map(|r| format!(", round trip {r} ms")).unwrap_or_default();
+        format!("connected to {}{rtt}, {} reconnects", relay.url, relay.reconnects)
+    } else {
+        let why = relay.last_error.as_deref().map(|e| format!(" ({})", sanitize::line(e))).unwrap_or_default();
+        format!("NOT connected to {}{why}", relay.url)
+    };
+    format!(
+        "Session:  {}\nMode:     {}\nRelay:    {link}\nQueue:    {} waiting for approval, {} running\nUptime:   {}\nVersion:  {}",
+        s.code.as_deref().unwrap_or("(none yet)"),
+        s.mode,
+        s.pending,
+        s.running,
+        duration(s.uptime_s * 1000),
+        s.version
+    )
+}
+
+/// Waiting commands, each with everything the operator needs to decide.
+pub fn approvals_text(list: &[Approval], now_ms: u64) -> String {
+    if list.is_empty() {
+        return "No commands are waiting for approval.".into();
+    }
+    let mut text = String::new();
+    for a in list {
+        let cwd = a.cwd.as_deref().map(sanitize::line).unwrap_or_else(|| "(daemon's directory)".into());
+        text.push_str(&format!(
+            "{}  from {} ({}), {} ago, expires in {}\n  cwd:     {cwd}\n  command: {}\n",
+            short(a.id),
+            sanitize::line(&a.who),
+            a.ip,
+            duration(now_ms.saturating_sub(a.at_ms)),
+            duration(a.expires_at_ms.saturating_sub(now_ms)),
+            sanitize::line(&a.command),
+        ));
+    }
+    text.push_str("Answer with `aic-console approve ID` or `aic-console deny ID`.");
+    text
+}
+
+/// Linked accounts, numbered; blocked ones in their own section.
+pub fn accounts_text(accounts: &[LinkedAccount]) -> String {
+    if accounts.is_empty() {
+        return "No accounts are linked to this machine.".into();
+    }
+    let mut text = String::new();
+    let mut blocked_header = false;
+    for (i, a) in ordered(accounts).into_iter().enumerate() {
+        if a.state == "blocked" && !blocked_header {
+            text.push_str("Blocked:\n");
+            blocked_header = true;
+        }
+        text.push_str(&format!(
+            "{:>3}. {}  alias {}  {}\n",
+            i + 1,
+            sanitize::line(&a.email),
+            sanitize::line(&a.alias),
+            a.state
+        ));
+    }
+    text.pop();
+    text
+}
+
+/// One traffic entry as a line.
+pub fn traffic_line(e: &TrafficEntry) -> String {
+    let state = match (e.state, e.exit_code) {
+        (CommandState::Exited, Some(code)) => format!("exit {code}"),
+        (state, _) => serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+    };
+    let duration = e.duration_ms.map(|d| format!(" {}", duration(d))).unwrap_or_default();
+    format!(
+        "{} {} {} [{state}{duration}, {} B{}] {}",
+        clock(e.at_ms),
+        short(e.id),
+        sanitize::line(&e.who),
+        e.bytes,
+        if e.truncated { ", truncated" } else { "" },
+        sanitize::line(&e.command)
+    )
+}
+
+/// One event as a line, or nothing for events not worth a line.
+pub fn event_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Traffic(entry) => traffic_line(entry),
+        Event::Output { .. } | Event::Accounts => return None,
+        Event::ApprovalQueued(a) => {
+            format!("{} {} waiting for approval: {}", clock(a.at_ms), short(a.id), sanitize::line(&a.command))
+        }
+        Event::ApprovalDecided { command, decision } => {
+            format!("{} {}", short(*command), serde_json::to_value(decision).ok()?.as_str()?)
+        }
+        Event::Relay(h) if h.connected => format!("relay connected ({})", h.url),
+        Event::Relay(h) => {
+            format!("relay NOT connected ({})", h.last_error.as_deref().map(sanitize::line).unwrap_or_default())
+        }
+        Event::CodeChanged(c) => format!("session code is now {}", c.code.as_deref().unwrap_or("(none)")),
+        Event::ModeChanged { mode } => format!("mode is now {mode}"),
+        Event::Lagged { missed } => format!("(missed {missed} events: this console read too slowly)"),
+    })
+}
+
+fn short(id: Uuid) -> String {
+    id.to_string()[..8].to_owned()
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time in ms.
+pub fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+/// A short human duration: `850ms`, `12s`, `3m 20s`, `2h 5m`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{}s", ms / 1000),
+        60_000..3_600_000 => format!("{}m {}s", ms / 60_000, (ms / 1000) % 60),
+        _ => format!("{}h {}m", ms / 3_600_000, (ms / 60_000) % 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(850), "850ms");
+        assert_eq!(duration(12_000), "12s");
+        assert_eq!(duration(200_000), "3m 20s");
+        assert_eq!(duration(7_500_000), "2h 5m");
+        assert_eq!(clock(3_723_000), "01:02:03");
+    }
+
+    #[test]
+    fn approvals_show_everything_and_nothing_raw() {
+        let a = Approval {
+            id: Uuid::nil(),
+            at_ms: 1_000,
+            who: "anonymous".into(),
+            ip: "127.0.0.1".into(),
+            command: "rm -rf /tmp/x\x1b[2J".into(),
+            cwd: Some("/srv".into()),
+            timeout_ms: 1000,
+            expires_at_ms: 601_000,
+        };
+        let text = approvals_text(&[a], 31_000);
+        assert!(text.contains("00000000  from anonymous (127.0.0.1), 30s ago, expires in 9m 30s"), "{text}");
+        assert!(text.contains("cwd:     /srv") && text.contains("command: rm -rf /tmp/x^[[2J"), "{text}");
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn blocked_accounts_are_listed_last_under_their_own_header() {
+        let acct = |id: &str, state: &str| LinkedAccount {
+            id: id.into(),
+            email: format!("{id}****@ex****.com"),
+            alias: "web".into(),
+            state: state.into(),
+            linked_at_ms: 0,
+            last_used_ms: None,
+        };
+        let text = accounts_text(&[acct("b", "blocked"), acct("a", "active"), acct("p", "pending")]);
+        assert_eq!(
+            text,
+            "  1. a****@ex****.com  alias web  active\n  2. p****@ex****.com  alias web  pending\nBlocked:\n  3. b****@ex****.com  alias web  blocked"
+        );
+    }
+}

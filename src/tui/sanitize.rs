@@ -1,0 +1,69 @@
+//! Making text from commands, their output and their callers safe to put on
+//! the operator's terminal: control characters become visible text, so an
+//! escape sequence in a command can neither hide itself nor act.
+
+/// Text for one line: every control character shown as caret notation
+/// (`^[` for ESC), a newline as `↵`, a tab as a space.
+pub fn line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push('↵'),
+            '\t' => out.push(' '),
+            c => push_visible(&mut out, c),
+        }
+    }
+    out
+}
+
+/// Text for a block: like [`line`], but newlines stay and carriage returns go.
+pub fn block(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push('\n'),
+            '\r' => {}
+            '\t' => out.push_str("    "),
+            c => push_visible(&mut out, c),
+        }
+    }
+    out
+}
+
+fn push_visible(out: &mut String, c: char) {
+    match c as u32 {
+        // C0 controls: ^@ .. ^_
+        n @ 0..=0x1f => {
+            out.push('^');
+            out.push(char::from(b'@' + n as u8));
+        }
+        0x7f => out.push_str("^?"),
+        // C1 controls (0x9b is a one-byte CSI on some terminals).
+        n @ 0x80..=0x9f => out.push_str(&format!("\\u{{{n:x}}}")),
+        // Bidirectional overrides can make text read differently from what runs.
+        0x202a..=0x202e | 0x2066..=0x2069 => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        _ => out.push(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_become_visible_text() {
+        assert_eq!(line("echo \x1b]52;c;aGk=\x07 && \x1b[2J"), "echo ^[]52;c;aGk=^G && ^[[2J");
+        assert_eq!(line("a\nb\tc\r"), "a↵b c^M");
+        assert_eq!(line("x\u{9b}31m\u{7f}"), "x\\u{9b}31m^?");
+        assert_eq!(line("safe \u{202e}txt.sh"), "safe \\u{202e}txt.sh");
+        assert_eq!(block("one\r\ntwo\x1b[1m"), "one\ntwo^[[1m");
+    }
+
+    #[test]
+    fn nothing_left_can_start_a_sequence() {
+        let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        for text in [line(&all), block(&all)] {
+            assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "a control character survived");
+        }
+    }
+}
