@@ -11,15 +11,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream as FuturesStream;
-use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
-use super::access;
+use super::access::Caller;
 use super::error::ApiError;
 use super::exec::{self, ExecParams, ExecResult, Outcome};
 use super::hub::{Exec, ExecEvent};
-use crate::protocol::agent::{AgentInfo, Requester, Stream};
+use super::status;
+use crate::protocol::agent::Stream;
 
 /// `POST /api/v1/exec`.
 pub async fn exec(
@@ -29,10 +29,7 @@ pub async fn exec(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let params: ExecParams = parse_json(body)?;
-    let requester = Requester { who: "anonymous".into(), ip: peer.ip().to_string() };
-    let request = exec::request(&params, requester, state.config.max_output)?;
-    let target = access::resolve(&state, &params.code).await?;
-    let running = exec::start(target, request)?;
+    let running = exec::begin(&state, &Caller::anonymous(peer.ip()), &params).await?;
     let max_output = state.config.max_output;
     if wants_event_stream(&headers) {
         let sse = Sse::new(event_stream(running, max_output))
@@ -43,27 +40,13 @@ pub async fn exec(
     Ok(Json(ExecResult::from(&outcome)).into_response())
 }
 
-/// The `status` body.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusBody {
-    ok: bool,
-    code: String,
-    online: bool,
-    agent_info: AgentInfo,
-    fresh_minutes: u64,
-}
-
 /// `GET /api/v1/status/{code}`.
-pub async fn status(State(state): State<AppState>, Path(code): Path<String>) -> Result<Response, ApiError> {
-    let target = access::resolve(&state, &code).await?;
-    let body = StatusBody {
-        ok: true,
-        code: target.code.canonical(),
-        online: target.conn.is_some(),
-        fresh_minutes: target.fresh_minutes(&state),
-        agent_info: target.info,
-    };
+pub async fn status(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    let body = status::lookup(&state, &Caller::anonymous(peer.ip()), &code).await?;
     Ok(Json(body).into_response())
 }
 

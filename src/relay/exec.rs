@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::access::Target;
+use super::AppState;
+use super::access::{self, Caller, Target};
 use super::error::ApiError;
 use super::hub::{Exec, ExecEvent};
 use crate::protocol::agent::{ExecRequest, Requester, Stream};
@@ -126,6 +127,16 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
         pty: params.pty,
         requester,
     })
+}
+
+/// From a caller's request to a command running on the machine: the field
+/// checks, the access rules, the hand-off to the daemon. The REST API and the
+/// MCP tool both come through here, so whatever is added here (accounts, rate
+/// limits) applies to both alike.
+pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
+    let request = request(params, caller.requester(), state.config.max_output)?;
+    let target = access::resolve(state, &params.code).await?;
+    start(target, request)
 }
 
 /// Sends the command to the target's daemon.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod hub;
 pub mod keys;
+pub mod status;
 pub mod store;
 
 use std::net::SocketAddr;

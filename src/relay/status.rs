@@ -1,0 +1,40 @@
+//! What a caller may learn about a machine: online or not, what it is, and how
+//! long its code works without an account. REST and MCP share it.
+
+use serde::Serialize;
+
+use super::AppState;
+use super::access::{self, Caller};
+use super::error::ApiError;
+use crate::protocol::agent::AgentInfo;
+
+/// The body of `GET /api/v1/status/{code}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusBody {
+    /// Always true.
+    pub ok: bool,
+    /// The machine's code, in canonical form.
+    pub code: String,
+    /// Whether its daemon is connected to the relay right now.
+    pub online: bool,
+    /// What its daemon last said about the machine.
+    pub agent_info: AgentInfo,
+    /// Whole minutes the code still works without an account.
+    pub fresh_minutes: u64,
+}
+
+/// Applies the access rules to a caller quoting `code` and describes the
+/// machine. The REST API and the MCP tool both come through here. Every
+/// caller is anonymous for now, so all get the same answer; the caller starts
+/// to matter with accounts.
+pub async fn lookup(state: &AppState, _caller: &Caller, code: &str) -> Result<StatusBody, ApiError> {
+    let target = access::resolve(state, code).await?;
+    Ok(StatusBody {
+        ok: true,
+        code: target.code.canonical(),
+        online: target.conn.is_some(),
+        fresh_minutes: target.fresh_minutes(state),
+        agent_info: target.info,
+    })
+}
