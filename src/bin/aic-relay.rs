@@ -7,16 +7,21 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use aic::relay::{self, AppState, keys::Keys};
+use aic::relay::{self, AppState, keys::Keys, origin::PublicUrl};
 
-/// The aic relay: AI clients run commands on machines through it (REST at
-/// /api/v1), and aic-daemon on each machine dials into it (WebSocket at /agent/ws).
+/// The aic relay: AI clients run commands on machines through it (MCP at /mcp,
+/// REST at /api/v1), and aic-daemon on each machine dials into it (WebSocket at /agent/ws).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
     /// Address to listen on. Put a TLS-terminating proxy in front of it for anything but loopback.
     #[arg(long, env = "AIC_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// The URL clients reach this relay at, e.g. https://relay.example.com [default: http://<listen address>].
+    /// /mcp answers only for its host and loopback.
+    #[arg(long, env = "AIC_RELAY_PUBLIC_URL")]
+    public_url: Option<PublicUrl>,
 
     /// Where the database and the server secret live [default: /var/lib/aic-relay as root, else the user's data dir].
     #[arg(long, env = "AIC_RELAY_DATA_DIR")]
@@ -44,13 +49,25 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .context("no home directory to keep data in; pass --data-dir")
 }
 
+/// Logs to stderr at the `AIC_LOG` filter (default `info`).
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into());
+    // These libraries log whole messages (command text, output, codes) at
+    // info and below: rmcp its JSON-RPC, tungstenite its WebSocket frames.
+    // Only their errors reach the log, whatever AIC_LOG says.
+    const PAYLOAD_LOGGERS: [&str; 3] = ["rmcp", "tungstenite", "tokio_tungstenite"];
+    let no_payloads = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::ERROR || !PAYLOAD_LOGGERS.iter().any(|t| meta.target().starts_with(t))
+    });
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(no_payloads);
+    tracing_subscriber::registry().with(filter).with(stderr).init();
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
 
     let data_dir = match args.data_dir {
         Some(dir) => dir,
@@ -59,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = relay::Config::new(data_dir);
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
+    config.public_url = args.public_url.clone();
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;
@@ -66,7 +84,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("binding {} (is another relay running there? pick another with --listen)", args.listen)
     })?;
-    tracing::info!(data_dir = %state.config.data_dir.display(), "aic-relay listening on http://{}", listener.local_addr()?);
+    let public = match &args.public_url {
+        Some(url) => url.to_string(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    tracing::info!(data_dir = %state.config.data_dir.display(), %public, "aic-relay listening on http://{}", listener.local_addr()?);
     relay::serve(listener, state).await?;
     tracing::info!("aic-relay stopped");
     Ok(())

@@ -127,6 +127,14 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody<'_> {
         ErrorBody { ok: false, error: &self.message, reason: self.reason }
     }
+
+    /// The `reason` word, as the JSON body spells it.
+    pub fn reason_word(&self) -> String {
+        match serde_json::to_value(self.reason) {
+            Ok(serde_json::Value::String(word)) => word,
+            _ => format!("{:?}", self.reason),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

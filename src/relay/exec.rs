@@ -54,8 +54,9 @@ pub struct Outcome {
     pub timed_out: bool,
 }
 
-/// The JSON a finished command is reported as (buffered body, final SSE event).
-#[derive(Debug, Serialize)]
+/// The JSON a finished command is reported as (buffered body, final SSE
+/// event, and the MCP tool's structured result).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecResult {
     /// True: the command ran (whatever its exit code).

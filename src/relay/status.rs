@@ -8,8 +8,8 @@ use super::access::{self, Caller};
 use super::error::ApiError;
 use crate::protocol::agent::AgentInfo;
 
-/// The body of `GET /api/v1/status/{code}`.
-#[derive(Debug, Serialize)]
+/// The body of `GET /api/v1/status/{code}` (and the MCP tool's structured result).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusBody {
     /// Always true.
@@ -37,4 +37,27 @@ pub async fn lookup(state: &AppState, _caller: &Caller, code: &str) -> Result<St
         fresh_minutes: target.fresh_minutes(state),
         agent_info: target.info,
     })
+}
+
+impl StatusBody {
+    /// One paragraph a model reads: the machine, whether it is reachable, and for how long without an account.
+    pub fn describe(&self) -> String {
+        let info = &self.agent_info;
+        let what = if info.hostname.is_empty() {
+            String::from("a machine")
+        } else {
+            format!("{} ({} {}, aic-daemon {})", info.hostname, info.os, info.arch, info.version)
+        };
+        let reach = if self.online {
+            "online: remote_exec can run commands on it now"
+        } else {
+            "offline: its daemon is not connected to the relay, so commands fail until its operator brings it back"
+        };
+        format!(
+            "{} is {what}, {reach}. The code works without an account for {} more minute{}.",
+            self.code,
+            self.fresh_minutes,
+            if self.fresh_minutes == 1 { "" } else { "s" }
+        )
+    }
 }
