@@ -14,13 +14,16 @@ use aic::relay::{self, AppState, keys::Keys, origin::PublicUrl};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on. Put a TLS-terminating proxy in front of it for anything but loopback.
-    #[arg(long, env = "AIC_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "AIC_RELAY_LISTEN", default_value = "127.0.0.1:8080", global = true)]
     listen: SocketAddr,
 
     /// The URL clients reach this relay at, e.g. https://relay.example.com [default: http://<listen address>].
-    /// /mcp answers only for its host and loopback.
-    #[arg(long, env = "AIC_RELAY_PUBLIC_URL")]
+    /// SKILL.md, the OpenAPI document and connect-lines name it; /mcp answers only for its host and loopback.
+    #[arg(long, env = "AIC_RELAY_PUBLIC_URL", global = true)]
     public_url: Option<PublicUrl>,
 
     /// Where the database and the server secret live [default: /var/lib/aic-relay as root, else the user's data dir].
@@ -38,6 +41,23 @@ struct Args {
     /// Server secret as 64 hex digits, instead of the secret.key file in the data dir.
     #[arg(long, env = "AIC_RELAY_SECRET", hide_env_values = true)]
     secret: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print, for this relay's public URL, the line that adds it to each AI client
+    /// (Claude Code, Codex, Gemini CLI, VS Code, Cursor, opencode) and a curl example.
+    ConnectLines,
+}
+
+impl Args {
+    /// The public URL given, or the one the listen address implies.
+    fn public_url(&self) -> anyhow::Result<PublicUrl> {
+        match &self.public_url {
+            Some(url) => Ok(url.clone()),
+            None => format!("http://{}", self.listen).parse().map_err(|e: String| anyhow::anyhow!(e)),
+        }
+    }
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -67,6 +87,10 @@ fn init_logging() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::ConnectLines) = args.command {
+        print!("{}", relay::discovery::connect_lines(&args.public_url()?));
+        return Ok(());
+    }
     init_logging();
 
     let data_dir = match args.data_dir {

@@ -20,7 +20,8 @@ pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The body of `POST /api/v1/exec`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"code": "AIC-7K3P-WX9M-RTBN", "command": "uname -a"}))]
 pub struct ExecParams {
     /// Session code (or, for an account, an alias).
     pub code: String,
@@ -31,6 +32,7 @@ pub struct ExecParams {
     pub cwd: Option<String>,
     /// Kill the command after this many milliseconds (1 000 – 3 600 000; default 300 000).
     #[serde(default)]
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub timeout_ms: Option<u64>,
     /// Run under a pseudo-terminal, stdout and stderr merged.
     #[serde(default)]
@@ -56,8 +58,9 @@ pub struct Outcome {
 
 /// The JSON a finished command is reported as (buffered body, final SSE
 /// event, and the MCP tool's structured result).
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"ok": true, "exitCode": 0, "durationMs": 214, "stdout": "Linux web 6.8.0\n", "stderr": "", "truncated": false, "timedOut": false}))]
 pub struct ExecResult {
     /// True: the command ran (whatever its exit code).
     pub ok: bool,

@@ -7,6 +7,7 @@
 pub mod access;
 mod agent_ws;
 mod api;
+pub mod discovery;
 pub mod error;
 pub mod exec;
 pub mod hub;
@@ -48,7 +49,7 @@ pub struct Config {
     /// Interval of `: heartbeat` comments on event streams.
     pub heartbeat: Duration,
     /// The address clients reach the relay at; `None`: `http://` and the listen address.
-    /// The MCP Host check goes by it.
+    /// SKILL.md, the OpenAPI document and the MCP Host check go by it.
     pub public_url: Option<PublicUrl>,
     /// How often a running MCP `remote_exec` sends progress to a client that asked for it.
     pub progress_interval: Duration,
@@ -111,6 +112,8 @@ impl AppState {
 /// The HTTP routes, for a relay reached at `public`.
 pub fn router(state: AppState, public: PublicUrl) -> Router {
     let max_body = state.config.max_body;
+    let documents = discovery::Documents::new(&public);
+    let skill = documents.clone();
     let allowed = Arc::new(AllowedHosts { hosts: public.allowed_hosts(), public });
     let endpoint = mcp::Endpoint::new(&state);
     let mcp_route = any(move |request| endpoint.clone().handle(request))
@@ -120,6 +123,8 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
         .route("/api/v1/status/{code}", get(api::status))
         .route("/api/health", get(api::health))
         .route("/mcp", mcp_route)
+        .route("/openapi.json", get(move || async move { documents.openapi_response() }))
+        .route("/skill/SKILL.md", get(move || async move { skill.skill_response() }))
         .route("/agent/ws", get(agent_ws::upgrade))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -9,8 +9,9 @@ use super::error::ApiError;
 use crate::protocol::agent::AgentInfo;
 
 /// The body of `GET /api/v1/status/{code}` (and the MCP tool's structured result).
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"ok": true, "code": "AIC-7K3P-WX9M-RTBN", "online": true, "agentInfo": {"hostname": "web", "os": "linux", "arch": "x86_64", "version": "0.1.0", "capabilities": ["pty"]}, "freshMinutes": 52}))]
 pub struct StatusBody {
     /// Always true.
     pub ok: bool,
