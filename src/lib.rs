@@ -7,6 +7,7 @@
 
 pub mod daemon; // the agent: relay link, executor, approval queue, control socket, state file
 pub mod duration; // human durations (90s, 1h) for flags
+pub mod logging; // stderr logging that never carries command payloads
 pub mod protocol; // wire types (relay <-> daemon) and session codes
 pub mod relay; // HTTP server: REST API, agent WebSocket, store, access rules
 pub mod shutdown;

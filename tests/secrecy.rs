@@ -65,3 +65,50 @@ async fn state_file_is_private() {
     assert_eq!(data_dir.permissions().mode() & 0o777, 0o700);
     daemon.stop().await;
 }
+
+/// POSTs a JSON-RPC message to `/mcp`; returns the session id it answered with and the body.
+async fn mcp_post(http: &str, session: Option<&str>, body: serde_json::Value) -> (Option<String>, String) {
+    let mut request =
+        client().post(format!("{http}/mcp")).header("accept", "application/json, text/event-stream").json(&body);
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let resp = within("POST /mcp", request.send()).await.unwrap();
+    let session = resp.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
+    (session, within("the /mcp body", resp.text()).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_calls_leave_no_command_output_or_code_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // The MCP library logs whole messages at trace; asking for them must not get them.
+    let log = [("AIC_LOG", "trace,rmcp=trace")];
+    let relay = RelayProcess::start(&dir.path().join("relay"), &[], &log).await;
+    let daemon = DaemonProcess::start(&relay.ws(), &dir.path().join("daemon"), &[]).await;
+    let canary = format!("canary-{}", uuid::Uuid::new_v4());
+    let out_canary = canary.to_uppercase();
+    let code = daemon.code.to_string();
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "remote_exec",
+        "arguments": {"code": code, "command": format!("echo {canary} | tr a-z A-Z")}
+    }});
+
+    let (_, body) = mcp_post(&relay.http(), None, call.clone()).await;
+    assert!(body.contains(&out_canary), "stateless call ran: {body}");
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}
+    }});
+    let (session, _) = mcp_post(&relay.http(), None, init).await;
+    let session = session.expect("a session");
+    let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    mcp_post(&relay.http(), Some(&session), initialized).await;
+    let (_, body) = mcp_post(&relay.http(), Some(&session), call).await;
+    assert!(body.contains(&out_canary), "call in a session ran: {body}");
+
+    daemon.stop().await;
+    let relay_log = relay.stop().await;
+    assert!(relay_log.contains("listening"), "the log is there to check: {relay_log}");
+    assert!(!relay_log.contains(&canary), "the relay logged the command:\n{relay_log}");
+    assert!(!relay_log.contains(&out_canary), "the relay logged the output:\n{relay_log}");
+    assert!(!relay_log.contains(&code), "the relay logged the code:\n{relay_log}");
+}

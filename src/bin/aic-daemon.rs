@@ -148,10 +148,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let Command::Run(args) = Cli::parse().command;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    aic::logging::init();
     let config = config(args)?;
     let shutdown = aic::shutdown::on_signals()?;
     let (status, _) = tokio::sync::watch::channel(daemon::LinkStatus::default());

@@ -31,7 +31,7 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// What the daemon tells about its machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct AgentInfo {
     /// The machine's host name; also the alias an account link gets.
     pub hostname: String,

@@ -1,13 +1,35 @@
 //! Who may reach which machine: turns the `code` a caller quoted into a
 //! connected agent, or into the refusal the access rules give.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::AppState;
 use super::error::ApiError;
 use super::hub::AgentConn;
 use crate::protocol::SessionCode;
-use crate::protocol::agent::AgentInfo;
+use crate::protocol::agent::{AgentInfo, Requester};
+
+/// Who is asking, as every entry point (REST, MCP) sees it. The access rules
+/// and the operator's view of a command go by this and nothing else, so a new
+/// kind of caller (an account's API key) is added here once for all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The address the request came from.
+    pub ip: IpAddr,
+}
+
+impl Caller {
+    /// A caller without credentials.
+    pub fn anonymous(ip: IpAddr) -> Self {
+        Self { ip }
+    }
+
+    /// How the operator is shown this caller.
+    pub fn requester(&self) -> Requester {
+        Requester { who: "anonymous".into(), ip: self.ip.to_string() }
+    }
+}
 
 /// A machine the caller may use.
 pub struct Target {

@@ -1,4 +1,5 @@
-//! The REST API under `/api`: exec (buffered or SSE), status, health.
+//! The REST API under `/api`: exec (buffered or SSE), status, health. The
+//! `#[utoipa::path]` on each handler is what `/openapi.json` is made from.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,16 +13,40 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream as FuturesStream;
 use serde::Serialize;
-use serde_json::json;
 
 use super::AppState;
-use super::access;
-use super::error::ApiError;
+use super::access::Caller;
+use super::error::{ApiError, ErrorBody};
 use super::exec::{self, ExecParams, ExecResult, Outcome};
 use super::hub::{Exec, ExecEvent};
-use crate::protocol::agent::{AgentInfo, Requester, Stream};
+use super::status::{self, StatusBody};
+use crate::protocol::agent::Stream;
 
 /// `POST /api/v1/exec`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/exec",
+    tag = "exec",
+    summary = "Run a command on a machine",
+    description = "Runs `command` with `sh -c` on the machine whose daemon holds `code`. Buffered by default; with \
+`Accept: text/event-stream` the answer streams: `: heartbeat` comments while it runs, `output` events \
+(`OutputEvent`) as output arrives, then one `result` event whose data is the `ExecResult` (or the `ErrorBody` of a \
+refusal that came after the stream opened). A caller that disconnects has its command killed.",
+    request_body(content = ExecParams, content_type = "application/json"),
+    params(("Accept" = Option<String>, Header, description = "`text/event-stream` to stream live output")),
+    responses(
+        (status = 200, description = "The command ran, whatever its exit code. On the event stream, `output` events carry an `OutputEvent` and the `result` event the same JSON object as the buffered body.",
+            content((ExecResult = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "`bad_request`: bad JSON, a missing field, an empty command, a malformed code, or a `cwd` that does not exist on the machine", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: the code is unknown or past its first hour (one identical answer for both); `denied`, `approval_timeout`, `forbidden`: the machine's operator or mode refused the command", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such route", body = ErrorBody),
+        (status = 413, description = "`too_large`: the request body is over the relay's limit (256 KiB by default)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the machine already runs its maximum of commands", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
+        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+    )
+)]
 pub async fn exec(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -29,10 +54,7 @@ pub async fn exec(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let params: ExecParams = parse_json(body)?;
-    let requester = Requester { who: "anonymous".into(), ip: peer.ip().to_string() };
-    let request = exec::request(&params, requester, state.config.max_output)?;
-    let target = access::resolve(&state, &params.code).await?;
-    let running = exec::start(target, request)?;
+    let running = exec::begin(&state, &Caller::anonymous(peer.ip()), &params).await?;
     let max_output = state.config.max_output;
     if wants_event_stream(&headers) {
         let sse = Sse::new(event_stream(running, max_output))
@@ -43,33 +65,51 @@ pub async fn exec(
     Ok(Json(ExecResult::from(&outcome)).into_response())
 }
 
-/// The `status` body.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusBody {
-    ok: bool,
-    code: String,
-    online: bool,
-    agent_info: AgentInfo,
-    fresh_minutes: u64,
-}
-
 /// `GET /api/v1/status/{code}`.
-pub async fn status(State(state): State<AppState>, Path(code): Path<String>) -> Result<Response, ApiError> {
-    let target = access::resolve(&state, &code).await?;
-    let body = StatusBody {
-        ok: true,
-        code: target.code.canonical(),
-        online: target.conn.is_some(),
-        fresh_minutes: target.fresh_minutes(&state),
-        agent_info: target.info,
-    };
+#[utoipa::path(
+    get,
+    path = "/api/v1/status/{code}",
+    tag = "status",
+    summary = "Look up a machine",
+    description = "Whether the machine's daemon is online, what it said about the machine, and how long its code still works without an account.",
+    params(("code" = String, Path, description = "Session code (any case, dashes optional)", example = "AIC-7K3P-WX9M-RTBN")),
+    responses(
+        (status = 200, description = "The machine", body = StatusBody),
+        (status = 400, description = "`bad_request`: a malformed code", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: the code is unknown or past its first hour (one identical answer for both)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such route (for example nothing after `/status/`)", body = ErrorBody),
+        (status = 500, description = "`internal`: the relay failed; retry, and tell its operator if it persists", body = ErrorBody),
+    )
+)]
+pub async fn status(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    let body = status::lookup(&state, &Caller::anonymous(peer.ip()), &code).await?;
     Ok(Json(body).into_response())
 }
 
+/// The `health` body.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"ok": true, "version": "0.1.0"}))]
+pub struct HealthBody {
+    /// Always true: the relay answers.
+    ok: bool,
+    /// The relay's version.
+    version: &'static str,
+}
+
 /// `GET /api/health`.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "health",
+    summary = "Is the relay up",
+    responses((status = 200, description = "The relay answers", body = HealthBody))
+)]
 pub async fn health() -> Response {
-    Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")})).into_response()
+    Json(HealthBody { ok: true, version: env!("CARGO_PKG_VERSION") }).into_response()
 }
 
 /// Any other path.
@@ -77,7 +117,8 @@ pub async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         super::error::Reason::NotFound,
-        "No such route. The API is POST /api/v1/exec, GET /api/v1/status/{code} and GET /api/health.",
+        "No such route. The API is POST /api/v1/exec, GET /api/v1/status/{code} and GET /api/health \
+         (described at GET /openapi.json); MCP clients use /mcp, and GET /skill/SKILL.md explains both to a model.",
     )
 }
 
@@ -158,14 +199,34 @@ fn output_event(carry: &mut [Vec<u8>; 2], stream: Stream, data: &[u8]) -> Option
     if chunk.is_empty() {
         return None;
     }
-    let (text, exact) = exec::text_and_exact(&chunk);
-    let name = match stream {
-        Stream::Stdout => "stdout",
-        Stream::Stderr => "stderr",
+    let (text, base64) = exec::text_and_exact(&chunk);
+    let stream = match stream {
+        Stream::Stdout => OutputStream::Stdout,
+        Stream::Stderr => OutputStream::Stderr,
     };
-    let mut body = json!({"stream": name, "text": text});
-    if let Some(b64) = exact {
-        body["base64"] = b64.into();
-    }
-    Some(Event::default().event("output").data(body.to_string()))
+    let data = serde_json::to_string(&OutputEvent { stream, text, base64 }).unwrap_or_default();
+    Some(Event::default().event("output").data(data))
+}
+
+/// The data of an `output` event on the exec event stream.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"stream": "stdout", "text": "tick 1\n"}))]
+pub struct OutputEvent {
+    /// Which stream the chunk came from.
+    stream: OutputStream,
+    /// The chunk as text (invalid UTF-8 replaced); a character split across writes arrives whole.
+    text: String,
+    /// The chunk exactly, present only when it is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base64: Option<String>,
+}
+
+/// Standard output or standard error.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
 }

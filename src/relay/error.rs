@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::protocol::agent::Refusal;
 
 /// The `reason` word of an error body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Anonymous use of an unknown code, or of a code past its first hour.
@@ -55,7 +55,8 @@ pub struct ApiError {
 }
 
 /// The JSON body of every error.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"ok": false, "error": "The machine's daemon is not connected to the relay. Ask its operator to check `systemctl status aic-daemon`, then retry.", "reason": "agent_offline"}))]
 pub struct ErrorBody<'a> {
     /// Always false.
     pub ok: bool,
@@ -126,6 +127,14 @@ impl ApiError {
     /// The JSON body.
     pub fn body(&self) -> ErrorBody<'_> {
         ErrorBody { ok: false, error: &self.message, reason: self.reason }
+    }
+
+    /// The `reason` word, as the JSON body spells it.
+    pub fn reason_word(&self) -> String {
+        match serde_json::to_value(self.reason) {
+            Ok(serde_json::Value::String(word)) => word,
+            _ => format!("{:?}", self.reason),
+        }
     }
 }
 

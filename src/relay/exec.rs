@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::access::Target;
+use super::AppState;
+use super::access::{self, Caller, Target};
 use super::error::ApiError;
 use super::hub::{Exec, ExecEvent};
 use crate::protocol::agent::{ExecRequest, Requester, Stream};
@@ -19,7 +20,8 @@ pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The body of `POST /api/v1/exec`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"code": "AIC-7K3P-WX9M-RTBN", "command": "uname -a"}))]
 pub struct ExecParams {
     /// Session code (or, for an account, an alias).
     pub code: String,
@@ -30,6 +32,7 @@ pub struct ExecParams {
     pub cwd: Option<String>,
     /// Kill the command after this many milliseconds (1 000 – 3 600 000; default 300 000).
     #[serde(default)]
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub timeout_ms: Option<u64>,
     /// Run under a pseudo-terminal, stdout and stderr merged.
     #[serde(default)]
@@ -53,9 +56,11 @@ pub struct Outcome {
     pub timed_out: bool,
 }
 
-/// The JSON a finished command is reported as (buffered body, final SSE event).
-#[derive(Debug, Serialize)]
+/// The JSON a finished command is reported as (buffered body, final SSE
+/// event, and the MCP tool's structured result).
+#[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"ok": true, "exitCode": 0, "durationMs": 214, "stdout": "Linux web 6.8.0\n", "stderr": "", "truncated": false, "timedOut": false}))]
 pub struct ExecResult {
     /// True: the command ran (whatever its exit code).
     pub ok: bool,
@@ -126,6 +131,16 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
         pty: params.pty,
         requester,
     })
+}
+
+/// From a caller's request to a command running on the machine: the field
+/// checks, the access rules, the hand-off to the daemon. The REST API and the
+/// MCP tool both come through here, so whatever is added here (accounts, rate
+/// limits) applies to both alike.
+pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
+    let request = request(params, caller.requester(), state.config.max_output)?;
+    let target = access::resolve(state, &params.code).await?;
+    start(target, request)
 }
 
 /// Sends the command to the target's daemon.

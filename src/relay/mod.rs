@@ -1,5 +1,5 @@
-//! The relay: an HTTP server that AI clients call (REST) and daemons dial
-//! into (WebSocket), with the store of agents behind it.
+//! The relay: an HTTP server that AI clients call (REST, MCP) and daemons
+//! dial into (WebSocket), with the store of agents behind it.
 //!
 //! [`serve`] takes a bound listener and a shutdown token, so tests run it on
 //! port 0 and stop it without sleeping.
@@ -7,11 +7,15 @@
 pub mod access;
 mod agent_ws;
 mod api;
+pub mod discovery;
 pub mod error;
 pub mod exec;
 pub mod hub;
 pub mod keys;
+pub mod mcp;
 mod operator;
+pub mod origin;
+pub mod status;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -22,13 +26,14 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use hub::Hub;
 use keys::Keys;
+use origin::{AllowedHosts, PublicUrl};
 use store::Store;
 
 /// Everything the relay is told at start.
@@ -44,6 +49,11 @@ pub struct Config {
     pub max_body: usize,
     /// Interval of `: heartbeat` comments on event streams.
     pub heartbeat: Duration,
+    /// The address clients reach the relay at; `None`: `http://` and the listen address.
+    /// SKILL.md, the OpenAPI document and the MCP Host check go by it.
+    pub public_url: Option<PublicUrl>,
+    /// How often a running MCP `remote_exec` sends progress to a client that asked for it.
+    pub progress_interval: Duration,
 }
 
 impl Config {
@@ -55,6 +65,8 @@ impl Config {
             max_output: 1024 * 1024,
             max_body: 256 * 1024,
             heartbeat: Duration::from_secs(15),
+            public_url: None,
+            progress_interval: Duration::from_secs(5),
         }
     }
 }
@@ -98,13 +110,22 @@ impl AppState {
     }
 }
 
-/// The HTTP routes.
-pub fn router(state: AppState) -> Router {
+/// The HTTP routes, for a relay reached at `public`.
+pub fn router(state: AppState, public: PublicUrl) -> Router {
     let max_body = state.config.max_body;
+    let documents = discovery::Documents::new(&public);
+    let skill = documents.clone();
+    let allowed = Arc::new(AllowedHosts { hosts: public.allowed_hosts(), public });
+    let endpoint = mcp::Endpoint::new(&state);
+    let mcp_route = any(move |request| endpoint.clone().handle(request))
+        .layer(axum::middleware::from_fn_with_state(allowed, origin::check_host));
     Router::new()
         .route("/api/v1/exec", post(api::exec))
         .route("/api/v1/status/{code}", get(api::status))
         .route("/api/health", get(api::health))
+        .route("/mcp", mcp_route)
+        .route("/openapi.json", get(move || async move { documents.openapi_response() }))
+        .route("/skill/SKILL.md", get(move || async move { skill.skill_response() }))
         .route("/agent/ws", get(agent_ws::upgrade))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -114,6 +135,13 @@ pub fn router(state: AppState) -> Router {
 /// Serves on `listener` until `shutdown` is cancelled, then drains and closes the store.
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let shutdown = state.shutdown.clone();
+    let public = match &state.config.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let local = listener.local_addr().context("reading the listen address")?;
+            format!("http://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
+        }
+    };
     let listener = listener.tap_io(|tcp| {
         // Requests and responses are small and written in pieces: without
         // this, Nagle plus delayed ACKs adds ~40 ms to a round trip.
@@ -121,7 +149,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
             tracing::debug!("TCP_NODELAY: {e}");
         }
     });
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone(), public).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

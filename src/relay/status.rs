@@ -1,0 +1,64 @@
+//! What a caller may learn about a machine: online or not, what it is, and how
+//! long its code works without an account. REST and MCP share it.
+
+use serde::Serialize;
+
+use super::AppState;
+use super::access::{self, Caller};
+use super::error::ApiError;
+use crate::protocol::agent::AgentInfo;
+
+/// The body of `GET /api/v1/status/{code}` (and the MCP tool's structured result).
+#[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"ok": true, "code": "AIC-7K3P-WX9M-RTBN", "online": true, "agentInfo": {"hostname": "web", "os": "linux", "arch": "x86_64", "version": "0.1.0", "capabilities": ["pty"]}, "freshMinutes": 52}))]
+pub struct StatusBody {
+    /// Always true.
+    pub ok: bool,
+    /// The machine's code, in canonical form.
+    pub code: String,
+    /// Whether its daemon is connected to the relay right now.
+    pub online: bool,
+    /// What its daemon last said about the machine.
+    pub agent_info: AgentInfo,
+    /// Whole minutes the code still works without an account.
+    pub fresh_minutes: u64,
+}
+
+/// Applies the access rules to a caller quoting `code` and describes the
+/// machine. The REST API and the MCP tool both come through here. Every
+/// caller is anonymous for now, so all get the same answer; the caller starts
+/// to matter with accounts.
+pub async fn lookup(state: &AppState, _caller: &Caller, code: &str) -> Result<StatusBody, ApiError> {
+    let target = access::resolve(state, code).await?;
+    Ok(StatusBody {
+        ok: true,
+        code: target.code.canonical(),
+        online: target.conn.is_some(),
+        fresh_minutes: target.fresh_minutes(state),
+        agent_info: target.info,
+    })
+}
+
+impl StatusBody {
+    /// One paragraph a model reads: the machine, whether it is reachable, and for how long without an account.
+    pub fn describe(&self) -> String {
+        let info = &self.agent_info;
+        let what = if info.hostname.is_empty() {
+            String::from("a machine")
+        } else {
+            format!("{} ({} {}, aic-daemon {})", info.hostname, info.os, info.arch, info.version)
+        };
+        let reach = if self.online {
+            "online: remote_exec can run commands on it now"
+        } else {
+            "offline: its daemon is not connected to the relay, so commands fail until its operator brings it back"
+        };
+        format!(
+            "{} is {what}, {reach}. The code works without an account for {} more minute{}.",
+            self.code,
+            self.fresh_minutes,
+            if self.fresh_minutes == 1 { "" } else { "s" }
+        )
+    }
+}
