@@ -93,9 +93,11 @@ async fn a_wrong_token_is_refused_and_the_right_one_accepted() {
 
     let mut ws = dial(&relay).await;
     send(&mut ws, &hello(Some(creds.clone()))).await;
-    assert!(
-        matches!(recv(&mut ws).await, Some(RelayMessage::Registered { code, token: None, .. }) if code == creds.code)
-    );
+    let Some(RelayMessage::Registered { code, token: Some(rotated), .. }) = recv(&mut ws).await else {
+        panic!("the right token is accepted, with a new one")
+    };
+    assert_eq!(code, creds.code);
+    assert_ne!(rotated, creds.token);
 }
 
 #[tokio::test]
@@ -194,4 +196,86 @@ async fn a_daemon_at_its_concurrency_limit_asks_callers_to_retry() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["reason"], "rate_limited");
     assert!(body["error"].as_str().unwrap().contains("already running 1 command(s)"), "{body}");
+}
+
+async fn hello_with(relay: &TestRelay, creds: &Credentials) -> Option<RelayMessage> {
+    let mut ws = dial(relay).await;
+    send(&mut ws, &hello(Some(creds.clone()))).await;
+    recv(&mut ws).await
+}
+
+fn rotated(reply: Option<RelayMessage>) -> String {
+    match reply {
+        Some(RelayMessage::Registered { token: Some(token), .. }) => token,
+        other => panic!("expected acceptance with a new token, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_that_dies_before_saving_its_new_token_still_gets_back_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (ws, first) = register(&relay).await;
+    drop(ws);
+    let with = |token: &str| Credentials { code: first.code, token: token.to_owned() };
+
+    // The daemon reconnects and is sent a new token, but dies before saving it.
+    let lost = rotated(hello_with(&relay, &first).await);
+    // It comes back with the token it saved, which still works...
+    let saved = rotated(hello_with(&relay, &first).await);
+    // ...and once the newest token has been used, every older one is dead.
+    let current = rotated(hello_with(&relay, &with(&saved)).await);
+    for stale in [&first.token, &lost] {
+        let reply = hello_with(&relay, &with(stale)).await;
+        assert!(
+            matches!(reply, Some(RelayMessage::HelloRefused { reason: HelloRefusal::BadToken, .. })),
+            "a stale token was accepted: {reply:?}"
+        );
+    }
+    rotated(hello_with(&relay, &with(&current)).await);
+}
+
+/// Sends an exec as `key` (with extra headers) and returns what a raw agent receives.
+async fn exec_seen_by_agent(relay: &TestRelay, key: &str, headers: &[(&str, &str)]) -> String {
+    let (mut ws, creds) = register(relay).await;
+    let mut request = client()
+        .post(format!("{}/api/v1/exec", relay.http()))
+        .bearer_auth(key)
+        .json(&json!({"code": creds.code.to_string(), "command": "true"}));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let call = tokio::spawn(request.send());
+    let frame = within("the exec frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("\"exec\"") => return text.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("link ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    call.abort();
+    frame
+}
+
+#[tokio::test]
+async fn the_daemon_sees_masked_emails_and_the_real_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let key = relay.account("lukas@wearable.com").await;
+    let frame = exec_seen_by_agent(&relay, &key, &[("x-forwarded-for", "203.0.113.7")]).await;
+    assert!(!frame.contains("lukas@wearable.com") && !frame.contains("wearable.com"), "{frame}");
+    let RelayMessage::Exec(req) = agent::decode(&frame).unwrap() else { panic!("{frame}") };
+    assert_eq!(req.requester.who, "lu****@wear****.com");
+    assert_eq!(req.requester.ip, "127.0.0.1", "X-Forwarded-For is ignored from an untrusted peer");
+    relay.stop().await;
+
+    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
+    config.proxies = aic::relay::limit::Proxies(vec!["127.0.0.1/32".parse().unwrap()]);
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let frame = exec_seen_by_agent(&relay, &key, &[("x-forwarded-for", "198.51.100.1, 203.0.113.7")]).await;
+    let RelayMessage::Exec(req) = agent::decode(&frame).unwrap() else { panic!("{frame}") };
+    assert_eq!(req.requester.ip, "203.0.113.7", "behind a trusted proxy, the client it saw");
 }

@@ -27,7 +27,7 @@ struct Args {
     public_url: Option<PublicUrl>,
 
     /// Where the database and the server secret live [default: /var/lib/aic-relay as root, else the user's data dir].
-    #[arg(long, env = "AIC_RELAY_DATA_DIR")]
+    #[arg(long, env = "AIC_RELAY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 
     /// How long after a code is made (or reset) it works without an account, e.g. 90s, 30m, 1h.
@@ -39,8 +39,21 @@ struct Args {
     max_output: u64,
 
     /// Server secret as 64 hex digits, instead of the secret.key file in the data dir.
-    #[arg(long, env = "AIC_RELAY_SECRET", hide_env_values = true)]
+    #[arg(long, env = "AIC_RELAY_SECRET", hide_env_values = true, global = true)]
     secret: Option<String>,
+
+    /// Requests a minute per client address on /api/v1, /mcp and agent registration (429 past it); 0 turns limits off.
+    #[arg(long, env = "AIC_RELAY_RATE_LIMIT", default_value_t = 120)]
+    rate_limit: u32,
+
+    /// A reverse proxy (address or network, e.g. 10.0.0.0/8) whose X-Forwarded-For names the client; repeatable.
+    /// Without it, X-Forwarded-For is ignored.
+    #[arg(long, env = "AIC_RELAY_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<relay::limit::Cidr>,
+
+    /// Print JSON instead of text (account and key commands).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -48,6 +61,113 @@ enum Command {
     /// Print, for this relay's public URL, the line that adds it to each AI client
     /// (Claude Code, Codex, Gemini CLI, VS Code, Cursor, opencode) and a curl example.
     ConnectLines,
+    /// Accounts that use codes past their first hour (works while the relay runs).
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// API keys of accounts (works while the relay runs).
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AccountCmd {
+    /// Add an account and print its first API key (shown only once).
+    Add {
+        /// The account's email.
+        email: String,
+    },
+    /// List accounts.
+    List,
+    /// Remove an account with its keys and links.
+    Remove {
+        /// The account's email.
+        email: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum KeyCmd {
+    /// Make another API key for an account (shown only once).
+    Create {
+        /// The account's email.
+        email: String,
+    },
+    /// Revoke a key at once (by its id, the part after aic_, or the whole key).
+    Revoke {
+        /// The key's id.
+        key_id: String,
+    },
+    /// List an account's keys.
+    List {
+        /// The account's email.
+        email: String,
+    },
+}
+
+/// Runs an account or key command against the data dir.
+async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Result<()> {
+    use aic::duration::utc;
+    use aic::relay::accounts;
+    let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
+    let (store, keys) = relay::open_store(&data_dir, secret).await?;
+    let now = relay::now_ms();
+    let json = args.json;
+    let show_key = |email: &str, key: &str| {
+        if json {
+            println!("{}", serde_json::json!({"email": email, "key": key}));
+        } else {
+            println!("API key for {email} (shown only now; store it safely):\n\n  {key}\n");
+            println!("Use it as the header  Authorization: Bearer {key}");
+        }
+    };
+    match command {
+        Command::Account(AccountCmd::Add { email }) => {
+            let key = accounts::add_account(&store, &keys, email, now).await?;
+            show_key(&accounts::normalize_email(email)?, &key);
+        }
+        Command::Account(AccountCmd::List) => {
+            let list = accounts::list_accounts(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else if list.is_empty() {
+                println!("No accounts yet; add one with `aic-relay account add EMAIL`.");
+            } else {
+                for a in list {
+                    println!("{}  {} key(s), {} machine(s), since {}", a.email, a.keys, a.links, utc(a.created_at));
+                }
+            }
+        }
+        Command::Account(AccountCmd::Remove { email }) => {
+            accounts::remove_account(&store, email).await?;
+            if !json {
+                println!("Removed {email}, its keys and its links.");
+            }
+        }
+        Command::Key(KeyCmd::Create { email }) => {
+            let key = accounts::create_key(&store, &keys, email, now).await?;
+            show_key(&accounts::normalize_email(email)?, &key);
+        }
+        Command::Key(KeyCmd::Revoke { key_id }) => {
+            accounts::revoke_key(&store, key_id, now).await?;
+            if !json {
+                println!("Revoked; requests with it get 401 from now on.");
+            }
+        }
+        Command::Key(KeyCmd::List { email }) => {
+            let list = accounts::list_keys(&store, email).await?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            }
+            for k in list.iter().filter(|_| !json) {
+                let used = k.last_used_at.map_or_else(|| "never used".into(), |t| format!("last used {}", utc(t)));
+                let revoked = k.revoked_at.map(|t| format!(", REVOKED {}", utc(t))).unwrap_or_default();
+                println!("{}  created {}, {used}{revoked}", k.key_id, utc(k.created_at));
+            }
+        }
+        Command::ConnectLines => {}
+    }
+    store.close().await;
+    Ok(())
 }
 
 impl Args {
@@ -92,16 +212,20 @@ async fn run() -> anyhow::Result<()> {
         print!("{}", relay::discovery::connect_lines(&args.public_url()?));
         return Ok(());
     }
-    aic::logging::init();
-
-    let data_dir = match args.data_dir {
-        Some(dir) => dir,
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
         None => default_data_dir()?,
     };
+    if let Some(command) = &args.command {
+        return admin(&args, data_dir, command).await;
+    }
+    aic::logging::init();
     let mut config = relay::Config::new(data_dir);
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
     config.public_url = args.public_url.clone();
+    config.rate_limit = args.rate_limit;
+    config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;

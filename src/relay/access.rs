@@ -1,40 +1,76 @@
-//! Who may reach which machine: turns the `code` a caller quoted into a
-//! connected agent, or into the refusal the access rules give.
+//! Who may reach which machine: the caller behind a request (its address and,
+//! with a bearer key, its account), and the access rules that turn the
+//! `code` it quoted into a machine or a refusal. REST and MCP both come here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::AppState;
-use super::error::ApiError;
-use super::hub::AgentConn;
-use crate::protocol::SessionCode;
-use crate::protocol::agent::{AgentInfo, Requester};
+use axum::http::{HeaderMap, StatusCode, header};
 
-/// Who is asking, as every entry point (REST, MCP) sees it. The access rules
-/// and the operator's view of a command go by this and nothing else, so a new
-/// kind of caller (an account's API key) is added here once for all of them.
+use super::AppState;
+use super::accounts::{self, Account, Link, LinkState};
+use super::error::{ApiError, Reason};
+use super::hub::AgentConn;
+use super::keys::Digest;
+use super::mask;
+use crate::protocol::SessionCode;
+use crate::protocol::agent::{AgentInfo, RelayMessage, Requester};
+
+/// Who is asking, as every entry point (REST, MCP) sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The address the request came from.
+    /// The client's address (behind a trusted proxy, the one it forwarded).
     pub ip: IpAddr,
+    /// The account whose key came with the request.
+    pub account: Option<Account>,
 }
 
 impl Caller {
     /// A caller without credentials.
     pub fn anonymous(ip: IpAddr) -> Self {
-        Self { ip }
+        Self { ip, account: None }
     }
 
-    /// How the operator is shown this caller.
+    /// How the operator is shown this caller: a masked email, never the full one.
     pub fn requester(&self) -> Requester {
-        Requester { who: "anonymous".into(), ip: self.ip.to_string() }
+        let who = self.account.as_ref().map_or_else(|| "anonymous".into(), |a| mask::email(&a.email));
+        Requester { who, ip: self.ip.to_string() }
     }
+}
+
+/// Reads the caller from a request: the client's address, and the account
+/// behind `Authorization: Bearer <key>` (401 if a key is given but not valid).
+pub async fn authenticate(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, ApiError> {
+    let ip = state.config.proxies.client_ip(peer.ip(), headers);
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(Caller::anonymous(ip)) };
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(unauthorized)?;
+    let account = accounts::authenticate(&state.store, &state.keys, key).await.map_err(internal)?;
+    Ok(Caller { ip, account: Some(account.ok_or_else(unauthorized)?) })
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        Reason::Unauthorized,
+        "The API key in the Authorization header is not valid (mistyped or revoked). Send 'Authorization: Bearer aic_…' \
+         with a current key (its owner gets one from the relay's operator), or no Authorization header to use a code in its first hour.",
+    )
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    tracing::error!("access check: {e:#}");
+    ApiError::internal()
 }
 
 /// A machine the caller may use.
 pub struct Target {
-    /// The machine's code.
-    pub code: SessionCode,
+    /// What to call it in answers: its canonical code, or the alias the caller used.
+    pub label: String,
     /// Its live link, if its daemon is connected.
     pub conn: Option<Arc<AgentConn>>,
     /// What its daemon last said about the machine.
@@ -56,28 +92,129 @@ impl Target {
     }
 }
 
-/// Applies the access rules to an anonymous caller quoting `code`.
-pub async fn resolve(state: &AppState, code: &str) -> Result<Target, ApiError> {
+fn fresh(state: &AppState, created: i64) -> bool {
+    super::now_ms().saturating_sub(created) < state.config.anonymous_window.as_millis() as i64
+}
+
+/// Applies the access rules (DESIGN.md, "Access rules") to `caller` quoting `code`.
+pub async fn resolve(state: &AppState, caller: &Caller, code: &str) -> Result<Target, ApiError> {
+    match &caller.account {
+        None => resolve_anonymous(state, code).await,
+        Some(account) => resolve_account(state, account, code).await,
+    }
+}
+
+async fn resolve_anonymous(state: &AppState, code: &str) -> Result<Target, ApiError> {
     let code: SessionCode = code.parse().map_err(|e| ApiError::bad_request(format!("code: {e}")))?;
     let code_hash = state.keys.code_hash(&code);
-    let window = state.config.anonymous_window.as_millis() as i64;
-    let fresh = |created: i64| super::now_ms().saturating_sub(created) < window;
-
+    let label = code.canonical();
     if let Some(conn) = state.hub.get(&code_hash)
-        && fresh(conn.code_created_ms())
+        && fresh(state, conn.code_created_ms())
     {
-        return Ok(Target { code, info: conn.info.clone(), code_created_ms: conn.code_created_ms(), conn: Some(conn) });
+        return Ok(Target {
+            label,
+            info: conn.info.clone(),
+            code_created_ms: conn.code_created_ms(),
+            conn: Some(conn),
+        });
     }
     // Every refusal goes through the same store lookup, so that unknown and
     // expired codes cost the same time as well as giving the same bytes.
-    let record = state.store.agent_by_code(&code_hash).await.map_err(|e| {
-        tracing::error!("looking up a code: {e:#}");
-        ApiError::internal()
-    })?;
-    match record {
-        Some(record) if fresh(record.code_created_ms) => {
-            Ok(Target { code, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms })
+    match state.store.agent_by_code(&code_hash).await.map_err(internal)? {
+        Some(record) if fresh(state, record.code_created_ms) => {
+            Ok(Target { label, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms })
         }
         _ => Err(ApiError::anonymous_refused()),
     }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        Reason::NotFound,
+        "No machine with this code, and none of your account's machines has this alias. Check the code \
+         (AIC-XXXX-XXXX-XXXX, from the machine's operator) or use one of your aliases.",
+    )
+}
+
+async fn resolve_account(state: &AppState, account: &Account, quoted: &str) -> Result<Target, ApiError> {
+    let (label, code_hash, link) = match quoted.parse::<SessionCode>() {
+        Ok(code) => {
+            let code_hash = state.keys.code_hash(&code);
+            let record = state.store.agent_by_code(&code_hash).await.map_err(internal)?.ok_or_else(not_found)?;
+            let link = match accounts::link_of(&state.store, record.id, account.id).await.map_err(internal)? {
+                Some(link) => link,
+                None => {
+                    first_link(state, account, &code_hash, record.id, record.code_created_ms, &record.agent_info)
+                        .await?
+                }
+            };
+            (code.canonical(), code_hash, link)
+        }
+        Err(_) => {
+            let link = accounts::link_by_alias(&state.store, account.id, quoted.trim())
+                .await
+                .map_err(internal)?
+                .ok_or_else(not_found)?;
+            let (hash, _) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
+            let hash: Digest = hash.try_into().map_err(|_| ApiError::internal())?;
+            (link.alias.clone(), hash, link)
+        }
+    };
+    match link.state {
+        LinkState::Pending => return Err(approval_required()),
+        LinkState::Blocked => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                Reason::Blocked,
+                "The machine's operator has blocked this account on this machine. Ask them to unblock it (aic-console admins unblock).",
+            ));
+        }
+        LinkState::Active => {}
+    }
+    state.usage.note(&account.key_id, link.id, super::now_ms());
+    target(state, label, &code_hash, &link).await
+}
+
+async fn target(state: &AppState, label: String, code_hash: &Digest, link: &Link) -> Result<Target, ApiError> {
+    if let Some(conn) = state.hub.get(code_hash) {
+        return Ok(Target {
+            label,
+            info: conn.info.clone(),
+            code_created_ms: conn.code_created_ms(),
+            conn: Some(conn),
+        });
+    }
+    let (_, record) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
+    Ok(Target { label, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms })
+}
+
+fn approval_required() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        Reason::ApprovalRequired,
+        "This account's link to the machine waits for its operator's approval (aic-console admins approve N on the machine). \
+         Ask them to approve it, then retry.",
+    )
+}
+
+/// An account's first use of a machine: linked at once during the code's
+/// first hour, else pending until the operator approves (and told so).
+async fn first_link(
+    state: &AppState,
+    account: &Account,
+    code_hash: &Digest,
+    agent_id: i64,
+    code_created_ms: i64,
+    info: &AgentInfo,
+) -> Result<Link, ApiError> {
+    let link_state = if fresh(state, code_created_ms) { LinkState::Active } else { LinkState::Pending };
+    let link = accounts::create_link(&state.store, agent_id, account.id, &info.hostname, link_state, super::now_ms())
+        .await
+        .map_err(internal)?;
+    tracing::info!(agent = agent_id, link = link.id, state = link.state.as_str(), "account linked");
+    if let Some(conn) = state.hub.get(code_hash) {
+        conn.send(RelayMessage::AccountsChanged);
+    }
+    Ok(link)
 }

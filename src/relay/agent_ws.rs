@@ -163,11 +163,17 @@ async fn accept(
         )));
     }
     state.store.touch_agent(record.id, now, info).await?;
+    // A new token on every connection, while nothing runs. The one just used
+    // stays valid until the new one is used, so a daemon that dies before
+    // saving the new token still gets back in; once it is used, any older
+    // token is dead.
+    let token = keys::new_token();
+    state.store.rotate_token(record.id, &state.keys.token_hash(&token), &presented).await?;
     Ok(Ok(Accepted {
         agent_id: record.id,
         code_hash,
         code_created_ms: record.code_created_ms,
-        reply: RelayMessage::Registered { code, token: None, code_created_ms: record.code_created_ms as u64 },
+        reply: RelayMessage::Registered { code, token: Some(token), code_created_ms: record.code_created_ms as u64 },
     }))
 }
 

@@ -15,7 +15,7 @@ use futures_util::Stream as FuturesStream;
 use serde::Serialize;
 
 use super::AppState;
-use super::access::Caller;
+use super::access;
 use super::error::{ApiError, ErrorBody};
 use super::exec::{self, ExecParams, ExecResult, Outcome};
 use super::hub::{Exec, ExecEvent};
@@ -38,10 +38,11 @@ refusal that came after the stream opened). A caller that disconnects has its co
         (status = 200, description = "The command ran, whatever its exit code. On the event stream, `output` events carry an `OutputEvent` and the `result` event the same JSON object as the buffered body.",
             content((ExecResult = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "`bad_request`: bad JSON, a missing field, an empty command, a malformed code, or a `cwd` that does not exist on the machine", body = ErrorBody),
-        (status = 403, description = "`anonymous_expired`: the code is unknown or past its first hour (one identical answer for both); `denied`, `approval_timeout`, `forbidden`: the machine's operator or mode refused the command", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such route", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid (mistyped or revoked)", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour (one identical answer for both); `approval_required`: the account's link waits for the operator; `blocked`: the operator blocked the account; `denied`, `approval_timeout`, `forbidden`: the machine's operator or mode refused the command", body = ErrorBody),
+        (status = 404, description = "`not_found`: with an account, no machine has this code and none of the account's has this alias; or no such route", body = ErrorBody),
         (status = 413, description = "`too_large`: the request body is over the relay's limit (256 KiB by default)", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: the machine already runs its maximum of commands", body = ErrorBody,
+        (status = 429, description = "`rate_limited`: too many requests from this address, or the machine already runs its maximum of commands", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
         (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
@@ -54,7 +55,8 @@ pub async fn exec(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let params: ExecParams = parse_json(body)?;
-    let running = exec::begin(&state, &Caller::anonymous(peer.ip()), &params).await?;
+    let caller = access::authenticate(&state, &headers, peer).await?;
+    let running = exec::begin(&state, &caller, &params).await?;
     let max_output = state.config.max_output;
     if wants_event_stream(&headers) {
         let sse = Sse::new(event_stream(running, max_output))
@@ -76,17 +78,22 @@ pub async fn exec(
     responses(
         (status = 200, description = "The machine", body = StatusBody),
         (status = 400, description = "`bad_request`: a malformed code", body = ErrorBody),
-        (status = 403, description = "`anonymous_expired`: the code is unknown or past its first hour (one identical answer for both)", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such route (for example nothing after `/status/`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour (one identical answer for both); `approval_required` or `blocked` for an account", body = ErrorBody),
+        (status = 404, description = "`not_found`: with an account, no such code or alias; or no such route (for example nothing after `/status/`)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 500, description = "`internal`: the relay failed; retry, and tell its operator if it persists", body = ErrorBody),
     )
 )]
 pub async fn status(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(code): Path<String>,
 ) -> Result<Response, ApiError> {
-    let body = status::lookup(&state, &Caller::anonymous(peer.ip()), &code).await?;
+    let caller = access::authenticate(&state, &headers, peer).await?;
+    let body = status::lookup(&state, &caller, &code).await?;
     Ok(Json(body).into_response())
 }
 

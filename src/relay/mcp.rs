@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tokio::time::MissedTickBehavior;
 
 use super::AppState;
-use super::access::Caller;
+use super::access::{self, Caller};
 use super::error::{ApiError, Reason};
 use super::exec::{self, ExecParams, ExecResult, Outcome};
 use super::hub::Exec;
@@ -103,7 +103,7 @@ first hour, machine offline, command denied by the machine's operator) comes bac
         Parameters(args): Parameters<RemoteExecArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let caller = match caller(&ctx) {
+        let caller = match caller(&self.state, &ctx).await {
             Ok(caller) => caller,
             Err(err) => return Ok(refusal(&err)),
         };
@@ -141,7 +141,7 @@ remote_exec says the machine is offline. It runs nothing on the machine.",
         Parameters(args): Parameters<SessionStatusArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let looked_up = match caller(&ctx) {
+        let looked_up = match caller(&self.state, &ctx).await {
             Ok(caller) => status::lookup(&self.state, &caller, &args.code).await,
             Err(err) => Err(err),
         };
@@ -200,11 +200,15 @@ impl ServerHandler for Mcp {
     }
 }
 
-/// Who is calling, from the HTTP request the transport passes along.
-fn caller(ctx: &RequestContext<RoleServer>) -> Result<Caller, ApiError> {
-    let peer = ctx.extensions.get::<Parts>().and_then(|parts| parts.extensions.get::<ConnectInfo<SocketAddr>>());
-    match peer {
-        Some(ConnectInfo(addr)) => Ok(Caller::anonymous(addr.ip())),
+/// Who is calling, from the HTTP request the transport passes along: the
+/// same authentication as the REST API.
+async fn caller(state: &AppState, ctx: &RequestContext<RoleServer>) -> Result<Caller, ApiError> {
+    let Some(parts) = ctx.extensions.get::<Parts>() else {
+        tracing::error!("an MCP request arrived without its HTTP request parts");
+        return Err(ApiError::internal());
+    };
+    match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => access::authenticate(state, &parts.headers, *peer).await,
         None => {
             tracing::error!("an MCP request arrived without its peer address; serve with connect info");
             Err(ApiError::internal())

@@ -5,6 +5,7 @@
 //! port 0 and stop it without sleeping.
 
 pub mod access;
+pub mod accounts;
 mod agent_ws;
 mod api;
 pub mod discovery;
@@ -12,6 +13,8 @@ pub mod error;
 pub mod exec;
 pub mod hub;
 pub mod keys;
+pub mod limit;
+pub mod mask;
 pub mod mcp;
 mod operator;
 pub mod origin;
@@ -54,6 +57,10 @@ pub struct Config {
     pub public_url: Option<PublicUrl>,
     /// How often a running MCP `remote_exec` sends progress to a client that asked for it.
     pub progress_interval: Duration,
+    /// Requests a minute per client address on the API, MCP and agent registration; 0 turns limits off.
+    pub rate_limit: u32,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub proxies: limit::Proxies,
 }
 
 impl Config {
@@ -67,6 +74,8 @@ impl Config {
             heartbeat: Duration::from_secs(15),
             public_url: None,
             progress_interval: Duration::from_secs(5),
+            rate_limit: 120,
+            proxies: limit::Proxies::default(),
         }
     }
 }
@@ -87,6 +96,10 @@ pub struct Inner {
     pub hub: Hub,
     /// Cancelled when the relay shuts down; agent links close on it.
     pub shutdown: CancellationToken,
+    /// Last-used times waiting to be written.
+    pub usage: accounts::Usage,
+    /// Requests per client address.
+    pub limiter: limit::RateLimiter,
 }
 
 impl std::ops::Deref for AppState {
@@ -100,14 +113,22 @@ impl AppState {
     /// Opens the data dir (creating it, mode 0700), its secret and its database.
     /// `secret` overrides the secret file (from `AIC_RELAY_SECRET`).
     pub async fn open(config: Config, secret: Option<Keys>, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        create_private_dir(&config.data_dir)?;
-        let keys = match secret {
-            Some(keys) => keys,
-            None => Keys::load_or_create(&config.data_dir)?,
-        };
-        let store = Store::open(&config.data_dir).await?;
-        Ok(Self(Arc::new(Inner { config, keys, store, hub: Hub::default(), shutdown })))
+        let (store, keys) = open_store(&config.data_dir, secret).await?;
+        let limiter = limit::RateLimiter::new(config.rate_limit);
+        let usage = accounts::Usage::default();
+        Ok(Self(Arc::new(Inner { config, keys, store, hub: Hub::default(), shutdown, usage, limiter })))
     }
+}
+
+/// Opens the data dir (creating it, mode 0700), its secret and its database,
+/// for the server or for the account commands beside it.
+pub async fn open_store(data_dir: &std::path::Path, secret: Option<Keys>) -> anyhow::Result<(Store, Keys)> {
+    create_private_dir(data_dir)?;
+    let keys = match secret {
+        Some(keys) => keys,
+        None => Keys::load_or_create(data_dir)?,
+    };
+    Ok((Store::open(data_dir).await?, keys))
 }
 
 /// The HTTP routes, for a relay reached at `public`.
@@ -119,14 +140,19 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     let endpoint = mcp::Endpoint::new(&state);
     let mcp_route = any(move |request| endpoint.clone().handle(request))
         .layer(axum::middleware::from_fn_with_state(allowed, origin::check_host));
-    Router::new()
+    // Everything that touches a code (or registers one) counts against the
+    // caller's budget: status and MCP too, or they are a code-guessing oracle.
+    let limited = Router::new()
         .route("/api/v1/exec", post(api::exec))
         .route("/api/v1/status/{code}", get(api::status))
-        .route("/api/health", get(api::health))
         .route("/mcp", mcp_route)
+        .route("/agent/ws", get(agent_ws::upgrade))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
+    Router::new()
+        .merge(limited)
+        .route("/api/health", get(api::health))
         .route("/openapi.json", get(move || async move { documents.openapi_response() }))
         .route("/skill/SKILL.md", get(move || async move { skill.skill_response() }))
-        .route("/agent/ws", get(agent_ws::upgrade))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -150,12 +176,33 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         }
     });
     let app = router(state.clone(), public).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    let flusher = tokio::spawn(flush_usage(state.clone()));
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    let _ = flusher.await;
     state.store.close().await;
-    Ok(())
+    served
+}
+
+/// How often last-used times are written.
+const USAGE_FLUSH: Duration = Duration::from_secs(30);
+
+/// Writes last-used times every [`USAGE_FLUSH`] and once more at shutdown.
+async fn flush_usage(state: AppState) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(USAGE_FLUSH) => false,
+            _ = state.shutdown.cancelled() => true,
+        };
+        if let Err(e) = state.usage.flush(&state.store).await {
+            tracing::warn!("recording last-used times: {e:#}");
+        }
+        if stop {
+            return;
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

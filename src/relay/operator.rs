@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use super::AppState;
+use super::accounts::{self, LinkState};
 use super::hub::AgentConn;
 use super::keys::Digest;
+use super::mask;
 use crate::protocol::SessionCode;
-use crate::protocol::agent::{OperatorOp, OperatorOutcome};
+use crate::protocol::agent::{LinkedAccount, OperatorOp, OperatorOutcome};
 
 /// Carries out `op` for the agent on `conn`, whose code hashes to `code_hash`.
 pub async fn handle(
@@ -16,20 +18,61 @@ pub async fn handle(
     code_hash: &mut Digest,
     op: OperatorOp,
 ) -> OperatorOutcome {
+    use LinkState::{Active, Blocked, Pending};
     let result = match op {
         OperatorOp::ResetCode => reset_code(state, conn, code_hash).await,
-        OperatorOp::ListAccounts => Ok(OperatorOutcome::Accounts { accounts: Vec::new() }),
-        OperatorOp::Block { account } | OperatorOp::Unblock { account } | OperatorOp::Approve { account } => {
-            Ok(OperatorOutcome::Failed {
-                message: format!(
-                    "no account {account:?} is linked to this machine; list them with `aic-console admins`"
-                ),
-            })
-        }
+        OperatorOp::ListAccounts => list(state, conn.agent_id).await,
+        OperatorOp::Block { account } => change(state, conn.agent_id, &account, &[Active, Pending], Blocked).await,
+        OperatorOp::Unblock { account } => change(state, conn.agent_id, &account, &[Blocked], Active).await,
+        OperatorOp::Approve { account } => change(state, conn.agent_id, &account, &[Pending], Active).await,
     };
     result.unwrap_or_else(|e| {
         tracing::error!(agent = conn.agent_id, "operator request failed: {e:#}");
         OperatorOutcome::Failed { message: "the relay could not do that just now; try again".into() }
+    })
+}
+
+/// The accounts linked to this machine, emails masked: the full address never leaves the relay.
+async fn list(state: &AppState, agent_id: i64) -> anyhow::Result<OperatorOutcome> {
+    let links = accounts::links_of_agent(&state.store, agent_id).await?;
+    let accounts = links
+        .into_iter()
+        .map(|(link, email)| LinkedAccount {
+            id: link.id.to_string(),
+            email: mask::email(&email),
+            alias: link.alias,
+            state: link.state.as_str().into(),
+            linked_at_ms: link.linked_at as u64,
+            last_used_ms: link.last_used_at.map(|t| t as u64),
+        })
+        .collect();
+    Ok(OperatorOutcome::Accounts { accounts })
+}
+
+/// Moves one of this machine's links from one of `from` to `to`.
+async fn change(
+    state: &AppState,
+    agent_id: i64,
+    account: &str,
+    from: &[LinkState],
+    to: LinkState,
+) -> anyhow::Result<OperatorOutcome> {
+    let missing = || OperatorOutcome::Failed {
+        message: format!("no account {account:?} is linked to this machine; list them with `aic-console admins`"),
+    };
+    let Ok(link_id) = account.parse::<i64>() else { return Ok(missing()) };
+    // Usage not yet written must not outlive a block; write it now.
+    state.usage.flush(&state.store).await?;
+    if accounts::set_link_state(&state.store, agent_id, link_id, from, to).await? {
+        tracing::info!(agent = agent_id, link = link_id, state = to.as_str(), "link changed by the operator");
+        return Ok(OperatorOutcome::Done);
+    }
+    let known = accounts::links_of_agent(&state.store, agent_id).await?.into_iter().find(|(l, _)| l.id == link_id);
+    Ok(match known {
+        None => missing(),
+        Some((link, _)) => OperatorOutcome::Failed {
+            message: format!("account {account} is {}; that cannot be changed to {}", link.state.as_str(), to.as_str()),
+        },
     })
 }
 

@@ -26,14 +26,12 @@ pub struct StatusBody {
 }
 
 /// Applies the access rules to a caller quoting `code` and describes the
-/// machine. The REST API and the MCP tool both come through here. Every
-/// caller is anonymous for now, so all get the same answer; the caller starts
-/// to matter with accounts.
-pub async fn lookup(state: &AppState, _caller: &Caller, code: &str) -> Result<StatusBody, ApiError> {
-    let target = access::resolve(state, code).await?;
+/// machine. The REST API and the MCP tool both come through here.
+pub async fn lookup(state: &AppState, caller: &Caller, code: &str) -> Result<StatusBody, ApiError> {
+    let target = access::resolve(state, caller, code).await?;
     Ok(StatusBody {
         ok: true,
-        code: target.code.canonical(),
+        code: target.label.clone(),
         online: target.conn.is_some(),
         fresh_minutes: target.fresh_minutes(state),
         agent_info: target.info,

@@ -17,19 +17,56 @@ use crate::protocol::agent::AgentInfo;
 pub const DB_FILE: &str = "relay.db";
 
 /// Schema changes, applied in order, each once.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE agents (
-        id INTEGER PRIMARY KEY,
-        code_hash BLOB NOT NULL UNIQUE,
-        token_hash BLOB NOT NULL,
-        prev_token_hash BLOB,
-        code_created_ms BIGINT NOT NULL,
-        created_ms BIGINT NOT NULL,
-        last_seen_ms BIGINT NOT NULL,
-        agent_info TEXT NOT NULL
-    )",
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE agents (
+            id INTEGER PRIMARY KEY,
+            code_hash BLOB NOT NULL UNIQUE,
+            token_hash BLOB NOT NULL,
+            prev_token_hash BLOB,
+            code_created_ms BIGINT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            last_seen_ms BIGINT NOT NULL,
+            agent_info TEXT NOT NULL
+        )",
+    ),
+    (
+        2,
+        "CREATE TABLE accounts (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL,
+            last_sign_in_at BIGINT,
+            daily_reactivation BOOLEAN NOT NULL DEFAULT TRUE
+        )",
+    ),
+    (
+        3,
+        "CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            secret_hash BLOB NOT NULL,
+            created_at BIGINT NOT NULL,
+            last_used_at BIGINT,
+            revoked_at BIGINT
+        )",
+    ),
+    (
+        4,
+        "CREATE TABLE links (
+            id INTEGER PRIMARY KEY,
+            agent_id BIGINT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            alias TEXT NOT NULL,
+            state TEXT NOT NULL,
+            linked_at BIGINT NOT NULL,
+            last_used_at BIGINT,
+            UNIQUE (agent_id, account_id),
+            UNIQUE (account_id, alias)
+        )",
+    ),
+];
 
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
@@ -50,6 +87,16 @@ pub struct AgentRecord {
     pub code_created_ms: i64,
     /// What the daemon last said about its machine.
     pub agent_info: AgentInfo,
+}
+
+fn agent_record(r: &sqlx::sqlite::SqliteRow) -> AgentRecord {
+    AgentRecord {
+        id: r.get(0),
+        token_hash: r.get(1),
+        prev_token_hash: r.get(2),
+        code_created_ms: r.get(3),
+        agent_info: serde_json::from_str(r.get(4)).unwrap_or_default(),
+    }
 }
 
 impl Store {
@@ -120,13 +167,7 @@ impl Store {
         .bind(&code_hash[..])
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| AgentRecord {
-            id: r.get(0),
-            token_hash: r.get(1),
-            prev_token_hash: r.get(2),
-            code_created_ms: r.get(3),
-            agent_info: serde_json::from_str(r.get(4)).unwrap_or_default(),
-        }))
+        Ok(row.map(|r| agent_record(&r)))
     }
 
     /// Notes that an agent connected (or left) and what it said about itself.
@@ -140,16 +181,46 @@ impl Store {
         Ok(())
     }
 
-    /// Gives an agent a new code: the old hash stops matching at once, and
-    /// the anonymous window starts again.
+    /// Gives an agent a new code: the old hash stops matching at once, the
+    /// anonymous window starts again, and every link and block is dropped.
     pub async fn reset_code(&self, id: i64, code_hash: &Digest, now_ms: i64) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE agents SET code_hash = $1, code_created_ms = $2 WHERE id = $3")
             .bind(&code_hash[..])
             .bind(now_ms)
             .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM links WHERE agent_id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces an agent's token; `previous` stays valid until the new one is used.
+    pub async fn rotate_token(&self, id: i64, token_hash: &Digest, previous: &Digest) -> anyhow::Result<()> {
+        sqlx::query("UPDATE agents SET token_hash = $1, prev_token_hash = $2 WHERE id = $3")
+            .bind(&token_hash[..])
+            .bind(&previous[..])
+            .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// An agent by row id, with its code's hash.
+    pub async fn agent_by_id(&self, id: i64) -> anyhow::Result<Option<(Vec<u8>, AgentRecord)>> {
+        let row = sqlx::query(
+            "SELECT id, token_hash, prev_token_hash, code_created_ms, agent_info, code_hash FROM agents WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get(5), agent_record(&r))))
+    }
+
+    /// The pool, for the account queries in [`super::accounts`].
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Closes the pool, flushing the write-ahead log.

@@ -27,6 +27,8 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 pub struct TestRelay {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The running relay's state: its store and keys, for setting up accounts.
+    pub state: AppState,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -44,8 +46,8 @@ impl TestRelay {
         let shutdown = CancellationToken::new();
         let data_dir = config.data_dir.clone();
         let state = AppState::open(config, None, shutdown.clone()).await.expect("open relay");
-        let task = tokio::spawn(relay::serve(listener, state));
-        Self { addr, data_dir, shutdown, task }
+        let task = tokio::spawn(relay::serve(listener, state.clone()));
+        Self { addr, data_dir, state, shutdown, task }
     }
 
     /// Base URL for HTTP.
@@ -56,6 +58,13 @@ impl TestRelay {
     /// Base URL for daemons.
     pub fn ws(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// Adds an account and returns its API key.
+    pub async fn account(&self, email: &str) -> String {
+        aic::relay::accounts::add_account(&self.state.store, &self.state.keys, email, aic::relay::now_ms())
+            .await
+            .unwrap()
     }
 
     /// Stops it and waits until it has let go of its port and database.

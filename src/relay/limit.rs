@@ -1,0 +1,234 @@
+//! Rate limits per client address with a global ceiling, and the client
+//! address itself: the peer's, or behind a trusted proxy, the one it forwarded.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+
+/// A network such as `10.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?} is not an address or network (e.g. 10.0.0.0/8, 127.0.0.1, ::1/128)");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().map_err(|_| err())?, Some(p.parse::<u8>().map_err(|_| err())?)),
+            None => (s.parse::<IpAddr>().map_err(|_| err())?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(err());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                    None => (u128::from(v6), 128),
+                },
+            }
+        };
+        let ((net, net_len), (ip, ip_len)) = (bits(self.addr), bits(ip));
+        if net_len != ip_len {
+            return false;
+        }
+        // Both sit in the top bits of a u128: compare the top `prefix` of them.
+        let Some(mask) = u128::MAX.checked_shl(128 - u32::from(self.prefix)) else { return true };
+        net & mask == ip & mask
+    }
+}
+
+/// Proxies whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default)]
+pub struct Proxies(pub Vec<Cidr>);
+
+impl Proxies {
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+
+    /// The client's address: the peer's, unless the peer is a trusted proxy;
+    /// then the nearest address in `X-Forwarded-For` that is not one.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusted(peer) {
+            return peer;
+        }
+        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+        let hops: Vec<IpAddr> =
+            forwarded.iter().flat_map(|v| v.split(',')).filter_map(|h| h.trim().parse::<IpAddr>().ok()).collect();
+        hops.into_iter().rev().find(|ip| !self.trusted(*ip)).unwrap_or(peer)
+    }
+}
+
+/// A token bucket: `capacity` requests at once, refilled over a minute.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(capacity: f64, now: Instant) -> Self {
+        Self { tokens: capacity, at: now }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self, capacity: f64, now: Instant) -> Result<(), Duration> {
+        let per_sec = capacity / 60.0;
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * per_sec).min(capacity);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / per_sec))
+        }
+    }
+}
+
+/// Addresses tracked before idle ones are forgotten.
+const MAX_TRACKED: usize = 100_000;
+
+/// Requests per minute per client, with a ceiling for all clients together.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_ip: f64,
+    global: f64,
+    buckets: Mutex<(HashMap<IpAddr, Bucket>, Bucket)>,
+}
+
+impl RateLimiter {
+    /// `per_ip` requests a minute per client (0: no limit); the ceiling is 50 times that.
+    pub fn new(per_ip: u32) -> Self {
+        let per_ip = f64::from(per_ip);
+        let global = per_ip * 50.0;
+        Self { per_ip, global, buckets: Mutex::new((HashMap::new(), Bucket::full(global, Instant::now()))) }
+    }
+
+    /// Lets a request from `ip` through, or says after how many seconds to retry.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        if self.per_ip == 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let key = network(ip);
+        let mut guard = self.buckets.lock().unwrap();
+        let (clients, global) = &mut *guard;
+        if clients.len() >= MAX_TRACKED {
+            // Forget clients whose buckets have refilled: they lose nothing.
+            let per_ip = self.per_ip;
+            clients.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_ip / 60.0 < per_ip);
+        }
+        let bucket = clients.entry(key).or_insert_with(|| Bucket::full(self.per_ip, now));
+        let retry = |d: Duration| d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0);
+        bucket.take(self.per_ip, now).map_err(retry)?;
+        global.take(self.global, now).map_err(retry)
+    }
+}
+
+/// The unit a client is counted by: its IPv4 address, or its IPv6 /64.
+fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
+}
+
+/// Answers 429 (with `Retry-After`) to a client past its budget.
+pub async fn middleware(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ip = state.config.proxies.client_ip(peer.ip(), request.headers());
+    match state.limiter.check(ip) {
+        Ok(()) => next.run(request).await,
+        Err(secs) => {
+            let mut err = super::error::ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                super::error::Reason::RateLimited,
+                format!("Too many requests from this address; retry in {secs} s."),
+            );
+            err.retry_after = Some(secs);
+            err.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let net: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains(ip("10.1.200.3")));
+        assert!(!net.contains(ip("10.2.0.1")));
+        assert!(!net.contains(ip("::1")));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        assert!(one.contains(ip("::ffff:127.0.0.1")));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")));
+        assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("not an address or network"));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "198.51.100.9, 203.0.113.7, 10.0.0.2".parse().unwrap());
+        let none = Proxies::default();
+        assert_eq!(none.client_ip(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
+        let proxies = Proxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        // The nearest untrusted hop: the client the proxies saw, not what the client claimed.
+        assert_eq!(proxies.client_ip(ip("10.0.0.1"), &headers), ip("203.0.113.7"));
+        assert_eq!(proxies.client_ip(ip("192.0.2.1"), &headers), ip("192.0.2.1"));
+        assert_eq!(proxies.client_ip(ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_client_past_its_budget_is_told_when_to_retry() {
+        let limiter = RateLimiter::new(60);
+        for _ in 0..60 {
+            limiter.check(ip("192.0.2.1")).unwrap();
+        }
+        let retry = limiter.check(ip("192.0.2.1")).unwrap_err();
+        assert!((1..=2).contains(&retry), "{retry}");
+        limiter.check(ip("192.0.2.2")).expect("another client has its own budget");
+        // One IPv6 /64 counts as one client.
+        for _ in 0..60 {
+            limiter.check(ip("2001:db8::1")).unwrap();
+        }
+        assert!(limiter.check(ip("2001:db8::ffff")).is_err());
+        assert!(RateLimiter::new(0).check(ip("192.0.2.1")).is_ok());
+    }
+}
