@@ -130,20 +130,7 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
 }
 
 fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("aic-daemon: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aic-daemon: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    aic::shutdown::run_main("aic-daemon", run())
 }
 
 async fn run() -> anyhow::Result<()> {

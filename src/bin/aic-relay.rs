@@ -190,20 +190,7 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("aic-relay: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aic-relay: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    aic::shutdown::run_main("aic-relay", run())
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -142,39 +142,18 @@ impl DaemonProcess {
 
     /// Starts `aic-daemon run` with extra `args` (socket in `state_dir`) and waits for its `Session:` line.
     pub async fn start_with_args(relay_ws: &str, state_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-daemon"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-daemon"));
+        command
             .args(["run", "--relay", relay_ws, "--state-dir"])
             .arg(state_dir)
             .arg("--socket")
             .arg(state_dir.join("aic.sock"))
             .args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn aic-daemon");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut seen = String::new();
-        let code = within("the Session: line", async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                seen.push_str(&line);
-                seen.push('\n');
-                if let Some(code) = line.strip_prefix("Session: ") {
-                    return code.parse().expect("a valid code");
-                }
-            }
-            panic!("aic-daemon exited before printing its code:\n{seen}")
+            .envs(envs.iter().copied());
+        let (child, code, stderr) = Watched::spawn(command, "the Session: line", |line| {
+            line.strip_prefix("Session: ").map(|code| code.parse().expect("a valid code"))
         })
         .await;
-        let stderr = tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-            seen
-        });
         Self { child, code, stderr }
     }
 
@@ -184,6 +163,48 @@ impl DaemonProcess {
         let status = within("aic-daemon exit", self.child.wait()).await.unwrap();
         assert!(status.success(), "aic-daemon exited with {status}");
         within("aic-daemon stderr", self.stderr).await.unwrap()
+    }
+}
+
+/// Starting a binary and reading its stderr until a line says it is ready.
+struct Watched;
+
+impl Watched {
+    /// Spawns `command` and waits for the first stderr line `ready` finds a
+    /// value in; the rest of stderr is collected in the background.
+    async fn spawn<T>(
+        mut command: tokio::process::Command,
+        what: &str,
+        mut ready: impl FnMut(&str) -> Option<T>,
+    ) -> (tokio::process::Child, T, JoinHandle<String>) {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the binary");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        let value = within(what, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push_str(&line);
+                seen.push('\n');
+                if let Some(value) = ready(&line) {
+                    return value;
+                }
+            }
+            panic!("it exited before {what}:\n{seen}")
+        })
+        .await;
+        let stderr = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
+        });
+        (child, value, stderr)
     }
 }
 
@@ -257,38 +278,13 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `aic-relay` with `args` on 127.0.0.1:0 and waits until it listens.
     pub async fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn aic-relay");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut seen = String::new();
-        let addr = within("the relay to listen", async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                seen.push_str(&line);
-                seen.push('\n');
-                if let Some(at) = line.find("listening on http://") {
-                    let rest = &line[at + "listening on http://".len()..];
-                    return rest.split_whitespace().next().unwrap().parse().unwrap();
-                }
-            }
-            panic!("aic-relay exited before listening:\n{seen}")
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"));
+        command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(args).envs(envs.iter().copied());
+        let (child, addr, stderr) = Watched::spawn(command, "the relay to listen", |line| {
+            let at = line.find("listening on http://")?;
+            Some(line[at + "listening on http://".len()..].split_whitespace().next()?.parse().unwrap())
         })
         .await;
-        let stderr = tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-            seen
-        });
         Self { child, addr, stderr }
     }
 
