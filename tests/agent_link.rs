@@ -279,3 +279,26 @@ async fn the_daemon_sees_masked_emails_and_the_real_client_address() {
     let RelayMessage::Exec(req) = agent::decode(&frame).unwrap() else { panic!("{frame}") };
     assert_eq!(req.requester.ip, "203.0.113.7", "behind a trusted proxy, the client it saw");
 }
+
+#[tokio::test]
+async fn once_the_new_token_is_saved_the_old_one_is_dead_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (ws, first) = register(&relay).await;
+    drop(ws);
+    let mut ws = dial(&relay).await;
+    send(&mut ws, &hello(Some(first.clone()))).await;
+    let new = rotated(recv(&mut ws).await);
+    send(&mut ws, &AgentMessage::TokenSaved).await;
+    // Frames are handled in order: the pong means the acknowledgement is done.
+    send(&mut ws, &AgentMessage::Ping { seq: 9 }).await;
+    assert_eq!(recv(&mut ws).await, Some(RelayMessage::Pong { seq: 9 }));
+
+    // Someone holding the old token (a backup, a cloned image) cannot take the machine over.
+    let reply = hello_with(&relay, &first).await;
+    assert!(matches!(reply, Some(RelayMessage::HelloRefused { reason: HelloRefusal::BadToken, .. })), "{reply:?}");
+    // The live link was not disturbed.
+    send(&mut ws, &AgentMessage::Ping { seq: 10 }).await;
+    assert_eq!(recv(&mut ws).await, Some(RelayMessage::Pong { seq: 10 }));
+    rotated(hello_with(&relay, &Credentials { code: first.code, token: new }).await);
+}

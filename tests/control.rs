@@ -205,7 +205,10 @@ async fn mode_changes_apply_at_once_and_survive_a_restart() {
 
     let Setup { dir, relay, daemon } = s;
     daemon.stop().await;
-    let daemon = TestDaemon::start_with(daemon_config(&relay.ws(), &dir.path().join("daemon"))).await;
+    // A service file's `--mode auto` does not undo the operator's `disabled`.
+    let mut config = daemon_config(&relay.ws(), &dir.path().join("daemon"));
+    config.mode = Some(Mode::Auto);
+    let daemon = TestDaemon::start_with(config).await;
     let s = Setup { dir, relay, daemon };
     assert_eq!(console(&s.socket(), &["mode", "--json"]).await.stdout.trim(), r#"{"mode":"disabled"}"#);
 

@@ -403,3 +403,70 @@ async fn a_caller_that_hangs_up_has_its_command_killed() {
     drop(sock);
     eventually("the buffered caller's command is killed", || !alive(pid)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_child_holding_the_output_is_killed_at_the_timeout() {
+    let (_dir, relay, daemon) = pair().await;
+    let (status, body) = exec(
+        &relay.http(),
+        json!({"code": daemon.code().to_string(), "command": "echo $$; sleep 100 &", "timeout_ms": 1000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["timedOut"], true, "{body}");
+    let pgid: i32 = body["stdout"].as_str().unwrap().trim().parse().unwrap();
+    eventually("no process left in the command's group", || group_members(pgid).is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_child_with_its_output_redirected_keeps_running() {
+    let (_dir, relay, daemon) = pair().await;
+    let body = run(&relay.http(), daemon.code(), "sleep 100 >/dev/null 2>&1 & echo $!").await;
+    assert_eq!(body["timedOut"], false);
+    let pid: i32 = body["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!(alive(pid), "a server started with & and its output redirected is left running");
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL);
+}
+
+/// Starts `echo $$; exec sleep 100` through an event stream and returns the pid once it runs.
+async fn start_sleeper(relay: &TestRelay, code: aic::protocol::SessionCode) -> (i32, reqwest::Response) {
+    let mut resp = client()
+        .post(format!("{}/api/v1/exec", relay.http()))
+        .header("accept", "text/event-stream")
+        .json(&json!({"code": code.to_string(), "command": "echo $$; exec sleep 100"}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let pid = within("the pid", async {
+        loop {
+            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
+            if let Some(start) = seen.find("\"text\":\"") {
+                let rest = &seen[start + 8..];
+                if let Some(end) = rest.find("\\n") {
+                    return rest[..end].parse().unwrap();
+                }
+            }
+        }
+    })
+    .await;
+    (pid, resp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_die_with_the_link_that_carried_them() {
+    let (_dir, relay, mut daemon) = pair().await;
+    let (pid, _resp) = start_sleeper(&relay, daemon.code()).await;
+    assert!(alive(pid));
+    relay.stop().await;
+    daemon.offline().await;
+    eventually("the command is killed when its link goes", || !alive(pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_daemon_kills_its_commands_first() {
+    let (_dir, relay, daemon) = pair().await;
+    let (pid, _resp) = start_sleeper(&relay, daemon.code()).await;
+    daemon.stop().await;
+    eventually("the command is killed at shutdown", || !alive(pid)).await;
+}

@@ -44,9 +44,15 @@ struct RunArgs {
     socket: Option<PathBuf>,
 
     /// supervised (every command waits for the operator's y/N), auto (run at once) or disabled (refuse all).
-    /// Given here it replaces the saved mode; otherwise the last mode set with aic-console stays [default: supervised].
+    /// Used on first start, or when stricter than the mode last set with aic-console, which otherwise stays
+    /// [default: supervised].
     #[arg(long, env = "AIC_MODE")]
     mode: Option<Mode>,
+
+    /// Allow a plain ws:// or http:// relay that is not on loopback (the agent token then crosses the network
+    /// unencrypted; only for networks you trust).
+    #[arg(long, env = "AIC_INSECURE_RELAY")]
+    insecure_relay: bool,
 
     /// Commands allowed to run or wait for approval at once; past it callers are told to retry [default: 16].
     #[arg(long, env = "AIC_MAX_CONCURRENT")]
@@ -111,6 +117,7 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     };
     let socket = args.socket.or(file.socket).unwrap_or_else(|| aic::protocol::control::default_socket(is_root()));
     let mut config = daemon::Config::new(relay, state_dir, socket);
+    config.allow_insecure_relay = args.insecure_relay;
     config.mode = match (args.mode, file.mode) {
         (Some(mode), _) => Some(mode),
         (None, Some(text)) => Some(text.parse().map_err(|e: String| anyhow::anyhow!("config file key mode: {e}"))?),

@@ -93,10 +93,24 @@ impl Drop for ControlSocket {
 }
 
 /// Creates the socket's directory if missing: 0750 with group `aic` for
-/// root, 0700 otherwise. An existing directory is left as it is.
+/// root, 0700 otherwise. An existing directory must be a real directory
+/// owned by this user (or root) that nobody else can write to, or someone
+/// could swap the socket for their own.
 fn prepare_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            let me = rustix::process::geteuid().as_raw();
+            if !meta.is_dir() || (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
+                bail!(
+                    "{} must be a directory owned by you (or root) that others cannot write to; pick another place with --socket",
+                    dir.display()
+                );
+            }
+            return Ok(());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", dir.display())),
     }
     let mode = if group.is_some() { 0o750 } else { 0o700 };
     std::fs::DirBuilder::new()

@@ -73,12 +73,24 @@ impl Daemon {
         mut state: State,
         status: watch::Sender<LinkStatus>,
     ) -> anyhow::Result<(Self, mpsc::Receiver<OperatorCall>)> {
-        // A mode given at start wins over the saved one, and is saved.
-        if let Some(mode) = config.mode
-            && state.mode != Some(mode)
-        {
-            state.mode = Some(mode);
-            file.save(&state)?;
+        // The operator's saved choice stands across restarts; a mode given at
+        // start applies on first start, or when it is stricter (a service
+        // file's `--mode auto` never undoes an operator's `disabled`).
+        match (config.mode, state.mode) {
+            (Some(start), Some(saved)) if start.strictness() > saved.strictness() => {
+                state.mode = Some(start);
+                file.save(&state)?;
+            }
+            (Some(start), Some(saved)) if start != saved => {
+                tracing::warn!(
+                    "keeping the saved mode {saved}, not {start}: change it with `aic-console mode {start}`"
+                );
+            }
+            (Some(start), None) => {
+                state.mode = Some(start);
+                file.save(&state)?;
+            }
+            _ => {}
         }
         let health = RelayHealth { url: config.relay.clone(), ..Default::default() };
         status.send_modify(|s| s.code = state.credentials.as_ref().map(|c| c.code));
@@ -125,6 +137,11 @@ impl Daemon {
         tracing::info!(%mode, "mode changed");
         self.emit(Event::ModeChanged { mode });
         Ok(())
+    }
+
+    /// The state file's path, for messages that tell the operator what to do.
+    pub fn state_path(&self) -> &std::path::Path {
+        self.file.path()
     }
 
     /// The code and token, if registered.

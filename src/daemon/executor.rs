@@ -150,7 +150,7 @@ async fn supervise(req: &ExecRequest, mut p: Running, out: &Outbox, cancel: &Can
             status = &mut p.exit, if exit.is_none() => {
                 exit = Some(status.unwrap_or(-1));
             }
-            _ = tokio::time::sleep_until(deadline), if !timed_out && exit.is_none() => {
+            _ = tokio::time::sleep_until(deadline), if !timed_out => {
                 timed_out = true;
                 term(&mut kill_at);
             }

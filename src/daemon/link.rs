@@ -12,6 +12,7 @@ use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::core::{Daemon, OperatorCall};
@@ -20,7 +21,7 @@ use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, ExecRequest, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, OperatorOutcome,
     PROTOCOL_VERSION, Refusal, RelayMessage,
 };
-use crate::protocol::control::{Decision, Mode};
+use crate::protocol::control::{CommandState, Decision, Mode};
 
 /// First wait before reconnecting.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -44,20 +45,36 @@ enum Ended {
 /// Commands in flight on this daemon, by id, so that a cancel can reach them.
 type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
 
-/// Keeps a link to the relay up until `shutdown`.
+/// Commands still running at shutdown get this long to be killed.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Keeps a link to the relay up until `shutdown`; then kills what still runs.
 pub async fn run(daemon: Daemon, mut calls: mpsc::Receiver<OperatorCall>, shutdown: CancellationToken) {
+    let tasks = TaskTracker::new();
+    link_loop(&daemon, &mut calls, &tasks, &shutdown).await;
+    daemon.link_down(None);
+    // Each command's token was cancelled with its link: wait for the kills.
+    tasks.close();
+    if timeout(DRAIN, tasks.wait()).await.is_err() {
+        tracing::warn!("some commands did not end within {DRAIN:?} of shutdown");
+    }
+}
+
+async fn link_loop(
+    daemon: &Daemon,
+    calls: &mut mpsc::Receiver<OperatorCall>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = Backoff::default();
     let limit = Arc::new(Semaphore::new(daemon.config.max_concurrent));
     loop {
         let attempt = tokio::select! {
-            r = connect(&daemon, &limit, &mut calls, &shutdown) => r,
+            r = connect(daemon, &limit, calls, tasks, shutdown) => r,
             _ = shutdown.cancelled() => Ok(Ended::Shutdown),
         };
         match attempt {
-            Ok(Ended::Shutdown) => {
-                daemon.link_down(None);
-                return;
-            }
+            Ok(Ended::Shutdown) => return,
             Ok(Ended::Reregister) => continue,
             Ok(Ended::Dropped { lasted }) => {
                 tracing::warn!("relay link lost after {}s; reconnecting", lasted.as_secs());
@@ -93,9 +110,23 @@ fn agent_url(relay: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/agent/ws"))
 }
 
-/// Checks the relay URL's form, for a clear error at start.
-pub fn check_relay_url(relay: &str) -> anyhow::Result<()> {
-    agent_url(relay).map(drop)
+/// Checks the relay URL at start: its form, and that the agent token never
+/// crosses a network unencrypted (plain `ws://` only on loopback, unless allowed).
+pub fn check_relay_url(relay: &str, allow_insecure: bool) -> anyhow::Result<()> {
+    let url = agent_url(relay)?;
+    let Some(rest) = url.strip_prefix("ws://") else { return Ok(()) };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback && !allow_insecure {
+        bail!(
+            "refusing to send this machine's agent token unencrypted to {host}: use wss:// (or https://), or pass --insecure-relay on a network you trust"
+        );
+    }
+    Ok(())
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -112,7 +143,7 @@ async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
     ws.send(Message::text(agent::encode(&hello))).await?;
     let reply = match timeout(HELLO_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => agent::decode::<RelayMessage>(&text)?,
-        Ok(other) => bail!("the relay closed the link before answering hello ({other:?})"),
+        Ok(_) => bail!("the relay closed the link before answering hello"),
         Err(_) => bail!("the relay did not answer hello within {HELLO_TIMEOUT:?}"),
     };
     match reply {
@@ -120,6 +151,8 @@ async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
             let previous = daemon.credentials().map(|c| c.code);
             if let Some(token) = token {
                 daemon.set_credentials(Some(Credentials { code, token })).context("saving the new code and token")?;
+                // Only now may the relay forget the token this link was opened with.
+                ws.send(Message::text(agent::encode(&AgentMessage::TokenSaved))).await?;
             }
             let first = !daemon.announced.swap(true, std::sync::atomic::Ordering::Relaxed);
             if first || previous != Some(code) {
@@ -133,8 +166,12 @@ async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
             daemon.set_credentials(None)?;
             Ok(Err(Ended::Reregister))
         }
+        RelayMessage::HelloRefused { reason: HelloRefusal::BadToken, message } => bail!(
+            "the relay refused this machine's agent token ({message}). To start over as a new machine with a new code: stop aic-daemon, move {} away, and start it again",
+            daemon.state_path().display()
+        ),
         RelayMessage::HelloRefused { message, .. } => bail!("the relay refused this daemon: {message}"),
-        other => bail!("unexpected first answer from the relay: {other:?}"),
+        other => bail!("unexpected first answer from the relay: a {} message", other.kind()),
     }
 }
 
@@ -148,6 +185,7 @@ async fn connect(
     daemon: &Daemon,
     limit: &Arc<Semaphore>,
     calls: &mut mpsc::Receiver<OperatorCall>,
+    tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
     let mut ws = match hello(daemon).await? {
@@ -159,6 +197,10 @@ async fn connect(
     let (out_tx, mut out_rx) = mpsc::channel::<AgentMessage>(64);
     let running: Running = Arc::default();
     let link_gone = CancellationToken::new();
+    // However this function ends (an error, or being dropped at shutdown),
+    // the commands its link carried are killed: nobody can hear them now.
+    let _kill_on_exit = link_gone.clone().drop_guard();
+    let mut last_rx = Instant::now();
     let mut ping = tokio::time::interval(daemon.config.ping_interval);
     let mut last_ping: Option<(u64, Instant)> = None;
     let mut waiting: HashMap<u64, oneshot::Sender<OperatorOutcome>> = HashMap::new();
@@ -172,6 +214,10 @@ async fn connect(
             }
             Some(msg) = out_rx.recv() => ws.send(Message::text(agent::encode(&msg))).await?,
             Some((op, reply)) = calls.recv() => {
+                if reply.is_closed() {
+                    // The operator was already told it failed: do not do it late.
+                    continue;
+                }
                 next_req += 1;
                 waiting.insert(next_req, reply);
                 ws.send(Message::text(agent::encode(&AgentMessage::Operator { req: next_req, op }))).await?;
@@ -181,15 +227,20 @@ async fn connect(
                 last_ping = Some((seq, Instant::now()));
                 ws.send(Message::text(agent::encode(&AgentMessage::Ping { seq }))).await?;
             }
-            frame = timeout(LINK_TIMEOUT, ws.next()) => {
-                let Ok(Some(Ok(frame))) = frame else { break Ended::Dropped { lasted: connected.elapsed() } };
+            _ = tokio::time::sleep_until(last_rx + LINK_TIMEOUT) => {
+                tracing::warn!("nothing from the relay for {LINK_TIMEOUT:?}");
+                break Ended::Dropped { lasted: connected.elapsed() };
+            }
+            frame = ws.next() => {
+                let Some(Ok(frame)) = frame else { break Ended::Dropped { lasted: connected.elapsed() } };
+                last_rx = Instant::now();
                 let text = match frame {
                     Message::Text(text) => text,
                     Message::Close(_) => break Ended::Dropped { lasted: connected.elapsed() },
                     _ => continue,
                 };
                 match agent::decode::<RelayMessage>(&text) {
-                    Ok(RelayMessage::Exec(req)) => start(daemon, req, limit, &running, &link_gone, &out_tx),
+                    Ok(RelayMessage::Exec(req)) => start(daemon, req, limit, &running, &link_gone, &out_tx, tasks),
                     Ok(RelayMessage::Cancel { id }) => {
                         if let Some(token) = running.lock().unwrap().get(&id) {
                             token.cancel();
@@ -216,14 +267,12 @@ async fn connect(
                     }
                     Ok(RelayMessage::AccountsChanged) => daemon.accounts_changed(),
                     Ok(RelayMessage::Error { message }) => tracing::warn!("the relay says: {message}"),
-                    Ok(other) => tracing::warn!("unexpected message from the relay: {other:?}"),
+                    Ok(other) => tracing::warn!("unexpected {} message from the relay", other.kind()),
                     Err(e) => tracing::warn!("{e}"),
                 }
             }
         }
     };
-    // Whoever asked for the running commands can no longer hear them.
-    link_gone.cancel();
     Ok(ended)
 }
 
@@ -236,15 +285,16 @@ fn start(
     running: &Running,
     link_gone: &CancellationToken,
     out: &mpsc::Sender<AgentMessage>,
+    tasks: &TaskTracker,
 ) {
     let id = req.id;
     let mode = daemon.mode();
     let outbox = Outbox::new(daemon.clone(), out.clone());
     let permit = Arc::clone(limit).try_acquire_owned();
-    let initial = if mode == Mode::Supervised && permit.is_ok() {
-        crate::protocol::control::CommandState::Pending
-    } else {
-        crate::protocol::control::CommandState::Running
+    let initial = match (&permit, mode) {
+        (Err(_), _) | (_, Mode::Disabled) => CommandState::Refused,
+        (Ok(_), Mode::Supervised) => CommandState::Pending,
+        (Ok(_), Mode::Auto) => CommandState::Running,
     };
     daemon.record(&req, initial);
     let cancel = link_gone.child_token();
@@ -252,7 +302,7 @@ fn start(
     let running = Arc::clone(running);
     let daemon = daemon.clone();
     let max = daemon.config.max_concurrent;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         match permit {
             Ok(permit) => handle(&daemon, req, mode, &outbox, &cancel, permit).await,
             Err(_) => {
@@ -296,6 +346,10 @@ async fn handle(
             }
             Decision::Withdrawn => return daemon.cancelled(id),
         },
+    }
+    if cancel.is_cancelled() {
+        // Approved in the same instant its caller left: nobody would hear it.
+        return daemon.cancelled(id);
     }
     executor::run(req, outbox, cancel).await;
     if cancel.is_cancelled() {
@@ -364,5 +418,15 @@ mod tests {
         assert_eq!(agent_url("ws://127.0.0.1:8080/").unwrap(), "ws://127.0.0.1:8080/agent/ws");
         assert_eq!(agent_url("https://relay.example.com").unwrap(), "wss://relay.example.com/agent/ws");
         assert!(agent_url("relay.example.com").unwrap_err().to_string().contains("must start with"));
+        for ok in
+            ["ws://127.0.0.1:8080", "ws://localhost:1", "ws://[::1]:9", "wss://relay.example.com", "https://r.example"]
+        {
+            check_relay_url(ok, false).unwrap();
+        }
+        for plain in ["ws://relay.example.com", "http://10.0.0.5:8080", "ws://[2001:db8::1]:80"] {
+            let err = check_relay_url(plain, false).unwrap_err().to_string();
+            assert!(err.contains("unencrypted") && err.contains("--insecure-relay"), "{err}");
+            check_relay_url(plain, true).unwrap();
+        }
     }
 }

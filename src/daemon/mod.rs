@@ -27,8 +27,11 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The control socket's path.
     pub socket: PathBuf,
-    /// A mode given at start; it wins over (and replaces) the saved one. Else the saved mode, else supervised.
+    /// A mode given at start: used when none is saved, or when it is stricter
+    /// than the saved one. The operator's choice otherwise stands.
     pub mode: Option<Mode>,
+    /// Allow a plain `ws://` relay that is not on loopback.
+    pub allow_insecure_relay: bool,
     /// Commands allowed to run (or wait for approval) at once.
     pub max_concurrent: usize,
     /// How long a command waits for the operator before it is refused.
@@ -45,6 +48,7 @@ impl Config {
             state_dir,
             socket,
             mode: None,
+            allow_insecure_relay: false,
             max_concurrent: 16,
             approval_timeout: Duration::from_secs(600),
             ping_interval: crate::protocol::agent::PING_INTERVAL,
@@ -65,7 +69,7 @@ pub struct LinkStatus {
 /// state on `status`. The control socket is bound before anything else, so a
 /// second daemon on the same socket refuses to start.
 pub async fn run(config: Config, status: watch::Sender<LinkStatus>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    link::check_relay_url(&config.relay)?;
+    link::check_relay_url(&config.relay, config.allow_insecure_relay)?;
     let socket = control::ControlSocket::bind(&config.socket)?;
     let file = state::StateFile::in_dir(&config.state_dir)?;
     let saved = file.load()?;

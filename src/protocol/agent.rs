@@ -139,6 +139,8 @@ pub enum AgentMessage {
         /// The ping's `seq`.
         seq: u64,
     },
+    /// The token from [`RelayMessage::Registered`] is saved: the relay may forget the one before it.
+    TokenSaved,
     /// The operator asks the relay for something; answered by [`RelayMessage::OperatorReply`].
     Operator {
         /// Chosen by the daemon; echoed in the reply.
@@ -280,8 +282,39 @@ pub enum HelloRefusal {
     UnknownCode,
     /// The token does not match the code.
     BadToken,
-    /// The relay is refusing registrations for now.
-    RateLimited,
+}
+
+impl RelayMessage {
+    /// The message's kind, for logs that must not carry its contents (tokens, commands).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Registered { .. } => "registered",
+            Self::HelloRefused { .. } => "hello_refused",
+            Self::Exec(_) => "exec",
+            Self::Cancel { .. } => "cancel",
+            Self::Ping { .. } => "ping",
+            Self::Pong { .. } => "pong",
+            Self::OperatorReply { .. } => "operator_reply",
+            Self::AccountsChanged => "accounts_changed",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+impl AgentInfo {
+    /// The info with every field made safe to store, log and show: no
+    /// control characters, bounded lengths. A daemon's word is not trusted.
+    pub fn cleaned(mut self) -> Self {
+        fn clean(text: &str) -> String {
+            text.chars().filter(|c| !c.is_control()).take(64).collect()
+        }
+        self.hostname = clean(&self.hostname);
+        self.os = clean(&self.os);
+        self.arch = clean(&self.arch);
+        self.version = clean(&self.version);
+        self.capabilities = self.capabilities.iter().take(16).map(|c| clean(c)).collect();
+        self
+    }
 }
 
 /// One command for the daemon to run.

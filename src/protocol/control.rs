@@ -50,6 +50,17 @@ pub enum Mode {
     Disabled,
 }
 
+impl Mode {
+    /// How much the mode holds back: disabled > supervised > auto.
+    pub fn strictness(self) -> u8 {
+        match self {
+            Self::Auto => 0,
+            Self::Supervised => 1,
+            Self::Disabled => 2,
+        }
+    }
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -96,11 +96,20 @@ fn fresh(state: &AppState, created: i64) -> bool {
     super::now_ms().saturating_sub(created) < state.config.anonymous_window.as_millis() as i64
 }
 
+/// Why the caller quotes a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// To run a command: a first use links the account to the machine.
+    Use,
+    /// To look the machine up: never links anything.
+    Look,
+}
+
 /// Applies the access rules (DESIGN.md, "Access rules") to `caller` quoting `code`.
-pub async fn resolve(state: &AppState, caller: &Caller, code: &str) -> Result<Target, ApiError> {
+pub async fn resolve(state: &AppState, caller: &Caller, code: &str, purpose: Purpose) -> Result<Target, ApiError> {
     match &caller.account {
         None => resolve_anonymous(state, code).await,
-        Some(account) => resolve_account(state, account, code).await,
+        Some(account) => resolve_account(state, account, code, purpose).await,
     }
 }
 
@@ -137,13 +146,25 @@ fn not_found() -> ApiError {
     )
 }
 
-async fn resolve_account(state: &AppState, account: &Account, quoted: &str) -> Result<Target, ApiError> {
-    let (label, code_hash, link) = match quoted.parse::<SessionCode>() {
+async fn resolve_account(
+    state: &AppState,
+    account: &Account,
+    quoted: &str,
+    purpose: Purpose,
+) -> Result<Target, ApiError> {
+    let by_code = match quoted.parse::<SessionCode>() {
         Ok(code) => {
             let code_hash = state.keys.code_hash(&code);
-            let record = state.store.agent_by_code(&code_hash).await.map_err(internal)?.ok_or_else(not_found)?;
+            state.store.agent_by_code(&code_hash).await.map_err(internal)?.map(|record| (code, code_hash, record))
+        }
+        Err(_) => None,
+    };
+    let (label, code_hash, link) = match by_code {
+        Some((code, code_hash, record)) => {
             let link = match accounts::link_of(&state.store, record.id, account.id).await.map_err(internal)? {
                 Some(link) => link,
+                // Looking a machine up is not using it: the anonymous rules answer.
+                None if purpose == Purpose::Look => return resolve_anonymous(state, quoted).await,
                 None => {
                     first_link(state, account, &code_hash, record.id, record.code_created_ms, &record.agent_info)
                         .await?
@@ -151,7 +172,8 @@ async fn resolve_account(state: &AppState, account: &Account, quoted: &str) -> R
             };
             (code.canonical(), code_hash, link)
         }
-        Err(_) => {
+        // Not a known code: one of the account's aliases (which may look like a code)?
+        None => {
             let link = accounts::link_by_alias(&state.store, account.id, quoted.trim())
                 .await
                 .map_err(internal)?

@@ -289,30 +289,36 @@ pub async fn create_link(
     let base: String =
         hostname.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(48).collect();
     let base = if base.is_empty() { "machine".to_owned() } else { base };
-    let taken: Vec<String> = sqlx::query("SELECT LOWER(alias) FROM links WHERE account_id = $1")
+    // Concurrent first uses may race for the same alias or the same link:
+    // whichever insert loses does nothing, and the loop looks again.
+    for _ in 0..5 {
+        if let Some(link) = link_of(store, agent_id, account_id).await? {
+            return Ok(link);
+        }
+        let taken: Vec<String> = sqlx::query("SELECT LOWER(alias) FROM links WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_all(store.pool())
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let alias = (1..)
+            .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+            .find(|a| !taken.contains(&a.to_lowercase()))
+            .expect("an unused alias exists");
+        sqlx::query(
+            "INSERT INTO links (agent_id, account_id, alias, state, linked_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(agent_id)
         .bind(account_id)
-        .fetch_all(store.pool())
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let alias = (1..)
-        .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
-        .find(|a| !taken.contains(&a.to_lowercase()))
-        .expect("an unused alias exists");
-    sqlx::query(
-        "INSERT INTO links (agent_id, account_id, alias, state, linked_at) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (agent_id, account_id) DO NOTHING",
-    )
-    .bind(agent_id)
-    .bind(account_id)
-    .bind(&alias)
-    .bind(state.as_str())
-    .bind(now)
-    .execute(store.pool())
-    .await?;
-    // Another request may have linked the two first: its link stands.
-    link_of(store, agent_id, account_id).await?.context("the link vanished as it was made")
+        .bind(&alias)
+        .bind(state.as_str())
+        .bind(now)
+        .execute(store.pool())
+        .await?;
+    }
+    link_of(store, agent_id, account_id).await?.context("could not link the account after several tries")
 }
 
 /// A machine's links with each account's full email (to be masked before it leaves).

@@ -58,7 +58,8 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
     socket.send(text(&accepted.reply)).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let conn = state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, tx);
+    let conn =
+        state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.max_output, tx);
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
     tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
 
@@ -81,13 +82,18 @@ async fn pump(
     socket: &mut WebSocket,
     rx: &mut mpsc::UnboundedReceiver<RelayMessage>,
 ) -> anyhow::Result<()> {
+    let mut last_rx = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return close(socket, "relay shutting down").await,
             _ = conn.replaced.cancelled() => return close(socket, "replaced by a newer connection of this agent").await,
-            Some(msg) = rx.recv() => socket.send(text(&msg)).await?,
-            frame = timeout(LINK_TIMEOUT, socket.recv()) => {
-                let Ok(frame) = frame else { anyhow::bail!("silent for {LINK_TIMEOUT:?}") };
+            Some(msg) = rx.recv() => {
+                // A daemon that stops reading must not make the relay queue for it forever.
+                timeout(LINK_TIMEOUT, socket.send(text(&msg))).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
+            }
+            _ = tokio::time::sleep_until(last_rx + LINK_TIMEOUT) => anyhow::bail!("silent for {LINK_TIMEOUT:?}"),
+            frame = socket.recv() => {
+                last_rx = tokio::time::Instant::now();
                 match frame {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
@@ -111,6 +117,11 @@ async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest
         Ok(AgentMessage::Ping { seq }) => {
             conn.send(RelayMessage::Pong { seq });
         }
+        Ok(AgentMessage::TokenSaved) => {
+            if let Err(e) = state.store.forget_previous_token(conn.agent_id).await {
+                tracing::warn!(agent = conn.agent_id, "forgetting the previous token: {e:#}");
+            }
+        }
         Ok(AgentMessage::Hello { .. }) => {
             conn.send(RelayMessage::Error { message: "hello was already accepted on this link".into() });
         }
@@ -130,7 +141,7 @@ fn parse_hello(text: &str) -> Result<(AgentInfo, Option<Credentials>), Refused> 
         return Err((HelloRefusal::Version, agent::version_mismatch(version)));
     }
     match agent::decode::<AgentMessage>(text) {
-        Ok(AgentMessage::Hello { agent, credentials, .. }) => Ok((agent, credentials)),
+        Ok(AgentMessage::Hello { agent, credentials, .. }) => Ok((agent.cleaned(), credentials)),
         Ok(_) => Err((HelloRefusal::Version, agent::version_mismatch(None))),
         Err(e) => Err((HelloRefusal::Version, format!("the hello could not be read: {e}"))),
     }

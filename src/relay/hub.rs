@@ -37,9 +37,21 @@ pub struct AgentConn {
     /// Frames for the daemon; the connection's task writes them out.
     tx: mpsc::UnboundedSender<RelayMessage>,
     /// Callers waiting on their commands' events.
-    pending: Mutex<HashMap<Uuid, mpsc::UnboundedSender<ExecEvent>>>,
+    pending: Mutex<HashMap<Uuid, Waiter>>,
+    /// Output bytes forwarded per command at most (plus one chunk): a daemon
+    /// that ignores the cap cannot make the relay hold more.
+    max_output: u64,
     /// Cancelled when a newer connection of the same agent replaces this one.
     pub replaced: CancellationToken,
+}
+
+/// A caller waiting on one command.
+struct Waiter {
+    tx: mpsc::UnboundedSender<ExecEvent>,
+    /// Output bytes forwarded so far.
+    bytes: u64,
+    /// Whether `Started` was forwarded (a second one is dropped).
+    started: bool,
 }
 
 /// What a caller hears about its command.
@@ -71,6 +83,7 @@ impl Hub {
         agent_id: i64,
         info: AgentInfo,
         code_created_ms: i64,
+        max_output: u64,
         tx: mpsc::UnboundedSender<RelayMessage>,
     ) -> Arc<AgentConn> {
         Arc::new(AgentConn {
@@ -80,6 +93,7 @@ impl Hub {
             code_created_ms: AtomicI64::new(code_created_ms),
             tx,
             pending: Mutex::default(),
+            max_output,
             replaced: CancellationToken::new(),
         })
     }
@@ -136,7 +150,7 @@ impl AgentConn {
     pub fn start(self: &Arc<Self>, request: ExecRequest) -> Option<Exec> {
         let id = request.id;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        self.pending.lock().unwrap().insert(id, Waiter { tx, bytes: 0, started: false });
         if self.tx.send(RelayMessage::Exec(request)).is_err() {
             self.pending.lock().unwrap().remove(&id);
             return None;
@@ -162,10 +176,19 @@ impl AgentConn {
             AgentMessage::Hello { .. }
             | AgentMessage::Ping { .. }
             | AgentMessage::Pong { .. }
+            | AgentMessage::TokenSaved
             | AgentMessage::Operator { .. } => return,
         };
         let mut pending = self.pending.lock().unwrap();
-        let sender = if last { pending.remove(&id) } else { pending.get(&id).cloned() };
+        let Some(waiter) = pending.get_mut(&id) else { return };
+        match &event {
+            ExecEvent::Started if waiter.started => return,
+            ExecEvent::Started => waiter.started = true,
+            ExecEvent::Output(..) if waiter.bytes >= self.max_output => return,
+            ExecEvent::Output(_, data) => waiter.bytes += data.len() as u64,
+            _ => {}
+        }
+        let sender = if last { pending.remove(&id).map(|w| w.tx) } else { Some(waiter.tx.clone()) };
         drop(pending);
         if let Some(sender) = sender {
             let _ = sender.send(event);

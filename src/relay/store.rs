@@ -207,6 +207,12 @@ impl Store {
         Ok(())
     }
 
+    /// The daemon has saved its new token: the one before it stops working.
+    pub async fn forget_previous_token(&self, id: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE agents SET prev_token_hash = NULL WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// An agent by row id, with its code's hash.
     pub async fn agent_by_id(&self, id: i64) -> anyhow::Result<Option<(Vec<u8>, AgentRecord)>> {
         let row = sqlx::query(

@@ -59,7 +59,7 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     let mut client = Client::connect(socket).await?;
     let print = |out: &mut dyn Write, value: &Value, human: String| {
-        let text = if json { value.to_string() } else { human };
+        let text = if json { sanitize::json(value.to_string()) } else { human };
         let _ = writeln!(out, "{text}");
     };
     match command {
@@ -129,7 +129,7 @@ pub async fn run(
             let entries: Vec<TrafficEntry> = parse(&value)?;
             if json {
                 for entry in &entries {
-                    let _ = writeln!(out, "{}", serde_json::to_string(entry).unwrap_or_default());
+                    let _ = writeln!(out, "{}", sanitize::json(serde_json::to_string(entry).unwrap_or_default()));
                 }
             } else {
                 if entries.is_empty() && !follow {
@@ -146,8 +146,11 @@ pub async fn run(
             if follow {
                 loop {
                     let event = client.next_event().await?;
-                    let text =
-                        if json { Some(serde_json::to_string(&event).unwrap_or_default()) } else { event_line(&event) };
+                    let text = if json {
+                        Some(sanitize::json(serde_json::to_string(&event).unwrap_or_default()))
+                    } else {
+                        event_line(&event)
+                    };
                     if let Some(text) = text {
                         let _ = writeln!(out, "{text}");
                         let _ = out.flush();
@@ -201,7 +204,7 @@ async fn account_op(
     };
     let value = client.call(op(account.id.clone())).await?;
     let text = if json {
-        value.to_string()
+        sanitize::json(value.to_string())
     } else {
         format!(
             "{} ({}) is now {}.",

@@ -66,6 +66,18 @@ impl Client {
             std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(path.into()),
             _ => ClientError::Io { path: path.into(), source: e },
         })?;
+        // Talk only to a daemon run by root or by this user: anyone else could
+        // have put a socket where the daemon's should be.
+        if let Ok(cred) = stream.peer_cred() {
+            let me = rustix::process::geteuid().as_raw();
+            if cred.uid() != 0 && cred.uid() != me {
+                return Err(ClientError::Daemon(format!(
+                    "the socket at {} is served by uid {}, not by root or by you; refusing to talk to it",
+                    path.display(),
+                    cred.uid()
+                )));
+            }
+        }
         let (read, writer) = stream.into_split();
         Ok(Self {
             path: path.into(),

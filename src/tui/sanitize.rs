@@ -40,10 +40,35 @@ fn push_visible(out: &mut String, c: char) {
         0x7f => out.push_str("^?"),
         // C1 controls (0x9b is a one-byte CSI on some terminals).
         n @ 0x80..=0x9f => out.push_str(&format!("\\u{{{n:x}}}")),
-        // Bidirectional overrides can make text read differently from what runs.
-        0x202a..=0x202e | 0x2066..=0x2069 => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        // Bidirectional controls and line separators can make text read
+        // differently from what runs.
+        n if is_deceptive(n) => out.push_str(&format!("\\u{{{n:x}}}")),
         _ => out.push(c),
     }
+}
+
+/// Characters that reorder or break text on a terminal without being C0/C1 controls.
+fn is_deceptive(n: u32) -> bool {
+    matches!(n, 0x061c | 0x200e | 0x200f | 0x2028 | 0x2029 | 0x202a..=0x202e | 0x2066..=0x2069)
+}
+
+/// JSON text made safe for a terminal: serde_json escapes only U+0000–U+001F,
+/// so DEL, the C1 controls (U+009B is a one-character CSI) and bidirectional
+/// controls are escaped here as `\uXXXX`. The JSON means the same.
+pub fn json(text: String) -> String {
+    if !text.chars().any(|c| matches!(c as u32, 0x7f..=0x9f) || is_deceptive(c as u32)) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        let n = c as u32;
+        if matches!(n, 0x7f..=0x9f) || is_deceptive(n) {
+            out.push_str(&format!("\\u{n:04x}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -57,6 +82,14 @@ mod tests {
         assert_eq!(line("x\u{9b}31m\u{7f}"), "x\\u{9b}31m^?");
         assert_eq!(line("safe \u{202e}txt.sh"), "safe \\u{202e}txt.sh");
         assert_eq!(block("one\r\ntwo\x1b[1m"), "one\ntwo^[[1m");
+    }
+
+    #[test]
+    fn json_output_escapes_what_serde_json_leaves_raw() {
+        let raw = serde_json::to_string("a\u{9b}2J\u{7f}\u{202e}b").unwrap();
+        let safe = json(raw);
+        assert_eq!(safe, r#""a\u009b2J\u007f\u202eb""#);
+        assert_eq!(serde_json::from_str::<String>(&safe).unwrap(), "a\u{9b}2J\u{7f}\u{202e}b");
     }
 
     #[test]
