@@ -1,6 +1,9 @@
 //! The operator's console: a control-socket client, the command line built
-//! on it, and text sanitising for everything drawn from untrusted sources.
+//! on it, text sanitising for everything drawn from untrusted sources, and
+//! the terminal console (app state, keys, drawing, themes, main loop).
 
-pub mod cli;
-pub mod client;
-pub mod sanitize;
+pub mod cli; // `aic-console` subcommands
+pub mod client; // the control-socket client
+pub mod config; // the console's settings file
+pub mod sanitize; // untrusted text made safe to draw
+pub mod theme; // colour themes from TOML
