@@ -270,6 +270,10 @@ fn accounts_say_why_they_are_missing() {
     app.apply(DaemonMsg::Reply { op: Op::Admins, result: Err(why.into()) });
     assert_eq!(app.accounts, Accounts::Failed(why.into()));
     assert_snapshot!("accounts_failed", screen(&app, 80, 24).backend());
+    // When the relay link comes back, the console asks again by itself.
+    let down = RelayHealth { connected: false, ..relay() };
+    assert!(app.apply(DaemonMsg::Event(DaemonEvent::Relay(down))).is_empty());
+    assert_eq!(app.apply(DaemonMsg::Event(DaemonEvent::Relay(relay()))), vec![Action::Send(Op::Admins)]);
     app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(json!([])) });
     assert_snapshot!("accounts_empty", screen(&app, 80, 24).backend());
 }

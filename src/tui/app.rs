@@ -252,7 +252,7 @@ impl App {
     fn connected(&mut self, snapshot: Snapshot) -> Vec<Action> {
         let Snapshot { status, traffic, approvals } = snapshot;
         self.link = Link::Up;
-        self.code = status.code;
+        self.code = status.code.as_deref().map(sanitize::line);
         self.mode = Some(status.mode);
         self.version = Some(status.version);
         self.relay = Some(status.relay);
@@ -288,9 +288,17 @@ impl App {
                 }
             }
             E::ApprovalDecided { command, decision } => self.decided(command, decision),
-            E::Relay(health) => self.relay = Some(health),
+            E::Relay(health) => {
+                let was_up = self.relay.as_ref().is_some_and(|r| r.connected);
+                let up = health.connected;
+                self.relay = Some(health);
+                // Accounts live on the relay: a list that failed for want of the link is asked for again.
+                if up && !was_up && matches!(self.accounts, Accounts::Failed(_)) {
+                    return vec![Action::Send(Op::Admins)];
+                }
+            }
             E::Accounts => return vec![Action::Send(Op::Admins)],
-            E::CodeChanged(info) => self.code = info.code,
+            E::CodeChanged(info) => self.code = info.code.as_deref().map(sanitize::line),
             E::ModeChanged { mode } => self.mode = Some(mode),
             E::Lagged { missed } => self
                 .notify(format!("This console fell behind and missed {missed} events; it re-read the state."), false),
