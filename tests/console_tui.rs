@@ -49,6 +49,11 @@ struct Console {
 impl Console {
     /// Starts the console on `socket` at `cols` x `rows`, with its settings in `config_home`.
     fn start(socket: &Path, config_home: &Path, cols: u16, rows: u16) -> Self {
+        Self::start_with(socket, config_home, cols, rows, &[])
+    }
+
+    /// [`Console::start`] with extra environment variables.
+    fn start_with(socket: &Path, config_home: &Path, cols: u16, rows: u16, envs: &[(&str, &str)]) -> Self {
         let pair = native_pty_system()
             .openpty(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })
             .expect("open a pseudo-terminal");
@@ -58,6 +63,9 @@ impl Console {
         cmd.env("TERM", "xterm-256color");
         cmd.env("XDG_CONFIG_HOME", config_home);
         cmd.env_remove("AIC_CONSOLE_CONFIG");
+        for (key, value) in envs {
+            cmd.env(key, value);
+        }
         let child = pair.slave.spawn_command(cmd).expect("spawn aic-console");
         drop(pair.slave);
         let size = |n: u16| NonZeroU16::new(n).unwrap();
@@ -215,6 +223,17 @@ async fn the_console_waits_out_a_daemon_restart_resizes_and_restores_the_termina
     assert!(console.restored(), "the terminal is restored after SIGTERM");
     daemon.stop().await;
     relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_restores_the_terminal_before_the_message_is_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(aic::tui::run::TEST_PANIC_ENV, "1"), ("RUST_BACKTRACE", "0")];
+    let mut console = Console::start_with(&dir.path().join("none.sock"), dir.path(), 100, 30, &env);
+    assert_eq!(console.exit_code().await, 101, "a panic ends the console");
+    assert!(console.restored(), "the terminal is restored after a panic");
+    let screen = console.shows("panicking on purpose").await;
+    assert!(screen.contains("panicked"), "the panic message is printed on the main screen:\n{screen}");
 }
 
 fn terminate_pid(pid: u32) {

@@ -16,7 +16,7 @@ pub enum Event {
     Daemon(DaemonMsg),
     /// SIGTERM or SIGHUP: leave cleanly.
     Terminate,
-    /// A background task died of a bug; the console cannot carry on.
+    /// The terminal cannot be read any more; the console cannot carry on.
     Fatal(String),
 }
 

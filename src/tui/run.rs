@@ -19,6 +19,9 @@ use super::theme::Theme;
 use super::{socket, term, ui};
 use crate::protocol::control::Op;
 
+/// Set (to anything) only by the test that checks the terminal is restored on a panic.
+pub const TEST_PANIC_ENV: &str = "AIC_CONSOLE_TEST_PANIC";
+
 /// How often times and countdowns move when nothing else happens.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Shortest time between two redraws: a burst of output costs one frame, not one per line.
@@ -52,7 +55,7 @@ pub trait Effects {
 pub enum Exit {
     /// The operator quit (or a signal asked the console to).
     Quit,
-    /// A background task died; the message says which.
+    /// The terminal could not be read; the message says why.
     Fatal(String),
 }
 
@@ -103,10 +106,15 @@ pub async fn event_loop<B: Backend>(
 pub async fn run(settings: Settings) -> std::io::Result<()> {
     let (tx, mut events) = mpsc::channel(QUEUE);
     let mut guard = term::TerminalGuard::enter()?;
-    spawn_watched("terminal input", input(tx.clone()), tx.clone());
-    spawn_watched("tick", ticks(tx.clone()), tx.clone());
-    spawn_watched("daemon socket", socket::watch(settings.socket.clone(), tx.clone()), tx.clone());
-    spawn_watched("signal", signals(tx.clone()), tx.clone());
+    // A panic in any of these ends the process through the hook term.rs installs.
+    tokio::spawn(input(tx.clone()));
+    tokio::spawn(ticks(tx.clone()));
+    tokio::spawn(socket::watch(settings.socket.clone(), tx.clone()));
+    tokio::spawn(signals(tx.clone()));
+    if std::env::var_os(TEST_PANIC_ENV).is_some() {
+        // A deliberate bug, once the console is up, for tests/console_tui.rs.
+        tokio::spawn(async { panic!("{TEST_PANIC_ENV} is set: panicking on purpose") });
+    }
     let mut effects = Live { socket: settings.socket, tx, out: std::io::stdout() };
     let mut app = App::new(settings.theme, settings.bell);
     let exit = event_loop(&mut guard.terminal, &mut app, &mut events, &mut effects, crate::daemon::core::now_ms).await;
@@ -135,18 +143,6 @@ impl Effects for Live {
     fn bell(&mut self) {
         term::emit(&mut self.out, "\x07");
     }
-}
-
-/// Spawns `task`; if it panics, the loop is told to end (the panic hook has restored the terminal).
-fn spawn_watched(name: &'static str, task: impl Future<Output = ()> + Send + 'static, tx: mpsc::Sender<Event>) {
-    let handle = tokio::spawn(task);
-    tokio::spawn(async move {
-        if let Err(e) = handle.await
-            && e.is_panic()
-        {
-            let _ = tx.send(Event::Fatal(format!("the console's {name} task failed"))).await;
-        }
-    });
 }
 
 async fn input(tx: mpsc::Sender<Event>) {

@@ -45,6 +45,9 @@ pub fn restore() {
     let _ = terminal::disable_raw_mode();
 }
 
+/// On a panic anywhere (the main loop or any task): restore the terminal,
+/// print the panic as usual, and exit. A console whose terminal has been
+/// given back cannot carry on drawing.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -52,6 +55,7 @@ fn install_panic_hook() {
         std::panic::set_hook(Box::new(move |info| {
             restore();
             previous(info);
+            std::process::exit(101);
         }));
     });
 }
