@@ -8,10 +8,15 @@ use clap::{Parser, Subcommand};
 
 use aic::protocol::control::Mode;
 use aic::tui::cli::{self, Command};
+use aic::tui::config::ConsoleConfig;
+use aic::tui::run::Settings;
 
 /// Watch and steer the aic daemon on this machine: its session code, the
 /// commands AI clients send, the approval queue, linked accounts and the
 /// relay link. Talks to the daemon over its Unix socket.
+///
+/// With no subcommand in a terminal, opens the console; without a terminal,
+/// prints the status.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -22,6 +27,14 @@ struct Args {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+
+    /// The console's colour theme: dark, light, high-contrast, a name in ~/.config/aic-console/themes/, or a path to a .toml file.
+    #[arg(long, value_name = "NAME|PATH")]
+    theme: Option<String>,
+
+    /// The console's settings file (keys: theme, bell) [default: ~/.config/aic-console/config.toml].
+    #[arg(long, env = "AIC_CONSOLE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Option<Sub>,
@@ -125,10 +138,41 @@ fn confirm(question: &str) -> bool {
     answer.trim_start().starts_with(['y', 'Y'])
 }
 
+/// The terminal console's settings from the flags and the settings file.
+fn console_settings(socket: PathBuf, theme: Option<&str>, config: Option<PathBuf>) -> anyhow::Result<Settings> {
+    let (path, required) = match config {
+        Some(path) => (Some(path), true),
+        None => (aic::tui::config::default_path(), false),
+    };
+    let config = match path {
+        Some(path) => ConsoleConfig::load(&path, required)?,
+        None => ConsoleConfig::default(),
+    };
+    Ok(Settings { socket, theme: config.theme(theme)?, bell: config.bell })
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let socket = args.socket.unwrap_or_else(aic::protocol::control::console_socket);
+    if args.command.is_none() {
+        let settings = match console_settings(socket.clone(), args.theme.as_deref(), args.config) {
+            Ok(settings) => settings,
+            Err(e) => {
+                eprintln!("aic-console: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if std::io::stdout().is_terminal() {
+            return match aic::tui::run::run(settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("aic-console: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let mut stdout = std::io::stdout();
     match cli::run(&socket, command(args.command), args.json, &mut stdout, &mut confirm).await {
         Ok(()) => ExitCode::SUCCESS,
