@@ -38,7 +38,8 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_MAX_OUTPUT", default_value_t = 1024 * 1024)]
     max_output: u64,
 
-    /// Server secret as 64 hex digits, instead of the secret.key file in the data dir.
+    /// Server secret as 64 hex digits, instead of the secret.key file in the data dir. Prefer the
+    /// environment variable: a flag's value shows in `ps`.
     #[arg(long, env = "AIC_RELAY_SECRET", hide_env_values = true, global = true)]
     secret: Option<String>,
 

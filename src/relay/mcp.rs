@@ -255,10 +255,16 @@ fn finished(outcome: &Outcome) -> CallToolResult {
     call
 }
 
+/// Sessions open at once, at most: each holds a little memory until it idles
+/// out, and opening them costs a caller nothing but rate-limited requests.
+const MAX_SESSIONS: usize = 10_000;
+
 /// The `/mcp` endpoint: routes each request to the session-keeping or the stateless service.
 #[derive(Clone)]
 pub struct Endpoint {
     sessions: StreamableHttpService<Mcp, LocalSessionManager>,
+    /// The sessions themselves, to count them before opening another.
+    manager: Arc<LocalSessionManager>,
     stateless: StreamableHttpService<Mcp, NeverSessionManager>,
     max_body: usize,
 }
@@ -275,10 +281,11 @@ impl Endpoint {
             .disable_allowed_hosts();
         let mut manager = LocalSessionManager::default();
         manager.session_config.keep_alive = Some(SESSION_IDLE);
+        let manager = Arc::new(manager);
         let for_sessions = state.clone();
         let sessions = StreamableHttpService::new(
             move || Ok(Mcp::new(for_sessions.clone())),
-            Arc::new(manager),
+            Arc::clone(&manager),
             base.clone().with_legacy_session_mode(true),
         );
         let for_stateless = state.clone();
@@ -287,7 +294,7 @@ impl Endpoint {
             Arc::new(NeverSessionManager::default()),
             base.with_legacy_session_mode(false).with_json_response(true),
         );
-        Self { sessions, stateless, max_body: state.config.max_body }
+        Self { sessions, manager, stateless, max_body: state.config.max_body }
     }
 
     /// Serves one HTTP request to `/mcp`.
@@ -302,6 +309,15 @@ impl Endpoint {
         };
         let opens_session = is_initialize(&bytes);
         let request = Request::from_parts(parts, Body::from(bytes));
+        if opens_session && self.manager.sessions.read().await.len() >= MAX_SESSIONS {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::error::Reason::RateLimited,
+                "The relay holds as many MCP sessions as it allows; retry later, or send requests without a session.",
+            );
+            err.retry_after = Some(60);
+            return err.into_response();
+        }
         if opens_session {
             self.sessions.handle(request).await.map(Body::new)
         } else {
