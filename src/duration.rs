@@ -34,6 +34,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 
 /// A Unix time in ms as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc(ms: i64) -> String {
+    format!("{} UTC", date_time(ms))
+}
+
+/// A Unix time in ms as `YYYY-MM-DD HH:MM` (UTC).
+pub fn date_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Days since 1970-01-01 to a civil date, by 400-year eras (proleptic Gregorian).
@@ -46,7 +51,7 @@ pub fn utc(ms: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rest / 3600, (rest / 60) % 60)
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rest / 3600, (rest / 60) % 60)
 }
 
 #[cfg(test)]

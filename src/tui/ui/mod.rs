@@ -107,19 +107,7 @@ fn bytes(n: u64) -> String {
 
 /// `YYYY-MM-DD HH:MM` (UTC) of a Unix time in ms.
 fn date_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60)
+    crate::duration::date_time(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
