@@ -189,9 +189,29 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
 /// How often last-used times are written.
 const USAGE_FLUSH: Duration = Duration::from_secs(30);
 
-/// Writes last-used times every [`USAGE_FLUSH`] and once more at shutdown.
+/// An agent unseen this long and linked to no account is forgotten: its
+/// code stops working, and the daemon registers anew if it ever returns.
+const STALE_AGENT: Duration = Duration::from_secs(90 * 86_400);
+
+/// How often stale agents are looked for.
+const STALE_SWEEP: Duration = Duration::from_secs(86_400);
+
+/// Writes last-used times every [`USAGE_FLUSH`] and once more at shutdown;
+/// forgets stale agents at start and daily.
 async fn flush_usage(state: AppState) {
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
+        if last_sweep.is_none_or(|at| at.elapsed() >= STALE_SWEEP) {
+            last_sweep = Some(std::time::Instant::now());
+            match state.store.forget_stale_agents(now_ms() - STALE_AGENT.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "forgot {n} agents unseen for {} days and linked to no account",
+                    STALE_AGENT.as_secs() / 86_400
+                ),
+                Err(e) => tracing::warn!("forgetting stale agents: {e:#}"),
+            }
+        }
         let stop = tokio::select! {
             _ = tokio::time::sleep(USAGE_FLUSH) => false,
             _ = state.shutdown.cancelled() => true,

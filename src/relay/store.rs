@@ -207,6 +207,18 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets agents last seen before `before_ms` that no account is linked
+    /// to (registrations that never came back). Returns how many.
+    pub async fn forget_stale_agents(&self, before_ms: i64) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM agents WHERE last_seen_ms < $1 AND NOT EXISTS (SELECT 1 FROM links l WHERE l.agent_id = agents.id)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The daemon has saved its new token: the one before it stops working.
     pub async fn forget_previous_token(&self, id: i64) -> anyhow::Result<()> {
         sqlx::query("UPDATE agents SET prev_token_hash = NULL WHERE id = $1").bind(id).execute(&self.pool).await?;
@@ -232,5 +244,32 @@ impl Store {
     /// Closes the pool, flushing the write-ahead log.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_unlinked_agents_unseen_for_long_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let info = AgentInfo::default();
+        let old = store.insert_agent(&[1; 32], &[0; 32], 1_000, &info).await.unwrap();
+        let linked = store.insert_agent(&[2; 32], &[0; 32], 1_000, &info).await.unwrap();
+        let recent = store.insert_agent(&[3; 32], &[0; 32], 9_000, &info).await.unwrap();
+        sqlx::query("INSERT INTO accounts (email, created_at) VALUES ('a@b.c', 0)").execute(&store.pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO links (agent_id, account_id, alias, state, linked_at) VALUES ($1, 1, 'x', 'active', 0)",
+        )
+        .bind(linked)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(store.forget_stale_agents(5_000).await.unwrap(), 1);
+        assert!(store.agent_by_id(old).await.unwrap().is_none());
+        assert!(store.agent_by_id(linked).await.unwrap().is_some());
+        assert!(store.agent_by_id(recent).await.unwrap().is_some());
     }
 }
