@@ -62,11 +62,25 @@ async fn openapi_names_every_route_and_status_the_api_answers_with() {
     seen.insert(("get", status, get_status(&http, &format!("/api/v1/status/{unknown}")).await));
     seen.insert(("get", status, get_status(&http, "/api/v1/status/").await));
     seen.insert(("get", "/api/health", get_status(&http, "/api/health").await));
+    // A key that is not valid, and an account quoting an unknown code.
+    let key = relay.account("doc@example.com").await;
+    for (auth, code) in [("aic_not_a_key", code.clone()), (key.as_str(), unknown.clone())] {
+        let resp = client()
+            .post(format!("{http}{exec}"))
+            .bearer_auth(auth)
+            .json(&json!({"code": code, "command": "true"}))
+            .send()
+            .await
+            .unwrap();
+        seen.insert(("post", exec, resp.status().as_u16()));
+        let resp = client().get(format!("{http}/api/v1/status/{code}")).bearer_auth(auth).send().await.unwrap();
+        seen.insert(("get", status, resp.status().as_u16()));
+    }
     daemon.stop().await;
     seen.insert(("post", exec, exec_raw(&http, body("true")).await.0));
 
     let statuses: BTreeSet<u16> = seen.iter().map(|(_, _, s)| *s).collect();
-    assert_eq!(statuses, BTreeSet::from([200, 400, 403, 404, 413, 429, 503]), "the statuses this test provokes");
+    assert_eq!(statuses, BTreeSet::from([200, 400, 401, 403, 404, 413, 429, 503]), "the statuses this test provokes");
 
     let resp = within("openapi", client().get(format!("{http}/openapi.json")).send()).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -96,6 +110,9 @@ async fn openapi_names_every_route_and_status_the_api_answers_with() {
     assert_eq!(ok["application/json"]["schema"]["$ref"], "#/components/schemas/ExecResult");
     assert!(ok["text/event-stream"].is_object(), "the event stream is documented: {ok}");
     assert!(exec_op["responses"]["429"]["headers"]["Retry-After"].is_object());
+    let bearer = &doc["components"]["securitySchemes"]["apiKey"];
+    assert_eq!((bearer["type"].as_str(), bearer["scheme"].as_str()), (Some("http"), Some("bearer")), "{bearer}");
+    assert_eq!(doc["security"], json!([{}, {"apiKey": []}]), "anonymous or an API key");
     let schemas = &doc["components"]["schemas"];
     assert_eq!(schemas["ExecParams"]["required"], json!(["code", "command"]));
     for field in ["exitCode", "durationMs", "stdout", "stderr", "truncated", "timedOut", "stdoutBase64"] {

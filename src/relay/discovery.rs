@@ -41,6 +41,14 @@ pub fn openapi(public: &PublicUrl) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.servers = Some(vec![Server::new(public.as_str())]);
+    // Anonymous use (a code in its first hour) or an account's API key.
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+    let bearer = HttpBuilder::new()
+        .scheme(HttpAuthScheme::Bearer)
+        .description(Some("An account's API key, `aic_<key id>_<secret>`; needed past a code's first hour."))
+        .build();
+    doc.components.get_or_insert_with(Default::default).add_security_scheme("apiKey", SecurityScheme::Http(bearer));
+    doc.security = Some(vec![SecurityRequirement::default(), SecurityRequirement::new("apiKey", Vec::<String>::new())]);
     doc
 }
 
