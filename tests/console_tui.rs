@@ -260,8 +260,9 @@ async fn a_broken_theme_is_refused_with_its_file_and_key() {
 
     // The same theme named in the settings file; a relative path starts at the file's directory.
     std::fs::create_dir_all(dir.path().join("aic-console")).unwrap();
-    std::fs::write(dir.path().join("aic-console/config.toml"), "theme = \"../mine.toml\"\n").unwrap();
-    let out = within("aic-console", run(vec![])).await.unwrap();
+    let settings = dir.path().join("aic-console/config.toml");
+    std::fs::write(&settings, "theme = \"../mine.toml\"\n").unwrap();
+    let out = within("aic-console", run(vec!["--config".into(), settings.into()])).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("key 'accent': unknown colour \"blurple\""));
 

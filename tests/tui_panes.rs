@@ -189,6 +189,11 @@ fn approvals_show_the_whole_command_before_y_or_n() {
     app.apply(DaemonMsg::Reply { op: Op::Approve { command: id(10) }, result: Ok(json!({"decision": "approved"})) });
     app.apply(DaemonMsg::Event(DaemonEvent::ApprovalDecided { command: id(10), decision: Decision::Approved }));
     assert_eq!(app.selected_approval().map(|a| a.id), Some(id(11)), "the next one in line is selected");
+    // A key that was meant for the command just answered (a double tap, a
+    // held key) does not answer the one that took its place.
+    assert!(press(&mut app, 'y').is_empty(), "y right after the selection moved does nothing");
+    assert!(app.notice.as_ref().unwrap().text.contains("read this one"), "{:?}", app.notice);
+    app.on_event(Event::Tick);
     assert_eq!(press(&mut app, 'n'), vec![Action::Send(Op::Deny { command: id(11) })]);
 }
 
@@ -259,6 +264,14 @@ fn accounts_list_block_unblock_and_approve() {
     assert_eq!(app.notice.as_ref().unwrap().text, "ma****@exam****.org is now active.");
     // The daemon says accounts changed: the console asks again.
     assert_eq!(app.apply(DaemonMsg::Event(DaemonEvent::Accounts)), vec![Action::Send(Op::Admins)]);
+
+    // The list comes back reordered (a2, now active, moves up): the selection stays on a2,
+    // so a second key acts on the account the operator chose, not on whoever took its row.
+    let mut reordered = accounts();
+    reordered[1].state = "active".into();
+    app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(serde_json::to_value(reordered).unwrap()) });
+    assert_eq!(app.selected_account().map(|a| a.id.as_str()), Some("a2"));
+    assert_eq!(press(&mut app, 'b'), vec![Action::Send(Op::AdminBlock { account: "a2".into() })]);
 }
 
 #[test]

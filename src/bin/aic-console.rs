@@ -155,7 +155,10 @@ fn console_settings(socket: PathBuf, theme: Option<&str>, config: Option<PathBuf
 async fn main() -> ExitCode {
     let args = Args::parse();
     let socket = args.socket.unwrap_or_else(aic::protocol::control::console_socket);
-    if args.command.is_none() {
+    // The console's own settings matter only when it opens (or was told of them):
+    // a broken settings file never breaks a script's plain `aic-console`.
+    let asked = args.theme.is_some() || args.config.is_some();
+    if args.command.is_none() && (std::io::stdout().is_terminal() || asked) {
         let settings = match console_settings(socket.clone(), args.theme.as_deref(), args.config) {
             Ok(settings) => settings,
             Err(e) => {
@@ -167,7 +170,7 @@ async fn main() -> ExitCode {
             return match aic::tui::run::run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("aic-console: {e}");
+                    eprintln!("aic-console: {}", aic::tui::sanitize::block(&e.to_string()));
                     ExitCode::FAILURE
                 }
             };
@@ -177,7 +180,8 @@ async fn main() -> ExitCode {
     match cli::run(&socket, command(args.command), args.json, &mut stdout, &mut confirm).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aic-console: {e}");
+            // Error text can come from the relay: shown, never acted on by the terminal.
+            eprintln!("aic-console: {}", aic::tui::sanitize::block(&e.to_string()));
             ExitCode::FAILURE
         }
     }

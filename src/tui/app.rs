@@ -139,6 +139,11 @@ pub struct App {
     pub sel_traffic: Option<Uuid>,
     /// The selected waiting command; `None` means the first.
     pub sel_approval: Option<Uuid>,
+    /// Set when the selected waiting command went away and another took its
+    /// place: y/n do nothing until the operator has seen the new one (the
+    /// next tick, after a redraw) or moved the selection, so keys meant for
+    /// one command never answer another.
+    pub approval_hold: bool,
     /// Lines the selected waiting command's details are scrolled by.
     pub detail_scroll: u16,
     /// The selected account's position in the list.
@@ -168,6 +173,7 @@ impl App {
             accounts: Accounts::Loading,
             sel_traffic: None,
             sel_approval: None,
+            approval_hold: false,
             detail_scroll: 0,
             sel_account: 0,
             popup: None,
@@ -179,6 +185,7 @@ impl App {
     pub fn on_event(&mut self, event: Event) -> Vec<Action> {
         match event {
             Event::Tick => {
+                self.approval_hold = false;
                 if self.notice.as_ref().is_some_and(|n| n.until_ms <= self.now_ms) {
                     self.notice = None;
                 }
@@ -325,10 +332,11 @@ impl App {
         let ours = self.deciding.contains(&id);
         self.deciding.retain(|d| *d != id);
         let gone = self.approvals.remove(at);
-        if self.sel_approval == Some(id) {
-            // The next one in line takes the selection; its details are on screen before any key.
+        if self.sel_approval == Some(id) || (self.sel_approval.is_none() && at == 0) {
+            // The next one in line takes the selection, but y/n wait until it has been seen.
             self.sel_approval = self.approvals.get(at.min(self.approvals.len().saturating_sub(1))).map(|a| a.id);
             self.detail_scroll = 0;
+            self.approval_hold = !self.approvals.is_empty();
         }
         let what = match decision {
             Decision::Approved if !ours => "was approved from another console",
@@ -345,9 +353,14 @@ impl App {
         match (op, result) {
             (Op::Admins, Ok(value)) => match serde_json::from_value::<Vec<LinkedAccount>>(value) {
                 Ok(list) => {
+                    // The list reorders (blocked accounts go last): keep the selection on the same account.
+                    let selected = self.selected_account().map(|a| a.id.clone());
                     let mut ordered: Vec<_> = list.iter().filter(|a| a.state != "blocked").cloned().collect();
                     ordered.extend(list.into_iter().filter(|a| a.state == "blocked"));
-                    self.sel_account = self.sel_account.min(ordered.len().saturating_sub(1));
+                    self.sel_account = selected
+                        .and_then(|id| ordered.iter().position(|a| a.id == id))
+                        .unwrap_or(self.sel_account)
+                        .min(ordered.len().saturating_sub(1));
                     self.accounts = Accounts::Loaded(ordered);
                 }
                 Err(e) => self.accounts = Accounts::Failed(format!("the daemon sent an unreadable list ({e})")),

@@ -126,6 +126,13 @@ impl App {
     }
 
     fn decide(&mut self, approve: bool) -> Vec<Action> {
+        if self.approval_hold {
+            self.notify(
+                "The command you were looking at was answered elsewhere; read this one, then press y or n.",
+                false,
+            );
+            return Vec::new();
+        }
         let Some(approval) = self.selected_approval() else {
             self.notify("Nothing is waiting for approval.", false);
             return Vec::new();
@@ -191,6 +198,8 @@ impl App {
                 let at = moved(self.approval_index(), self.approvals.len());
                 self.sel_approval = self.approvals.get(at).map(|a| a.id);
                 self.detail_scroll = 0;
+                // Moving the selection is looking at it.
+                self.approval_hold = false;
             }
             Pane::Accounts => self.sel_account = moved(self.sel_account, self.account_list().len()),
             Pane::Relay => {}
