@@ -345,10 +345,19 @@ pub struct VersionProbe {
     pub protocol: Option<u32>,
 }
 
-/// A message that could not be decoded.
+/// A message that could not be decoded. Its text never quotes the message:
+/// serde_json's own errors do (`invalid type: string "…"`), and a message can
+/// carry command text or output, which must not reach a log.
 #[derive(Debug, thiserror::Error)]
-#[error("unreadable message: {0}")]
+#[error("unreadable message: {}", describe(.0))]
 pub struct DecodeError(#[from] serde_json::Error);
+
+/// What went wrong and where, cut before the first quoted value.
+fn describe(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let kind = text.split(['"', '`']).next().unwrap_or_default().trim_end().trim_end_matches(':');
+    format!("{kind} (line {}, column {})", e.line(), e.column())
+}
 
 /// Encodes a message as the text of one frame.
 pub fn encode<T: Serialize>(msg: &T) -> String {
@@ -412,6 +421,20 @@ mod tests {
         ] {
             let err = decode::<AgentMessage>(bad).unwrap_err();
             assert!(err.to_string().starts_with("unreadable message"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn decode_errors_never_quote_the_message() {
+        let secret = "rm -rf /srv/secret-project";
+        for bad in [
+            format!(r#"{{"type":"exit","id":"{secret}"}}"#),
+            format!(r#"{{"type":"{secret}"}}"#),
+            format!(r#"{{"type":"ping","seq":"{secret}"}}"#),
+        ] {
+            let err = decode::<AgentMessage>(&bad).unwrap_err().to_string();
+            assert!(!err.contains("secret-project"), "{err}");
+            assert!(err.contains("column"), "{err}");
         }
     }
 
