@@ -221,15 +221,17 @@ impl Daemon {
         match msg {
             AgentMessage::Started { id } => self.update(*id, |e| e.state = CommandState::Running),
             AgentMessage::Output { id, stream, data } => {
-                let text = String::from_utf8_lossy(data);
+                // On the exec path: only the end of the chunk is ever shown, so only it is decoded.
+                let text = traffic::tail_text(data);
                 let mut traffic = self.traffic.lock().unwrap();
                 if let Some(entry) = traffic.get_mut(*id) {
                     entry.bytes += data.len() as u64;
                     traffic::append_tail(&mut entry.tail, &text);
                 }
                 drop(traffic);
-                let text = traffic::last_part(&text).to_owned();
-                self.emit(Event::Output { command: *id, stream: *stream, text });
+                if self.events.receiver_count() > 0 {
+                    self.emit(Event::Output { command: *id, stream: *stream, text });
+                }
             }
             AgentMessage::Exit { id, exit_code, duration_ms, truncated, timed_out } => self.update(*id, |e| {
                 e.state = if *timed_out { CommandState::TimedOut } else { CommandState::Exited };

@@ -73,13 +73,16 @@ pub fn append_tail(tail: &mut String, text: &str) {
     }
 }
 
-/// The last [`TAIL_BYTES`] bytes of a chunk's text, for an output event.
-pub fn last_part(text: &str) -> &str {
-    let mut start = text.len().saturating_sub(TAIL_BYTES);
-    while !text.is_char_boundary(start) {
+/// The end of an output chunk as text: its last [`TAIL_BYTES`] bytes, from
+/// the first whole character (invalid UTF-8 replaced).
+pub fn tail_text(data: &[u8]) -> String {
+    let mut start = data.len().saturating_sub(TAIL_BYTES);
+    // Skip continuation bytes so the cut does not make a replacement character.
+    let limit = (start + 3).min(data.len());
+    while start < limit && data[start] & 0xC0 == 0x80 {
         start += 1;
     }
-    &text[start..]
+    String::from_utf8_lossy(&data[start..]).into_owned()
 }
 
 fn cut(text: &str, max: usize) -> String {
@@ -120,6 +123,15 @@ mod tests {
         }
         assert_eq!(t.snapshot().len(), RING_LEN);
         assert!(t.get_mut(first.id).is_none());
+    }
+
+    #[test]
+    fn a_chunks_tail_is_cut_on_a_character() {
+        let chunk = "é".repeat(TAIL_BYTES).into_bytes();
+        let text = tail_text(&chunk);
+        assert!(text.len() <= TAIL_BYTES && !text.is_empty() && text.chars().all(|c| c == 'é'), "{}", text.len());
+        assert_eq!(tail_text(b"short"), "short");
+        assert_eq!(tail_text(b"a\xffb"), "a\u{fffd}b");
     }
 
     #[test]

@@ -170,7 +170,7 @@ fn event_stream(exec: Exec, max_output: u64) -> impl FuturesStream<Item = Result
             }
             let event = live.exec.next().await;
             // Live output stops where the result's output is cut.
-            let room = (max_output as usize).saturating_sub(live.outcome.stdout.len() + live.outcome.stderr.len());
+            let room = live.outcome.room(max_output);
             let output = match &event {
                 Some(ExecEvent::Output(stream, data)) => Some((*stream, data[..data.len().min(room)].to_vec())),
                 _ => None,

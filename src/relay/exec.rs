@@ -84,6 +84,13 @@ pub struct ExecResult {
     pub timed_out: bool,
 }
 
+impl Outcome {
+    /// Output bytes still kept before `max_output` is reached.
+    pub fn room(&self, max_output: u64) -> usize {
+        (max_output as usize).saturating_sub(self.stdout.len() + self.stderr.len())
+    }
+}
+
 impl From<&Outcome> for ExecResult {
     fn from(o: &Outcome) -> Self {
         let (stdout, stdout_base64) = text_and_exact(&o.stdout);
@@ -155,8 +162,7 @@ pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) 
         None => Err(ApiError::agent_offline()),
         Some(ExecEvent::Started) => Ok(false),
         Some(ExecEvent::Output(stream, data)) => {
-            let room = (max_output as usize).saturating_sub(outcome.stdout.len() + outcome.stderr.len());
-            let keep = &data[..data.len().min(room)];
+            let keep = &data[..data.len().min(outcome.room(max_output))];
             match stream {
                 Stream::Stdout => outcome.stdout.extend_from_slice(keep),
                 Stream::Stderr => outcome.stderr.extend_from_slice(keep),

@@ -132,11 +132,6 @@ impl Hub {
     pub fn get(&self, code_hash: &Digest) -> Option<Arc<AgentConn>> {
         self.agents.lock().unwrap().get(code_hash).cloned()
     }
-
-    /// How many agents are online.
-    pub fn online(&self) -> usize {
-        self.agents.lock().unwrap().len()
-    }
 }
 
 impl AgentConn {

@@ -24,11 +24,6 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// Builds keys from a secret given directly (tests, `AIC_RELAY_SECRET`).
-    pub fn from_secret(secret: [u8; 32]) -> Self {
-        Self { secret }
-    }
-
     /// Reads the secret from `dir/secret.key`, creating it (mode 0600) on first use.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(SECRET_FILE);
