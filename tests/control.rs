@@ -406,7 +406,6 @@ async fn bad_input_on_the_socket_hurts_only_its_sender() {
     let status = bystander.call(Op::Status).await.unwrap();
     assert_eq!(status["mode"], "supervised", "other clients carry on");
     assert_eq!(console(&s.socket(), &["mode", "--json"]).await.stdout.trim(), r#"{"mode":"supervised"}"#);
-    let _ = Mode::Auto;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use futures_util::StreamExt;
 use serde_json::json;
 
 async fn pair() -> (tempfile::TempDir, TestRelay, TestDaemon) {
@@ -357,27 +356,7 @@ async fn a_caller_that_hangs_up_has_its_command_killed() {
     let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
 
     // Streaming caller: learns the pid from the first output event, then goes.
-    let resp = client()
-        .post(format!("{}/api/v1/exec", relay.http()))
-        .header("accept", "text/event-stream")
-        .json(&json!({"code": daemon.code().to_string(), "command": "echo $$; exec sleep 100"}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.bytes_stream();
-    let mut seen = String::new();
-    let pid: i32 = within("the pid", async {
-        loop {
-            seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
-            if let Some(start) = seen.find("\"text\":\"") {
-                let rest = &seen[start + 8..];
-                if let Some(end) = rest.find("\\n") {
-                    return rest[..end].parse().unwrap();
-                }
-            }
-        }
-    })
-    .await;
+    let (pid, body) = start_sleeper(&relay, daemon.code()).await;
     assert!(alive(pid));
     drop(body);
     eventually("the streaming caller's command is killed", || !alive(pid)).await;
