@@ -294,3 +294,42 @@ async fn mcp_calls_go_through_the_same_account_rules() {
     let ran = call(Some(key), hostname()).await;
     assert_eq!(ran["structuredContent"]["stdout"], "mcp\n", "{ran}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_status_and_agent_registration_count_against_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = aic::relay::Config::new(dir.path().join("relay"));
+    config.rate_limit = 3;
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+
+    // MCP's session_status is a code-guessing oracle too: it is counted like the REST API.
+    let guess = |n: u64| {
+        let http = relay.http();
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                "params": {"name": "session_status", "arguments": {"code": SessionCode::generate().to_string()}}});
+            let resp = client()
+                .post(format!("{http}/mcp"))
+                .header("accept", "application/json, text/event-stream")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.headers().get("retry-after").is_some())
+        }
+    };
+    let mut answers = Vec::new();
+    for n in 0..5 {
+        answers.push(guess(n).await);
+    }
+    assert_eq!(&answers[..3], &[(200, false); 3], "{answers:?}");
+    assert_eq!(answers[3], (429, true), "{answers:?}");
+
+    // So does registering daemons: the WebSocket upgrade itself is refused.
+    let ws = format!("{}/agent/ws", relay.ws());
+    let err = tokio_tungstenite::connect_async(&ws).await.expect_err("past the limit");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 429),
+        other => panic!("expected HTTP 429, got {other}"),
+    }
+}
