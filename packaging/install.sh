@@ -117,7 +117,12 @@ build_from_source() {
 install_files() {
   local from=$1/aic
   install -m 0755 "$from"/bin/aic-relay "$from"/bin/aic-daemon "$from"/bin/aic-console "$bin_dir/"
-  install -m 0644 "$from"/systemd/aic-daemon.service "$from"/systemd/aic-relay.service "$unit_dir/"
+  local unit
+  for unit in aic-daemon.service aic-relay.service; do
+    # The units name the packaged path, /usr/bin; these binaries live in $bin_dir.
+    sed "s|^ExecStart=/usr/bin/|ExecStart=$bin_dir/|" "$from/systemd/$unit" >"$unit_dir/$unit"
+    chmod 0644 "$unit_dir/$unit"
+  done
   install -d -m 0755 "$share_dir"
   install -m 0644 "$from"/systemd/aic-daemon-user.conf "$share_dir/"
   for example in "$from"/config/*.toml; do
