@@ -162,6 +162,30 @@ runs_as_a_dedicated_user() {
   echo "$body" | grep -q '"stdout":"aic-agent\\n"' || { say "  $body"; return 1; }
 }
 
+# The .deb, installed the Debian way on the purged machine.
+deb_installs_and_runs() {
+  [ -n "$deb" ] || { say "  no .deb given (tests/systemd/run --deb FILE)"; return 1; }
+  cp "$deb" "$root/root/aic.deb"
+  inside dpkg -i /root/aic.deb >/dev/null || return 1
+  inside test -x /usr/bin/aic-daemon && inside getent group aic >/dev/null && inside getent passwd aic-relay >/dev/null \
+    || return 1
+  ! inside systemctl is-active --quiet aic-daemon || { say "  the daemon started before it was configured"; return 1; }
+  mkdir -p "$root/etc/systemd/system/aic-relay.service.d" "$root/etc/aic-daemon"
+  printf '[Service]\nEnvironment=AIC_RELAY_LISTEN=127.0.0.1:%s\n' "$relay_port" \
+    >"$root/etc/systemd/system/aic-relay.service.d/listen.conf"
+  printf 'relay = "ws://127.0.0.1:%s"\nmode = "auto"\n' "$relay_port" >"$root/etc/aic-daemon/config.toml"
+  inside systemctl daemon-reload && inside systemctl start aic-relay aic-daemon || return 1
+  until_ok 100 session_line 5 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
+  code=$(session_line 5)
+  exec_runs_as_root
+}
+
+deb_purge_removes_everything() {
+  inside dpkg --purge aic >/dev/null || return 1
+  ! inside test -e /usr/bin/aic-daemon && ! inside test -e /var/lib/aic-daemon \
+    && ! inside getent group aic >/dev/null && ! inside getent passwd aic-relay >/dev/null
+}
+
 run_checks() {
   setup
   check "install.sh refuses a tampered archive and installs nothing" refuses_a_tampered_archive
@@ -178,4 +202,6 @@ run_checks() {
   check "the dedicated-user drop-in: commands run as aic-agent, same code" runs_as_a_dedicated_user
   check "install.sh --uninstall removes aic and keeps the code" uninstall_keeps_the_code
   check "install.sh --uninstall --purge removes the code, config and group" purge_removes_everything
+  check "dpkg -i aic.deb: users and group made, services run once configured" deb_installs_and_runs
+  check "dpkg --purge aic removes the binaries, the code, the group and the user" deb_purge_removes_everything
 }
