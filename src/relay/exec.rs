@@ -29,6 +29,7 @@ pub struct ExecParams {
     pub command: String,
     /// Working directory on the machine.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub cwd: Option<String>,
     /// Kill the command after this many milliseconds (1 000 – 3 600 000; default 300 000). A value outside is refused.
     #[serde(default)]

@@ -134,7 +134,8 @@ first hour, machine offline, command denied by the machine's operator) comes bac
             Err(err) => return Ok(refusal(&err)),
         };
         // Registered while it runs, so closing its session kills it at once.
-        let call = session_id(&ctx).map(|id| self.sessions.enter(id));
+        let request = serde_json::to_value(&ctx.id).unwrap_or_default();
+        let call = session_id(&ctx).map(|id| self.sessions.enter(id, request));
         let closed = call.as_ref().map_or_else(CancellationToken::new, |c| c.closed.clone());
         Ok(match self.follow(running, &ctx, &closed).await {
             Some(Ok(outcome)) => ToolResult::new(&outcome, self.state.config.mcp_output_max).into_call_result(),
@@ -350,13 +351,28 @@ impl Endpoint {
 
     /// `DELETE /mcp`: kills the session's running commands at once, then
     /// closes it. 204 when closed, 404 for a session the relay does not have.
+    ///
+    /// rmcp alone would wait up to 5 s for running calls before cancelling
+    /// them, and log an error for each answer it then cannot send. So each
+    /// running call is first cancelled as a client cancels one (rmcp then
+    /// drops its answer quietly), and the session is closed once they are done.
     async fn close(self, request: Request) -> Response {
         let Some(id) = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return self.sessions.handle(request).await.map(Body::new);
         };
-        if !self.manager.sessions.read().await.contains_key(id.as_str()) {
+        let Some(handle) = self.manager.sessions.read().await.get(id.as_str()).cloned() else {
             return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+        };
+        for request in self.ours.requests(&id) {
+            let cancel = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": request, "reason": "the session was closed"}});
+            if let Ok(message) = serde_json::from_value(cancel) {
+                // A session that already ended has no call left to cancel.
+                let _ = handle.push_message(message, None).await;
+            }
         }
+        drop(handle);
+        self.ours.settle(&id).await;
         self.ours.close(&id).await;
         let response = self.sessions.handle(request).await.map(Body::new);
         if response.status() == StatusCode::ACCEPTED { StatusCode::NO_CONTENT.into_response() } else { response }

@@ -20,6 +20,8 @@ struct Running {
     closed: CancellationToken,
     /// How many calls are running; the entry goes when none are.
     count: watch::Sender<usize>,
+    /// The JSON-RPC ids of the running calls, with the serial of their [`Call`].
+    requests: Vec<(u64, serde_json::Value)>,
 }
 
 /// Sessions' running calls and owners; cheap to clone.
@@ -29,6 +31,8 @@ struct Running {
 #[derive(Clone, Default)]
 pub struct Sessions {
     running: Arc<Mutex<HashMap<Arc<str>, Running>>>,
+    /// Numbers the calls, to find each one's request id again.
+    serial: Arc<std::sync::atomic::AtomicU64>,
     /// Session ids by the client network that opened them (IPv4 address or IPv6 /64).
     owners: Arc<Mutex<HashMap<IpAddr, Vec<Arc<str>>>>>,
 }
@@ -37,32 +41,46 @@ pub struct Sessions {
 pub struct Call {
     sessions: Sessions,
     id: Arc<str>,
+    serial: u64,
     /// Cancelled when the call's session is closed.
     pub closed: CancellationToken,
 }
 
 impl Sessions {
-    /// Registers a call in session `id`.
-    pub fn enter(&self, id: &str) -> Call {
+    /// Registers call `request` (its JSON-RPC id) in session `id`.
+    pub fn enter(&self, id: &str, request: serde_json::Value) -> Call {
+        let serial = self.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut running = self.running.lock().unwrap();
-        let entry = running
-            .entry(Arc::from(id))
-            .or_insert_with(|| Running { closed: CancellationToken::new(), count: watch::Sender::new(0) });
+        let entry = running.entry(Arc::from(id)).or_insert_with(|| Running {
+            closed: CancellationToken::new(),
+            count: watch::Sender::new(0),
+            requests: Vec::new(),
+        });
         entry.count.send_modify(|n| *n += 1);
-        Call { sessions: self.clone(), id: Arc::from(id), closed: entry.closed.clone() }
+        entry.requests.push((serial, request));
+        Call { sessions: self.clone(), id: Arc::from(id), serial, closed: entry.closed.clone() }
     }
 
-    /// Cancels every call in session `id` (their commands are killed as they
-    /// end) and waits until they have returned.
-    pub async fn close(&self, id: &str) {
-        let mut count = {
-            let running = self.running.lock().unwrap();
-            let Some(entry) = running.get(id) else { return };
-            entry.closed.cancel();
-            entry.count.subscribe()
-        };
+    /// The JSON-RPC ids of the calls running in session `id`.
+    pub fn requests(&self, id: &str) -> Vec<serde_json::Value> {
+        let running = self.running.lock().unwrap();
+        running.get(id).map(|r| r.requests.iter().map(|(_, request)| request.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Waits (a bounded time) until no call runs in session `id`.
+    pub async fn settle(&self, id: &str) {
+        let Some(mut count) = self.running.lock().unwrap().get(id).map(|r| r.count.subscribe()) else { return };
         // An error means the entry is gone: no call is left.
         let _ = tokio::time::timeout(CLOSE_WAIT, count.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Cancels every call still running in session `id` (their commands are
+    /// killed as they end) and waits until they have returned.
+    pub async fn close(&self, id: &str) {
+        if let Some(entry) = self.running.lock().unwrap().get(id) {
+            entry.closed.cancel();
+        }
+        self.settle(id).await;
     }
 
     /// Whether `client` may open another session: it has fewer than `cap`
@@ -95,7 +113,8 @@ impl Sessions {
 impl Drop for Call {
     fn drop(&mut self) {
         let mut running = self.sessions.running.lock().unwrap();
-        let Some(entry) = running.get(&self.id) else { return };
+        let Some(entry) = running.get_mut(&self.id) else { return };
+        entry.requests.retain(|(serial, _)| *serial != self.serial);
         entry.count.send_modify(|n| *n = n.saturating_sub(1));
         if *entry.count.borrow() == 0 {
             running.remove(&self.id);
@@ -110,8 +129,9 @@ mod tests {
     #[tokio::test]
     async fn closing_a_session_cancels_its_calls_and_waits_for_them() {
         let sessions = Sessions::default();
-        let call = sessions.enter("a");
-        let other = sessions.enter("b");
+        let call = sessions.enter("a", 7.into());
+        let other = sessions.enter("b", 7.into());
+        assert_eq!(sessions.requests("a"), [serde_json::json!(7)]);
         let closed = call.closed.clone();
         let ended = tokio::spawn(async move {
             closed.cancelled().await;
