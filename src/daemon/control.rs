@@ -95,9 +95,14 @@ impl Drop for ControlSocket {
 /// Creates the socket's directory if missing: 0750 with group `aic` for
 /// root, 0700 otherwise. An existing directory must be a real directory
 /// owned by this user (or root) that nobody else can write to, or someone
-/// could swap the socket for their own.
+/// could swap the socket for their own. Root gives group `aic` the one it
+/// made, and the system socket's, which systemd makes (`RuntimeDirectory=`)
+/// as root's alone; never another existing directory (`--socket /run/x.sock`
+/// must not open up /run).
 fn prepare_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    let system_dir = Path::new(crate::protocol::control::SYSTEM_SOCKET).parent();
+    let mut ours = system_dir == Some(dir);
     match std::fs::symlink_metadata(dir) {
         Ok(meta) => {
             let me = rustix::process::geteuid().as_raw();
@@ -107,19 +112,22 @@ fn prepare_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            return Ok(());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mode = if group.is_some() { 0o750 } else { 0o700 };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            ours = true;
+        }
         Err(e) => return Err(e).with_context(|| format!("checking {}", dir.display())),
     }
-    let mode = if group.is_some() { 0o750 } else { 0o700 };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    if let Some(gid) = group {
-        rustix::fs::chown(dir, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+    if let Some(gid) = group.filter(|_| ours) {
+        rustix::fs::chown(dir, None, Some(rustix::fs::Gid::from_raw(gid)))
+            .with_context(|| format!("giving {} to group {GROUP}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
     }
     Ok(())
 }

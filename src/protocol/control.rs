@@ -23,10 +23,14 @@ pub fn default_socket(is_root: bool) -> PathBuf {
 }
 
 /// The socket a console dials when none is given: the system daemon's if
-/// there is one, else the user's own daemon's.
+/// there is one, else the user's own daemon's. A system socket this user may
+/// not even look at still counts as there, so that the console says
+/// "permission denied" and how to join group `aic` rather than "not running".
 pub fn console_socket() -> PathBuf {
     let system = PathBuf::from(SYSTEM_SOCKET);
-    if system.exists() { system } else { user_socket() }
+    let there = std::fs::symlink_metadata(&system)
+        .map_or_else(|e| e.kind() == std::io::ErrorKind::PermissionDenied, |_| true);
+    if there { system } else { user_socket() }
 }
 
 /// `$XDG_RUNTIME_DIR/aic-daemon.sock`, or a private dir under the temp dir without one.
