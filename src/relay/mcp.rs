@@ -76,17 +76,6 @@ impl Mcp {
         Self { state, tool_router: tools, sessions }
     }
 
-    /// The tools, with schemas every client reads plainly.
-    fn tools() -> ToolRouter<Mcp> {
-        let mut tools = Self::tool_router();
-        for route in tools.map.values_mut() {
-            let mut input = (*route.attr.input_schema).clone();
-            args::plain_schema(&mut input);
-            route.attr.input_schema = Arc::new(input);
-        }
-        tools
-    }
-
     #[tool(
         name = "remote_exec",
         description = "Run a shell command on one of the user's machines and get its exit code, stdout, stderr, \
@@ -291,7 +280,7 @@ impl Endpoint {
         let mut manager = LocalSessionManager::default();
         manager.session_config.keep_alive = Some(SESSION_IDLE);
         let manager = Arc::new(manager);
-        let tools = Arc::new(Mcp::tools());
+        let tools = Arc::new(Mcp::tool_router());
         let ours = Sessions::default();
         let make = {
             let (state, tools, ours) = (state.clone(), tools, ours.clone());
