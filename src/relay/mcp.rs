@@ -33,6 +33,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::access::{self, Caller};
@@ -44,7 +45,6 @@ use super::status::{self, StatusBody};
 use args::{RemoteExecArgs, SessionStatusArgs};
 use output::ToolResult;
 use sessions::Sessions;
-use tokio_util::sync::CancellationToken;
 
 /// A session with no traffic for this long is closed. Longer than the longest
 /// command plus a long wait in a supervised machine's approval queue, so a
