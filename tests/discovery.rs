@@ -190,3 +190,35 @@ async fn connect_lines_prints_one_line_per_client_for_the_public_url() {
     assert!(!ok);
     assert!(err.contains("http:// or https://"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_timeout_range_is_the_one_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let doc: Value = within("openapi", client().get(format!("{}/openapi.json", relay.http())).send())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let params = &doc["components"]["schemas"]["ExecParams"]["properties"];
+    let timeout = &params["timeout_ms"];
+    assert_eq!(timeout["type"], "integer", "{timeout}");
+    assert_eq!(
+        (&timeout["minimum"], &timeout["maximum"], &timeout["default"]),
+        (&json!(1000), &json!(3_600_000), &json!(300_000))
+    );
+    assert_eq!(params["cwd"]["type"], "string", "an optional field is left out, never null: {params}");
+
+    let code = daemon.code().to_string();
+    for (timeout_ms, expected) in [(999, 400), (3_600_001, 400), (1000, 200)] {
+        let (status, body) =
+            exec(&relay.http(), json!({"code": code, "command": "true", "timeout_ms": timeout_ms})).await;
+        assert_eq!(status, expected, "{timeout_ms}: {body}");
+        if expected == 400 {
+            assert_eq!(body["reason"], "bad_request");
+            assert!(body["error"].as_str().unwrap().starts_with("timeout_ms must be from 1000 to 3600000"), "{body}");
+        }
+    }
+}

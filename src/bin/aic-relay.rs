@@ -38,6 +38,16 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_MAX_OUTPUT", default_value_t = 1024 * 1024)]
     max_output: u64,
 
+    /// Output bytes an MCP tool result gives the model at most: past it, the head and the tail of each stream
+    /// and the count of bytes left out. REST answers keep the whole output up to --max-output.
+    #[arg(long, env = "AIC_RELAY_MCP_OUTPUT_MAX", default_value_t = 32 * 1024)]
+    mcp_output_max: usize,
+
+    /// MCP sessions one client address (IPv4, or IPv6 /64) may hold open; past it, its new clients are served
+    /// without a session.
+    #[arg(long, env = "AIC_RELAY_MCP_SESSIONS_PER_CLIENT", default_value_t = 100)]
+    mcp_sessions_per_client: usize,
+
     /// Server secret as 64 hex digits, instead of the secret.key file in the data dir. Prefer the
     /// environment variable: a flag's value shows in `ps`.
     #[arg(long, env = "AIC_RELAY_SECRET", hide_env_values = true, global = true)]
@@ -211,6 +221,8 @@ async fn run() -> anyhow::Result<()> {
     let mut config = relay::Config::new(data_dir);
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
+    config.mcp_output_max = args.mcp_output_max;
+    config.mcp_sessions_per_client = args.mcp_sessions_per_client;
     config.public_url = args.public_url.clone();
     config.rate_limit = args.rate_limit;
     config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());

@@ -28,8 +28,8 @@ pub fn default_socket(is_root: bool) -> PathBuf {
 /// "permission denied" and how to join group `aic` rather than "not running".
 pub fn console_socket() -> PathBuf {
     let system = PathBuf::from(SYSTEM_SOCKET);
-    let there = std::fs::symlink_metadata(&system)
-        .map_or_else(|e| e.kind() == std::io::ErrorKind::PermissionDenied, |_| true);
+    let there =
+        std::fs::symlink_metadata(&system).map_or_else(|e| e.kind() == std::io::ErrorKind::PermissionDenied, |_| true);
     if there { system } else { user_socket() }
 }
 

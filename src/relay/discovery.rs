@@ -109,7 +109,7 @@ Claude Code:
   claude mcp add --transport http aic {mcp}
 Codex:
   codex mcp add aic --url {mcp}
-Gemini CLI:
+Gemini CLI (it shows the server Disabled in a folder it does not trust: trust the folder when Gemini CLI asks, or with /permissions):
   gemini mcp add --transport http aic {mcp}
 VS Code:
   code --add-mcp '{vscode}'
@@ -144,6 +144,7 @@ mod tests {
         }
         assert!(text.contains("\n  claude mcp add --transport http aic https://relay.example.com/mcp\n"));
         assert!(text.contains("\n  codex mcp add aic --url https://relay.example.com/mcp\n"));
+        assert!(text.contains("Gemini CLI (it shows the server Disabled in a folder it does not trust"), "{text}");
     }
 
     #[test]

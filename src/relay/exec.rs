@@ -29,10 +29,11 @@ pub struct ExecParams {
     pub command: String,
     /// Working directory on the machine.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub cwd: Option<String>,
-    /// Kill the command after this many milliseconds (1 000 – 3 600 000; default 300 000).
+    /// Kill the command after this many milliseconds (1 000 – 3 600 000; default 300 000). A value outside is refused.
     #[serde(default)]
-    #[schema(minimum = 1000, maximum = 3600000)]
+    #[schema(minimum = 1000, maximum = 3600000, default = 300000, nullable = false)]
     pub timeout_ms: Option<u64>,
     /// Run under a pseudo-terminal, stdout and stderr merged.
     #[serde(default)]
@@ -128,7 +129,15 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
     if params.command.contains('\0') || params.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
         return Err(ApiError::bad_request("command and cwd cannot contain NUL bytes"));
     }
-    let timeout = params.timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis).clamp(MIN_TIMEOUT, MAX_TIMEOUT);
+    let timeout = params.timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+    if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms must be from {} to {} milliseconds (default {}); send a value in that range, or leave it out.",
+            MIN_TIMEOUT.as_millis(),
+            MAX_TIMEOUT.as_millis(),
+            DEFAULT_TIMEOUT.as_millis()
+        )));
+    }
     Ok(ExecRequest {
         id: Uuid::new_v4(),
         command: params.command.clone(),
@@ -222,15 +231,18 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_are_clamped() {
+    fn timeouts_outside_the_range_are_refused() {
         let req = |t| {
             let p = ExecParams { code: String::new(), command: "true".into(), cwd: None, timeout_ms: t, pty: false };
-            request(&p, Requester { who: "anonymous".into(), ip: "::1".into() }, 1).unwrap().timeout_ms
+            request(&p, Requester { who: "anonymous".into(), ip: "::1".into() }, 1).map(|r| r.timeout_ms)
         };
-        assert_eq!(req(None), 300_000);
-        assert_eq!(req(Some(5)), 1_000);
-        assert_eq!(req(Some(99_999_999)), 3_600_000);
-        assert_eq!(req(Some(2_500)), 2_500);
+        assert_eq!(req(None), Ok(300_000));
+        assert_eq!(req(Some(1_000)), Ok(1_000));
+        assert_eq!(req(Some(3_600_000)), Ok(3_600_000));
+        for wrong in [5, 999, 3_600_001] {
+            let err = req(Some(wrong)).unwrap_err();
+            assert!(err.message.starts_with("timeout_ms must be from 1000 to 3600000 milliseconds"), "{err:?}");
+        }
     }
 
     #[test]

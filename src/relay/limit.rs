@@ -144,7 +144,7 @@ impl RateLimiter {
 }
 
 /// The unit a client is counted by: its IPv4 address, or its IPv6 /64.
-fn network(ip: IpAddr) -> IpAddr {
+pub fn network(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();

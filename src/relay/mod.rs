@@ -61,6 +61,12 @@ pub struct Config {
     pub rate_limit: u32,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub proxies: limit::Proxies,
+    /// Output bytes an MCP tool result carries at most (head and tail of each
+    /// stream): what a model's context holds, well under the REST cap.
+    pub mcp_output_max: usize,
+    /// MCP sessions one client address (IPv4, or IPv6 /64) may hold open;
+    /// past it, its new clients are served without a session.
+    pub mcp_sessions_per_client: usize,
 }
 
 impl Config {
@@ -76,6 +82,8 @@ impl Config {
             progress_interval: Duration::from_secs(5),
             rate_limit: 120,
             proxies: limit::Proxies::default(),
+            mcp_output_max: 32 * 1024,
+            mcp_sessions_per_client: 100,
         }
     }
 }

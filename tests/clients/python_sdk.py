@@ -1,0 +1,91 @@
+"""Drives a relay's /mcp with the official MCP Python SDK, as a third-party client.
+
+Usage: python_sdk.py URL CODE PID_FILE. Prints one JSON object per line, each
+with a "step" naming what it saw; tests/third_party_clients.rs asserts on them.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+
+import anyio
+from mcp import Client
+
+URL, CODE, PID_FILE = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+class Warnings(logging.Handler):
+    """Collects what the SDK warns its user about (e.g. "Session termination failed")."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = []
+
+    def emit(self, record):
+        self.seen.append(record.getMessage())
+
+
+WARNINGS = Warnings()
+logging.getLogger().addHandler(WARNINGS)
+
+
+def say(step, **facts):
+    print(json.dumps({"step": step, **facts}), flush=True)
+
+
+def result(step, res):
+    text = "".join(getattr(c, "text", "") for c in res.content)
+    say(step, is_error=res.is_error, text=text, structured=res.structured_content,
+        text_bytes=len(text.encode()), structured_bytes=len(json.dumps(res.structured_content).encode()))
+
+
+async def calls(mode):
+    async with Client(URL, mode=mode) as client:
+        say("connected", mode=mode, protocol=client.protocol_version)
+        tools = await client.list_tools()
+        say("tools", tools=[t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools.tools])
+        exec_args = {"code": CODE, "command": "echo hi"}
+        result("timeout_number", await client.call_tool("remote_exec", {**exec_args, "timeout_ms": 5000}))
+        result("timeout_string", await client.call_tool("remote_exec", {**exec_args, "timeout_ms": "5000"}))
+        result("wrong_type", await client.call_tool("remote_exec", {**exec_args, "timeout_ms": "abc"}))
+        result("out_of_range", await client.call_tool("remote_exec", {**exec_args, "timeout_ms": 5}))
+        result("missing_field", await client.call_tool("remote_exec", {"code": CODE}))
+        big = {"code": CODE, "command": "head -c 3000000 /dev/zero | base64"}
+        result("truncated", await client.call_tool("remote_exec", big))
+        result("status", await client.call_tool("session_status", {"code": CODE}))
+
+
+async def close_during_sleep():
+    """Opens a session, starts `sleep`, and leaves (the SDK sends DELETE) while it runs."""
+    command = f"echo $$ > {PID_FILE}; exec sleep 60"
+    async with anyio.create_task_group() as outer:
+        async with Client(URL, mode="legacy") as client:
+            say("session", protocol=client.protocol_version)
+
+            async def sleeper():
+                try:
+                    res = await client.call_tool("remote_exec", {"code": CODE, "command": command})
+                    say("sleeper_result", is_error=res.is_error)
+                except Exception as e:  # the session went away under it
+                    say("sleeper_ended", error=type(e).__name__)
+
+            outer.start_soon(sleeper)
+            for _ in range(500):
+                if os.path.exists(PID_FILE) and open(PID_FILE).read().strip():
+                    break
+                await anyio.sleep(0.02)
+            say("sleeping", pid=int(open(PID_FILE).read()))
+        say("closed", at=time.time())
+        outer.cancel_scope.cancel()
+
+
+async def main():
+    await calls("auto")
+    await calls("legacy")
+    await close_during_sleep()
+    say("warnings", warnings=WARNINGS.seen)
+
+
+anyio.run(main)
