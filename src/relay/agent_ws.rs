@@ -59,7 +59,7 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let conn =
-        state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.max_output, tx);
+        state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.link_limits(), tx);
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
     tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
 

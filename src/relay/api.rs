@@ -42,10 +42,11 @@ refusal that came after the stream opened). A caller that disconnects has its co
         (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour (one identical answer for both); `approval_required`: the account's link waits for the operator; `blocked`: the operator blocked the account; `denied`, `approval_timeout`, `forbidden`: the machine's operator or mode refused the command", body = ErrorBody),
         (status = 404, description = "`not_found`: with an account, no machine has this code and none of the account's has this alias; or no such route", body = ErrorBody),
         (status = 413, description = "`too_large`: the request body is over the relay's limit (256 KiB by default)", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many requests from this address, or the machine already runs its maximum of commands", body = ErrorBody,
+        (status = 429, description = "`rate_limited`: too many requests from this address, or the machine already runs its maximum of commands (the daemon's, or the relay's per-machine cap)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
         (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        (status = 504, description = "`machine_timeout`: the machine did not finish the command within its timeout plus the relay's grace period; the relay cancelled it", body = ErrorBody),
     )
 )]
 pub async fn exec(

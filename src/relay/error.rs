@@ -39,6 +39,9 @@ pub enum Reason {
     Unauthorized,
     /// Something broke inside the relay.
     Internal,
+    /// The machine did not finish the command within its timeout plus a
+    /// grace period; the relay stopped waiting and cancelled it.
+    MachineTimeout,
 }
 
 /// An error response.
@@ -96,6 +99,34 @@ impl ApiError {
             Reason::AgentOffline,
             "The machine's daemon is not connected to the relay. Ask its operator to check `systemctl status aic-daemon`, then retry.",
         )
+    }
+
+    /// 504: the machine did not answer in time, whatever its daemon does.
+    pub fn machine_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            Reason::MachineTimeout,
+            format!(
+                "The machine did not answer: the command did not finish within its timeout ({} s) plus the relay's \
+                 grace period, so the relay stopped waiting and cancelled it. The machine's daemon may be stuck or \
+                 its link stalled; ask its operator to check `systemctl status aic-daemon`, then retry.",
+                timeout.as_secs_f64()
+            ),
+        )
+    }
+
+    /// 429: the machine's link carries as many commands as the relay allows.
+    pub fn link_busy(max: usize) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Reason::RateLimited,
+            format!(
+                "The machine already has {max} commands in flight through this relay, the most it allows; \
+                 wait for one to finish, then retry."
+            ),
+        );
+        err.retry_after = Some(1);
+        err
     }
 
     /// 500, for a fault the caller cannot fix; details go to the relay's log, not the caller.

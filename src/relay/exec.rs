@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::access::{self, Caller, Target};
 use super::error::ApiError;
-use super::hub::{Exec, ExecEvent};
+use super::hub::{Exec, ExecEvent, StartError};
 use crate::protocol::agent::{ExecRequest, Requester, Stream};
 
 /// Timeout when the caller gives none.
@@ -152,7 +152,10 @@ pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Re
 
 /// Sends the command to the target's daemon.
 pub fn start(target: Target, request: ExecRequest) -> Result<Exec, ApiError> {
-    target.online()?.start(request).ok_or_else(ApiError::agent_offline)
+    target.online()?.start(request).map_err(|e| match e {
+        StartError::Offline => ApiError::agent_offline(),
+        StartError::Busy(max) => ApiError::link_busy(max),
+    })
 }
 
 /// Adds one event to `outcome`. `Ok(true)` when the command has finished.
@@ -178,6 +181,7 @@ pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) 
             Ok(true)
         }
         Some(ExecEvent::Refused(reason, message)) => Err(ApiError::from_refusal(reason, message)),
+        Some(ExecEvent::Unanswered { timeout }) => Err(ApiError::machine_timeout(timeout)),
     }
 }
 

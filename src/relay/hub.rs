@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +39,8 @@ pub struct AgentConn {
     tx: mpsc::UnboundedSender<RelayMessage>,
     /// Callers waiting on their commands' events.
     pending: Mutex<HashMap<Uuid, Waiter>>,
-    /// Output bytes forwarded per command at most (plus one chunk): a daemon
-    /// that ignores the cap cannot make the relay hold more.
-    max_output: u64,
+    /// What this link may make the relay hold and how long its commands may take.
+    limits: LinkLimits,
     /// Cancelled when a newer connection of the same agent replaces this one.
     pub replaced: CancellationToken,
 }
@@ -52,6 +52,38 @@ struct Waiter {
     bytes: u64,
     /// Whether `Started` was forwarded (a second one is dropped).
     started: bool,
+    /// Output was dropped because the link's buffer budget ran out; the
+    /// command was cancelled and its result says truncated.
+    cut: bool,
+}
+
+/// What one agent link may cost the relay, whatever its daemon does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLimits {
+    /// Output bytes forwarded per command at most (plus one chunk): a daemon
+    /// that ignores the cap cannot make the relay hold more.
+    pub max_output: u64,
+    /// Commands in flight on the link at once; more are refused with 429.
+    pub max_in_flight: usize,
+    /// Output bytes held for all of the link's commands in flight together;
+    /// past it, output is dropped and the command that ran over is cancelled.
+    pub max_buffered: u64,
+    /// How long past its timeout a started command may go without an exit
+    /// before the relay answers for the machine (504) and cancels it.
+    pub grace: Duration,
+}
+
+/// Longest a command may wait for the daemon's `started` (the operator's
+/// approval, a busy machine) before the relay stops waiting for it.
+pub const START_ALLOWANCE: Duration = Duration::from_secs(3600);
+
+/// Why a command could not be handed to the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// The link is gone.
+    Offline,
+    /// The link already carries its maximum of commands.
+    Busy(usize),
 }
 
 /// What a caller hears about its command.
@@ -74,6 +106,13 @@ pub enum ExecEvent {
     },
     /// It never ran.
     Refused(Refusal, String),
+    /// The machine did not finish it within its timeout plus the grace (or
+    /// did not start it within [`START_ALLOWANCE`]); the relay stopped
+    /// waiting and cancels it.
+    Unanswered {
+        /// The command's timeout.
+        timeout: Duration,
+    },
 }
 
 impl Hub {
@@ -83,7 +122,7 @@ impl Hub {
         agent_id: i64,
         info: AgentInfo,
         code_created_ms: i64,
-        max_output: u64,
+        limits: LinkLimits,
         tx: mpsc::UnboundedSender<RelayMessage>,
     ) -> Arc<AgentConn> {
         Arc::new(AgentConn {
@@ -93,7 +132,7 @@ impl Hub {
             code_created_ms: AtomicI64::new(code_created_ms),
             tx,
             pending: Mutex::default(),
-            max_output,
+            limits,
             replaced: CancellationToken::new(),
         })
     }
@@ -142,15 +181,23 @@ impl AgentConn {
 
     /// Sends a command to the daemon; events arrive on the returned handle.
     /// Dropping the handle before the command ends cancels it on the machine.
-    pub fn start(self: &Arc<Self>, request: ExecRequest) -> Option<Exec> {
+    pub fn start(self: &Arc<Self>, request: ExecRequest) -> Result<Exec, StartError> {
         let id = request.id;
+        let timeout = Duration::from_millis(request.timeout_ms);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.pending.lock().unwrap().insert(id, Waiter { tx, bytes: 0, started: false });
+        {
+            let mut pending = self.pending.lock().unwrap();
+            if pending.len() >= self.limits.max_in_flight {
+                return Err(StartError::Busy(self.limits.max_in_flight));
+            }
+            pending.insert(id, Waiter { tx, bytes: 0, started: false, cut: false });
+        }
         if self.tx.send(RelayMessage::Exec(request)).is_err() {
             self.pending.lock().unwrap().remove(&id);
-            return None;
+            return Err(StartError::Offline);
         }
-        Some(Exec { id, rx, conn: Arc::clone(self), finished: false })
+        let deadline = tokio::time::Instant::now() + START_ALLOWANCE + timeout + self.limits.grace;
+        Ok(Exec { id, rx, conn: Arc::clone(self), finished: false, timeout, deadline })
     }
 
     /// Queues a frame for the daemon. False when the link is gone.
@@ -175,14 +222,30 @@ impl AgentConn {
             | AgentMessage::Operator { .. } => return,
         };
         let mut pending = self.pending.lock().unwrap();
+        let buffered: u64 = pending.values().map(|w| w.bytes).sum();
         let Some(waiter) = pending.get_mut(&id) else { return };
-        match &event {
+        let event = match event {
             ExecEvent::Started if waiter.started => return,
-            ExecEvent::Started => waiter.started = true,
-            ExecEvent::Output(..) if waiter.bytes >= self.max_output => return,
-            ExecEvent::Output(_, data) => waiter.bytes += data.len() as u64,
-            _ => {}
-        }
+            ExecEvent::Started => {
+                waiter.started = true;
+                ExecEvent::Started
+            }
+            ExecEvent::Output(..) if waiter.cut || waiter.bytes >= self.limits.max_output => return,
+            ExecEvent::Output(_, ref data) if buffered + data.len() as u64 > self.limits.max_buffered => {
+                waiter.cut = true;
+                drop(pending);
+                self.send(RelayMessage::Cancel { id });
+                return;
+            }
+            ExecEvent::Output(stream, data) => {
+                waiter.bytes += data.len() as u64;
+                ExecEvent::Output(stream, data)
+            }
+            ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out } => {
+                ExecEvent::Exit { exit_code, duration_ms, truncated: truncated || waiter.cut, timed_out }
+            }
+            other => other,
+        };
         let sender = if last { pending.remove(&id).map(|w| w.tx) } else { Some(waiter.tx.clone()) };
         drop(pending);
         if let Some(sender) = sender {
@@ -203,14 +266,27 @@ pub struct Exec {
     rx: mpsc::UnboundedReceiver<ExecEvent>,
     conn: Arc<AgentConn>,
     finished: bool,
+    /// The command's timeout, as sent to the daemon.
+    timeout: Duration,
+    /// When the relay stops waiting: [`START_ALLOWANCE`] until the daemon
+    /// says it started, then the timeout plus the link's grace from then.
+    deadline: tokio::time::Instant,
 }
 
 impl Exec {
-    /// The next event; `None` when the agent's link went away mid-command.
+    /// The next event; `None` when the agent's link went away mid-command,
+    /// [`ExecEvent::Unanswered`] once the deadline passes (the command is
+    /// cancelled on the machine when this handle is dropped).
     pub async fn next(&mut self) -> Option<ExecEvent> {
-        let event = self.rx.recv().await;
-        if matches!(event, None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..))) {
-            self.finished = true;
+        let Ok(event) = tokio::time::timeout_at(self.deadline, self.rx.recv()).await else {
+            return Some(ExecEvent::Unanswered { timeout: self.timeout });
+        };
+        match event {
+            None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..)) => self.finished = true,
+            Some(ExecEvent::Started) => {
+                self.deadline = tokio::time::Instant::now() + self.timeout + self.conn.limits.grace;
+            }
+            _ => {}
         }
         event
     }

@@ -61,6 +61,13 @@ pub struct Config {
     pub rate_limit: u32,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub proxies: limit::Proxies,
+    /// How long past its timeout a started command may run without an exit
+    /// before the relay answers 504 for the machine and cancels it.
+    pub exec_grace: Duration,
+    /// Commands in flight per agent link at once; more are refused with 429.
+    pub max_in_flight: usize,
+    /// Output bytes held per agent link for all its commands in flight.
+    pub max_link_buffer: u64,
 }
 
 impl Config {
@@ -76,6 +83,19 @@ impl Config {
             progress_interval: Duration::from_secs(5),
             rate_limit: 120,
             proxies: limit::Proxies::default(),
+            exec_grace: Duration::from_secs(10),
+            max_in_flight: 64,
+            max_link_buffer: 32 * 1024 * 1024,
+        }
+    }
+
+    /// What each agent link may cost, from these settings.
+    pub fn link_limits(&self) -> hub::LinkLimits {
+        hub::LinkLimits {
+            max_output: self.max_output,
+            max_in_flight: self.max_in_flight,
+            max_buffered: self.max_link_buffer,
+            grace: self.exec_grace,
         }
     }
 }
