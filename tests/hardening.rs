@@ -135,3 +135,95 @@ async fn output_past_the_link_budget_is_dropped_and_that_command_cancelled() {
     let (status, cut) = second.await.unwrap();
     assert_eq!((status, cut["stdout"].as_str().unwrap(), &cut["truncated"]), (200, "", &json!(true)));
 }
+
+/// Reads from a raw connection until the relay closes it; what it said.
+async fn until_closed(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    within("the relay to close the connection", async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+async fn raw(relay: &str) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(relay.trim_start_matches("http://")).await.unwrap()
+}
+
+fn relay_config(dir: &std::path::Path) -> aic::relay::Config {
+    let mut config = aic::relay::Config::new(dir.to_path_buf());
+    config.connections.header_timeout = Duration::from_millis(300);
+    config
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay_config(dir.path()), "127.0.0.1:0").await;
+    let mut slow = raw(&relay.http()).await;
+    slow.write_all(b"GET /api/health HTTP/1.1\r\nhost: relay\r\nx-slow: ").await.unwrap();
+    let said = until_closed(&mut slow).await;
+    assert!(!said.contains("200"), "{said}");
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay_config(dir.path()), "127.0.0.1:0").await;
+    let mut idle = raw(&relay.http()).await;
+    idle.write_all(b"GET /api/health HTTP/1.1\r\nhost: relay\r\n\r\n").await.unwrap();
+    let said = until_closed(&mut idle).await;
+    assert!(said.starts_with("HTTP/1.1 200"), "it was answered first: {said}");
+}
+
+#[tokio::test]
+async fn connections_past_the_per_address_limit_are_refused_and_room_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
+    config.connections.max_per_ip = 2;
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let first = raw(&relay.http()).await;
+    let _second = raw(&relay.http()).await;
+    let said = until_closed(&mut raw(&relay.http()).await).await;
+    assert!(said.starts_with("HTTP/1.1 429") && said.contains("Too many connections from your address"), "{said}");
+
+    drop(first);
+    within("room for a new connection", async {
+        loop {
+            let resp = client().get(format!("{}/api/health", relay.http())).send().await;
+            if resp.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_connection_limit_refuses_new_ones_and_says_so_once_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(dir.path(), &["--max-connections", "2"], &[]).await;
+    let _held = [raw(&relay.http()).await, raw(&relay.http()).await];
+    for _ in 0..3 {
+        let said = until_closed(&mut raw(&relay.http()).await).await;
+        assert!(said.starts_with("HTTP/1.1 503"), "{said}");
+    }
+    let log = relay.stop().await;
+    assert_eq!(log.matches("connection limit reached: 2 connections are open").count(), 1, "{log}");
+}
+
+#[test]
+fn the_relay_unit_allows_more_files_than_the_relay_holds_connections() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/aic-relay.service")).unwrap();
+    let limit: usize =
+        unit.lines().find_map(|l| l.strip_prefix("LimitNOFILE=")).expect("the unit sets LimitNOFILE").parse().unwrap();
+    let default = aic::relay::Config::new("/unused".into()).connections.max_connections;
+    assert!(limit >= 2 * default, "LimitNOFILE={limit} leaves too little room over {default} connections");
+}

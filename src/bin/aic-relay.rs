@@ -52,6 +52,18 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_TRUSTED_PROXY", value_delimiter = ',')]
     trusted_proxy: Vec<relay::limit::Cidr>,
 
+    /// Connections held open at once (503 past it, logged once); keep it below LimitNOFILE.
+    #[arg(long, env = "AIC_RELAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+
+    /// Connections held open at once from one client address (429 past it); trusted proxies are not counted.
+    #[arg(long, env = "AIC_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
+
+    /// Time a client has to send a request's headers, and to start its next request on a kept-alive connection.
+    #[arg(long, env = "AIC_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = aic::duration::parse)]
+    header_timeout: Duration,
+
     /// Print JSON instead of text (account and key commands).
     #[arg(long, global = true)]
     json: bool,
@@ -214,6 +226,11 @@ async fn run() -> anyhow::Result<()> {
     config.public_url = args.public_url.clone();
     config.rate_limit = args.rate_limit;
     config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
+    config.connections = relay::listen::ConnLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+        max_per_ip: args.max_connections_per_ip,
+    };
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;

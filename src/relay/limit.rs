@@ -60,7 +60,8 @@ impl Cidr {
 pub struct Proxies(pub Vec<Cidr>);
 
 impl Proxies {
-    fn trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of these proxies.
+    pub fn trusted(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|c| c.contains(ip))
     }
 

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod hub;
 pub mod keys;
 pub mod limit;
+pub mod listen;
 pub mod mask;
 pub mod mcp;
 mod operator;
@@ -21,7 +22,6 @@ pub mod origin;
 pub mod status;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,6 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +67,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Output bytes held per agent link for all its commands in flight.
     pub max_link_buffer: u64,
+    /// Header-read and idle timeout, and connection caps, of the listener.
+    pub connections: listen::ConnLimits,
 }
 
 impl Config {
@@ -86,6 +87,11 @@ impl Config {
             exec_grace: Duration::from_secs(10),
             max_in_flight: 64,
             max_link_buffer: 32 * 1024 * 1024,
+            connections: listen::ConnLimits {
+                header_timeout: Duration::from_secs(30),
+                max_connections: 4096,
+                max_per_ip: 256,
+            },
         }
     }
 
@@ -188,22 +194,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
             format!("http://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
         }
     };
-    let listener = listener.tap_io(|tcp| {
-        // Requests and responses are small and written in pieces: without
-        // this, Nagle plus delayed ACKs adds ~40 ms to a round trip.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    let app = router(state.clone(), public).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone(), public);
     let flusher = tokio::spawn(flush_usage(state.clone()));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("serving HTTP");
+    let config = &state.config;
+    listen::serve(listener, app, config.connections, config.proxies.clone(), shutdown).await;
     let _ = flusher.await;
     state.store.close().await;
-    served
+    Ok(())
 }
 
 /// How often last-used times are written.
