@@ -227,3 +227,53 @@ fn the_relay_unit_allows_more_files_than_the_relay_holds_connections() {
     let default = aic::relay::Config::new("/unused".into()).connections.max_connections;
     assert!(limit >= 2 * default, "LimitNOFILE={limit} leaves too little room over {default} connections");
 }
+
+/// The first text frame the relay answers a hello with, as bytes.
+async fn hello_answer(relay: &TestRelay, credentials: Credentials) -> String {
+    let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
+    let agent = AgentInfo { hostname: "guess".into(), ..Default::default() };
+    send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: Some(credentials) }).await;
+    within("the hello's answer", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("the link ended without an answer: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_agent_endpoint_answers_an_unknown_code_and_a_wrong_token_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (_ws, creds) = fake_agent(&relay).await;
+    let wrong_token = hello_answer(&relay, Credentials { code: creds.code, token: "0".repeat(64) }).await;
+    let unknown = Credentials { code: aic::protocol::SessionCode::generate(), token: "0".repeat(64) };
+    let unknown_code = hello_answer(&relay, unknown).await;
+    assert!(wrong_token.contains("hello_refused"), "{wrong_token}");
+    assert_eq!(wrong_token, unknown_code, "one answer for both");
+}
+
+#[tokio::test]
+async fn an_account_looking_up_an_expired_code_learns_no_more_than_for_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
+    config.anonymous_window = Duration::ZERO;
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let key = relay.account("looker@example.com").await;
+    let (_ws, creds) = fake_agent(&relay).await;
+    let look = |code: String| {
+        let request = client().get(format!("{}/api/v1/status/{code}", relay.http())).bearer_auth(&key);
+        async move {
+            let resp = request.send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap())
+        }
+    };
+    let expired = look(creds.code.to_string()).await;
+    let unknown = look(aic::protocol::SessionCode::generate().to_string()).await;
+    assert_eq!(expired.0, 404, "{:?}", expired.1);
+    assert_eq!(expired, unknown, "one answer for both");
+}

@@ -278,9 +278,12 @@ pub enum RelayMessage {
 pub enum HelloRefusal {
     /// The two ends speak different protocol versions.
     Version,
-    /// The relay does not know this code (its store was reset): register anew.
+    /// The relay does not accept this code with this token (its store was
+    /// reset, or the token is wrong or stale): register anew. A relay answers
+    /// this for an unknown code and a wrong token alike, so that the answer
+    /// does not tell which codes exist.
     UnknownCode,
-    /// The token does not match the code.
+    /// The token does not match the code (older relays; now [`Self::UnknownCode`]).
     BadToken,
 }
 

@@ -20,6 +20,13 @@ use crate::protocol::agent::{
 /// How long a fresh connection has to say hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What an unknown code is compared against: no token hashes to all zeros.
+const NO_TOKEN: keys::Digest = [0; 32];
+
+/// The one refusal for an unknown code and for a known code with a wrong token.
+const NOT_ACCEPTED: &str = "this relay does not accept this code with this token: the relay's store was reset, the \
+code was replaced, or this machine's state file was copied or damaged; register anew";
+
 /// Upgrades the request and hands the socket to [`run`].
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -158,21 +165,20 @@ async fn accept(
         return register(state, info, now).await.map(Ok);
     };
     let code_hash = state.keys.code_hash(&code);
-    let Some(record) = state.store.agent_by_code(&code_hash).await? else {
-        return Ok(Err((
-            HelloRefusal::UnknownCode,
-            "this relay does not know this code (its store was reset or the code was replaced); register anew".into(),
-        )));
+    let record = state.store.agent_by_code(&code_hash).await?;
+    // An unknown code is checked against a token nobody holds, so that it
+    // costs the same work as a known code with a wrong token; both get the
+    // same refusal, which tells a guesser nothing about which codes exist.
+    let (stored, stored_prev) = match &record {
+        Some(r) => (r.token_hash.as_slice(), r.prev_token_hash.as_deref()),
+        None => (&NO_TOKEN[..], Some(&NO_TOKEN[..])),
     };
     let presented = state.keys.token_hash(&token);
-    let current = keys::digest_eq(&presented, &record.token_hash);
-    let previous = record.prev_token_hash.as_deref().is_some_and(|prev| keys::digest_eq(&presented, prev));
-    if !(current || previous) {
-        return Ok(Err((
-            HelloRefusal::BadToken,
-            "the agent token does not match this code; if this machine's state file was copied or damaged, reset the code".into(),
-        )));
-    }
+    let current = keys::digest_eq(&presented, stored);
+    let previous = stored_prev.is_some_and(|prev| keys::digest_eq(&presented, prev));
+    let Some(record) = record.filter(|_| current || previous) else {
+        return Ok(Err((HelloRefusal::UnknownCode, NOT_ACCEPTED.into())));
+    };
     state.store.touch_agent(record.id, now, info).await?;
     // A new token on every connection, while nothing runs. The one just used
     // stays valid until the new one is used, so a daemon that dies before
