@@ -337,3 +337,26 @@ async fn the_database_and_a_loose_data_dir_are_made_private() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
 }
+
+#[tokio::test]
+async fn registrations_per_address_are_capped_a_day_and_returning_machines_still_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
+    config.registrations_per_day = 2;
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (first, creds) = fake_agent(&relay).await;
+    drop(first);
+    let _second = fake_agent(&relay).await;
+
+    let mut third = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
+    let agent = AgentInfo { hostname: "third".into(), ..Default::default() };
+    send(&mut third, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
+    match recv(&mut third).await {
+        Some(RelayMessage::HelloRefused { reason: agent::HelloRefusal::RateLimited, message }) => {
+            assert!(message.contains("registered 2 new machines today"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let back = hello_answer(&relay, creds).await;
+    assert!(back.contains("\"registered\""), "a machine coming back is not a registration: {back}");
+}

@@ -64,6 +64,10 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = aic::duration::parse)]
     header_timeout: Duration,
 
+    /// New machines one client address may register a day (machines coming back are not counted); 0: no cap.
+    #[arg(long, env = "AIC_RELAY_REGISTRATIONS_PER_DAY", default_value_t = 50)]
+    registrations_per_day: u32,
+
     /// Print JSON instead of text (account and key commands).
     #[arg(long, global = true)]
     json: bool,
@@ -226,6 +230,7 @@ async fn run() -> anyhow::Result<()> {
     config.public_url = args.public_url.clone();
     config.rate_limit = args.rate_limit;
     config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
+    config.registrations_per_day = args.registrations_per_day;
     config.connections = relay::listen::ConnLimits {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,

@@ -285,6 +285,8 @@ pub enum HelloRefusal {
     UnknownCode,
     /// The token does not match the code (older relays; now [`Self::UnknownCode`]).
     BadToken,
+    /// This address made too many registrations today: try again tomorrow.
+    RateLimited,
 }
 
 impl RelayMessage {

@@ -1,6 +1,6 @@
 //! `GET /agent/ws`: where daemons dial in, say hello, and take commands.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -31,10 +31,12 @@ code was replaced, or this machine's state file was copied or damaged; register 
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let client = state.config.proxies.client_ip(peer.ip(), &headers);
     ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| async move {
-        if let Err(e) = run(state, socket).await {
+        if let Err(e) = run(state, socket, client).await {
             tracing::info!(%peer, "agent link ended: {e:#}");
         }
     })
@@ -48,7 +50,7 @@ struct Accepted {
     reply: RelayMessage,
 }
 
-async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
+async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::Result<()> {
     let first = match timeout(HELLO_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(_) => anyhow::bail!("closed before saying hello"),
@@ -58,7 +60,7 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
         Ok(hello) => hello,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
-    let accepted = match accept(&state, &info, credentials).await? {
+    let accepted = match accept(&state, &info, credentials, client).await? {
         Ok(accepted) => accepted,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
@@ -159,9 +161,19 @@ async fn accept(
     state: &AppState,
     info: &AgentInfo,
     credentials: Option<Credentials>,
+    client: IpAddr,
 ) -> anyhow::Result<Result<Accepted, Refused>> {
     let now = super::now_ms();
     let Some(Credentials { code, token }) = credentials else {
+        if !state.registrations.take(client, now) {
+            let max = state.registrations.max();
+            return Ok(Err((
+                HelloRefusal::RateLimited,
+                format!(
+                    "this address registered {max} new machines today, the most this relay allows; try again tomorrow"
+                ),
+            )));
+        }
         return register(state, info, now).await.map(Ok);
     };
     let code_hash = state.keys.code_hash(&code);
@@ -180,6 +192,7 @@ async fn accept(
         return Ok(Err((HelloRefusal::UnknownCode, NOT_ACCEPTED.into())));
     };
     state.store.touch_agent(record.id, now, info).await?;
+    state.store.mark_returned(record.id, now).await?;
     // A new token on every connection, while nothing runs. The one just used
     // stays valid until the new one is used, so a daemon that dies before
     // saving the new token still gets back in; once it is used, any older

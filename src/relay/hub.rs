@@ -167,6 +167,11 @@ impl Hub {
         agents.insert(new, Arc::clone(conn));
     }
 
+    /// The store ids of the agents connected right now.
+    pub fn online_agents(&self) -> Vec<i64> {
+        self.agents.lock().unwrap().values().map(|c| c.agent_id).collect()
+    }
+
     /// The live connection for a code, if its agent is online.
     pub fn get(&self, code_hash: &Digest) -> Option<Arc<AgentConn>> {
         self.agents.lock().unwrap().get(code_hash).cloned()

@@ -69,6 +69,8 @@ pub struct Config {
     pub max_link_buffer: u64,
     /// Header-read and idle timeout, and connection caps, of the listener.
     pub connections: listen::ConnLimits,
+    /// New agent registrations per client address per UTC day; 0: no cap.
+    pub registrations_per_day: u32,
 }
 
 impl Config {
@@ -92,6 +94,7 @@ impl Config {
                 max_connections: 4096,
                 max_per_ip: 256,
             },
+            registrations_per_day: 50,
         }
     }
 
@@ -126,6 +129,8 @@ pub struct Inner {
     pub usage: accounts::Usage,
     /// Requests per client address.
     pub limiter: limit::RateLimiter,
+    /// Agent registrations per client address today.
+    pub registrations: limit::DailyCap,
 }
 
 impl std::ops::Deref for AppState {
@@ -141,8 +146,10 @@ impl AppState {
     pub async fn open(config: Config, secret: Option<Keys>, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let (store, keys) = open_store(&config.data_dir, secret).await?;
         let limiter = limit::RateLimiter::new(config.rate_limit);
+        let registrations = limit::DailyCap::new(config.registrations_per_day);
         let usage = accounts::Usage::default();
-        Ok(Self(Arc::new(Inner { config, keys, store, hub: Hub::default(), shutdown, usage, limiter })))
+        let hub = Hub::default();
+        Ok(Self(Arc::new(Inner { config, keys, store, hub, shutdown, usage, limiter, registrations })))
     }
 }
 
@@ -210,24 +217,22 @@ const USAGE_FLUSH: Duration = Duration::from_secs(30);
 /// code stops working, and the daemon registers anew if it ever returns.
 const STALE_AGENT: Duration = Duration::from_secs(90 * 86_400);
 
+/// An agent that registered and never came back with its code, unseen this
+/// long and linked to no account, is forgotten (registrations cost nothing
+/// to make, so they must not pile up for 90 days).
+const UNRETURNED_AGENT: Duration = Duration::from_secs(6 * 3600);
+
 /// How often stale agents are looked for.
-const STALE_SWEEP: Duration = Duration::from_secs(86_400);
+const STALE_SWEEP: Duration = Duration::from_secs(3600);
 
 /// Writes last-used times every [`USAGE_FLUSH`] and once more at shutdown;
-/// forgets stale agents at start and daily.
+/// forgets stale agents at start and hourly.
 async fn flush_usage(state: AppState) {
     let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         if last_sweep.is_none_or(|at| at.elapsed() >= STALE_SWEEP) {
             last_sweep = Some(std::time::Instant::now());
-            match state.store.forget_stale_agents(now_ms() - STALE_AGENT.as_millis() as i64).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    "forgot {n} agents unseen for {} days and linked to no account",
-                    STALE_AGENT.as_secs() / 86_400
-                ),
-                Err(e) => tracing::warn!("forgetting stale agents: {e:#}"),
-            }
+            forget_stale(&state).await;
         }
         let stop = tokio::select! {
             _ = tokio::time::sleep(USAGE_FLUSH) => false,
@@ -239,6 +244,32 @@ async fn flush_usage(state: AppState) {
         if stop {
             return;
         }
+    }
+}
+
+/// Forgets agents unseen for [`STALE_AGENT`], and registrations that never
+/// came back within [`UNRETURNED_AGENT`]; agents online now count as seen.
+async fn forget_stale(state: &AppState) {
+    let now = now_ms();
+    if let Err(e) = state.store.mark_seen(&state.hub.online_agents(), now).await {
+        tracing::warn!("recording which agents are online: {e:#}");
+        return;
+    }
+    match state.store.forget_stale_agents(now - STALE_AGENT.as_millis() as i64).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "forgot {n} agents unseen for {} days and linked to no account",
+            STALE_AGENT.as_secs() / 86_400
+        ),
+        Err(e) => tracing::warn!("forgetting stale agents: {e:#}"),
+    }
+    match state.store.forget_unreturned_agents(now - UNRETURNED_AGENT.as_millis() as i64).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "forgot {n} agents that registered, never came back and were unseen for {} hours",
+            UNRETURNED_AGENT.as_secs() / 3600
+        ),
+        Err(e) => tracing::warn!("forgetting registrations that never came back: {e:#}"),
     }
 }
 
