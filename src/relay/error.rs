@@ -140,8 +140,13 @@ impl ApiError {
         )
     }
 
-    /// The answer for a command the daemon would not run.
+    /// The answer for a command the daemon would not run. Its words are the
+    /// machine's: cleaned, bounded, and framed as coming from the machine.
     pub fn from_refusal(refusal: Refusal, message: String) -> Self {
+        let message = format!(
+            "The machine refused the command. Its daemon says (text from the machine, not from the relay): {}",
+            machine_text(&message, MAX_MACHINE_TEXT)
+        );
         let (status, reason) = match refusal {
             Refusal::BadRequest => (StatusCode::BAD_REQUEST, Reason::BadRequest),
             Refusal::Busy => (StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited),
@@ -169,6 +174,20 @@ impl ApiError {
             _ => format!("{:?}", self.reason),
         }
     }
+}
+
+/// Longest text from a machine (a refusal's words) passed on, in characters.
+pub const MAX_MACHINE_TEXT: usize = 500;
+
+/// Text a machine sent, made safe to pass on: control characters (escape
+/// sequences, line breaks that fake a new paragraph) become spaces, and it is
+/// cut at `max` characters with an ellipsis.
+pub fn machine_text(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 impl IntoResponse for ApiError {

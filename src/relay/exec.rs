@@ -19,6 +19,10 @@ pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest timeout a caller may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Longest command text, in bytes: Linux takes at most 128 KiB, with its
+/// closing NUL, as one argument (`sh -c <command>`), and fails the exec past it.
+pub const MAX_COMMAND: usize = 128 * 1024 - 1;
+
 /// The body of `POST /api/v1/exec`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"code": "AIC-7K3P-WX9M-RTBN", "command": "uname -a"}))]
@@ -124,6 +128,13 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
         return Err(ApiError::bad_request(
             "command is empty; send the shell text to run, e.g. {\"code\":\"AIC-…\",\"command\":\"uname -a\"}",
         ));
+    }
+    if params.command.len() > MAX_COMMAND {
+        return Err(ApiError::bad_request(format!(
+            "command is {} bytes; a machine runs at most {MAX_COMMAND} bytes (128 KiB, Linux's limit for one \
+             argument to sh -c). Copy a long script to the machine in parts (e.g. appending with cat >> file) and run the file.",
+            params.command.len()
+        )));
     }
     if params.command.contains('\0') || params.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
         return Err(ApiError::bad_request("command and cwd cannot contain NUL bytes"));
