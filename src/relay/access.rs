@@ -31,10 +31,12 @@ impl Caller {
         Self { ip, account: None }
     }
 
-    /// How the operator is shown this caller: a masked email, never the full one.
-    pub fn requester(&self) -> Requester {
+    /// How the operator is shown this caller: a masked email, never the full
+    /// one, and the account's fingerprint to tell alike masks apart.
+    pub fn requester(&self, keys: &super::keys::Keys) -> Requester {
         let who = self.account.as_ref().map_or_else(|| "anonymous".into(), |a| mask::email(&a.email));
-        Requester { who, ip: self.ip.to_string() }
+        let fingerprint = self.account.as_ref().map_or_else(String::new, |a| keys.account_fingerprint(a.id));
+        Requester { who, ip: self.ip.to_string(), fingerprint }
     }
 }
 

@@ -117,6 +117,25 @@ impl ApiError {
         )
     }
 
+    /// 403: the operator's decision stopped the command (or kept it from being sent).
+    pub fn revoked(why: crate::relay::hub::Revocation) -> Self {
+        use crate::relay::hub::Revocation;
+        match why {
+            Revocation::Blocked => Self::new(
+                StatusCode::FORBIDDEN,
+                Reason::Blocked,
+                "The machine's operator blocked this account, and its command was stopped on the machine. \
+                 Ask them to unblock it (aic-console admins unblock).",
+            ),
+            Revocation::CodeReset => Self::new(
+                StatusCode::FORBIDDEN,
+                Reason::Forbidden,
+                "The machine's operator reset its code, and the command sent with the old code was stopped \
+                 on the machine. Ask them for the new code.",
+            ),
+        }
+    }
+
     /// 429: the machine's link carries as many commands as the relay allows.
     pub fn link_busy(max: usize) -> Self {
         let mut err = Self::new(

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::access::{self, Caller, Target};
 use super::error::ApiError;
-use super::hub::{Exec, ExecEvent, StartError};
+use super::hub::{Exec, ExecEvent, Issuer, Revocation, StartError};
 use crate::protocol::agent::{ExecRequest, Requester, Stream};
 
 /// Timeout when the caller gives none.
@@ -156,16 +156,18 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
 /// MCP tool both come through here, so whatever is added here (accounts, rate
 /// limits) applies to both alike.
 pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
-    let request = request(params, caller.requester(), state.config.max_output)?;
+    let request = request(params, caller.requester(&state.keys), state.config.max_output)?;
     let target = access::resolve(state, caller, &params.code, access::Purpose::Use).await?;
-    start(target, request)
+    let issuer = Issuer { account: caller.account.as_ref().map(|a| a.id), code_created_ms: target.code_created_ms };
+    start(target, request, issuer)
 }
 
 /// Sends the command to the target's daemon.
-pub fn start(target: Target, request: ExecRequest) -> Result<Exec, ApiError> {
-    target.online()?.start(request).map_err(|e| match e {
+pub fn start(target: Target, request: ExecRequest, issuer: Issuer) -> Result<Exec, ApiError> {
+    target.online()?.start(request, issuer).map_err(|e| match e {
         StartError::Offline => ApiError::agent_offline(),
         StartError::Busy(max) => ApiError::link_busy(max),
+        StartError::CodeReset => ApiError::revoked(Revocation::CodeReset),
     })
 }
 
@@ -193,6 +195,7 @@ pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) 
         }
         Some(ExecEvent::Refused(reason, message)) => Err(ApiError::from_refusal(reason, message)),
         Some(ExecEvent::Unanswered { timeout }) => Err(ApiError::machine_timeout(timeout)),
+        Some(ExecEvent::Revoked(why)) => Err(ApiError::revoked(why)),
     }
 }
 
@@ -240,7 +243,9 @@ mod tests {
     fn timeouts_are_clamped() {
         let req = |t| {
             let p = ExecParams { code: String::new(), command: "true".into(), cwd: None, timeout_ms: t, pty: false };
-            request(&p, Requester { who: "anonymous".into(), ip: "::1".into() }, 1).unwrap().timeout_ms
+            request(&p, Requester { who: "anonymous".into(), ip: "::1".into(), fingerprint: String::new() }, 1)
+                .unwrap()
+                .timeout_ms
         };
         assert_eq!(req(None), 300_000);
         assert_eq!(req(Some(5)), 1_000);

@@ -55,6 +55,27 @@ struct Waiter {
     /// Output was dropped because the link's buffer budget ran out; the
     /// command was cancelled and its result says truncated.
     cut: bool,
+    /// The account that started it, if any: blocking it stops the command.
+    account: Option<i64>,
+}
+
+/// Who started a command, so the operator's later decisions reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issuer {
+    /// The caller's account; `None` for anonymous callers.
+    pub account: Option<i64>,
+    /// When the code the caller quoted was made (Unix ms): a command whose
+    /// code was reset after its access check is not sent.
+    pub code_created_ms: i64,
+}
+
+/// Why the relay stopped a command its daemon had not finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The operator blocked the account that started it.
+    Blocked,
+    /// The operator reset the code it was started with.
+    CodeReset,
 }
 
 /// What one agent link may cost the relay, whatever its daemon does.
@@ -84,6 +105,8 @@ pub enum StartError {
     Offline,
     /// The link already carries its maximum of commands.
     Busy(usize),
+    /// The code was reset after the caller's access check.
+    CodeReset,
 }
 
 /// What a caller hears about its command.
@@ -113,6 +136,8 @@ pub enum ExecEvent {
         /// The command's timeout.
         timeout: Duration,
     },
+    /// The operator's decision stopped it; the daemon was told to cancel it.
+    Revoked(Revocation),
 }
 
 impl Hub {
@@ -186,16 +211,21 @@ impl AgentConn {
 
     /// Sends a command to the daemon; events arrive on the returned handle.
     /// Dropping the handle before the command ends cancels it on the machine.
-    pub fn start(self: &Arc<Self>, request: ExecRequest) -> Result<Exec, StartError> {
+    pub fn start(self: &Arc<Self>, request: ExecRequest, issuer: Issuer) -> Result<Exec, StartError> {
         let id = request.id;
         let timeout = Duration::from_millis(request.timeout_ms);
         let (tx, rx) = mpsc::unbounded_channel();
         {
             let mut pending = self.pending.lock().unwrap();
+            // Checked under the lock a reset's revocation takes: a command
+            // either sees the new code time here or is swept by the reset.
+            if issuer.code_created_ms != self.code_created_ms() {
+                return Err(StartError::CodeReset);
+            }
             if pending.len() >= self.limits.max_in_flight {
                 return Err(StartError::Busy(self.limits.max_in_flight));
             }
-            pending.insert(id, Waiter { tx, bytes: 0, started: false, cut: false });
+            pending.insert(id, Waiter { tx, bytes: 0, started: false, cut: false, account: issuer.account });
         }
         if self.tx.send(RelayMessage::Exec(request)).is_err() {
             self.pending.lock().unwrap().remove(&id);
@@ -258,6 +288,21 @@ impl AgentConn {
         }
     }
 
+    /// Stops the commands of `account` (all commands when `None`): the daemon
+    /// is told to cancel each, and each caller hears why. How many were stopped.
+    pub fn revoke(&self, why: Revocation, account: Option<i64>) -> usize {
+        let mut pending = self.pending.lock().unwrap();
+        let ids: Vec<Uuid> =
+            pending.iter().filter(|(_, w)| account.is_none() || w.account == account).map(|(id, _)| *id).collect();
+        let waiters: Vec<Waiter> = ids.iter().filter_map(|id| pending.remove(id)).collect();
+        drop(pending);
+        for (id, waiter) in ids.iter().zip(waiters) {
+            self.send(RelayMessage::Cancel { id: *id });
+            let _ = waiter.tx.send(ExecEvent::Revoked(why));
+        }
+        ids.len()
+    }
+
     /// Ends every caller's wait: the link is gone. Their receivers see the end
     /// of the channel, which they report as the agent going offline.
     fn fail_all(&self) {
@@ -287,7 +332,9 @@ impl Exec {
             return Some(ExecEvent::Unanswered { timeout: self.timeout });
         };
         match event {
-            None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..)) => self.finished = true,
+            None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..) | ExecEvent::Revoked(_)) => {
+                self.finished = true;
+            }
             Some(ExecEvent::Started) => {
                 self.deadline = tokio::time::Instant::now() + self.timeout + self.conn.limits.grace;
             }
