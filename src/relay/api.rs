@@ -170,9 +170,21 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection
     })?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
-            "the body is not the JSON this endpoint takes ({e}); send {{\"code\":\"AIC-XXXX-XXXX-XXXX\",\"command\":\"…\"}}"
+            "the body is not the JSON this endpoint takes ({}); send {{\"code\":\"AIC-XXXX-XXXX-XXXX\",\"command\":\"…\"}}",
+            body_error(&e)
         ))
     })
+}
+
+/// What is wrong with a body and where, without quoting any of it back (a
+/// missing field is named: the name is ours, not the caller's).
+fn body_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.starts_with("missing field `") {
+        return text;
+    }
+    let kind = text.split(['"', '`']).next().unwrap_or_default().trim_end().trim_end_matches(':');
+    format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
 fn wants_event_stream(headers: &HeaderMap) -> bool {
