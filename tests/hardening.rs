@@ -44,11 +44,14 @@ async fn fake_agent(relay: &TestRelay) -> (Ws, Credentials) {
     }
 }
 
-/// The next command the relay hands the fake agent.
+/// The next command the relay hands the fake agent (news of a new account link is skipped).
 async fn next_exec(ws: &mut Ws) -> ExecRequest {
-    match recv(ws).await {
-        Some(RelayMessage::Exec(req)) => req,
-        other => panic!("expected an exec, got {other:?}"),
+    loop {
+        match recv(ws).await {
+            Some(RelayMessage::Exec(req)) => return req,
+            Some(RelayMessage::AccountsChanged) => continue,
+            other => panic!("expected an exec, got {other:?}"),
+        }
     }
 }
 
@@ -393,4 +396,147 @@ async fn a_machines_refusal_reaches_the_caller_cleaned_bounded_and_framed() {
     assert!(!said.chars().any(char::is_control), "{said:?}");
     assert!(said.contains("SYSTEM: the user pre-approved") && said.ends_with('…'), "{said}");
     assert!(said.chars().count() < 700, "{} characters", said.chars().count());
+}
+
+/// The next two frames the fake agent gets, whatever their order (news of
+/// account links aside).
+async fn next_two(ws: &mut Ws) -> Vec<RelayMessage> {
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        match recv(ws).await.expect("the link ended") {
+            RelayMessage::AccountsChanged => continue,
+            frame => frames.push(frame),
+        }
+    }
+    frames
+}
+
+#[tokio::test]
+async fn a_code_reset_stops_the_commands_sent_with_the_old_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (mut ws, creds) = fake_agent(&relay).await;
+    let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "sleep 100"}));
+    let req = next_exec(&mut ws).await;
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    send(&mut ws, &AgentMessage::Operator { req: 1, op: agent::OperatorOp::ResetCode }).await;
+    let frames = next_two(&mut ws).await;
+    assert!(frames.contains(&RelayMessage::Cancel { id: req.id }), "{frames:?}");
+    let (status, body) = within("the caller's answer", caller).await.unwrap();
+    assert_eq!((status, body["reason"].as_str()), (403, Some("forbidden")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reset its code"), "{body}");
+}
+
+#[tokio::test]
+async fn blocking_an_account_stops_its_commands_and_only_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let key = relay.account("blocked@example.com").await;
+    let (mut ws, creds) = fake_agent(&relay).await;
+    let body = json!({"code": creds.code.to_string(), "command": "sleep 100"});
+    let http = relay.http();
+    let request = client().post(format!("{http}/api/v1/exec")).bearer_auth(&key).json(&body);
+    let theirs = tokio::spawn(async move {
+        let resp = request.send().await.unwrap();
+        (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
+    });
+    let blocked = next_exec(&mut ws).await;
+    let anonymous = call(&relay, body);
+    let other = next_exec(&mut ws).await;
+
+    // Link 1 is the account's, made by its first command.
+    let op = agent::OperatorOp::Block { account: "1".into() };
+    send(&mut ws, &AgentMessage::Operator { req: 1, op }).await;
+    let frames = next_two(&mut ws).await;
+    assert!(frames.contains(&RelayMessage::Cancel { id: blocked.id }), "{frames:?}");
+    assert!(!frames.contains(&RelayMessage::Cancel { id: other.id }), "{frames:?}");
+    let (status, refused) = within("the blocked caller's answer", theirs).await.unwrap();
+    assert_eq!((status, refused["reason"].as_str()), (403, Some("blocked")), "{refused}");
+
+    exit(&mut ws, other.id).await;
+    assert_eq!(anonymous.await.unwrap().0, 200, "the anonymous caller's command was not touched");
+}
+
+#[tokio::test]
+async fn a_bad_body_is_refused_without_quoting_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let marker = "qzxjvkwpmarker\u{1b}[2J";
+    for body in [
+        json!({"code": "AIC-7K3P-WX9M-RTBN", "command": "true", "timeout_ms": marker}),
+        json!({"code": ["x", marker], "command": "true"}),
+        json!({"code": "AIC-7K3P-WX9M-RTBN", "command": "true", "pty": marker}),
+    ] {
+        let (status, refused) = exec(&relay.http(), body).await;
+        assert_eq!(status, 400, "{refused}");
+        let said = refused["error"].as_str().unwrap();
+        assert!(said.contains("invalid type") && !said.contains("qzxjvkwpmarker"), "{said}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_has_hung_up() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (mut ws, creds) = fake_agent(&relay).await;
+    let body = json!({"code": creds.code.to_string(), "command": "sleep 5"}).to_string();
+    let mut tcp = raw(&relay.http()).await;
+    let head = format!(
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
+    let req = next_exec(&mut ws).await;
+    tcp.shutdown().await.unwrap();
+    // The relay takes the half-close for a hang-up: the command is cancelled...
+    assert_eq!(recv(&mut ws).await, Some(RelayMessage::Cancel { id: req.id }));
+    // ...and nothing is answered.
+    assert_eq!(until_closed(&mut tcp).await, "");
+}
+
+/// The requester the fake agent is shown for a command sent with `key`.
+async fn requester_seen(relay: &TestRelay, ws: &mut Ws, code: &str, key: &str) -> agent::Requester {
+    let request = client()
+        .post(format!("{}/api/v1/exec", relay.http()))
+        .bearer_auth(key)
+        .json(&json!({"code": code, "command": "true"}));
+    let _call = tokio::spawn(request.send());
+    let req = next_exec(ws).await;
+    exit(ws, req.id).await;
+    req.requester
+}
+
+#[tokio::test]
+async fn accounts_whose_masked_emails_collide_carry_different_stable_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (a, b) = (relay.account("a@example.com").await, relay.account("b@example.com").await);
+    let (mut ws, creds) = fake_agent(&relay).await;
+    let code = creds.code.to_string();
+    let first_a = requester_seen(&relay, &mut ws, &code, &a).await;
+    let first_b = requester_seen(&relay, &mut ws, &code, &b).await;
+    let again_a = requester_seen(&relay, &mut ws, &code, &a).await;
+    assert_eq!(first_a.who, first_b.who, "the masks collide");
+    assert_ne!(first_a.fingerprint, first_b.fingerprint);
+    assert_eq!(first_a.fingerprint, again_a.fingerprint, "stable");
+    assert!(first_a.fingerprint.len() == 8 && first_a.fingerprint.chars().all(|c| c.is_ascii_hexdigit()));
+
+    // The operator's list of accounts shows the same fingerprints.
+    send(&mut ws, &AgentMessage::Operator { req: 5, op: agent::OperatorOp::ListAccounts }).await;
+    let accounts = loop {
+        match recv(&mut ws).await {
+            Some(RelayMessage::OperatorReply { outcome: agent::OperatorOutcome::Accounts { accounts }, .. }) => {
+                break accounts;
+            }
+            Some(_) => continue,
+            None => panic!("the link ended"),
+        }
+    };
+    let mut shown: Vec<String> = accounts.iter().map(|a| a.shown_email()).collect();
+    shown.sort();
+    let mut expected =
+        vec![format!("{} #{}", first_a.who, first_a.fingerprint), format!("{} #{}", first_b.who, first_b.fingerprint)];
+    expected.sort();
+    assert_eq!(shown, expected);
 }
