@@ -1,4 +1,7 @@
 //! `aic-relay`: the HTTP server AI clients call and daemons dial into.
+// The doc comments on the flags are clap's help text, read in a terminal, not
+// rustdoc: URLs and `<placeholders>` stay as they are.
+#![allow(rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
