@@ -540,3 +540,17 @@ async fn accounts_whose_masked_emails_collide_carry_different_stable_fingerprint
     expected.sort();
     assert_eq!(shown, expected);
 }
+
+#[tokio::test]
+async fn a_machine_that_drops_mid_command_gets_its_caller_a_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (mut ws, creds) = fake_agent(&relay).await;
+    let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "sleep 100"}));
+    let req = next_exec(&mut ws).await;
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    output(&mut ws, req.id, b"partial\n".to_vec()).await;
+    drop(ws);
+    let (status, body) = within("the caller's answer", caller).await.unwrap();
+    assert_eq!((status, body["reason"].as_str()), (503, Some("agent_offline")), "{body}");
+}
