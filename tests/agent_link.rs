@@ -84,7 +84,7 @@ async fn a_wrong_token_is_refused_and_the_right_one_accepted() {
 
     let mut ws = dial(&relay).await;
     send(&mut ws, &hello(Some(Credentials { code: creds.code, token: "0".repeat(64) }))).await;
-    assert!(matches!(recv(&mut ws).await, Some(RelayMessage::HelloRefused { reason: HelloRefusal::BadToken, .. })));
+    assert!(matches!(recv(&mut ws).await, Some(RelayMessage::HelloRefused { reason: HelloRefusal::UnknownCode, .. })));
 
     let mut ws = dial(&relay).await;
     let unknown = Credentials { code: aic::protocol::SessionCode::generate(), token: creds.token.clone() };
@@ -228,7 +228,7 @@ async fn a_daemon_that_dies_before_saving_its_new_token_still_gets_back_in() {
     for stale in [&first.token, &lost] {
         let reply = hello_with(&relay, &with(stale)).await;
         assert!(
-            matches!(reply, Some(RelayMessage::HelloRefused { reason: HelloRefusal::BadToken, .. })),
+            matches!(reply, Some(RelayMessage::HelloRefused { reason: HelloRefusal::UnknownCode, .. })),
             "a stale token was accepted: {reply:?}"
         );
     }
@@ -296,7 +296,7 @@ async fn once_the_new_token_is_saved_the_old_one_is_dead_at_once() {
 
     // Someone holding the old token (a backup, a cloned image) cannot take the machine over.
     let reply = hello_with(&relay, &first).await;
-    assert!(matches!(reply, Some(RelayMessage::HelloRefused { reason: HelloRefusal::BadToken, .. })), "{reply:?}");
+    assert!(matches!(reply, Some(RelayMessage::HelloRefused { reason: HelloRefusal::UnknownCode, .. })), "{reply:?}");
     // The live link was not disturbed.
     send(&mut ws, &AgentMessage::Ping { seq: 10 }).await;
     assert_eq!(recv(&mut ws).await, Some(RelayMessage::Pong { seq: 10 }));

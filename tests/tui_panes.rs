@@ -235,6 +235,7 @@ fn accounts() -> Vec<LinkedAccount> {
         state: state.into(),
         linked_at_ms: NOW - 86_400_000 * 3,
         last_used_ms: used,
+        fingerprint: String::new(),
     };
     vec![
         account("a1", "lu****@wear****.com", "web", "active", Some(NOW - 300_000)),

@@ -1,4 +1,7 @@
 //! `aic-relay`: the HTTP server AI clients call and daemons dial into.
+// The doc comments on the flags are clap's help text, read in a terminal, not
+// rustdoc: URLs and `<placeholders>` stay as they are.
+#![allow(rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +64,22 @@ struct Args {
     /// Without it, X-Forwarded-For is ignored.
     #[arg(long, env = "AIC_RELAY_TRUSTED_PROXY", value_delimiter = ',')]
     trusted_proxy: Vec<relay::limit::Cidr>,
+
+    /// Connections held open at once (503 past it, logged once); keep it below LimitNOFILE.
+    #[arg(long, env = "AIC_RELAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+
+    /// Connections held open at once from one client address (429 past it); trusted proxies are not counted.
+    #[arg(long, env = "AIC_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
+
+    /// Time a client has to send a request's headers, and to start its next request on a kept-alive connection.
+    #[arg(long, env = "AIC_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = aic::duration::parse)]
+    header_timeout: Duration,
+
+    /// New machines one client address may register a day (machines coming back are not counted); 0: no cap.
+    #[arg(long, env = "AIC_RELAY_REGISTRATIONS_PER_DAY", default_value_t = 50)]
+    registrations_per_day: u32,
 
     /// Print JSON instead of text (account and key commands).
     #[arg(long, global = true)]
@@ -226,6 +245,12 @@ async fn run() -> anyhow::Result<()> {
     config.public_url = args.public_url.clone();
     config.rate_limit = args.rate_limit;
     config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
+    config.registrations_per_day = args.registrations_per_day;
+    config.connections = relay::listen::ConnLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+        max_per_ip: args.max_connections_per_ip,
+    };
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;

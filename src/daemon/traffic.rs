@@ -109,7 +109,7 @@ mod tests {
             timeout_ms: 1000,
             max_output: 1,
             pty: false,
-            requester: Requester { who: "anonymous".into(), ip: "127.0.0.1".into() },
+            requester: Requester { who: "anonymous".into(), ip: "127.0.0.1".into(), fingerprint: String::new() },
         }
     }
 

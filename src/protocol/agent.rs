@@ -2,7 +2,7 @@
 //! per message, one enum per direction.
 //!
 //! The daemon speaks first with [`AgentMessage::Hello`]; the relay answers with
-//! [`RelayMessage::Registered`] or [`RelayMessage::Refused`]. After that the
+//! [`RelayMessage::Registered`] or [`RelayMessage::HelloRefused`]. After that the
 //! relay sends commands and the daemon streams their output back, keyed by the
 //! command's id.
 
@@ -77,6 +77,11 @@ pub struct Requester {
     pub who: String,
     /// The caller's IP address as the relay saw it.
     pub ip: String,
+    /// A short stable tag of the caller's account, derived by the relay, so
+    /// two accounts whose masked emails look alike can be told apart. Empty
+    /// for anonymous callers and from relays that predate it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
 }
 
 /// Messages from the daemon to the relay.
@@ -278,10 +283,15 @@ pub enum RelayMessage {
 pub enum HelloRefusal {
     /// The two ends speak different protocol versions.
     Version,
-    /// The relay does not know this code (its store was reset): register anew.
+    /// The relay does not accept this code with this token (its store was
+    /// reset, or the token is wrong or stale): register anew. A relay answers
+    /// this for an unknown code and a wrong token alike, so that the answer
+    /// does not tell which codes exist.
     UnknownCode,
-    /// The token does not match the code.
+    /// The token does not match the code (older relays; now [`Self::UnknownCode`]).
     BadToken,
+    /// This address made too many registrations today: try again tomorrow.
+    RateLimited,
 }
 
 impl RelayMessage {

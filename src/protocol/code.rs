@@ -22,7 +22,7 @@ pub struct SessionCode([u8; SYMBOLS]);
 pub enum CodeError {
     /// A symbol outside the alphabet; `I`, `L`, `O` and `U` get their own hint.
     #[error(
-        "'{0}' is not used in session codes (they never contain I, L, O or U); check the code, e.g. AIC-7K3P-WX9M-RTBN"
+        "{0:?} is not used in session codes (they never contain I, L, O or U); check the code, e.g. AIC-7K3P-WX9M-RTBN"
     )]
     BadSymbol(char),
     /// Too few or too many symbols.

@@ -355,6 +355,21 @@ pub struct LinkedAccount {
     pub linked_at_ms: u64,
     /// When the account last used this machine (Unix ms).
     pub last_used_ms: Option<u64>,
+    /// A short stable tag the relay derives from the account, shown beside
+    /// the masked email so two accounts that mask alike can be told apart.
+    /// Empty from relays that predate it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+}
+
+impl LinkedAccount {
+    /// The masked email with the account's fingerprint beside it, when the relay sent one.
+    pub fn shown_email(&self) -> String {
+        match self.fingerprint.as_str() {
+            "" => self.email.clone(),
+            tag => format!("{} #{tag}", self.email),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,10 +31,12 @@ impl Caller {
         Self { ip, account: None }
     }
 
-    /// How the operator is shown this caller: a masked email, never the full one.
-    pub fn requester(&self) -> Requester {
+    /// How the operator is shown this caller: a masked email, never the full
+    /// one, and the account's fingerprint to tell alike masks apart.
+    pub fn requester(&self, keys: &super::keys::Keys) -> Requester {
         let who = self.account.as_ref().map_or_else(|| "anonymous".into(), |a| mask::email(&a.email));
-        Requester { who, ip: self.ip.to_string() }
+        let fingerprint = self.account.as_ref().map_or_else(String::new, |a| keys.account_fingerprint(a.id));
+        Requester { who, ip: self.ip.to_string(), fingerprint }
     }
 }
 
@@ -141,8 +143,9 @@ fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         Reason::NotFound,
-        "No machine with this code, and none of your account's machines has this alias. Check the code \
-         (AIC-XXXX-XXXX-XXXX, from the machine's operator) or use one of your aliases.",
+        "No machine your account can look up has this code, and none of your account's machines has this alias. \
+         Check the code (AIC-XXXX-XXXX-XXXX, from the machine's operator) or use one of your aliases; a code past \
+         its first hour that your account has not used yet answers only once you run a command with it.",
     )
 }
 
@@ -152,35 +155,40 @@ async fn resolve_account(
     quoted: &str,
     purpose: Purpose,
 ) -> Result<Target, ApiError> {
-    let by_code = match quoted.parse::<SessionCode>() {
-        Ok(code) => {
+    let parsed = quoted.parse::<SessionCode>().ok();
+    let by_code = match parsed {
+        Some(code) => {
             let code_hash = state.keys.code_hash(&code);
             state.store.agent_by_code(&code_hash).await.map_err(internal)?.map(|record| (code, code_hash, record))
         }
-        Err(_) => None,
+        None => None,
     };
     let (label, code_hash, link) = match by_code {
         Some((code, code_hash, record)) => {
-            let link = match accounts::link_of(&state.store, record.id, account.id).await.map_err(internal)? {
-                Some(link) => link,
-                // Looking a machine up is not using it: the anonymous rules answer.
-                None if purpose == Purpose::Look => return resolve_anonymous(state, quoted).await,
-                None => {
-                    first_link(state, account, &code_hash, record.id, record.code_created_ms, &record.agent_info)
-                        .await?
+            match accounts::link_of(&state.store, record.id, account.id).await.map_err(internal)? {
+                Some(link) => (code.canonical(), code_hash, link),
+                // Looking a machine up is not using it: the anonymous rules answer...
+                None if purpose == Purpose::Look && fresh(state, record.code_created_ms) => {
+                    return resolve_anonymous(state, quoted).await;
                 }
-            };
-            (code.canonical(), code_hash, link)
+                // ...and past the first hour the code reads as unknown, with
+                // the same answer and the same lookups as an unknown code.
+                None if purpose == Purpose::Look => by_alias(state, account, quoted).await?,
+                None => {
+                    let link =
+                        first_link(state, account, &code_hash, record.id, record.code_created_ms, &record.agent_info)
+                            .await?;
+                    (code.canonical(), code_hash, link)
+                }
+            }
         }
-        // Not a known code: one of the account's aliases (which may look like a code)?
         None => {
-            let link = accounts::link_by_alias(&state.store, account.id, quoted.trim())
-                .await
-                .map_err(internal)?
-                .ok_or_else(not_found)?;
-            let (hash, _) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
-            let hash: Digest = hash.try_into().map_err(|_| ApiError::internal())?;
-            (link.alias.clone(), hash, link)
+            if parsed.is_some() {
+                // The link lookup a known code costs (no agent has id 0), so
+                // that unknown codes take as long as unlinked known ones.
+                accounts::link_of(&state.store, 0, account.id).await.map_err(internal)?;
+            }
+            by_alias(state, account, quoted).await?
         }
     };
     match link.state {
@@ -196,6 +204,17 @@ async fn resolve_account(
     }
     state.usage.note(&account.key_id, link.id, super::now_ms());
     target(state, label, &code_hash, &link).await
+}
+
+/// One of the account's aliases (which may look like a code): its label, code hash and link.
+async fn by_alias(state: &AppState, account: &Account, quoted: &str) -> Result<(String, Digest, Link), ApiError> {
+    let link = accounts::link_by_alias(&state.store, account.id, quoted.trim())
+        .await
+        .map_err(internal)?
+        .ok_or_else(not_found)?;
+    let (hash, _) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
+    let hash: Digest = hash.try_into().map_err(|_| ApiError::internal())?;
+    Ok((link.alias.clone(), hash, link))
 }
 
 async fn target(state: &AppState, label: String, code_hash: &Digest, link: &Link) -> Result<Target, ApiError> {

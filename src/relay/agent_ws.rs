@@ -1,6 +1,6 @@
 //! `GET /agent/ws`: where daemons dial in, say hello, and take commands.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -20,14 +20,23 @@ use crate::protocol::agent::{
 /// How long a fresh connection has to say hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What an unknown code is compared against: no token hashes to all zeros.
+const NO_TOKEN: keys::Digest = [0; 32];
+
+/// The one refusal for an unknown code and for a known code with a wrong token.
+const NOT_ACCEPTED: &str = "this relay does not accept this code with this token: the relay's store was reset, the \
+code was replaced, or this machine's state file was copied or damaged; register anew";
+
 /// Upgrades the request and hands the socket to [`run`].
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let client = state.config.proxies.client_ip(peer.ip(), &headers);
     ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| async move {
-        if let Err(e) = run(state, socket).await {
+        if let Err(e) = run(state, socket, client).await {
             tracing::info!(%peer, "agent link ended: {e:#}");
         }
     })
@@ -41,7 +50,7 @@ struct Accepted {
     reply: RelayMessage,
 }
 
-async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
+async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::Result<()> {
     let first = match timeout(HELLO_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(_) => anyhow::bail!("closed before saying hello"),
@@ -51,7 +60,7 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
         Ok(hello) => hello,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
-    let accepted = match accept(&state, &info, credentials).await? {
+    let accepted = match accept(&state, &info, credentials, client).await? {
         Ok(accepted) => accepted,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
@@ -59,7 +68,7 @@ async fn run(state: AppState, mut socket: WebSocket) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let conn =
-        state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.max_output, tx);
+        state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.link_limits(), tx);
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
     tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
 
@@ -152,28 +161,38 @@ async fn accept(
     state: &AppState,
     info: &AgentInfo,
     credentials: Option<Credentials>,
+    client: IpAddr,
 ) -> anyhow::Result<Result<Accepted, Refused>> {
     let now = super::now_ms();
     let Some(Credentials { code, token }) = credentials else {
+        if !state.registrations.take(client, now) {
+            let max = state.registrations.max();
+            return Ok(Err((
+                HelloRefusal::RateLimited,
+                format!(
+                    "this address registered {max} new machines today, the most this relay allows; try again tomorrow"
+                ),
+            )));
+        }
         return register(state, info, now).await.map(Ok);
     };
     let code_hash = state.keys.code_hash(&code);
-    let Some(record) = state.store.agent_by_code(&code_hash).await? else {
-        return Ok(Err((
-            HelloRefusal::UnknownCode,
-            "this relay does not know this code (its store was reset or the code was replaced); register anew".into(),
-        )));
+    let record = state.store.agent_by_code(&code_hash).await?;
+    // An unknown code is checked against a token nobody holds, so that it
+    // costs the same work as a known code with a wrong token; both get the
+    // same refusal, which tells a guesser nothing about which codes exist.
+    let (stored, stored_prev) = match &record {
+        Some(r) => (r.token_hash.as_slice(), r.prev_token_hash.as_deref()),
+        None => (&NO_TOKEN[..], Some(&NO_TOKEN[..])),
     };
     let presented = state.keys.token_hash(&token);
-    let current = keys::digest_eq(&presented, &record.token_hash);
-    let previous = record.prev_token_hash.as_deref().is_some_and(|prev| keys::digest_eq(&presented, prev));
-    if !(current || previous) {
-        return Ok(Err((
-            HelloRefusal::BadToken,
-            "the agent token does not match this code; if this machine's state file was copied or damaged, reset the code".into(),
-        )));
-    }
+    let current = keys::digest_eq(&presented, stored);
+    let previous = stored_prev.is_some_and(|prev| keys::digest_eq(&presented, prev));
+    let Some(record) = record.filter(|_| current || previous) else {
+        return Ok(Err((HelloRefusal::UnknownCode, NOT_ACCEPTED.into())));
+    };
     state.store.touch_agent(record.id, now, info).await?;
+    state.store.mark_returned(record.id, now).await?;
     // A new token on every connection, while nothing runs. The one just used
     // stays valid until the new one is used, so a daemon that dies before
     // saving the new token still gets back in; once it is used, any older

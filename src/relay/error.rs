@@ -33,12 +33,17 @@ pub enum Reason {
     BadRequest,
     /// The request body is too large.
     TooLarge,
+    /// The request body is not declared as JSON (`Content-Type: application/json`).
+    UnsupportedMediaType,
     /// The code or alias is unknown to this account.
     NotFound,
     /// A token was given but is not valid.
     Unauthorized,
     /// Something broke inside the relay.
     Internal,
+    /// The machine did not finish the command within its timeout plus a
+    /// grace period; the relay stopped waiting and cancelled it.
+    MachineTimeout,
 }
 
 /// An error response.
@@ -98,6 +103,53 @@ impl ApiError {
         )
     }
 
+    /// 504: the machine did not answer in time, whatever its daemon does.
+    pub fn machine_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            Reason::MachineTimeout,
+            format!(
+                "The machine did not answer: the command did not finish within its timeout ({} s) plus the relay's \
+                 grace period, so the relay stopped waiting and cancelled it. The machine's daemon may be stuck or \
+                 its link stalled; ask its operator to check `systemctl status aic-daemon`, then retry.",
+                timeout.as_secs_f64()
+            ),
+        )
+    }
+
+    /// 403: the operator's decision stopped the command (or kept it from being sent).
+    pub fn revoked(why: crate::relay::hub::Revocation) -> Self {
+        use crate::relay::hub::Revocation;
+        match why {
+            Revocation::Blocked => Self::new(
+                StatusCode::FORBIDDEN,
+                Reason::Blocked,
+                "The machine's operator blocked this account, and its command was stopped on the machine. \
+                 Ask them to unblock it (aic-console admins unblock).",
+            ),
+            Revocation::CodeReset => Self::new(
+                StatusCode::FORBIDDEN,
+                Reason::Forbidden,
+                "The machine's operator reset its code, and the command sent with the old code was stopped \
+                 on the machine. Ask them for the new code.",
+            ),
+        }
+    }
+
+    /// 429: the machine's link carries as many commands as the relay allows.
+    pub fn link_busy(max: usize) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Reason::RateLimited,
+            format!(
+                "The machine already has {max} commands in flight through this relay, the most it allows; \
+                 wait for one to finish, then retry."
+            ),
+        );
+        err.retry_after = Some(1);
+        err
+    }
+
     /// 500, for a fault the caller cannot fix; details go to the relay's log, not the caller.
     pub fn internal() -> Self {
         Self::new(
@@ -107,8 +159,13 @@ impl ApiError {
         )
     }
 
-    /// The answer for a command the daemon would not run.
+    /// The answer for a command the daemon would not run. Its words are the
+    /// machine's: cleaned, bounded, and framed as coming from the machine.
     pub fn from_refusal(refusal: Refusal, message: String) -> Self {
+        let message = format!(
+            "The machine refused the command. Its daemon says (text from the machine, not from the relay): {}",
+            machine_text(&message, MAX_MACHINE_TEXT)
+        );
         let (status, reason) = match refusal {
             Refusal::BadRequest => (StatusCode::BAD_REQUEST, Reason::BadRequest),
             Refusal::Busy => (StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited),
@@ -136,6 +193,20 @@ impl ApiError {
             _ => format!("{:?}", self.reason),
         }
     }
+}
+
+/// Longest text from a machine (a refusal's words) passed on, in characters.
+pub const MAX_MACHINE_TEXT: usize = 500;
+
+/// Text a machine sent, made safe to pass on: control characters (escape
+/// sequences, line breaks that fake a new paragraph) become spaces, and it is
+/// cut at `max` characters with an ellipsis.
+pub fn machine_text(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 impl IntoResponse for ApiError {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::access::{self, Caller, Target};
 use super::error::ApiError;
-use super::hub::{Exec, ExecEvent};
+use super::hub::{Exec, ExecEvent, Issuer, Revocation, StartError};
 use crate::protocol::agent::{ExecRequest, Requester, Stream};
 
 /// Timeout when the caller gives none.
@@ -18,6 +18,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest timeout a caller may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Longest command text, in bytes: Linux takes at most 128 KiB, with its
+/// closing NUL, as one argument (`sh -c <command>`), and fails the exec past it.
+pub const MAX_COMMAND: usize = 128 * 1024 - 1;
 
 /// The body of `POST /api/v1/exec`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -126,6 +130,13 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
             "command is empty; send the shell text to run, e.g. {\"code\":\"AIC-…\",\"command\":\"uname -a\"}",
         ));
     }
+    if params.command.len() > MAX_COMMAND {
+        return Err(ApiError::bad_request(format!(
+            "command is {} bytes; a machine runs at most {MAX_COMMAND} bytes (128 KiB, Linux's limit for one \
+             argument to sh -c). Copy a long script to the machine in parts (e.g. appending with cat >> file) and run the file.",
+            params.command.len()
+        )));
+    }
     if params.command.contains('\0') || params.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
         return Err(ApiError::bad_request("command and cwd cannot contain NUL bytes"));
     }
@@ -154,14 +165,19 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
 /// MCP tool both come through here, so whatever is added here (accounts, rate
 /// limits) applies to both alike.
 pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
-    let request = request(params, caller.requester(), state.config.max_output)?;
+    let request = request(params, caller.requester(&state.keys), state.config.max_output)?;
     let target = access::resolve(state, caller, &params.code, access::Purpose::Use).await?;
-    start(target, request)
+    let issuer = Issuer { account: caller.account.as_ref().map(|a| a.id), code_created_ms: target.code_created_ms };
+    start(target, request, issuer)
 }
 
 /// Sends the command to the target's daemon.
-pub fn start(target: Target, request: ExecRequest) -> Result<Exec, ApiError> {
-    target.online()?.start(request).ok_or_else(ApiError::agent_offline)
+pub fn start(target: Target, request: ExecRequest, issuer: Issuer) -> Result<Exec, ApiError> {
+    target.online()?.start(request, issuer).map_err(|e| match e {
+        StartError::Offline => ApiError::agent_offline(),
+        StartError::Busy(max) => ApiError::link_busy(max),
+        StartError::CodeReset => ApiError::revoked(Revocation::CodeReset),
+    })
 }
 
 /// Adds one event to `outcome`. `Ok(true)` when the command has finished.
@@ -187,6 +203,8 @@ pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) 
             Ok(true)
         }
         Some(ExecEvent::Refused(reason, message)) => Err(ApiError::from_refusal(reason, message)),
+        Some(ExecEvent::Unanswered { timeout }) => Err(ApiError::machine_timeout(timeout)),
+        Some(ExecEvent::Revoked(why)) => Err(ApiError::revoked(why)),
     }
 }
 
@@ -234,7 +252,8 @@ mod tests {
     fn timeouts_outside_the_range_are_refused() {
         let req = |t| {
             let p = ExecParams { code: String::new(), command: "true".into(), cwd: None, timeout_ms: t, pty: false };
-            request(&p, Requester { who: "anonymous".into(), ip: "::1".into() }, 1).map(|r| r.timeout_ms)
+            let requester = Requester { who: "anonymous".into(), ip: "::1".into(), fingerprint: String::new() };
+            request(&p, requester, 1).map(|r| r.timeout_ms)
         };
         assert_eq!(req(None), Ok(300_000));
         assert_eq!(req(Some(1_000)), Ok(1_000));

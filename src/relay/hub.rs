@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +39,8 @@ pub struct AgentConn {
     tx: mpsc::UnboundedSender<RelayMessage>,
     /// Callers waiting on their commands' events.
     pending: Mutex<HashMap<Uuid, Waiter>>,
-    /// Output bytes forwarded per command at most (plus one chunk): a daemon
-    /// that ignores the cap cannot make the relay hold more.
-    max_output: u64,
+    /// What this link may make the relay hold and how long its commands may take.
+    limits: LinkLimits,
     /// Cancelled when a newer connection of the same agent replaces this one.
     pub replaced: CancellationToken,
 }
@@ -52,6 +52,61 @@ struct Waiter {
     bytes: u64,
     /// Whether `Started` was forwarded (a second one is dropped).
     started: bool,
+    /// Output was dropped because the link's buffer budget ran out; the
+    /// command was cancelled and its result says truncated.
+    cut: bool,
+    /// The account that started it, if any: blocking it stops the command.
+    account: Option<i64>,
+}
+
+/// Who started a command, so the operator's later decisions reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issuer {
+    /// The caller's account; `None` for anonymous callers.
+    pub account: Option<i64>,
+    /// When the code the caller quoted was made (Unix ms): a command whose
+    /// code was reset after its access check is not sent.
+    pub code_created_ms: i64,
+}
+
+/// Why the relay stopped a command its daemon had not finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The operator blocked the account that started it.
+    Blocked,
+    /// The operator reset the code it was started with.
+    CodeReset,
+}
+
+/// What one agent link may cost the relay, whatever its daemon does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLimits {
+    /// Output bytes forwarded per command at most (plus one chunk): a daemon
+    /// that ignores the cap cannot make the relay hold more.
+    pub max_output: u64,
+    /// Commands in flight on the link at once; more are refused with 429.
+    pub max_in_flight: usize,
+    /// Output bytes held for all of the link's commands in flight together;
+    /// past it, output is dropped and the command that ran over is cancelled.
+    pub max_buffered: u64,
+    /// How long past its timeout a started command may go without an exit
+    /// before the relay answers for the machine (504) and cancels it.
+    pub grace: Duration,
+}
+
+/// Longest a command may wait for the daemon's `started` (the operator's
+/// approval, a busy machine) before the relay stops waiting for it.
+pub const START_ALLOWANCE: Duration = Duration::from_secs(3600);
+
+/// Why a command could not be handed to the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// The link is gone.
+    Offline,
+    /// The link already carries its maximum of commands.
+    Busy(usize),
+    /// The code was reset after the caller's access check.
+    CodeReset,
 }
 
 /// What a caller hears about its command.
@@ -74,6 +129,15 @@ pub enum ExecEvent {
     },
     /// It never ran.
     Refused(Refusal, String),
+    /// The machine did not finish it within its timeout plus the grace (or
+    /// did not start it within [`START_ALLOWANCE`]); the relay stopped
+    /// waiting and cancels it.
+    Unanswered {
+        /// The command's timeout.
+        timeout: Duration,
+    },
+    /// The operator's decision stopped it; the daemon was told to cancel it.
+    Revoked(Revocation),
 }
 
 impl Hub {
@@ -83,7 +147,7 @@ impl Hub {
         agent_id: i64,
         info: AgentInfo,
         code_created_ms: i64,
-        max_output: u64,
+        limits: LinkLimits,
         tx: mpsc::UnboundedSender<RelayMessage>,
     ) -> Arc<AgentConn> {
         Arc::new(AgentConn {
@@ -93,7 +157,7 @@ impl Hub {
             code_created_ms: AtomicI64::new(code_created_ms),
             tx,
             pending: Mutex::default(),
-            max_output,
+            limits,
             replaced: CancellationToken::new(),
         })
     }
@@ -128,6 +192,11 @@ impl Hub {
         agents.insert(new, Arc::clone(conn));
     }
 
+    /// The store ids of the agents connected right now.
+    pub fn online_agents(&self) -> Vec<i64> {
+        self.agents.lock().unwrap().values().map(|c| c.agent_id).collect()
+    }
+
     /// The live connection for a code, if its agent is online.
     pub fn get(&self, code_hash: &Digest) -> Option<Arc<AgentConn>> {
         self.agents.lock().unwrap().get(code_hash).cloned()
@@ -142,15 +211,28 @@ impl AgentConn {
 
     /// Sends a command to the daemon; events arrive on the returned handle.
     /// Dropping the handle before the command ends cancels it on the machine.
-    pub fn start(self: &Arc<Self>, request: ExecRequest) -> Option<Exec> {
+    pub fn start(self: &Arc<Self>, request: ExecRequest, issuer: Issuer) -> Result<Exec, StartError> {
         let id = request.id;
+        let timeout = Duration::from_millis(request.timeout_ms);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.pending.lock().unwrap().insert(id, Waiter { tx, bytes: 0, started: false });
+        {
+            let mut pending = self.pending.lock().unwrap();
+            // Checked under the lock a reset's revocation takes: a command
+            // either sees the new code time here or is swept by the reset.
+            if issuer.code_created_ms != self.code_created_ms() {
+                return Err(StartError::CodeReset);
+            }
+            if pending.len() >= self.limits.max_in_flight {
+                return Err(StartError::Busy(self.limits.max_in_flight));
+            }
+            pending.insert(id, Waiter { tx, bytes: 0, started: false, cut: false, account: issuer.account });
+        }
         if self.tx.send(RelayMessage::Exec(request)).is_err() {
             self.pending.lock().unwrap().remove(&id);
-            return None;
+            return Err(StartError::Offline);
         }
-        Some(Exec { id, rx, conn: Arc::clone(self), finished: false })
+        let deadline = tokio::time::Instant::now() + START_ALLOWANCE + timeout + self.limits.grace;
+        Ok(Exec { id, rx, conn: Arc::clone(self), finished: false, timeout, deadline })
     }
 
     /// Queues a frame for the daemon. False when the link is gone.
@@ -175,19 +257,50 @@ impl AgentConn {
             | AgentMessage::Operator { .. } => return,
         };
         let mut pending = self.pending.lock().unwrap();
+        let buffered: u64 = pending.values().map(|w| w.bytes).sum();
         let Some(waiter) = pending.get_mut(&id) else { return };
-        match &event {
+        let event = match event {
             ExecEvent::Started if waiter.started => return,
-            ExecEvent::Started => waiter.started = true,
-            ExecEvent::Output(..) if waiter.bytes >= self.max_output => return,
-            ExecEvent::Output(_, data) => waiter.bytes += data.len() as u64,
-            _ => {}
-        }
+            ExecEvent::Started => {
+                waiter.started = true;
+                ExecEvent::Started
+            }
+            ExecEvent::Output(..) if waiter.cut || waiter.bytes >= self.limits.max_output => return,
+            ExecEvent::Output(_, ref data) if buffered + data.len() as u64 > self.limits.max_buffered => {
+                waiter.cut = true;
+                drop(pending);
+                self.send(RelayMessage::Cancel { id });
+                return;
+            }
+            ExecEvent::Output(stream, data) => {
+                waiter.bytes += data.len() as u64;
+                ExecEvent::Output(stream, data)
+            }
+            ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out } => {
+                ExecEvent::Exit { exit_code, duration_ms, truncated: truncated || waiter.cut, timed_out }
+            }
+            other => other,
+        };
         let sender = if last { pending.remove(&id).map(|w| w.tx) } else { Some(waiter.tx.clone()) };
         drop(pending);
         if let Some(sender) = sender {
             let _ = sender.send(event);
         }
+    }
+
+    /// Stops the commands of `account` (all commands when `None`): the daemon
+    /// is told to cancel each, and each caller hears why. How many were stopped.
+    pub fn revoke(&self, why: Revocation, account: Option<i64>) -> usize {
+        let mut pending = self.pending.lock().unwrap();
+        let ids: Vec<Uuid> =
+            pending.iter().filter(|(_, w)| account.is_none() || w.account == account).map(|(id, _)| *id).collect();
+        let waiters: Vec<Waiter> = ids.iter().filter_map(|id| pending.remove(id)).collect();
+        drop(pending);
+        for (id, waiter) in ids.iter().zip(waiters) {
+            self.send(RelayMessage::Cancel { id: *id });
+            let _ = waiter.tx.send(ExecEvent::Revoked(why));
+        }
+        ids.len()
     }
 
     /// Ends every caller's wait: the link is gone. Their receivers see the end
@@ -203,14 +316,29 @@ pub struct Exec {
     rx: mpsc::UnboundedReceiver<ExecEvent>,
     conn: Arc<AgentConn>,
     finished: bool,
+    /// The command's timeout, as sent to the daemon.
+    timeout: Duration,
+    /// When the relay stops waiting: [`START_ALLOWANCE`] until the daemon
+    /// says it started, then the timeout plus the link's grace from then.
+    deadline: tokio::time::Instant,
 }
 
 impl Exec {
-    /// The next event; `None` when the agent's link went away mid-command.
+    /// The next event; `None` when the agent's link went away mid-command,
+    /// [`ExecEvent::Unanswered`] once the deadline passes (the command is
+    /// cancelled on the machine when this handle is dropped).
     pub async fn next(&mut self) -> Option<ExecEvent> {
-        let event = self.rx.recv().await;
-        if matches!(event, None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..))) {
-            self.finished = true;
+        let Ok(event) = tokio::time::timeout_at(self.deadline, self.rx.recv()).await else {
+            return Some(ExecEvent::Unanswered { timeout: self.timeout });
+        };
+        match event {
+            None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..) | ExecEvent::Revoked(_)) => {
+                self.finished = true;
+            }
+            Some(ExecEvent::Started) => {
+                self.deadline = tokio::time::Instant::now() + self.timeout + self.conn.limits.grace;
+            }
+            _ => {}
         }
         event
     }

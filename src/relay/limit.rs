@@ -60,7 +60,8 @@ impl Cidr {
 pub struct Proxies(pub Vec<Cidr>);
 
 impl Proxies {
-    fn trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of these proxies.
+    pub fn trusted(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|c| c.contains(ip))
     }
 
@@ -140,6 +141,46 @@ impl RateLimiter {
         let retry = |d: Duration| d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0);
         bucket.take(self.per_ip, now).map_err(retry)?;
         global.take(self.global, now).map_err(retry)
+    }
+}
+
+/// Counts one kind of event (agent registrations) per client per UTC day.
+#[derive(Debug)]
+pub struct DailyCap {
+    max: u32,
+    /// The day (days since the epoch) being counted, and the counts in it.
+    counts: Mutex<(i64, HashMap<IpAddr, u32>)>,
+}
+
+impl DailyCap {
+    /// At most `max` events a day per client (0: no cap).
+    pub fn new(max: u32) -> Self {
+        Self { max, counts: Mutex::default() }
+    }
+
+    /// The cap per client.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Counts one event from `ip` at `now_ms`; false when it is over the cap.
+    pub fn take(&self, ip: IpAddr, now_ms: i64) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        let day = now_ms.div_euclid(86_400_000);
+        let mut guard = self.counts.lock().unwrap();
+        let (counted_day, counts) = &mut *guard;
+        if *counted_day != day || counts.len() >= MAX_TRACKED {
+            *counted_day = day;
+            counts.clear();
+        }
+        let n = counts.entry(network(ip)).or_default();
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
     }
 }
 

@@ -42,7 +42,7 @@ use super::exec::{self, ExecParams, Outcome};
 use super::hub::Exec;
 use super::limit;
 use super::status::{self, StatusBody};
-use args::{RemoteExecArgs, SessionStatusArgs};
+pub use args::{RemoteExecArgs, SessionStatusArgs};
 use output::ToolResult;
 use sessions::Sessions;
 

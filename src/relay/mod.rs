@@ -14,6 +14,7 @@ pub mod exec;
 pub mod hub;
 pub mod keys;
 pub mod limit;
+pub mod listen;
 pub mod mask;
 pub mod mcp;
 mod operator;
@@ -21,7 +22,6 @@ pub mod origin;
 pub mod status;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,6 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +66,17 @@ pub struct Config {
     /// MCP sessions one client address (IPv4, or IPv6 /64) may hold open;
     /// past it, its new clients are served without a session.
     pub mcp_sessions_per_client: usize,
+    /// How long past its timeout a started command may run without an exit
+    /// before the relay answers 504 for the machine and cancels it.
+    pub exec_grace: Duration,
+    /// Commands in flight per agent link at once; more are refused with 429.
+    pub max_in_flight: usize,
+    /// Output bytes held per agent link for all its commands in flight.
+    pub max_link_buffer: u64,
+    /// Header-read and idle timeout, and connection caps, of the listener.
+    pub connections: listen::ConnLimits,
+    /// New agent registrations per client address per UTC day; 0: no cap.
+    pub registrations_per_day: u32,
 }
 
 impl Config {
@@ -84,6 +94,25 @@ impl Config {
             proxies: limit::Proxies::default(),
             mcp_output_max: 32 * 1024,
             mcp_sessions_per_client: 100,
+            exec_grace: Duration::from_secs(10),
+            max_in_flight: 64,
+            max_link_buffer: 32 * 1024 * 1024,
+            connections: listen::ConnLimits {
+                header_timeout: Duration::from_secs(30),
+                max_connections: 4096,
+                max_per_ip: 256,
+            },
+            registrations_per_day: 50,
+        }
+    }
+
+    /// What each agent link may cost, from these settings.
+    pub fn link_limits(&self) -> hub::LinkLimits {
+        hub::LinkLimits {
+            max_output: self.max_output,
+            max_in_flight: self.max_in_flight,
+            max_buffered: self.max_link_buffer,
+            grace: self.exec_grace,
         }
     }
 }
@@ -108,6 +137,8 @@ pub struct Inner {
     pub usage: accounts::Usage,
     /// Requests per client address.
     pub limiter: limit::RateLimiter,
+    /// Agent registrations per client address today.
+    pub registrations: limit::DailyCap,
 }
 
 impl std::ops::Deref for AppState {
@@ -123,8 +154,10 @@ impl AppState {
     pub async fn open(config: Config, secret: Option<Keys>, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let (store, keys) = open_store(&config.data_dir, secret).await?;
         let limiter = limit::RateLimiter::new(config.rate_limit);
+        let registrations = limit::DailyCap::new(config.registrations_per_day);
         let usage = accounts::Usage::default();
-        Ok(Self(Arc::new(Inner { config, keys, store, hub: Hub::default(), shutdown, usage, limiter })))
+        let hub = Hub::default();
+        Ok(Self(Arc::new(Inner { config, keys, store, hub, shutdown, usage, limiter, registrations })))
     }
 }
 
@@ -151,8 +184,8 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     // Everything that touches a code (or registers one) counts against the
     // caller's budget: status and MCP too, or they are a code-guessing oracle.
     let limited = Router::new()
-        .route("/api/v1/exec", post(api::exec))
-        .route("/api/v1/status/{code}", get(api::status))
+        .route("/api/v1/exec", post(api::exec).options(api::preflight))
+        .route("/api/v1/status/{code}", get(api::status).options(api::preflight))
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
@@ -176,22 +209,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
             format!("http://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
         }
     };
-    let listener = listener.tap_io(|tcp| {
-        // Requests and responses are small and written in pieces: without
-        // this, Nagle plus delayed ACKs adds ~40 ms to a round trip.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    let app = router(state.clone(), public).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone(), public);
     let flusher = tokio::spawn(flush_usage(state.clone()));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("serving HTTP");
+    let config = &state.config;
+    listen::serve(listener, app, config.connections, config.proxies.clone(), shutdown).await;
     let _ = flusher.await;
     state.store.close().await;
-    served
+    Ok(())
 }
 
 /// How often last-used times are written.
@@ -201,24 +225,22 @@ const USAGE_FLUSH: Duration = Duration::from_secs(30);
 /// code stops working, and the daemon registers anew if it ever returns.
 const STALE_AGENT: Duration = Duration::from_secs(90 * 86_400);
 
+/// An agent that registered and never came back with its code, unseen this
+/// long and linked to no account, is forgotten (registrations cost nothing
+/// to make, so they must not pile up for 90 days).
+const UNRETURNED_AGENT: Duration = Duration::from_secs(6 * 3600);
+
 /// How often stale agents are looked for.
-const STALE_SWEEP: Duration = Duration::from_secs(86_400);
+const STALE_SWEEP: Duration = Duration::from_secs(3600);
 
 /// Writes last-used times every [`USAGE_FLUSH`] and once more at shutdown;
-/// forgets stale agents at start and daily.
+/// forgets stale agents at start and hourly.
 async fn flush_usage(state: AppState) {
     let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         if last_sweep.is_none_or(|at| at.elapsed() >= STALE_SWEEP) {
             last_sweep = Some(std::time::Instant::now());
-            match state.store.forget_stale_agents(now_ms() - STALE_AGENT.as_millis() as i64).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    "forgot {n} agents unseen for {} days and linked to no account",
-                    STALE_AGENT.as_secs() / 86_400
-                ),
-                Err(e) => tracing::warn!("forgetting stale agents: {e:#}"),
-            }
+            forget_stale(&state).await;
         }
         let stop = tokio::select! {
             _ = tokio::time::sleep(USAGE_FLUSH) => false,
@@ -233,16 +255,57 @@ async fn flush_usage(state: AppState) {
     }
 }
 
+/// Forgets agents unseen for [`STALE_AGENT`], and registrations that never
+/// came back within [`UNRETURNED_AGENT`]; agents online now count as seen.
+async fn forget_stale(state: &AppState) {
+    let now = now_ms();
+    if let Err(e) = state.store.mark_seen(&state.hub.online_agents(), now).await {
+        tracing::warn!("recording which agents are online: {e:#}");
+        return;
+    }
+    match state.store.forget_stale_agents(now - STALE_AGENT.as_millis() as i64).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "forgot {n} agents unseen for {} days and linked to no account",
+            STALE_AGENT.as_secs() / 86_400
+        ),
+        Err(e) => tracing::warn!("forgetting stale agents: {e:#}"),
+    }
+    match state.store.forget_unreturned_agents(now - UNRETURNED_AGENT.as_millis() as i64).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "forgot {n} agents that registered, never came back and were unseen for {} hours",
+            UNRETURNED_AGENT.as_secs() / 3600
+        ),
+        Err(e) => tracing::warn!("forgetting registrations that never came back: {e:#}"),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Creates the data dir 0700; one that other users can enter or read (an
+/// existing dir, made with a looser mode) is made 0700, with a warning.
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating the data dir {}", dir.display()))
+        .with_context(|| format!("creating the data dir {}", dir.display()))?;
+    let mode =
+        std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+            format!(
+                "the data dir {} is open to other users (mode {mode:03o}) and could not be made private: \
+                 chmod 700 it, or pick another with --data-dir",
+                dir.display()
+            )
+        })?;
+        tracing::warn!("the data dir {} was open to other users (mode {mode:03o}); made it 0700", dir.display());
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::AppState;
 use super::accounts::{self, LinkState};
-use super::hub::AgentConn;
+use super::hub::{AgentConn, Revocation};
 use super::keys::Digest;
 use super::mask;
 use crate::protocol::SessionCode;
@@ -22,7 +22,7 @@ pub async fn handle(
     let result = match op {
         OperatorOp::ResetCode => reset_code(state, conn, code_hash).await,
         OperatorOp::ListAccounts => list(state, conn.agent_id).await,
-        OperatorOp::Block { account } => change(state, conn.agent_id, &account, &[Active, Pending], Blocked).await,
+        OperatorOp::Block { account } => block(state, conn, &account).await,
         OperatorOp::Unblock { account } => change(state, conn.agent_id, &account, &[Blocked], Active).await,
         OperatorOp::Approve { account } => change(state, conn.agent_id, &account, &[Pending], Active).await,
     };
@@ -44,6 +44,7 @@ async fn list(state: &AppState, agent_id: i64) -> anyhow::Result<OperatorOutcome
             state: link.state.as_str().into(),
             linked_at_ms: link.linked_at as u64,
             last_used_ms: link.last_used_at.map(|t| t as u64),
+            fingerprint: state.keys.account_fingerprint(link.account_id),
         })
         .collect();
     Ok(OperatorOutcome::Accounts { accounts })
@@ -76,6 +77,20 @@ async fn change(
     })
 }
 
+/// Blocks one of this machine's links and stops that account's commands on it.
+async fn block(state: &AppState, conn: &AgentConn, account: &str) -> anyhow::Result<OperatorOutcome> {
+    use LinkState::{Active, Blocked, Pending};
+    let outcome = change(state, conn.agent_id, account, &[Active, Pending], Blocked).await?;
+    if outcome == OperatorOutcome::Done {
+        let links = accounts::links_of_agent(&state.store, conn.agent_id).await?;
+        if let Some((link, _)) = links.into_iter().find(|(l, _)| l.id.to_string() == account) {
+            let stopped = conn.revoke(Revocation::Blocked, Some(link.account_id));
+            tracing::info!(agent = conn.agent_id, link = link.id, "stopped {stopped} commands of a blocked account");
+        }
+    }
+    Ok(outcome)
+}
+
 /// A fresh code no agent holds, with its hash.
 pub async fn unused_code(state: &AppState) -> anyhow::Result<(SessionCode, Digest)> {
     // 60 bits make a collision rare; a few tries make it harmless.
@@ -99,6 +114,10 @@ async fn reset_code(
     state.store.reset_code(conn.agent_id, &new_hash, now).await?;
     state.hub.rekey(code_hash, new_hash, conn, now);
     *code_hash = new_hash;
-    tracing::info!(agent = conn.agent_id, "code reset by the operator");
+    let stopped = conn.revoke(Revocation::CodeReset, None);
+    tracing::info!(
+        agent = conn.agent_id,
+        "code reset by the operator; stopped {stopped} commands sent with the old code"
+    );
     Ok(OperatorOutcome::CodeReset { code, code_created_ms: now as u64 })
 }

@@ -66,6 +66,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
             UNIQUE (account_id, alias)
         )",
     ),
+    // When an agent first came back with its code and token; NULL for one
+    // that only ever registered, which is forgotten after a few hours.
+    (5, "ALTER TABLE agents ADD COLUMN returned_ms BIGINT"),
 ];
 
 /// A handle on the store; cheap to clone.
@@ -99,10 +102,36 @@ fn agent_record(r: &sqlx::sqlite::SqliteRow) -> AgentRecord {
     }
 }
 
+/// Creates the database file 0600 before SQLite does (SQLite would use the
+/// umask, often 0644, and gives its WAL and shared-memory files the database
+/// file's mode), and narrows the mode of files left from before.
+fn make_private(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| format!("creating the relay database {}", db.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(meta) = std::fs::metadata(&file) else { continue };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("{} is readable by other users and could not be made 0600", file.display()))?;
+            tracing::warn!("{} was readable by other users (mode {mode:03o}); made it 0600", file.display());
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database in `dir` and brings its schema up to date.
     pub async fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(DB_FILE);
+        make_private(&path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
             .create_if_missing(true)
@@ -219,6 +248,44 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Notes that an agent came back with its code and token: it is a
+    /// machine, not a registration left behind.
+    pub async fn mark_returned(&self, id: i64, now_ms: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE agents SET returned_ms = $1 WHERE id = $2 AND returned_ms IS NULL")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Notes that the agents `ids` (connected right now) are seen at `now_ms`.
+    pub async fn mark_seen(&self, ids: &[i64], now_ms: i64) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE agents SET last_seen_ms = $1 WHERE id = $2")
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets agents that registered, never came back with their code,
+    /// were last seen before `before_ms` and are linked to no account.
+    pub async fn forget_unreturned_agents(&self, before_ms: i64) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM agents WHERE returned_ms IS NULL AND last_seen_ms < $1 \
+             AND NOT EXISTS (SELECT 1 FROM links l WHERE l.agent_id = agents.id)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The daemon has saved its new token: the one before it stops working.
     pub async fn forget_previous_token(&self, id: i64) -> anyhow::Result<()> {
         sqlx::query("UPDATE agents SET prev_token_hash = NULL WHERE id = $1").bind(id).execute(&self.pool).await?;
@@ -271,5 +338,23 @@ mod tests {
         assert!(store.agent_by_id(old).await.unwrap().is_none());
         assert!(store.agent_by_id(linked).await.unwrap().is_some());
         assert!(store.agent_by_id(recent).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn registrations_that_never_came_back_are_forgotten_after_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let info = AgentInfo::default();
+        let left = store.insert_agent(&[1; 32], &[0; 32], 1_000, &info).await.unwrap();
+        let returned = store.insert_agent(&[2; 32], &[0; 32], 1_000, &info).await.unwrap();
+        let online = store.insert_agent(&[3; 32], &[0; 32], 1_000, &info).await.unwrap();
+        let recent = store.insert_agent(&[4; 32], &[0; 32], 9_000, &info).await.unwrap();
+        store.mark_returned(returned, 2_000).await.unwrap();
+        store.mark_seen(&[online], 9_500).await.unwrap();
+        assert_eq!(store.forget_unreturned_agents(5_000).await.unwrap(), 1);
+        assert!(store.agent_by_id(left).await.unwrap().is_none());
+        for kept in [returned, online, recent] {
+            assert!(store.agent_by_id(kept).await.unwrap().is_some(), "agent {kept}");
+        }
     }
 }

@@ -390,7 +390,8 @@ impl App {
             },
             (Op::CodeReset, Err(e)) => self.reset_failed(e),
             (Op::AdminBlock { account } | Op::AdminUnblock { account } | Op::AdminApprove { account }, Ok(value)) => {
-                let who = self.account_list().iter().find(|a| a.id == account).map(|a| sanitize::line(&a.email));
+                let who =
+                    self.account_list().iter().find(|a| a.id == account).map(|a| sanitize::line(&a.shown_email()));
                 let state = value["state"].as_str().map(sanitize::line).unwrap_or_else(|| "changed".into());
                 self.notify(format!("{} is now {state}.", who.unwrap_or_else(|| sanitize::line(&account))), false);
             }

@@ -208,7 +208,7 @@ async fn account_op(
     } else {
         format!(
             "{} ({}) is now {}.",
-            sanitize::line(&account.email),
+            sanitize::line(&account.shown_email()),
             sanitize::line(&account.alias),
             value["state"].as_str().unwrap_or("changed")
         )
@@ -282,7 +282,7 @@ pub fn accounts_text(accounts: &[LinkedAccount]) -> String {
         text.push_str(&format!(
             "{:>3}. {}  alias {}  {}\n",
             i + 1,
-            sanitize::line(&a.email),
+            sanitize::line(&a.shown_email()),
             sanitize::line(&a.alias),
             a.state
         ));
@@ -390,6 +390,7 @@ mod tests {
             state: state.into(),
             linked_at_ms: 0,
             last_used_ms: None,
+            fingerprint: String::new(),
         };
         let text = accounts_text(&[acct("b", "blocked"), acct("a", "active"), acct("p", "pending")]);
         assert_eq!(

@@ -1,0 +1,195 @@
+//! The accept loop, with the limits the HTTP framework leaves to us: how long
+//! a client may take to send its headers or sit idle between requests, how
+//! many connections the relay holds at once, and how many one address holds.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::limit::Proxies;
+
+/// How long to wait before accepting again after `accept` failed (out of
+/// file descriptors, say), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What one client, and all of them together, may hold open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Time to send a request's headers, and to start the next request on a
+    /// kept-alive connection; past it the connection is closed.
+    pub header_timeout: Duration,
+    /// Connections held at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections held at once from one address (a trusted proxy is not
+    /// counted); more are answered 429 and closed.
+    pub max_per_ip: usize,
+}
+
+/// Counts connections, overall and per address.
+struct Gate {
+    limits: ConnLimits,
+    proxies: Proxies,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Whether the "limit reached" line was logged since the relay was last below it.
+    full_logged: bool,
+}
+
+/// One admitted connection; dropping it frees its place.
+struct Slot {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+}
+
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TurnedAway {
+    Full,
+    PerIp,
+}
+
+impl Gate {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, TurnedAway> {
+        let mut counts = self.counts.lock().unwrap();
+        if counts.total >= self.limits.max_connections {
+            if !counts.full_logged {
+                counts.full_logged = true;
+                tracing::warn!(
+                    "connection limit reached: {} connections are open, the most allowed; new ones are refused \
+                     until some close (raise it with --max-connections, and LimitNOFILE with it)",
+                    self.limits.max_connections
+                );
+            }
+            return Err(TurnedAway::Full);
+        }
+        let counted = !self.proxies.trusted(ip);
+        if counted && counts.per_ip.get(&ip).copied().unwrap_or(0) >= self.limits.max_per_ip {
+            return Err(TurnedAway::PerIp);
+        }
+        counts.total += 1;
+        if counted {
+            *counts.per_ip.entry(ip).or_default() += 1;
+        }
+        Ok(Slot { gate: Arc::clone(self), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.gate.counts.lock().unwrap();
+        counts.total -= 1;
+        if counts.total < self.gate.limits.max_connections {
+            counts.full_logged = false;
+        }
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` and serves `app` on each until
+/// `shutdown`; then lets requests in progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    proxies: Proxies,
+    shutdown: CancellationToken,
+) {
+    let gate = Arc::new(Gate { limits, proxies, counts: Mutex::default() });
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        match gate.admit(peer.ip()) {
+            Ok(slot) => {
+                tasks.spawn(connection(tcp, peer, slot, app.clone(), shutdown.clone()));
+            }
+            Err(why) => turn_away(tcp, why),
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// Serves one connection, with upgrades (the agent WebSocket).
+async fn connection(tcp: TcpStream, peer: SocketAddr, slot: Slot, app: Router, shutdown: CancellationToken) {
+    // Requests and responses are small and written in pieces: without this,
+    // Nagle plus delayed ACKs adds ~40 ms to a round trip.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!("TCP_NODELAY: {e}");
+    }
+    let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(slot.gate.limits.header_timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+    drop(slot);
+}
+
+/// Answers a connection over a limit with one short response and closes it.
+/// The write is not waited for: a client that does not read gets nothing.
+fn turn_away(tcp: TcpStream, why: TurnedAway) {
+    let (status, reason, message) = match why {
+        TurnedAway::Full => (
+            "503 Service Unavailable",
+            "rate_limited",
+            "The relay holds as many connections as it allows; retry in a few seconds.",
+        ),
+        TurnedAway::PerIp => (
+            "429 Too Many Requests",
+            "rate_limited",
+            "Too many connections from your address; close some (reuse one connection), then retry.",
+        ),
+    };
+    let body = serde_json::json!({"ok": false, "error": message, "reason": reason}).to_string();
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.try_write(response.as_bytes());
+}
