@@ -169,8 +169,8 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     // Everything that touches a code (or registers one) counts against the
     // caller's budget: status and MCP too, or they are a code-guessing oracle.
     let limited = Router::new()
-        .route("/api/v1/exec", post(api::exec))
-        .route("/api/v1/status/{code}", get(api::status))
+        .route("/api/v1/exec", post(api::exec).options(api::preflight))
+        .route("/api/v1/status/{code}", get(api::status).options(api::preflight))
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
@@ -247,11 +247,26 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Creates the data dir 0700; one that other users can enter or read (an
+/// existing dir, made with a looser mode) is made 0700, with a warning.
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating the data dir {}", dir.display()))
+        .with_context(|| format!("creating the data dir {}", dir.display()))?;
+    let mode =
+        std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+            format!(
+                "the data dir {} is open to other users (mode {mode:03o}) and could not be made private: \
+                 chmod 700 it, or pick another with --data-dir",
+                dir.display()
+            )
+        })?;
+        tracing::warn!("the data dir {} was open to other users (mode {mode:03o}); made it 0700", dir.display());
+    }
+    Ok(())
 }

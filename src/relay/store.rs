@@ -99,10 +99,36 @@ fn agent_record(r: &sqlx::sqlite::SqliteRow) -> AgentRecord {
     }
 }
 
+/// Creates the database file 0600 before SQLite does (SQLite would use the
+/// umask, often 0644, and gives its WAL and shared-memory files the database
+/// file's mode), and narrows the mode of files left from before.
+fn make_private(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| format!("creating the relay database {}", db.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(meta) = std::fs::metadata(&file) else { continue };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("{} is readable by other users and could not be made 0600", file.display()))?;
+            tracing::warn!("{} was readable by other users (mode {mode:03o}); made it 0600", file.display());
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database in `dir` and brings its schema up to date.
     pub async fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(DB_FILE);
+        make_private(&path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
             .create_if_missing(true)
