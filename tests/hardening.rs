@@ -277,3 +277,63 @@ async fn an_account_looking_up_an_expired_code_learns_no_more_than_for_an_unknow
     assert_eq!(expired.0, 404, "{:?}", expired.1);
     assert_eq!(expired, unknown, "one answer for both");
 }
+
+#[tokio::test]
+async fn a_cross_site_simple_post_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (mut ws, creds) = fake_agent(&relay).await;
+    let body = json!({"code": creds.code.to_string(), "command": "touch /tmp/pwned"}).to_string();
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let resp = client()
+            .post(format!("{}/api/v1/exec", relay.http()))
+            .header("origin", "https://evil.example")
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 415, "{content_type}");
+        let refused: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(refused["reason"], "unsupported_media_type");
+        assert!(refused["error"].as_str().unwrap().contains("Content-Type: application/json"), "{refused}");
+    }
+    // Nothing reached the machine: the next frame it sees is the answer to this ping.
+    send(&mut ws, &AgentMessage::Ping { seq: 1 }).await;
+    assert_eq!(recv(&mut ws).await, Some(RelayMessage::Pong { seq: 1 }));
+}
+
+#[tokio::test]
+async fn a_cors_preflight_is_answered_without_allowing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let resp = client()
+        .request(reqwest::Method::OPTIONS, format!("{}/api/v1/exec", relay.http()))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type, authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let granted: Vec<_> = resp.headers().keys().filter(|k| k.as_str().starts_with("access-control-")).collect();
+    assert!(granted.is_empty(), "a preflight grants nothing: {granted:?}");
+}
+
+#[tokio::test]
+async fn the_database_and_a_loose_data_dir_are_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let relay = TestRelay::start(&data).await;
+    let (_ws, _) = fake_agent(&relay).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data dir");
+    let files = files_under(&data);
+    assert!(files.iter().any(|(p, _)| p.ends_with("relay.db")), "{files:?}");
+    for (path, _) in files {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}

@@ -42,6 +42,7 @@ refusal that came after the stream opened). A caller that disconnects has its co
         (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour (one identical answer for both); `approval_required`: the account's link waits for the operator; `blocked`: the operator blocked the account; `denied`, `approval_timeout`, `forbidden`: the machine's operator or mode refused the command", body = ErrorBody),
         (status = 404, description = "`not_found`: with an account, no machine has this code and none of the account's has this alias; or no such route", body = ErrorBody),
         (status = 413, description = "`too_large`: the request body is over the relay's limit (256 KiB by default)", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the request did not say `Content-Type: application/json`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this address, or the machine already runs its maximum of commands (the daemon's, or the relay's per-machine cap)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
@@ -55,6 +56,7 @@ pub async fn exec(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    require_json(&headers)?;
     let params: ExecParams = parse_json(body)?;
     let caller = access::authenticate(&state, &headers, peer).await?;
     let running = exec::begin(&state, &caller, &params).await?;
@@ -128,6 +130,30 @@ pub async fn not_found() -> ApiError {
         "No such route. The API is POST /api/v1/exec, GET /api/v1/status/{code} and GET /api/health \
          (described at GET /openapi.json); MCP clients use /mcp, and GET /skill/SKILL.md explains both to a model.",
     )
+}
+
+/// Refuses a body not declared as JSON. A web page on another origin can
+/// send a "simple" cross-site POST only as form data or text/plain; asking
+/// for `application/json` makes the browser ask first (a preflight), which
+/// the relay does not allow.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = declared.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        super::error::Reason::UnsupportedMediaType,
+        "Send the body as JSON with the header 'Content-Type: application/json' (curl: -H 'content-type: application/json').",
+    ))
+}
+
+/// `OPTIONS` on the API: a CORS preflight, answered deliberately with no
+/// `Access-Control-Allow-*` headers, so browsers refuse cross-origin calls
+/// (the API is for programs and AI clients, not for other sites' pages).
+pub async fn preflight() -> Response {
+    (StatusCode::NO_CONTENT, [(header::ALLOW, "GET, POST, OPTIONS"), (header::VARY, "Origin")]).into_response()
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {

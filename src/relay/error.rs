@@ -33,6 +33,8 @@ pub enum Reason {
     BadRequest,
     /// The request body is too large.
     TooLarge,
+    /// The request body is not declared as JSON (`Content-Type: application/json`).
+    UnsupportedMediaType,
     /// The code or alias is unknown to this account.
     NotFound,
     /// A token was given but is not valid.
