@@ -21,6 +21,7 @@ mod operator;
 pub mod origin;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +70,9 @@ pub struct Config {
     pub max_link_buffer: u64,
     /// Header-read and idle timeout, and connection caps, of the listener.
     pub connections: listen::ConnLimits,
+    /// The certificate to serve HTTPS and WSS with; plain HTTP without one
+    /// (behind a TLS-terminating proxy, or on loopback).
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 impl Config {
@@ -92,6 +96,7 @@ impl Config {
                 max_connections: 4096,
                 max_per_ip: 256,
             },
+            tls: None,
         }
     }
 
@@ -191,13 +196,14 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         Some(url) => url.clone(),
         None => {
             let local = listener.local_addr().context("reading the listen address")?;
-            format!("http://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
+            let scheme = if state.config.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
         }
     };
     let app = router(state.clone(), public);
     let flusher = tokio::spawn(flush_usage(state.clone()));
     let config = &state.config;
-    listen::serve(listener, app, config.connections, config.proxies.clone(), shutdown).await;
+    listen::serve(listener, app, config.connections, config.proxies.clone(), config.tls.clone(), shutdown).await;
     let _ = flusher.await;
     state.store.close().await;
     Ok(())
