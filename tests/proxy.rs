@@ -41,7 +41,8 @@ fn nginx_config(dir: &Path, port: u16, relay: u16) -> String {
         .join("\n");
     let d = dir.display();
     format!(
-        "daemon off; user root; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+        // One process (no master and workers), so killing it leaves nothing behind.
+        "daemon off; master_process off; user root; pid {d}/nginx.pid; error_log {d}/error.log;\n\
          events {{}}\n\
          http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n{snippet}\n}}\n"

@@ -164,3 +164,16 @@ async fn a_bad_key_file_is_refused_at_start_with_the_file_named() {
     assert!(!out.status.success());
     assert!(stderr.contains(pki.key.to_str().unwrap()) && stderr.contains("private key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn sighup_without_tls_leaves_the_relay_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&dir.path().join("relay"), &[], &[]).await;
+    let pid = rustix::process::Pid::from_raw(relay.child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let health = format!("{}/api/health", relay.http());
+    let resp = within("health after SIGHUP", common::client().get(&health).send()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stderr = relay.stop().await;
+    assert!(stderr.contains("SIGHUP: nothing to reload"), "{stderr}");
+}

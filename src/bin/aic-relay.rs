@@ -206,20 +206,24 @@ impl Args {
 }
 
 /// The certificate from --tls-cert and --tls-key, read again whenever the relay gets SIGHUP.
+/// SIGHUP is handled either way (`systemctl reload`), so it never stops a relay without TLS.
 fn tls(args: &Args) -> anyhow::Result<Option<std::sync::Arc<relay::tls::Tls>>> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
-    let tls = std::sync::Arc::new(relay::tls::Tls::load(cert, key)?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(relay::tls::Tls::load(cert, key)?)),
+        _ => None,
+    };
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let reloading = std::sync::Arc::clone(&tls);
+    let reloading = tls.clone();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match reloading.reload() {
-                Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
-                Err(e) => tracing::error!("SIGHUP: kept the TLS certificate in use: {e:#}"),
+            match reloading.as_deref().map(relay::tls::Tls::reload) {
+                None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                Some(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
+                Some(Err(e)) => tracing::error!("SIGHUP: kept the TLS certificate in use: {e:#}"),
             }
         }
     });
-    Ok(Some(tls))
+    Ok(tls)
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
