@@ -108,10 +108,8 @@ proptest! {
 
     #[test]
     fn mcp_arguments_of_any_shape_never_panic(text in framed()) {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
-            if let serde_json::Value::Object(object) = value {
-                let _ = RemoteExecArgs::parse(&object);
-            }
+        if let Ok(serde_json::Value::Object(object)) = serde_json::from_str::<serde_json::Value>(&text) {
+            let _ = RemoteExecArgs::parse(&object);
         }
     }
 }

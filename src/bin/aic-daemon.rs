@@ -54,6 +54,11 @@ struct RunArgs {
     #[arg(long, env = "AIC_INSECURE_RELAY")]
     insecure_relay: bool,
 
+    /// Trust only this CA certificate (PEM) for the relay's TLS, e.g. for a relay with a self-signed
+    /// certificate [default: the public certificate authorities].
+    #[arg(long, env = "AIC_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+
     /// Commands allowed to run or wait for approval at once; past it callers are told to retry [default: 16].
     #[arg(long, env = "AIC_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
@@ -62,7 +67,7 @@ struct RunArgs {
     #[arg(long, env = "AIC_APPROVAL_TIMEOUT", value_parser = aic::duration::parse)]
     approval_timeout: Option<Duration>,
 
-    /// Config file (TOML with the keys relay, state_dir, socket, mode, max_concurrent, approval_timeout)
+    /// Config file (TOML with the keys relay, state_dir, socket, mode, max_concurrent, approval_timeout, ca_cert)
     /// [default: /etc/aic-daemon/config.toml as root, else the user's config dir; a missing default file is fine].
     #[arg(long, env = "AIC_CONFIG")]
     config: Option<PathBuf>,
@@ -78,6 +83,7 @@ struct FileConfig {
     mode: Option<String>,
     max_concurrent: Option<usize>,
     approval_timeout: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 fn is_root() -> bool {
@@ -118,6 +124,7 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     let socket = args.socket.or(file.socket).unwrap_or_else(|| aic::protocol::control::default_socket(is_root()));
     let mut config = daemon::Config::new(relay, state_dir, socket);
     config.allow_insecure_relay = args.insecure_relay;
+    config.ca_cert = args.ca_cert.or(file.ca_cert);
     config.mode = match (args.mode, file.mode) {
         (Some(mode), _) => Some(mode),
         (None, Some(text)) => Some(text.parse().map_err(|e: String| anyhow::anyhow!("config file key mode: {e}"))?),

@@ -20,7 +20,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Address to listen on. Put a TLS-terminating proxy in front of it for anything but loopback.
+    /// Address to listen on. For anything but loopback, serve TLS (--tls-cert) or put a TLS-terminating proxy in front.
     #[arg(long, env = "AIC_RELAY_LISTEN", default_value = "127.0.0.1:8080", global = true)]
     listen: SocketAddr,
 
@@ -64,6 +64,15 @@ struct Args {
     /// Without it, X-Forwarded-For is ignored.
     #[arg(long, env = "AIC_RELAY_TRUSTED_PROXY", value_delimiter = ',')]
     trusted_proxy: Vec<relay::limit::Cidr>,
+
+    /// Serve HTTPS and WSS with this certificate chain (PEM, leaf first); read again on SIGHUP, so a renewal
+    /// needs no restart. Needs --tls-key.
+    #[arg(long, env = "AIC_RELAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "AIC_RELAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 
     /// Connections held open at once (503 past it, logged once); keep it below LimitNOFILE.
     #[arg(long, env = "AIC_RELAY_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -205,9 +214,33 @@ impl Args {
     fn public_url(&self) -> anyhow::Result<PublicUrl> {
         match &self.public_url {
             Some(url) => Ok(url.clone()),
-            None => format!("http://{}", self.listen).parse().map_err(|e: String| anyhow::anyhow!(e)),
+            None => {
+                let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", self.listen).parse().map_err(|e: String| anyhow::anyhow!(e))
+            }
         }
     }
+}
+
+/// The certificate from --tls-cert and --tls-key, read again whenever the relay gets SIGHUP.
+/// SIGHUP is handled either way (`systemctl reload`), so it never stops a relay without TLS.
+fn tls(args: &Args) -> anyhow::Result<Option<std::sync::Arc<relay::tls::Tls>>> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(relay::tls::Tls::load(cert, key)?)),
+        _ => None,
+    };
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let reloading = tls.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reloading.as_deref().map(relay::tls::Tls::reload) {
+                None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                Some(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
+                Some(Err(e)) => tracing::error!("SIGHUP: kept the TLS certificate in use: {e:#}"),
+            }
+        }
+    });
+    Ok(tls)
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -251,6 +284,7 @@ async fn run() -> anyhow::Result<()> {
         max_connections: args.max_connections,
         max_per_ip: args.max_connections_per_ip,
     };
+    config.tls = tls(&args)?;
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;
@@ -258,11 +292,12 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("binding {} (is another relay running there? pick another with --listen)", args.listen)
     })?;
+    let scheme = if state.config.tls.is_some() { "https" } else { "http" };
     let public = match &args.public_url {
         Some(url) => url.to_string(),
-        None => format!("http://{}", listener.local_addr()?),
+        None => format!("{scheme}://{}", listener.local_addr()?),
     };
-    tracing::info!(data_dir = %state.config.data_dir.display(), %public, "aic-relay listening on http://{}", listener.local_addr()?);
+    tracing::info!(data_dir = %state.config.data_dir.display(), %public, "aic-relay listening on {scheme}://{}", listener.local_addr()?);
     relay::serve(listener, state).await?;
     tracing::info!("aic-relay stopped");
     Ok(())

@@ -135,7 +135,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
     let url = agent_url(&daemon.config.relay)?;
     let ws_config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), true)
+    let connector = super::tls::connector(daemon.config.ca_cert.as_deref())?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(&url, Some(ws_config), true, connector)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let hello =

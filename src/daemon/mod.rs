@@ -6,6 +6,7 @@ pub mod core;
 pub mod executor;
 pub mod link;
 pub mod state;
+pub mod tls;
 pub mod traffic;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub struct Config {
     pub mode: Option<Mode>,
     /// Allow a plain `ws://` relay that is not on loopback.
     pub allow_insecure_relay: bool,
+    /// Trust only this CA certificate (PEM) for the relay's TLS, instead of the public roots.
+    pub ca_cert: Option<PathBuf>,
     /// Commands allowed to run (or wait for approval) at once.
     pub max_concurrent: usize,
     /// How long a command waits for the operator before it is refused.
@@ -49,6 +52,7 @@ impl Config {
             socket,
             mode: None,
             allow_insecure_relay: false,
+            ca_cert: None,
             max_concurrent: 16,
             approval_timeout: Duration::from_secs(600),
             ping_interval: crate::protocol::agent::PING_INTERVAL,
@@ -70,6 +74,7 @@ pub struct LinkStatus {
 /// second daemon on the same socket refuses to start.
 pub async fn run(config: Config, status: watch::Sender<LinkStatus>, shutdown: CancellationToken) -> anyhow::Result<()> {
     link::check_relay_url(&config.relay, config.allow_insecure_relay)?;
+    tls::connector(config.ca_cert.as_deref())?;
     let socket = control::ControlSocket::bind(&config.socket)?;
     let file = state::StateFile::in_dir(&config.state_dir)?;
     let saved = file.load()?;

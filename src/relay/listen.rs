@@ -13,12 +13,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::limit::Proxies;
+use super::tls::Tls;
 
 /// How long to wait before accepting again after `accept` failed (out of
 /// file descriptors, say), so the loop does not spin.
@@ -107,13 +109,14 @@ impl Drop for Slot {
     }
 }
 
-/// Accepts connections on `listener` and serves `app` on each until
-/// `shutdown`; then lets requests in progress finish.
+/// Accepts connections on `listener` and serves `app` on each (over TLS
+/// with `tls`) until `shutdown`; then lets requests in progress finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
     proxies: Proxies,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) {
     let gate = Arc::new(Gate { limits, proxies, counts: Mutex::default() });
@@ -133,7 +136,7 @@ pub async fn serve(
         };
         match gate.admit(peer.ip()) {
             Ok(slot) => {
-                tasks.spawn(connection(tcp, peer, slot, app.clone(), shutdown.clone()));
+                tasks.spawn(connection(tcp, peer, slot, app.clone(), tls.clone(), shutdown.clone()));
             }
             Err(why) => turn_away(tcp, why),
         }
@@ -142,20 +145,45 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-/// Serves one connection, with upgrades (the agent WebSocket).
-async fn connection(tcp: TcpStream, peer: SocketAddr, slot: Slot, app: Router, shutdown: CancellationToken) {
+/// Serves one connection, over TLS when the relay has a certificate.
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    app: Router,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
+) {
     // Requests and responses are small and written in pieces: without this,
     // Nagle plus delayed ACKs adds ~40 ms to a round trip.
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!("TCP_NODELAY: {e}");
     }
+    let timeout = slot.gate.limits.header_timeout;
+    match tls {
+        None => http(tcp, peer, app, timeout, shutdown).await,
+        // The handshake gets the same time as the headers would.
+        Some(tls) => match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
+            Ok(Ok(stream)) => http(stream, peer, app, timeout, shutdown).await,
+            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake took longer than {timeout:?}"),
+        },
+    }
+    drop(slot);
+}
+
+/// Serves HTTP on one connection, with upgrades (the agent WebSocket).
+async fn http<I>(io: I, peer: SocketAddr, app: Router, header_timeout: Duration, shutdown: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request
     });
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(slot.gate.limits.header_timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let served = tokio::select! {
         served = conn.as_mut() => served,
@@ -167,7 +195,6 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, slot: Slot, app: Router, s
     if let Err(e) = served {
         tracing::debug!(%peer, "connection ended: {e}");
     }
-    drop(slot);
 }
 
 /// Answers a connection over a limit with one short response and closes it.

@@ -21,6 +21,7 @@ mod operator;
 pub mod origin;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +78,9 @@ pub struct Config {
     pub connections: listen::ConnLimits,
     /// New agent registrations per client address per UTC day; 0: no cap.
     pub registrations_per_day: u32,
+    /// The certificate to serve HTTPS and WSS with; plain HTTP without one
+    /// (behind a TLS-terminating proxy, or on loopback).
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 impl Config {
@@ -103,6 +107,7 @@ impl Config {
                 max_per_ip: 256,
             },
             registrations_per_day: 50,
+            tls: None,
         }
     }
 
@@ -206,13 +211,14 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         Some(url) => url.clone(),
         None => {
             let local = listener.local_addr().context("reading the listen address")?;
-            format!("http://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
+            let scheme = if state.config.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
         }
     };
     let app = router(state.clone(), public);
     let flusher = tokio::spawn(flush_usage(state.clone()));
     let config = &state.config;
-    listen::serve(listener, app, config.connections, config.proxies.clone(), shutdown).await;
+    listen::serve(listener, app, config.connections, config.proxies.clone(), config.tls.clone(), shutdown).await;
     let _ = flusher.await;
     state.store.close().await;
     Ok(())

@@ -281,8 +281,9 @@ impl RelayProcess {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"));
         command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(args).envs(envs.iter().copied());
         let (child, addr, stderr) = Watched::spawn(command, "the relay to listen", |line| {
-            let at = line.find("listening on http://")?;
-            Some(line[at + "listening on http://".len()..].split_whitespace().next()?.parse().unwrap())
+            let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+            let rest = rest.strip_prefix("http://").or_else(|| rest.strip_prefix("https://"))?;
+            Some(rest.split_whitespace().next()?.parse().unwrap())
         })
         .await;
         Self { child, addr, stderr }
