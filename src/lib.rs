@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod clock; // wall-clock milliseconds, as the wire carries them
 pub mod daemon; // the agent: relay link, executor, approval queue, control socket, state file
 pub mod duration; // human durations (90s, 1h) for flags
 pub mod logging; // stderr logging that never carries command payloads

@@ -14,7 +14,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use super::core::Daemon;
+use super::commands::Commands;
+use super::shared::Daemon;
 use crate::protocol::agent::{OperatorOp, OperatorOutcome};
 use crate::protocol::control::{Event, MAX_LINE, Op, Request, ServerFrame};
 
@@ -162,7 +163,7 @@ impl Access {
 }
 
 /// Accepts consoles until `shutdown`; then the socket file is removed.
-pub async fn serve(socket: ControlSocket, daemon: Daemon, shutdown: CancellationToken) {
+pub async fn serve(socket: ControlSocket, daemon: Daemon, commands: Commands, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -170,7 +171,7 @@ pub async fn serve(socket: ControlSocket, daemon: Daemon, shutdown: Cancellation
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(client(daemon.clone(), stream, socket.access, shutdown.clone()));
+                tokio::spawn(client(daemon.clone(), commands.clone(), stream, socket.access, shutdown.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, say: wait a moment rather than spin.
@@ -181,7 +182,7 @@ pub async fn serve(socket: ControlSocket, daemon: Daemon, shutdown: Cancellation
     }
 }
 
-async fn client(daemon: Daemon, stream: UnixStream, access: Access, shutdown: CancellationToken) {
+async fn client(daemon: Daemon, commands: Commands, stream: UnixStream, access: Access, shutdown: CancellationToken) {
     if let Err(message) = access.check(&stream) {
         tracing::warn!("control socket: {message}");
         let mut stream = stream;
@@ -228,7 +229,7 @@ async fn client(daemon: Daemon, stream: UnixStream, access: Access, shutdown: Ca
                 }
                 ServerFrame::Reply { id, result: json!({"subscribed": true}) }
             }
-            Ok(Request { id, op }) => match handle(&daemon, op).await {
+            Ok(Request { id, op }) => match handle(&daemon, &commands, op).await {
                 Ok(result) => ServerFrame::Reply { id, result },
                 Err(message) => ServerFrame::Error { id: Some(id), message },
             },
@@ -270,17 +271,20 @@ async fn forward(mut events: broadcast::Receiver<Event>, tx: mpsc::Sender<Server
     }
 }
 
-async fn handle(daemon: &Daemon, op: Op) -> Result<Value, String> {
+async fn handle(daemon: &Daemon, commands: &Commands, op: Op) -> Result<Value, String> {
     Ok(match op {
-        Op::Status => value(&daemon.status_info()),
-        Op::Traffic => value(&daemon.traffic()),
-        Op::Approvals => value(&daemon.approvals()),
+        Op::Status => {
+            let (pending, running) = commands.counts();
+            value(&daemon.status_info(pending, running))
+        }
+        Op::Traffic => value(&commands.traffic()),
+        Op::Approvals => value(&commands.approvals()),
         Op::Approve { command } => {
-            daemon.decide(command, true)?;
+            commands.decide(command, true)?;
             json!({"command": command, "decision": "approved"})
         }
         Op::Deny { command } => {
-            daemon.decide(command, false)?;
+            commands.decide(command, false)?;
             json!({"command": command, "decision": "denied"})
         }
         Op::SetMode { mode } => {

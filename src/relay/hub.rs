@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::keys::Digest;
-use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, Refusal, RelayMessage, Stream};
+use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, ExitStatus, Refusal, RelayMessage, Stream};
 
 // The maps below are only touched for a moment (insert, remove, lookup) and
 // never across an `.await`, so a std Mutex is cheaper than tokio's.
@@ -62,16 +62,7 @@ pub enum ExecEvent {
     /// A chunk of output.
     Output(Stream, Vec<u8>),
     /// It finished.
-    Exit {
-        /// Exit status (128 + signal when killed).
-        exit_code: i32,
-        /// Wall time.
-        duration_ms: u64,
-        /// Output was cut at the cap and the command killed.
-        truncated: bool,
-        /// The timeout killed it.
-        timed_out: bool,
-    },
+    Exit(ExitStatus),
     /// It never ran.
     Refused(Refusal, String),
 }
@@ -164,9 +155,7 @@ impl AgentConn {
         let (id, event, last) = match msg {
             AgentMessage::Started { id } => (id, ExecEvent::Started, false),
             AgentMessage::Output { id, stream, data } => (id, ExecEvent::Output(stream, data), false),
-            AgentMessage::Exit { id, exit_code, duration_ms, truncated, timed_out } => {
-                (id, ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out }, true)
-            }
+            AgentMessage::Exit { id, exit } => (id, ExecEvent::Exit(exit), true),
             AgentMessage::Refused { id, reason, message } => (id, ExecEvent::Refused(reason, message), true),
             AgentMessage::Hello { .. }
             | AgentMessage::Ping { .. }
@@ -209,7 +198,7 @@ impl Exec {
     /// The next event; `None` when the agent's link went away mid-command.
     pub async fn next(&mut self) -> Option<ExecEvent> {
         let event = self.rx.recv().await;
-        if matches!(event, None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..))) {
+        if matches!(event, None | Some(ExecEvent::Exit(_) | ExecEvent::Refused(..))) {
             self.finished = true;
         }
         event

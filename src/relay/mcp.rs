@@ -349,6 +349,7 @@ fn body_error(err: &axum::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::agent::ExitStatus;
 
     #[test]
     fn only_initialize_opens_a_session() {
@@ -369,7 +370,8 @@ mod tests {
 
     #[test]
     fn finished_commands_read_as_text_and_as_the_rest_json() {
-        let outcome = Outcome { exit_code: 3, duration_ms: 12, stdout: b"hi\n".to_vec(), ..Default::default() };
+        let exit = ExitStatus { exit_code: 3, duration_ms: 12, ..Default::default() };
+        let outcome = Outcome { exit, stdout: b"hi\n".to_vec(), ..Default::default() };
         let result = finished(&outcome);
         assert_eq!(result.is_error, Some(false));
         let text = serde_json::to_value(&result.content).unwrap()[0]["text"].as_str().unwrap().to_owned();

@@ -101,7 +101,7 @@ pub async fn run(
         Command::Approvals => {
             let value = client.call(Op::Approvals).await?;
             let approvals: Vec<Approval> = parse(&value)?;
-            print(out, &value, approvals_text(&approvals, crate::daemon::core::now_ms()));
+            print(out, &value, approvals_text(&approvals, crate::clock::now_ms()));
         }
         Command::Approve(id) => {
             let command = resolve_approval(&mut client, &id).await?;
