@@ -19,7 +19,7 @@ use super::shared::Daemon;
 use super::traffic::{self, Traffic};
 use crate::clock::now_ms;
 use crate::protocol::agent::{AgentMessage, ExecRequest, Refusal, Requester};
-use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, TrafficEntry};
+use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, TrafficEntry, append_tail};
 
 /// Where a command's wire messages go (the relay link).
 pub type Outbox = mpsc::Sender<AgentMessage>;
@@ -192,7 +192,7 @@ impl Commands {
                 let text = traffic::tail_text(&data);
                 if let Some(entry) = self.0.traffic.lock().unwrap().get_mut(id) {
                     entry.bytes += data.len() as u64;
-                    traffic::append_tail(&mut entry.tail, &text);
+                    append_tail(&mut entry.tail, &text);
                 }
                 if self.0.daemon.watched() {
                     self.0.daemon.emit(Event::Output { command: id, stream, text });

@@ -243,6 +243,23 @@ pub enum CommandState {
     Refused,
 }
 
+/// Commands the traffic ring keeps (the daemon's, and the console's copy).
+pub const RING_LEN: usize = 1000;
+/// Bytes of each command's output a [`TrafficEntry::tail`] keeps (its end).
+pub const TAIL_BYTES: usize = 4096;
+
+/// Appends `text` to a [`TrafficEntry::tail`], keeping its last [`TAIL_BYTES`] bytes.
+pub fn append_tail(tail: &mut String, text: &str) {
+    tail.push_str(text);
+    if tail.len() > TAIL_BYTES {
+        let mut start = tail.len() - TAIL_BYTES;
+        while !tail.is_char_boundary(start) {
+            start += 1;
+        }
+        tail.drain(..start);
+    }
+}
+
 /// One command in the traffic ring.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficEntry {
@@ -268,7 +285,7 @@ pub struct TrafficEntry {
     pub bytes: u64,
     /// Output was cut at the cap.
     pub truncated: bool,
-    /// The end of its output (bounded).
+    /// The end of its output, at most [`TAIL_BYTES`] (see [`append_tail`]).
     pub tail: String,
 }
 
@@ -356,6 +373,15 @@ pub struct LinkedAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tails_are_bounded_on_char_boundaries() {
+        let mut tail = String::new();
+        for _ in 0..3000 {
+            append_tail(&mut tail, "é");
+        }
+        assert!(tail.len() <= TAIL_BYTES && tail.chars().all(|c| c == 'é'));
+    }
 
     #[test]
     fn requests_are_flat_json() {

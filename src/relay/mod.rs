@@ -225,9 +225,9 @@ async fn flush_usage(state: AppState) {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// [`crate::clock::now_ms`] as the store's columns hold it.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

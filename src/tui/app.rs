@@ -10,9 +10,8 @@ use uuid::Uuid;
 use super::event::{Action, DaemonMsg, Event, Snapshot};
 use super::sanitize;
 use super::theme::Theme;
-use crate::daemon::traffic::{RING_LEN, append_tail};
 use crate::protocol::control::{
-    self, Approval, CommandState, Decision, LinkedAccount, Mode, Op, RelayHealth, TrafficEntry,
+    self, Approval, CommandState, Decision, LinkedAccount, Mode, Op, RING_LEN, RelayHealth, TrafficEntry, append_tail,
 };
 
 /// How long a notice stays in view.
