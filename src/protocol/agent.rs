@@ -169,18 +169,21 @@ pub enum OperatorOp {
     ListAccounts,
     /// Block a linked account.
     Block {
-        /// The account link's id.
-        account: String,
+        /// The account link's id (`account` on the wire).
+        #[serde(rename = "account")]
+        link: String,
     },
     /// Unblock a linked account.
     Unblock {
-        /// The account link's id.
-        account: String,
+        /// The account link's id (`account` on the wire).
+        #[serde(rename = "account")]
+        link: String,
     },
     /// Approve a pending link.
     Approve {
-        /// The account link's id.
-        account: String,
+        /// The account link's id (`account` on the wire).
+        #[serde(rename = "account")]
+        link: String,
     },
 }
 

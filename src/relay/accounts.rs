@@ -15,34 +15,14 @@ use super::store::Store;
 /// What a key starts with, so it is recognisable (and greppable by secret scanners).
 pub const KEY_PREFIX: &str = "aic_";
 
-/// A link's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    /// The account may use the machine.
-    Active,
-    /// Made after the code's first hour: waits for the operator.
-    Pending,
-    /// The operator blocked the account.
-    Blocked,
-}
+pub use crate::protocol::control::LinkState;
 
-impl LinkState {
-    /// The word stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Pending => "pending",
-            Self::Blocked => "blocked",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "active" => Self::Active,
-            "pending" => Self::Pending,
-            _ => Self::Blocked,
-        }
+/// A stored state word as a state; an unknown word is treated as blocked.
+fn parse_state(text: &str) -> LinkState {
+    match text {
+        "active" => LinkState::Active,
+        "pending" => LinkState::Pending,
+        _ => LinkState::Blocked,
     }
 }
 
@@ -255,7 +235,7 @@ fn link(r: &sqlx::sqlite::SqliteRow) -> Link {
         agent_id: r.get(1),
         account_id: r.get(2),
         alias: r.get(3),
-        state: LinkState::parse(r.get::<&str, _>(4)),
+        state: parse_state(r.get::<&str, _>(4)),
         linked_at: r.get(5),
         last_used_at: r.get(6),
     }
@@ -346,7 +326,7 @@ pub async fn set_link_state(
         .bind(agent_id)
         .fetch_optional(store.pool())
         .await?;
-    let Some(current) = current.map(|r| LinkState::parse(r.get::<&str, _>(0))) else { return Ok(false) };
+    let Some(current) = current.map(|r| parse_state(r.get::<&str, _>(0))) else { return Ok(false) };
     if !from.contains(&current) {
         return Ok(false);
     }

@@ -10,6 +10,7 @@ use super::super::app::{Accounts, App};
 use super::super::cli::duration;
 use super::super::sanitize;
 use super::{date_time, pane_block, window};
+use crate::protocol::control::LinkState;
 
 /// Draws the pane into `area`.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
@@ -46,10 +47,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .skip(first)
         .take(rows_in_view)
         .map(|(i, a)| {
-            let colour = match a.state.as_str() {
-                "active" => t.ok,
-                "pending" => t.warn,
-                _ => t.error,
+            let colour = match a.state {
+                LinkState::Active => t.ok,
+                LinkState::Pending => t.warn,
+                LinkState::Blocked => t.error,
             };
             let used = match a.last_used_ms {
                 Some(ms) => format!("{} ago", duration(app.now_ms.saturating_sub(ms))),
@@ -59,7 +60,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 Cell::from(Span::styled(format!("{:>2}", i + 1), t.dim())),
                 Cell::from(sanitize::line(&a.email)),
                 Cell::from(sanitize::line(&a.alias)),
-                Cell::from(Span::styled(sanitize::line(&a.state), t.coloured(colour))),
+                Cell::from(Span::styled(a.state.as_str(), t.coloured(colour))),
                 Cell::from(date_time(a.linked_at_ms)),
                 Cell::from(used),
             ])
