@@ -1,7 +1,7 @@
 //! A command's life in the daemon, from arrival to its last message,
 //! independent of the transport: admission (mode and the concurrency
 //! permit), the approval queue, the cancel map and the traffic ring. One
-//! place ([`Commands::report`]) turns each process event into both the wire
+//! place (`Commands::report`) turns each process event into both the wire
 //! message and the ring update. The link hands requests in with
 //! [`Commands::submit`]; consoles read and decide through the same handle.
 

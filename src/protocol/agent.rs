@@ -2,7 +2,7 @@
 //! per message, one enum per direction.
 //!
 //! The daemon speaks first with [`AgentMessage::Hello`]; the relay answers with
-//! [`RelayMessage::Registered`] or [`RelayMessage::Refused`]. After that the
+//! [`RelayMessage::Registered`] or [`RelayMessage::HelloRefused`]. After that the
 //! relay sends commands and the daemon streams their output back, keyed by the
 //! command's id.
 

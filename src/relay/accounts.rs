@@ -63,8 +63,6 @@ pub struct Link {
     pub id: i64,
     /// The machine.
     pub agent_id: i64,
-    /// The account.
-    pub account_id: i64,
     /// The account's name for the machine.
     pub alias: String,
     /// Active, pending or blocked.
@@ -227,17 +225,16 @@ pub async fn authenticate(store: &Store, keys: &Keys, key: &str) -> anyhow::Resu
     Ok(Some(Account { id: row.get(2), email: row.get(3), key_id: key_id.to_owned() }))
 }
 
-const LINK_COLUMNS: &str = "id, agent_id, account_id, alias, state, linked_at, last_used_at";
+const LINK_COLUMNS: &str = "id, agent_id, alias, state, linked_at, last_used_at";
 
 fn link(r: &sqlx::sqlite::SqliteRow) -> Link {
     Link {
         id: r.get(0),
         agent_id: r.get(1),
-        account_id: r.get(2),
-        alias: r.get(3),
-        state: parse_state(r.get::<&str, _>(4)),
-        linked_at: r.get(5),
-        last_used_at: r.get(6),
+        alias: r.get(2),
+        state: parse_state(r.get::<&str, _>(3)),
+        linked_at: r.get(4),
+        last_used_at: r.get(5),
     }
 }
 
@@ -304,13 +301,13 @@ pub async fn create_link(
 /// A machine's links with each account's full email (to be masked before it leaves).
 pub async fn links_of_agent(store: &Store, agent_id: i64) -> anyhow::Result<Vec<(Link, String)>> {
     let rows = sqlx::query(
-        "SELECT l.id, l.agent_id, l.account_id, l.alias, l.state, l.linked_at, l.last_used_at, a.email
+        "SELECT l.id, l.agent_id, l.alias, l.state, l.linked_at, l.last_used_at, a.email
          FROM links l JOIN accounts a ON a.id = l.account_id WHERE l.agent_id = $1 ORDER BY l.linked_at, l.id",
     )
     .bind(agent_id)
     .fetch_all(store.pool())
     .await?;
-    Ok(rows.iter().map(|r| (link(r), r.get(7))).collect())
+    Ok(rows.iter().map(|r| (link(r), r.get(6))).collect())
 }
 
 /// Sets a link of this machine to `state`, if it is in one of `from`.

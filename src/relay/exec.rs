@@ -140,7 +140,7 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
 /// limits) applies to both alike.
 pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
     let request = request(params, caller.requester(), state.config.max_output)?;
-    let target = access::resolve(state, caller, &params.code, access::Purpose::Use).await?;
+    let target = access::admit(state, caller, &params.code, access::Purpose::Use).await?;
     start(target, request)
 }
 

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
+use axum::http::Method;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -31,7 +31,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::AppState;
 use super::access::{self, Caller};
-use super::error::{ApiError, Reason};
+use super::error::ApiError;
 use super::exec::{self, ExecParams, ExecResult, Outcome};
 use super::hub::Exec;
 use super::status::{self, StatusBody};
@@ -336,11 +336,7 @@ fn body_error(err: &axum::Error) -> ApiError {
         .chain(std::iter::once(err as &(dyn std::error::Error + 'static)))
         .any(|e| e.is::<http_body_util::LengthLimitError>());
     if too_large {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::TooLarge,
-            "The request body is too large; send a shorter command (for long scripts, write them to a file on the machine first).",
-        )
+        ApiError::too_large()
     } else {
         ApiError::bad_request(format!("could not read the request body: {err}"))
     }

@@ -161,13 +161,8 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
 /// Serves on `listener` until `shutdown` is cancelled, then drains and closes the store.
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let shutdown = state.shutdown.clone();
-    let public = match &state.config.public_url {
-        Some(url) => url.clone(),
-        None => {
-            let local = listener.local_addr().context("reading the listen address")?;
-            format!("http://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
-        }
-    };
+    let local = listener.local_addr().context("reading the listen address")?;
+    let public = PublicUrl::given_or_listen(state.config.public_url.as_ref(), local).map_err(anyhow::Error::msg)?;
     let listener = listener.tap_io(|tcp| {
         // Requests and responses are small and written in pieces: without
         // this, Nagle plus delayed ACKs adds ~40 ms to a round trip.
@@ -176,12 +171,12 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         }
     });
     let app = router(state.clone(), public).into_make_service_with_connect_info::<SocketAddr>();
-    let flusher = tokio::spawn(flush_usage(state.clone()));
+    let housekeeper = tokio::spawn(housekeeping(state.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving HTTP");
-    let _ = flusher.await;
+    let _ = housekeeper.await;
     state.store.close().await;
     served
 }
@@ -198,7 +193,7 @@ const STALE_SWEEP: Duration = Duration::from_secs(86_400);
 
 /// Writes last-used times every [`USAGE_FLUSH`] and once more at shutdown;
 /// forgets stale agents at start and daily.
-async fn flush_usage(state: AppState) {
+async fn housekeeping(state: AppState) {
     let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         if last_sweep.is_none_or(|at| at.elapsed() >= STALE_SWEEP) {

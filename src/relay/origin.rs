@@ -41,6 +41,14 @@ impl PublicUrl {
         format!("{}{path}", self.base)
     }
 
+    /// `given`, or else the URL the listen address implies (`http://<listen>`).
+    pub fn given_or_listen(given: Option<&PublicUrl>, listen: std::net::SocketAddr) -> Result<Self, String> {
+        match given {
+            Some(url) => Ok(url.clone()),
+            None => format!("http://{listen}").parse(),
+        }
+    }
+
     /// The hosts whose requests the MCP endpoint answers: this one and loopback.
     pub fn allowed_hosts(&self) -> Vec<String> {
         let mut hosts = vec![self.host.clone()];

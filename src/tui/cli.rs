@@ -6,6 +6,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+use super::app::short;
 use super::client::{Client, ClientError};
 use super::sanitize;
 use crate::protocol::control::{
@@ -308,10 +309,6 @@ pub fn event_line(event: &Event) -> Option<String> {
         Event::ModeChanged { mode } => format!("mode is now {mode}"),
         Event::Lagged { missed } => format!("(missed {missed} events: this console read too slowly)"),
     })
-}
-
-fn short(id: Uuid) -> String {
-    id.to_string()[..8].to_owned()
 }
 
 /// `HH:MM:SS` (UTC) of a Unix time in ms.

@@ -16,7 +16,7 @@ pub fn line(text: &str) -> String {
     out
 }
 
-/// Text for a block: like [`line`], but newlines stay and carriage returns go.
+/// Text for a block: like [`line()`], but newlines stay and carriage returns go.
 pub fn block(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

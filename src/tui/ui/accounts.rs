@@ -10,7 +10,7 @@ use super::super::app::{Accounts, App};
 use super::super::cli::duration;
 use super::super::sanitize;
 use super::{date_time, pane_block, window};
-use crate::protocol::control::LinkState;
+use crate::protocol::control::{LinkState, LinkedAccount};
 
 /// Draws the pane into `area`.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
@@ -41,31 +41,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     };
     let rows_in_view = area.height.saturating_sub(3) as usize;
     let first = window(app.sel_account, list.len(), rows_in_view);
-    let rows: Vec<Row> = list
-        .iter()
-        .enumerate()
-        .skip(first)
-        .take(rows_in_view)
-        .map(|(i, a)| {
-            let colour = match a.state {
-                LinkState::Active => t.ok,
-                LinkState::Pending => t.warn,
-                LinkState::Blocked => t.error,
-            };
-            let used = match a.last_used_ms {
-                Some(ms) => format!("{} ago", duration(app.now_ms.saturating_sub(ms))),
-                None => "never".into(),
-            };
-            Row::new([
-                Cell::from(Span::styled(format!("{:>2}", i + 1), t.dim())),
-                Cell::from(sanitize::line(&a.email)),
-                Cell::from(sanitize::line(&a.alias)),
-                Cell::from(Span::styled(a.state.as_str(), t.coloured(colour))),
-                Cell::from(date_time(a.linked_at_ms)),
-                Cell::from(used),
-            ])
-        })
-        .collect();
+    let rows: Vec<Row> =
+        list.iter().enumerate().skip(first).take(rows_in_view).map(|(i, a)| row(app, i + 1, a)).collect();
     let header = Row::new(["#", "email", "alias", "state", "linked at", "last used"]).style(t.dim());
     let widths = [
         Constraint::Length(2),
@@ -79,4 +56,26 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let table = Table::new(rows, widths).header(header).block(pane_block(app, title)).row_highlight_style(t.selected());
     let mut state = TableState::default().with_selected(Some(app.sel_account - first));
     frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// Account `n` of the list as a row.
+fn row(app: &App, n: usize, a: &LinkedAccount) -> Row<'static> {
+    let t = &app.theme;
+    let colour = match a.state {
+        LinkState::Active => t.ok,
+        LinkState::Pending => t.warn,
+        LinkState::Blocked => t.error,
+    };
+    let used = match a.last_used_ms {
+        Some(ms) => format!("{} ago", duration(app.now_ms.saturating_sub(ms))),
+        None => "never".into(),
+    };
+    Row::new([
+        Cell::from(Span::styled(format!("{n:>2}"), t.dim())),
+        Cell::from(sanitize::line(&a.email)),
+        Cell::from(sanitize::line(&a.alias)),
+        Cell::from(Span::styled(a.state.as_str(), t.coloured(colour))),
+        Cell::from(date_time(a.linked_at_ms)),
+        Cell::from(used),
+    ])
 }
