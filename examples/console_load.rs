@@ -107,7 +107,7 @@ async fn run<B: Backend>(mut terminal: Terminal<B>, seconds: u64) {
     });
 
     let (cpu0, wall0) = (cpu_time(), Instant::now());
-    let exit = event_loop(&mut terminal, &mut app, &mut events, &mut NoEffects, aic::daemon::core::now_ms).await;
+    let exit = event_loop(&mut terminal, &mut app, &mut events, &mut NoEffects, aic::clock::now_ms).await;
     let (cpu, wall) = (cpu_time() - cpu0, wall0.elapsed());
     assert!(exit.is_ok(), "the loop failed");
     let rss = producer.await.unwrap_or_default();

@@ -2,13 +2,26 @@
 //! self-hosted relay, with the machine's operator in charge.
 //!
 //! Crate map:
+//! - [`relay`]: HTTP server: REST API, MCP, agent WebSocket, store, access rules
+//! - [`daemon`]: the agent: relay link, command lifecycle (admission, approval
+//!   queue, traffic ring), executor, control socket, state file
+//! - [`tui`]: the operator's console: control-socket client, CLI, sanitising
+//! - [`protocol`]: wire types (relay <-> daemon, daemon <-> console) and session codes
+//! - [`clock`]: wall-clock milliseconds, as the wire carries them
+//! - [`duration`]: human durations (90s, 1h) for flags
+//! - [`logging`]: stderr logging that never carries command payloads
+//! - [`shutdown`]: SIGINT/SIGTERM as a cancellation token for the binaries
+//!
+//! `relay` and `daemon` never import each other; `tui` imports only
+//! `protocol` and the small shared modules.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod daemon; // the agent: relay link, executor, approval queue, control socket, state file
-pub mod duration; // human durations (90s, 1h) for flags
-pub mod logging; // stderr logging that never carries command payloads
-pub mod protocol; // wire types (relay <-> daemon) and session codes
-pub mod relay; // HTTP server: REST API, agent WebSocket, store, access rules
+pub mod clock;
+pub mod daemon;
+pub mod duration;
+pub mod logging;
+pub mod protocol;
+pub mod relay;
 pub mod shutdown;
-pub mod tui; // the operator's console: control-socket client, CLI, sanitising // SIGINT/SIGTERM as a cancellation token for the binaries
+pub mod tui;

@@ -3,7 +3,9 @@
 
 mod common;
 
-use aic::protocol::agent::{self, AgentInfo, AgentMessage, Credentials, HelloRefusal, PROTOCOL_VERSION, RelayMessage};
+use aic::protocol::agent::{
+    self, AgentInfo, AgentMessage, Credentials, ExitStatus, HelloRefusal, PROTOCOL_VERSION, RelayMessage,
+};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -152,7 +154,7 @@ async fn a_newer_connection_replaces_the_older_one() {
         .await;
     send(
         &mut second,
-        &AgentMessage::Exit { id: req.id, exit_code: 0, duration_ms: 1, truncated: false, timed_out: false },
+        &AgentMessage::Exit { id: req.id, exit: ExitStatus { exit_code: 0, duration_ms: 1, ..Default::default() } },
     )
     .await;
     let (status, body) = call.await.unwrap();

@@ -65,7 +65,8 @@ async fn output(ws: &mut Ws, id: uuid::Uuid, data: Vec<u8>) {
 }
 
 async fn exit(ws: &mut Ws, id: uuid::Uuid) {
-    send(ws, &AgentMessage::Exit { id, exit_code: 0, duration_ms: 1, truncated: false, timed_out: false }).await;
+    let exit = agent::ExitStatus { exit_code: 0, duration_ms: 1, truncated: false, timed_out: false };
+    send(ws, &AgentMessage::Exit { id, exit }).await;
 }
 
 #[tokio::test]
@@ -445,7 +446,7 @@ async fn blocking_an_account_stops_its_commands_and_only_its_own() {
     let other = next_exec(&mut ws).await;
 
     // Link 1 is the account's, made by its first command.
-    let op = agent::OperatorOp::Block { account: "1".into() };
+    let op = agent::OperatorOp::Block { link: "1".into() };
     send(&mut ws, &AgentMessage::Operator { req: 1, op }).await;
     let frames = next_two(&mut ws).await;
     assert!(frames.contains(&RelayMessage::Cancel { id: blocked.id }), "{frames:?}");

@@ -5,8 +5,8 @@
 
 use aic::protocol::agent::Stream;
 use aic::protocol::control::{
-    Approval, CommandState, Decision, Event as DaemonEvent, LinkedAccount, Mode, Op, RelayHealth, StatusInfo,
-    TrafficEntry,
+    AccountChanged, Approval, CodeInfo, CommandState, Decided, Decision, Event as DaemonEvent, LinkState,
+    LinkedAccount, Mode, Op, RelayHealth, Reply, StatusInfo, TrafficEntry,
 };
 use aic::tui::app::{Accounts, App, Link, Pane, Popup};
 use aic::tui::event::{Action, DaemonMsg, Event, Snapshot};
@@ -16,7 +16,6 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use insta::assert_snapshot;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
-use serde_json::json;
 use uuid::Uuid;
 
 /// 2025-11-22 10:00:00 UTC: the time every screen here is drawn at.
@@ -186,7 +185,10 @@ fn approvals_show_the_whole_command_before_y_or_n() {
     assert!(press(&mut app, 'y').is_empty(), "a second y on the same command sends nothing");
     assert_snapshot!("approvals_answered", screen(&app, 80, 24).backend());
 
-    app.apply(DaemonMsg::Reply { op: Op::Approve { command: id(10) }, result: Ok(json!({"decision": "approved"})) });
+    app.apply(DaemonMsg::Reply {
+        op: Op::Approve { command: id(10) },
+        result: Ok(Reply::Decided(Decided { command: id(10), decision: Decision::Approved })),
+    });
     app.apply(DaemonMsg::Event(DaemonEvent::ApprovalDecided { command: id(10), decision: Decision::Approved }));
     assert_eq!(app.selected_approval().map(|a| a.id), Some(id(11)), "the next one in line is selected");
     // A key that was meant for the command just answered (a double tap, a
@@ -228,19 +230,19 @@ fn a_new_approval_rings_the_bell_and_is_visible_from_every_pane() {
 }
 
 fn accounts() -> Vec<LinkedAccount> {
-    let account = |id: &str, email: &str, alias: &str, state: &str, used: Option<u64>| LinkedAccount {
+    let account = |id: &str, email: &str, alias: &str, state: LinkState, used: Option<u64>| LinkedAccount {
         id: id.into(),
         email: email.into(),
         alias: alias.into(),
-        state: state.into(),
+        state,
         linked_at_ms: NOW - 86_400_000 * 3,
         last_used_ms: used,
         fingerprint: String::new(),
     };
     vec![
-        account("a1", "lu****@wear****.com", "web", "active", Some(NOW - 300_000)),
-        account("a2", "ma****@exam****.org", "web-2", "blocked", None),
-        account("a3", "ci****@buil****.io", "build", "pending", None),
+        account("a1", "lu****@wear****.com", "web", LinkState::Active, Some(NOW - 300_000)),
+        account("a2", "ma****@exam****.org", "web-2", LinkState::Blocked, None),
+        account("a3", "ci****@buil****.io", "build", LinkState::Pending, None),
     ]
 }
 
@@ -249,7 +251,7 @@ fn accounts_list_block_unblock_and_approve() {
     let mut app = connected(Vec::new(), Vec::new());
     press(&mut app, '3');
     assert_snapshot!("accounts_loading", screen(&app, 80, 24).backend());
-    app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(serde_json::to_value(accounts()).unwrap()) });
+    app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(Reply::Accounts(accounts())) });
     assert_snapshot!("accounts_listed", screen(&app, 80, 24).backend());
 
     assert_eq!(press(&mut app, 'b'), vec![Action::Send(Op::AdminBlock { account: "a1".into() })]);
@@ -260,7 +262,7 @@ fn accounts_list_block_unblock_and_approve() {
     assert_eq!(press(&mut app, 'u'), vec![Action::Send(Op::AdminUnblock { account: "a2".into() })]);
     app.apply(DaemonMsg::Reply {
         op: Op::AdminUnblock { account: "a2".into() },
-        result: Ok(json!({"state": "active"})),
+        result: Ok(Reply::Account(AccountChanged { account: "a2".into(), state: LinkState::Active })),
     });
     assert_eq!(app.notice.as_ref().unwrap().text, "ma****@exam****.org is now active.");
     // The daemon says accounts changed: the console asks again.
@@ -269,8 +271,8 @@ fn accounts_list_block_unblock_and_approve() {
     // The list comes back reordered (a2, now active, moves up): the selection stays on a2,
     // so a second key acts on the account the operator chose, not on whoever took its row.
     let mut reordered = accounts();
-    reordered[1].state = "active".into();
-    app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(serde_json::to_value(reordered).unwrap()) });
+    reordered[1].state = LinkState::Active;
+    app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(Reply::Accounts(reordered)) });
     assert_eq!(app.selected_account().map(|a| a.id.as_str()), Some("a2"));
     assert_eq!(press(&mut app, 'b'), vec![Action::Send(Op::AdminBlock { account: "a2".into() })]);
 }
@@ -288,7 +290,7 @@ fn accounts_say_why_they_are_missing() {
     let down = RelayHealth { connected: false, ..relay() };
     assert!(app.apply(DaemonMsg::Event(DaemonEvent::Relay(down))).is_empty());
     assert_eq!(app.apply(DaemonMsg::Event(DaemonEvent::Relay(relay()))), vec![Action::Send(Op::Admins)]);
-    app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(json!([])) });
+    app.apply(DaemonMsg::Reply { op: Op::Admins, result: Ok(Reply::Accounts(Vec::new())) });
     assert_snapshot!("accounts_empty", screen(&app, 80, 24).backend());
 }
 
@@ -342,7 +344,10 @@ fn code_reset_asks_first_and_shows_the_new_code() {
     assert_eq!(press(&mut app, 'y'), vec![Action::Send(Op::CodeReset)]);
     assert_eq!(app.popup, Some(Popup::Resetting));
     assert!(press(&mut app, 'q').is_empty(), "keys wait while the relay answers");
-    app.apply(DaemonMsg::Reply { op: Op::CodeReset, result: Ok(json!({"code": "AIC-NEW0-CODE-2345"})) });
+    app.apply(DaemonMsg::Reply {
+        op: Op::CodeReset,
+        result: Ok(Reply::Code(CodeInfo { code: Some("AIC-NEW0-CODE-2345".into()) })),
+    });
     assert_snapshot!("reset_done", screen(&app, 80, 24).backend());
     assert_eq!(press(&mut app, 'c'), vec![Action::Copy("AIC-NEW0-CODE-2345".into())]);
     press(&mut app, 'x');

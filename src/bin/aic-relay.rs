@@ -1,6 +1,5 @@
 //! `aic-relay`: the HTTP server AI clients call and daemons dial into.
-// The doc comments on the flags are clap's help text, read in a terminal, not
-// rustdoc: URLs and `<placeholders>` stay as they are.
+// The doc comments on flags are clap's --help text, written for a terminal, not rustdoc.
 #![allow(rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
@@ -145,7 +144,6 @@ enum KeyCmd {
 
 /// Runs an account or key command against the data dir.
 async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Result<()> {
-    use aic::duration::utc;
     use aic::relay::accounts;
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
     let (store, keys) = relay::open_store(&data_dir, secret).await?;
@@ -164,18 +162,7 @@ async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Res
             let key = accounts::add_account(&store, &keys, email, now).await?;
             show_key(&accounts::normalize_email(email)?, &key);
         }
-        Command::Account(AccountCmd::List) => {
-            let list = accounts::list_accounts(&store).await?;
-            if json {
-                println!("{}", serde_json::to_string(&list)?);
-            } else if list.is_empty() {
-                println!("No accounts yet; add one with `aic-relay account add EMAIL`.");
-            } else {
-                for a in list {
-                    println!("{}  {} key(s), {} machine(s), since {}", a.email, a.keys, a.links, utc(a.created_at));
-                }
-            }
-        }
+        Command::Account(AccountCmd::List) => print_accounts(&accounts::list_accounts(&store).await?, json)?,
         Command::Account(AccountCmd::Remove { email }) => {
             accounts::remove_account(&store, email).await?;
             if !json {
@@ -192,33 +179,52 @@ async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Res
                 println!("Revoked; requests with it get 401 from now on.");
             }
         }
-        Command::Key(KeyCmd::List { email }) => {
-            let list = accounts::list_keys(&store, email).await?;
-            if json {
-                println!("{}", serde_json::to_string(&list)?);
-            }
-            for k in list.iter().filter(|_| !json) {
-                let used = k.last_used_at.map_or_else(|| "never used".into(), |t| format!("last used {}", utc(t)));
-                let revoked = k.revoked_at.map(|t| format!(", REVOKED {}", utc(t))).unwrap_or_default();
-                println!("{}  created {}, {used}{revoked}", k.key_id, utc(k.created_at));
-            }
-        }
+        Command::Key(KeyCmd::List { email }) => print_keys(&accounts::list_keys(&store, email).await?, json)?,
         Command::ConnectLines => {}
     }
     store.close().await;
     Ok(())
 }
 
+/// `account list`'s output.
+fn print_accounts(list: &[aic::relay::accounts::AccountRow], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(list)?);
+    } else if list.is_empty() {
+        println!("No accounts yet; add one with `aic-relay account add EMAIL`.");
+    } else {
+        for a in list {
+            println!(
+                "{}  {} key(s), {} machine(s), since {}",
+                a.email,
+                a.keys,
+                a.links,
+                aic::duration::utc(a.created_at)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `key list`'s output.
+fn print_keys(list: &[aic::relay::accounts::KeyRow], json: bool) -> anyhow::Result<()> {
+    use aic::duration::utc;
+    if json {
+        println!("{}", serde_json::to_string(list)?);
+    }
+    for k in list.iter().filter(|_| !json) {
+        let used = k.last_used_at.map_or_else(|| "never used".into(), |t| format!("last used {}", utc(t)));
+        let revoked = k.revoked_at.map(|t| format!(", REVOKED {}", utc(t))).unwrap_or_default();
+        println!("{}  created {}, {used}{revoked}", k.key_id, utc(k.created_at));
+    }
+    Ok(())
+}
+
 impl Args {
     /// The public URL given, or the one the listen address implies.
     fn public_url(&self) -> anyhow::Result<PublicUrl> {
-        match &self.public_url {
-            Some(url) => Ok(url.clone()),
-            None => {
-                let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
-                format!("{scheme}://{}", self.listen).parse().map_err(|e: String| anyhow::anyhow!(e))
-            }
-        }
+        PublicUrl::given_or_listen(self.public_url.as_ref(), self.listen, self.tls_cert.is_some())
+            .map_err(anyhow::Error::msg)
     }
 }
 
@@ -292,12 +298,11 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("binding {} (is another relay running there? pick another with --listen)", args.listen)
     })?;
-    let scheme = if state.config.tls.is_some() { "https" } else { "http" };
-    let public = match &args.public_url {
-        Some(url) => url.to_string(),
-        None => format!("{scheme}://{}", listener.local_addr()?),
-    };
-    tracing::info!(data_dir = %state.config.data_dir.display(), %public, "aic-relay listening on {scheme}://{}", listener.local_addr()?);
+    let local = listener.local_addr()?;
+    let tls = state.config.tls.is_some();
+    let public = PublicUrl::given_or_listen(args.public_url.as_ref(), local, tls).map_err(anyhow::Error::msg)?;
+    let scheme = if tls { "https" } else { "http" };
+    tracing::info!(data_dir = %state.config.data_dir.display(), %public, "aic-relay listening on {scheme}://{local}");
     relay::serve(listener, state).await?;
     tracing::info!("aic-relay stopped");
     Ok(())

@@ -7,16 +7,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use super::core::Daemon;
+use super::commands::Commands;
+use super::shared::Daemon;
 use crate::protocol::agent::{OperatorOp, OperatorOutcome};
-use crate::protocol::control::{Event, MAX_LINE, Op, Request, ServerFrame};
+use crate::protocol::control::{
+    AccountChanged, CodeInfo, Decided, Decision, Event, LinkState, MAX_LINE, ModeInfo, Op, Reply, Request, ServerFrame,
+    Subscribed,
+};
 
 /// The group whose members may use a root daemon's socket.
 pub const GROUP: &str = "aic";
@@ -170,7 +174,7 @@ impl Access {
 }
 
 /// Accepts consoles until `shutdown`; then the socket file is removed.
-pub async fn serve(socket: ControlSocket, daemon: Daemon, shutdown: CancellationToken) {
+pub async fn serve(socket: ControlSocket, daemon: Daemon, commands: Commands, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -178,7 +182,7 @@ pub async fn serve(socket: ControlSocket, daemon: Daemon, shutdown: Cancellation
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(client(daemon.clone(), stream, socket.access, shutdown.clone()));
+                tokio::spawn(client(daemon.clone(), commands.clone(), stream, socket.access, shutdown.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, say: wait a moment rather than spin.
@@ -189,7 +193,7 @@ pub async fn serve(socket: ControlSocket, daemon: Daemon, shutdown: Cancellation
     }
 }
 
-async fn client(daemon: Daemon, stream: UnixStream, access: Access, shutdown: CancellationToken) {
+async fn client(daemon: Daemon, commands: Commands, stream: UnixStream, access: Access, shutdown: CancellationToken) {
     if let Err(message) = access.check(&stream) {
         tracing::warn!("control socket: {message}");
         let mut stream = stream;
@@ -225,22 +229,7 @@ async fn client(daemon: Daemon, stream: UnixStream, access: Access, shutdown: Ca
         if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let frame = match serde_json::from_slice::<Request>(&bytes) {
-            Err(e) => ServerFrame::Error {
-                id: request_id(&bytes),
-                message: format!("unreadable request ({e}); see docs/control-protocol.md"),
-            },
-            Ok(Request { id, op: Op::Subscribe }) => {
-                if forwarder.is_none() {
-                    forwarder = Some(tokio::spawn(forward(daemon.subscribe(), tx.clone())));
-                }
-                ServerFrame::Reply { id, result: json!({"subscribed": true}) }
-            }
-            Ok(Request { id, op }) => match handle(&daemon, op).await {
-                Ok(result) => ServerFrame::Reply { id, result },
-                Err(message) => ServerFrame::Error { id: Some(id), message },
-            },
-        };
+        let frame = answer(&daemon, &commands, &bytes, &mut forwarder, &tx).await;
         if tx.send(frame).await.is_err() {
             break;
         }
@@ -250,6 +239,31 @@ async fn client(daemon: Daemon, stream: UnixStream, access: Access, shutdown: Ca
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// The frame that answers one request line; a `subscribe` starts this
+/// connection's event forwarder (once).
+async fn answer(
+    daemon: &Daemon,
+    commands: &Commands,
+    bytes: &[u8],
+    forwarder: &mut Option<tokio::task::JoinHandle<()>>,
+    tx: &mpsc::Sender<ServerFrame>,
+) -> ServerFrame {
+    let Request { id, op } = match serde_json::from_slice::<Request>(bytes) {
+        Ok(request) => request,
+        Err(e) => {
+            let message = format!("unreadable request ({e}); see docs/control-protocol.md");
+            return ServerFrame::Error { id: request_id(bytes), message };
+        }
+    };
+    if op == Op::Subscribe && forwarder.is_none() {
+        *forwarder = Some(tokio::spawn(forward(daemon.subscribe(), tx.clone())));
+    }
+    match handle(daemon, commands, op).await {
+        Ok(reply) => ServerFrame::Reply { id, result: serde_json::to_value(&reply).unwrap_or(Value::Null) },
+        Err(message) => ServerFrame::Error { id: Some(id), message },
+    }
 }
 
 fn line(frame: &ServerFrame) -> Vec<u8> {
@@ -278,53 +292,52 @@ async fn forward(mut events: broadcast::Receiver<Event>, tx: mpsc::Sender<Server
     }
 }
 
-async fn handle(daemon: &Daemon, op: Op) -> Result<Value, String> {
+async fn handle(daemon: &Daemon, commands: &Commands, op: Op) -> Result<Reply, String> {
     Ok(match op {
-        Op::Status => value(&daemon.status_info()),
-        Op::Traffic => value(&daemon.traffic()),
-        Op::Approvals => value(&daemon.approvals()),
-        Op::Approve { command } => {
-            daemon.decide(command, true)?;
-            json!({"command": command, "decision": "approved"})
+        Op::Status => {
+            let (pending, running) = commands.counts();
+            Reply::Status(daemon.status_info(pending, running))
         }
-        Op::Deny { command } => {
-            daemon.decide(command, false)?;
-            json!({"command": command, "decision": "denied"})
-        }
+        Op::Traffic => Reply::Traffic(commands.traffic()),
+        Op::Approvals => Reply::Approvals(commands.approvals()),
+        Op::Approve { command } => decide(commands, command, Decision::Approved)?,
+        Op::Deny { command } => decide(commands, command, Decision::Denied)?,
         Op::SetMode { mode } => {
             daemon.set_mode(mode).map_err(|e| format!("{e:#}"))?;
-            json!({"mode": mode})
+            Reply::Mode(ModeInfo { mode })
         }
-        Op::Code => value(&daemon.code_info()),
+        Op::Code => Reply::Code(daemon.code_info()),
         Op::CodeReset => match daemon.operator(OperatorOp::ResetCode).await? {
-            OperatorOutcome::CodeReset { code, .. } => json!({"code": code}),
+            OperatorOutcome::CodeReset { code, .. } => Reply::Code(CodeInfo { code: Some(code.to_string()) }),
             other => return Err(format!("unexpected answer from the relay: {other:?}")),
         },
         Op::Admins => match daemon.operator(OperatorOp::ListAccounts).await? {
-            OperatorOutcome::Accounts { accounts } => value(&accounts),
+            OperatorOutcome::Accounts { accounts } => Reply::Accounts(accounts),
             other => return Err(format!("unexpected answer from the relay: {other:?}")),
         },
         Op::AdminBlock { account } => {
-            account_op(daemon, OperatorOp::Block { account: account.clone() }, account, "blocked").await?
+            account_op(daemon, OperatorOp::Block { link: account.clone() }, account, LinkState::Blocked).await?
         }
         Op::AdminUnblock { account } => {
-            account_op(daemon, OperatorOp::Unblock { account: account.clone() }, account, "active").await?
+            account_op(daemon, OperatorOp::Unblock { link: account.clone() }, account, LinkState::Active).await?
         }
         Op::AdminApprove { account } => {
-            account_op(daemon, OperatorOp::Approve { account: account.clone() }, account, "active").await?
+            account_op(daemon, OperatorOp::Approve { link: account.clone() }, account, LinkState::Active).await?
         }
-        Op::Subscribe => json!({"subscribed": true}),
+        // Answered where the connection is, which is what subscribes.
+        Op::Subscribe => Reply::Subscribed(Subscribed { subscribed: true }),
     })
 }
 
-async fn account_op(daemon: &Daemon, op: OperatorOp, account: String, state: &str) -> Result<Value, String> {
-    daemon.operator(op).await?;
-    daemon.accounts_changed();
-    Ok(json!({"account": account, "state": state}))
+fn decide(commands: &Commands, command: uuid::Uuid, decision: Decision) -> Result<Reply, String> {
+    commands.decide(command, decision == Decision::Approved)?;
+    Ok(Reply::Decided(Decided { command, decision }))
 }
 
-fn value<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
+async fn account_op(daemon: &Daemon, op: OperatorOp, account: String, state: LinkState) -> Result<Reply, String> {
+    daemon.operator(op).await?;
+    daemon.accounts_changed();
+    Ok(Reply::Account(AccountChanged { account, state }))
 }
 
 #[cfg(test)]

@@ -12,8 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::core::Daemon;
-use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_CHUNK, Refusal, Stream};
+use crate::protocol::agent::{ExecRequest, ExitStatus, OUTPUT_CHUNK, Refusal, Stream};
 
 /// Between SIGTERM to the group and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -44,40 +43,47 @@ struct Running {
     _keep: Option<Box<dyn Send>>,
 }
 
-/// Where a command's messages go: the console's view of traffic, then the relay.
-pub struct Outbox {
-    daemon: Daemon,
-    tx: mpsc::Sender<AgentMessage>,
+/// What happens to a running command, in order: `Started`, any `Output`,
+/// then `Exit`; or only `Refused` when it could not start.
+#[derive(Debug)]
+pub enum ProcessEvent {
+    /// The process runs in group `pgid`.
+    Started {
+        /// Its process group (= its pid).
+        pgid: i32,
+    },
+    /// A chunk of its output, within the request's cap.
+    Output {
+        /// Which pipe.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// It ended.
+    Exit(ExitStatus),
+    /// It never ran.
+    Refused {
+        /// Why, for the caller's program.
+        reason: Refusal,
+        /// What the caller should do, in words.
+        message: String,
+    },
 }
 
-impl Outbox {
-    /// Messages go to `tx` (the relay link) after `daemon` has seen them.
-    pub fn new(daemon: Daemon, tx: mpsc::Sender<AgentMessage>) -> Self {
-        Self { daemon, tx }
-    }
+/// Where a command's events go; a send fails once nobody listens.
+type Events = mpsc::Sender<ProcessEvent>;
 
-    /// False when the link is gone.
-    pub async fn send(&self, msg: AgentMessage) -> bool {
-        self.daemon.observe(&msg);
-        self.tx.send(msg).await.is_ok()
-    }
-
-    /// Tells the caller the command will not run.
-    pub async fn refuse(&self, id: uuid::Uuid, reason: Refusal, message: String) {
-        self.send(AgentMessage::Refused { id, reason, message }).await;
-    }
-}
-
-/// Runs `req`, sending `Started`, `Output` and `Exit` (or `Refused`) to `out`.
-/// Cancelling `cancel` kills the command's process group.
-pub async fn run(req: ExecRequest, out: &Outbox, cancel: &CancellationToken) {
-    let id = req.id;
+/// Runs `req`, reporting `Started`, `Output` and `Exit` (or `Refused`) on
+/// `events`. Cancelling `cancel` kills the command's process group; so does
+/// `events` being closed.
+pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken) {
     if let Some(cwd) = &req.cwd
         && !Path::new(cwd).is_dir()
     {
         let message =
             format!("cwd {cwd:?} does not exist on this machine (or is not a directory); pick an existing directory");
-        return out.refuse(id, Refusal::BadRequest, message).await;
+        let _ = events.send(ProcessEvent::Refused { reason: Refusal::BadRequest, message }).await;
+        return;
     }
     let started = Instant::now();
     let spawned = if req.pty { spawn_pty(&req) } else { spawn_pipes(&req) };
@@ -85,33 +91,22 @@ pub async fn run(req: ExecRequest, out: &Outbox, cancel: &CancellationToken) {
         Ok(running) => running,
         Err(e) => {
             let message = format!("the command could not be started: {e}");
-            return out.refuse(id, Refusal::SpawnFailed, message).await;
+            let _ = events.send(ProcessEvent::Refused { reason: Refusal::SpawnFailed, message }).await;
+            return;
         }
     };
-    if !out.send(AgentMessage::Started { id }).await {
+    if events.send(ProcessEvent::Started { pgid: running.pgid }).await.is_err() {
         kill_group(running.pgid, rustix::process::Signal::KILL);
         return;
     }
-    let end = supervise(&req, running, out, cancel).await;
-    out.send(AgentMessage::Exit {
-        id,
-        exit_code: end.exit_code,
-        duration_ms: started.elapsed().as_millis() as u64,
-        truncated: end.truncated,
-        timed_out: end.timed_out,
-    })
-    .await;
-}
-
-struct End {
-    exit_code: i32,
-    truncated: bool,
-    timed_out: bool,
+    let mut exit = supervise(&req, running, &events, cancel).await;
+    exit.duration_ms = started.elapsed().as_millis() as u64;
+    let _ = events.send(ProcessEvent::Exit(exit)).await;
 }
 
 /// Forwards output and enforces the timeout, the cap and cancellation until
 /// the process has exited and its output is drained.
-async fn supervise(req: &ExecRequest, mut p: Running, out: &Outbox, cancel: &CancellationToken) -> End {
+async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &CancellationToken) -> ExitStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
     let mut sent: u64 = 0;
     let mut truncated = false;
@@ -140,7 +135,7 @@ async fn supervise(req: &ExecRequest, mut p: Running, out: &Outbox, cancel: &Can
                         term(&mut kill_at);
                     }
                     sent += data.len() as u64;
-                    if !data.is_empty() && !out.send(AgentMessage::Output { id: req.id, stream, data }).await {
+                    if !data.is_empty() && events.send(ProcessEvent::Output { stream, data }).await.is_err() {
                         // The link is gone: nobody will read what follows.
                         term(&mut kill_at);
                         cancel.cancel();
@@ -165,7 +160,7 @@ async fn supervise(req: &ExecRequest, mut p: Running, out: &Outbox, cancel: &Can
             break;
         }
     }
-    End { exit_code: exit.unwrap_or(-1), truncated, timed_out }
+    ExitStatus { exit_code: exit.unwrap_or(-1), duration_ms: 0, truncated, timed_out }
 }
 
 fn kill_group(pgid: i32, signal: rustix::process::Signal) {

@@ -2,26 +2,22 @@
 //! stream their output back; reconnect with capped, jittered backoff.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
-use super::core::{Daemon, OperatorCall};
-use super::executor::{self, Outbox};
+use super::commands::{Commands, Outbox};
+use super::shared::{Daemon, OperatorCall};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, ExecRequest, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, OperatorOutcome,
-    PROTOCOL_VERSION, Refusal, RelayMessage,
+    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, OperatorOutcome,
+    PROTOCOL_VERSION, RelayMessage,
 };
-use crate::protocol::control::{CommandState, Decision, Mode};
 
 /// First wait before reconnecting.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -42,35 +38,36 @@ enum Ended {
     Dropped { lasted: Duration },
 }
 
-/// Commands in flight on this daemon, by id, so that a cancel can reach them.
-type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
-
 /// Commands still running at shutdown get this long to be killed.
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Keeps a link to the relay up until `shutdown`; then kills what still runs.
-pub async fn run(daemon: Daemon, mut calls: mpsc::Receiver<OperatorCall>, shutdown: CancellationToken) {
-    let tasks = TaskTracker::new();
-    link_loop(&daemon, &mut calls, &tasks, &shutdown).await;
+pub async fn run(
+    daemon: Daemon,
+    commands: Commands,
+    mut calls: mpsc::Receiver<OperatorCall>,
+    shutdown: CancellationToken,
+) {
+    link_loop(&daemon, &commands, &mut calls, &shutdown).await;
     daemon.link_down(None);
     // Each command's token was cancelled with its link: wait for the kills.
-    tasks.close();
-    if timeout(DRAIN, tasks.wait()).await.is_err() {
+    if !commands.drain(DRAIN).await {
         tracing::warn!("some commands did not end within {DRAIN:?} of shutdown");
     }
 }
 
 async fn link_loop(
     daemon: &Daemon,
+    commands: &Commands,
     calls: &mut mpsc::Receiver<OperatorCall>,
-    tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
     let mut backoff = Backoff::default();
-    let limit = Arc::new(Semaphore::new(daemon.config.max_concurrent));
+    // Whether this process has printed the code yet.
+    let mut announced = false;
     loop {
         let attempt = tokio::select! {
-            r = connect(daemon, &limit, calls, tasks, shutdown) => r,
+            r = connect(daemon, commands, calls, &mut announced, shutdown) => r,
             _ = shutdown.cancelled() => Ok(Ended::Shutdown),
         };
         match attempt {
@@ -132,10 +129,10 @@ pub fn check_relay_url(relay: &str, allow_insecure: bool) -> anyhow::Result<()> 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Dials and says hello; on success the relay has accepted this daemon.
-async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
-    let url = agent_url(&daemon.config.relay)?;
+async fn hello(daemon: &Daemon, announced: &mut bool) -> anyhow::Result<Result<Ws, Ended>> {
+    let url = agent_url(&daemon.config().relay)?;
     let ws_config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
-    let connector = super::tls::connector(daemon.config.ca_cert.as_deref())?;
+    let connector = super::tls::connector(daemon.config().ca_cert.as_deref())?;
     let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(&url, Some(ws_config), true, connector)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -155,7 +152,7 @@ async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
                 // Only now may the relay forget the token this link was opened with.
                 ws.send(Message::text(agent::encode(&AgentMessage::TokenSaved))).await?;
             }
-            let first = !daemon.announced.swap(true, std::sync::atomic::Ordering::Relaxed);
+            let first = !std::mem::replace(announced, true);
             if first || previous != Some(code) {
                 announce(daemon, &code.to_string());
             }
@@ -178,190 +175,155 @@ async fn hello(daemon: &Daemon) -> anyhow::Result<Result<Ws, Ended>> {
 
 /// Prints the code where the operator (and the journal) will see it.
 fn announce(daemon: &Daemon, code: &str) {
-    eprintln!("Registered with relay {}", daemon.config.relay);
+    eprintln!("Registered with relay {}", daemon.config().relay);
     eprintln!("Session: {code}");
 }
 
+/// One link's life: hello, then serve it until it ends.
 async fn connect(
     daemon: &Daemon,
-    limit: &Arc<Semaphore>,
+    commands: &Commands,
     calls: &mut mpsc::Receiver<OperatorCall>,
-    tasks: &TaskTracker,
+    announced: &mut bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
-    let mut ws = match hello(daemon).await? {
+    let ws = match hello(daemon, announced).await? {
         Ok(ws) => ws,
         Err(ended) => return Ok(ended),
     };
     daemon.link_up();
-    let connected = Instant::now();
-    let (out_tx, mut out_rx) = mpsc::channel::<AgentMessage>(64);
-    let running: Running = Arc::default();
-    let link_gone = CancellationToken::new();
+    let (out, mut outgoing) = mpsc::channel::<AgentMessage>(64);
+    let mut link = Link {
+        daemon,
+        commands,
+        ws,
+        out,
+        gone: CancellationToken::new(),
+        last_ping: None,
+        waiting: HashMap::new(),
+        next_req: 0,
+    };
     // However this function ends (an error, or being dropped at shutdown),
     // the commands its link carried are killed: nobody can hear them now.
-    let _kill_on_exit = link_gone.clone().drop_guard();
-    let mut last_rx = Instant::now();
-    let mut ping = tokio::time::interval(daemon.config.ping_interval);
-    let mut last_ping: Option<(u64, Instant)> = None;
-    let mut waiting: HashMap<u64, oneshot::Sender<OperatorOutcome>> = HashMap::new();
-    let mut next_req = 0u64;
+    let _kill_on_exit = link.gone.clone().drop_guard();
+    link.serve(&mut outgoing, calls, shutdown).await
+}
 
-    let ended = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = ws.close(None).await;
-                break Ended::Shutdown;
-            }
-            Some(msg) = out_rx.recv() => ws.send(Message::text(agent::encode(&msg))).await?,
-            Some((op, reply)) = calls.recv() => {
-                if reply.is_closed() {
-                    // The operator was already told it failed: do not do it late.
-                    continue;
+/// A link that said hello and was accepted.
+struct Link<'a> {
+    /// Credentials, health and the event bus.
+    daemon: &'a Daemon,
+    /// Where commands go.
+    commands: &'a Commands,
+    /// The WebSocket.
+    ws: Ws,
+    /// Commands' messages on their way to the relay.
+    out: Outbox,
+    /// Cancelled when this link ends, and with it every command it carried.
+    gone: CancellationToken,
+    /// The last ping sent: its sequence number and when.
+    last_ping: Option<(u64, Instant)>,
+    /// Operator requests sent to the relay, awaiting replies, by request number.
+    waiting: HashMap<u64, oneshot::Sender<OperatorOutcome>>,
+    /// The last request number used.
+    next_req: u64,
+}
+
+impl Link<'_> {
+    /// Carries messages both ways until the link ends.
+    async fn serve(
+        &mut self,
+        outgoing: &mut mpsc::Receiver<AgentMessage>,
+        calls: &mut mpsc::Receiver<OperatorCall>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Ended> {
+        let connected = Instant::now();
+        let dropped = || Ended::Dropped { lasted: connected.elapsed() };
+        let mut last_rx = Instant::now();
+        let mut ping = tokio::time::interval(self.daemon.config().ping_interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = self.ws.close(None).await;
+                    return Ok(Ended::Shutdown);
                 }
-                next_req += 1;
-                waiting.insert(next_req, reply);
-                ws.send(Message::text(agent::encode(&AgentMessage::Operator { req: next_req, op }))).await?;
-            }
-            _ = ping.tick() => {
-                let seq = last_ping.map_or(1, |(s, _)| s + 1);
-                last_ping = Some((seq, Instant::now()));
-                ws.send(Message::text(agent::encode(&AgentMessage::Ping { seq }))).await?;
-            }
-            _ = tokio::time::sleep_until(last_rx + LINK_TIMEOUT) => {
-                tracing::warn!("nothing from the relay for {LINK_TIMEOUT:?}");
-                break Ended::Dropped { lasted: connected.elapsed() };
-            }
-            frame = ws.next() => {
-                let Some(Ok(frame)) = frame else { break Ended::Dropped { lasted: connected.elapsed() } };
-                last_rx = Instant::now();
-                let text = match frame {
-                    Message::Text(text) => text,
-                    Message::Close(_) => break Ended::Dropped { lasted: connected.elapsed() },
-                    _ => continue,
-                };
-                match agent::decode::<RelayMessage>(&text) {
-                    Ok(RelayMessage::Exec(req)) => start(daemon, req, limit, &running, &link_gone, &out_tx, tasks),
-                    Ok(RelayMessage::Cancel { id }) => {
-                        if let Some(token) = running.lock().unwrap().get(&id) {
-                            token.cancel();
-                        }
+                Some(msg) = outgoing.recv() => self.send(&msg).await?,
+                Some(call) = calls.recv() => self.operator(call).await?,
+                _ = ping.tick() => self.ping().await?,
+                _ = tokio::time::sleep_until(last_rx + LINK_TIMEOUT) => {
+                    tracing::warn!("nothing from the relay for {LINK_TIMEOUT:?}");
+                    return Ok(dropped());
+                }
+                frame = self.ws.next() => {
+                    let Some(Ok(frame)) = frame else { return Ok(dropped()) };
+                    last_rx = Instant::now();
+                    match frame {
+                        Message::Text(text) => self.dispatch(&text).await?,
+                        Message::Close(_) => return Ok(dropped()),
+                        _ => {}
                     }
-                    Ok(RelayMessage::Ping { seq }) => {
-                        ws.send(Message::text(agent::encode(&AgentMessage::Pong { seq }))).await?;
-                    }
-                    Ok(RelayMessage::Pong { seq }) => {
-                        if let Some((sent_seq, at)) = last_ping && sent_seq == seq {
-                            daemon.rtt_sample(at.elapsed());
-                        }
-                    }
-                    Ok(RelayMessage::OperatorReply { req, outcome }) => {
-                        if let OperatorOutcome::CodeReset { code, .. } = &outcome
-                            && let Some(creds) = daemon.credentials()
-                        {
-                            daemon.set_credentials(Some(Credentials { code: *code, token: creds.token }))?;
-                            announce(daemon, &code.to_string());
-                        }
-                        if let Some(reply) = waiting.remove(&req) {
-                            let _ = reply.send(outcome);
-                        }
-                    }
-                    Ok(RelayMessage::AccountsChanged) => daemon.accounts_changed(),
-                    Ok(RelayMessage::Error { message }) => tracing::warn!("the relay says: {message}"),
-                    Ok(other) => tracing::warn!("unexpected {} message from the relay", other.kind()),
-                    Err(e) => tracing::warn!("{e}"),
                 }
             }
         }
-    };
-    Ok(ended)
-}
+    }
 
-/// Takes a command on its own task: the mode, the limit and (supervised)
-/// the operator decide whether it runs.
-fn start(
-    daemon: &Daemon,
-    req: ExecRequest,
-    limit: &Arc<Semaphore>,
-    running: &Running,
-    link_gone: &CancellationToken,
-    out: &mpsc::Sender<AgentMessage>,
-    tasks: &TaskTracker,
-) {
-    let id = req.id;
-    let mode = daemon.mode();
-    let outbox = Outbox::new(daemon.clone(), out.clone());
-    let permit = Arc::clone(limit).try_acquire_owned();
-    let initial = match (&permit, mode) {
-        (Err(_), _) | (_, Mode::Disabled) => CommandState::Refused,
-        (Ok(_), Mode::Supervised) => CommandState::Pending,
-        (Ok(_), Mode::Auto) => CommandState::Running,
-    };
-    daemon.record(&req, initial);
-    let cancel = link_gone.child_token();
-    running.lock().unwrap().insert(id, cancel.clone());
-    let running = Arc::clone(running);
-    let daemon = daemon.clone();
-    let max = daemon.config.max_concurrent;
-    tasks.spawn(async move {
-        match permit {
-            Ok(permit) => handle(&daemon, req, mode, &outbox, &cancel, permit).await,
-            Err(_) => {
-                let message = format!(
-                    "this machine is already running {max} command(s), as many as its operator allows at once; retry when one has finished"
-                );
-                outbox.refuse(id, Refusal::Busy, message).await;
-            }
+    async fn send(&mut self, msg: &AgentMessage) -> anyhow::Result<()> {
+        Ok(self.ws.send(Message::text(agent::encode(msg))).await?)
+    }
+
+    /// Sends an operator request to the relay; its reply is matched by number.
+    async fn operator(&mut self, (op, reply): OperatorCall) -> anyhow::Result<()> {
+        if reply.is_closed() {
+            // The operator was already told it failed: do not do it late.
+            return Ok(());
         }
-        running.lock().unwrap().remove(&id);
-    });
-}
+        self.next_req += 1;
+        self.waiting.insert(self.next_req, reply);
+        self.send(&AgentMessage::Operator { req: self.next_req, op }).await
+    }
 
-async fn handle(
-    daemon: &Daemon,
-    req: ExecRequest,
-    mode: Mode,
-    outbox: &Outbox,
-    cancel: &CancellationToken,
-    _permit: OwnedSemaphorePermit,
-) {
-    let id = req.id;
-    match mode {
-        Mode::Disabled => {
-            let message = "this machine's operator has disabled remote commands (aic-console mode disabled)".into();
-            return outbox.refuse(id, Refusal::Disabled, message).await;
+    async fn ping(&mut self) -> anyhow::Result<()> {
+        let seq = self.last_ping.map_or(1, |(s, _)| s + 1);
+        self.last_ping = Some((seq, Instant::now()));
+        self.send(&AgentMessage::Ping { seq }).await
+    }
+
+    /// Acts on one message from the relay.
+    async fn dispatch(&mut self, text: &str) -> anyhow::Result<()> {
+        match agent::decode::<RelayMessage>(text) {
+            Ok(RelayMessage::Exec(req)) => self.commands.submit(req, self.out.clone(), &self.gone),
+            Ok(RelayMessage::Cancel { id }) => {
+                self.commands.cancel(id);
+            }
+            Ok(RelayMessage::Ping { seq }) => self.send(&AgentMessage::Pong { seq }).await?,
+            Ok(RelayMessage::Pong { seq }) => {
+                if let Some((sent_seq, at)) = self.last_ping
+                    && sent_seq == seq
+                {
+                    self.daemon.rtt_sample(at.elapsed());
+                }
+            }
+            Ok(RelayMessage::OperatorReply { req, outcome }) => self.operator_reply(req, outcome)?,
+            Ok(RelayMessage::AccountsChanged) => self.daemon.accounts_changed(),
+            Ok(RelayMessage::Error { message }) => tracing::warn!("the relay says: {message}"),
+            Ok(other) => tracing::warn!("unexpected {} message from the relay", other.kind()),
+            Err(e) => tracing::warn!("{e}"),
         }
-        Mode::Auto => {}
-        Mode::Supervised => match daemon.await_approval(&req, cancel).await {
-            Decision::Approved => {}
-            Decision::Denied => {
-                let message = "the machine's operator denied this command".into();
-                return outbox.refuse(id, Refusal::Denied, message).await;
-            }
-            Decision::TimedOut => {
-                let message = format!(
-                    "the machine's operator did not answer within {}; ask them to watch aic-console, then retry",
-                    human(daemon.config.approval_timeout)
-                );
-                return outbox.refuse(id, Refusal::ApprovalTimeout, message).await;
-            }
-            Decision::Withdrawn => return daemon.cancelled(id),
-        },
+        Ok(())
     }
-    if cancel.is_cancelled() {
-        // Approved in the same instant its caller left: nobody would hear it.
-        return daemon.cancelled(id);
-    }
-    executor::run(req, outbox, cancel).await;
-    if cancel.is_cancelled() {
-        daemon.cancelled(id);
-    }
-}
 
-fn human(d: Duration) -> String {
-    match d.as_secs() {
-        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
-        s => format!("{s} s"),
+    /// Hands a reply to whoever asked; a new code is saved first.
+    fn operator_reply(&mut self, req: u64, outcome: OperatorOutcome) -> anyhow::Result<()> {
+        if let OperatorOutcome::CodeReset { code, .. } = &outcome
+            && let Some(creds) = self.daemon.credentials()
+        {
+            self.daemon.set_credentials(Some(Credentials { code: *code, token: creds.token }))?;
+            announce(self.daemon, &code.to_string());
+        }
+        if let Some(reply) = self.waiting.remove(&req) {
+            let _ = reply.send(outcome);
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,11 @@
 //! The daemon: dials the relay, owns the machine's session code, runs
 //! commands, and serves the control socket its operator's console uses.
 
+pub mod commands;
 pub mod control;
-pub mod core;
 pub mod executor;
 pub mod link;
+pub mod shared;
 pub mod state;
 pub mod tls;
 pub mod traffic;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use self::core::Daemon;
+pub use self::commands::Commands;
+pub use self::shared::Daemon;
 use crate::protocol::SessionCode;
 pub use crate::protocol::control::Mode;
 
@@ -80,8 +82,9 @@ pub async fn run(config: Config, status: watch::Sender<LinkStatus>, shutdown: Ca
     let saved = file.load()?;
     let (daemon, calls) = Daemon::new(config, file, saved, status)?;
     tracing::info!(mode = %daemon.mode(), socket = %socket.path().display(), "aic-daemon started");
-    let server = tokio::spawn(control::serve(socket, daemon.clone(), shutdown.clone()));
-    link::run(daemon, calls, shutdown).await;
+    let commands = Commands::new(daemon.clone());
+    let server = tokio::spawn(control::serve(socket, daemon.clone(), commands.clone(), shutdown.clone()));
+    link::run(daemon, commands, calls, shutdown).await;
     server.await?;
     Ok(())
 }

@@ -6,12 +6,8 @@ use std::collections::VecDeque;
 use uuid::Uuid;
 
 use crate::protocol::agent::ExecRequest;
-use crate::protocol::control::{CommandState, TrafficEntry};
+use crate::protocol::control::{CommandState, RING_LEN, TAIL_BYTES, TrafficEntry};
 
-/// Commands kept.
-pub const RING_LEN: usize = 1000;
-/// Bytes of each command's output kept (its end).
-pub const TAIL_BYTES: usize = 4096;
 /// Bytes of each command's text kept in the ring (the approval queue keeps it whole).
 pub const COMMAND_BYTES: usize = 4096;
 
@@ -58,18 +54,6 @@ impl Traffic {
     /// Commands now running.
     pub fn running(&self) -> usize {
         self.entries.iter().filter(|e| e.state == CommandState::Running).count()
-    }
-}
-
-/// Appends `text` to a tail, keeping its last [`TAIL_BYTES`] bytes.
-pub fn append_tail(tail: &mut String, text: &str) {
-    tail.push_str(text);
-    if tail.len() > TAIL_BYTES {
-        let mut start = tail.len() - TAIL_BYTES;
-        while !tail.is_char_boundary(start) {
-            start += 1;
-        }
-        tail.drain(..start);
     }
 }
 
@@ -135,12 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn tails_and_commands_are_bounded_on_char_boundaries() {
-        let mut tail = String::new();
-        for _ in 0..3000 {
-            append_tail(&mut tail, "é");
-        }
-        assert!(tail.len() <= TAIL_BYTES && tail.chars().all(|c| c == 'é'));
+    fn commands_are_bounded_on_char_boundaries() {
         let mut t = Traffic::default();
         let long = "€".repeat(5000);
         let entry = t.push(&req(&long), CommandState::Pending, 0);

@@ -84,6 +84,20 @@ pub struct Requester {
     pub fingerprint: String,
 }
 
+/// How a command ended: declared once, carried from the executor through the
+/// relay to the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit status; 128 + N when killed by signal N.
+    pub exit_code: i32,
+    /// Wall time from start to exit.
+    pub duration_ms: u64,
+    /// Output passed the cap and was cut; the process group was killed.
+    pub truncated: bool,
+    /// The timeout passed and the process group was killed.
+    pub timed_out: bool,
+}
+
 /// Messages from the daemon to the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -116,14 +130,9 @@ pub enum AgentMessage {
     Exit {
         /// The command's id.
         id: Uuid,
-        /// Exit status; 128 + N when killed by signal N.
-        exit_code: i32,
-        /// Wall time from start to exit.
-        duration_ms: u64,
-        /// Output passed the cap and was cut; the process group was killed.
-        truncated: bool,
-        /// The timeout passed and the process group was killed.
-        timed_out: bool,
+        /// How it ended.
+        #[serde(flatten)]
+        exit: ExitStatus,
     },
     /// The command never ran.
     Refused {
@@ -165,18 +174,21 @@ pub enum OperatorOp {
     ListAccounts,
     /// Block a linked account.
     Block {
-        /// The account link's id.
-        account: String,
+        /// The account link's id (`account` on the wire).
+        #[serde(rename = "account")]
+        link: String,
     },
     /// Unblock a linked account.
     Unblock {
-        /// The account link's id.
-        account: String,
+        /// The account link's id (`account` on the wire).
+        #[serde(rename = "account")]
+        link: String,
     },
     /// Approve a pending link.
     Approve {
-        /// The account link's id.
-        account: String,
+        /// The account link's id (`account` on the wire).
+        #[serde(rename = "account")]
+        link: String,
     },
 }
 
@@ -417,6 +429,17 @@ mod tests {
         let msg = AgentMessage::Output { id: Uuid::nil(), stream: Stream::Stderr, data: data.clone() };
         let text = encode(&msg);
         assert_eq!(decode::<AgentMessage>(&text).unwrap(), msg);
+    }
+
+    #[test]
+    fn exit_keeps_its_flat_wire_form() {
+        let exit = ExitStatus { exit_code: 3, duration_ms: 12, truncated: true, timed_out: false };
+        let text = encode(&AgentMessage::Exit { id: Uuid::nil(), exit });
+        assert_eq!(
+            text,
+            r#"{"type":"exit","id":"00000000-0000-0000-0000-000000000000","exit_code":3,"duration_ms":12,"truncated":true,"timed_out":false}"#
+        );
+        assert_eq!(decode::<AgentMessage>(&text).unwrap(), AgentMessage::Exit { id: Uuid::nil(), exit });
     }
 
     #[test]

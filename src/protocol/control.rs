@@ -147,6 +147,118 @@ pub enum Op {
     Subscribe,
 }
 
+impl Op {
+    /// Reads the `result` of a reply to this op: a reply carries no tag, so
+    /// what it is follows from what was asked.
+    pub fn read_reply(&self, result: serde_json::Value) -> Result<Reply, serde_json::Error> {
+        use serde_json::from_value as read;
+        Ok(match self {
+            Self::Status => Reply::Status(read(result)?),
+            Self::Traffic => Reply::Traffic(read(result)?),
+            Self::Approvals => Reply::Approvals(read(result)?),
+            Self::Approve { .. } | Self::Deny { .. } => Reply::Decided(read(result)?),
+            Self::SetMode { .. } => Reply::Mode(read(result)?),
+            Self::Code | Self::CodeReset => Reply::Code(read(result)?),
+            Self::Admins => Reply::Accounts(read(result)?),
+            Self::AdminBlock { .. } | Self::AdminUnblock { .. } | Self::AdminApprove { .. } => {
+                Reply::Account(read(result)?)
+            }
+            Self::Subscribe => Reply::Subscribed(read(result)?),
+        })
+    }
+}
+
+/// The `result` of a successful reply, one variant per kind of op. On the
+/// wire it is the variant's content alone (no tag); [`Op::read_reply`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// To `status`.
+    Status(StatusInfo),
+    /// To `traffic`: the ring, oldest first.
+    Traffic(Vec<TrafficEntry>),
+    /// To `approvals`: waiting commands, oldest first.
+    Approvals(Vec<Approval>),
+    /// To `approve` and `deny`.
+    Decided(Decided),
+    /// To `set_mode`.
+    Mode(ModeInfo),
+    /// To `code` and `code_reset` (the new code).
+    Code(CodeInfo),
+    /// To `admins`.
+    Accounts(Vec<LinkedAccount>),
+    /// To `admin_block`, `admin_unblock` and `admin_approve`.
+    Account(AccountChanged),
+    /// To `subscribe`.
+    Subscribed(Subscribed),
+}
+
+/// Wraps each kind of reply's content in a [`Reply`], and takes it out again
+/// (the reply back when it is another kind).
+macro_rules! reply_content {
+    ($($variant:ident($content:ty)),* $(,)?) => {$(
+        impl From<$content> for Reply {
+            fn from(content: $content) -> Self {
+                Reply::$variant(content)
+            }
+        }
+
+        impl TryFrom<Reply> for $content {
+            type Error = Reply;
+            fn try_from(reply: Reply) -> Result<Self, Reply> {
+                match reply {
+                    Reply::$variant(content) => Ok(content),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+reply_content!(
+    Status(StatusInfo),
+    Traffic(Vec<TrafficEntry>),
+    Approvals(Vec<Approval>),
+    Decided(Decided),
+    Mode(ModeInfo),
+    Code(CodeInfo),
+    Accounts(Vec<LinkedAccount>),
+    Account(AccountChanged),
+    Subscribed(Subscribed),
+);
+
+/// A waiting command the operator has just decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// The command's id.
+    pub command: Uuid,
+    /// `approved` or `denied`.
+    pub decision: Decision,
+}
+
+/// The mode now in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeInfo {
+    /// The mode.
+    pub mode: Mode,
+}
+
+/// A linked account whose state the operator has just changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountChanged {
+    /// The account link's id.
+    pub account: String,
+    /// Its state now.
+    pub state: LinkState,
+}
+
+/// Events follow on this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// Always true.
+    pub subscribed: bool,
+}
+
 /// What the daemon writes to a console.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -155,7 +267,7 @@ pub enum ServerFrame {
     Reply {
         /// The request's id.
         id: u64,
-        /// The answer; its shape depends on the op.
+        /// The answer: a [`Reply`], read back with [`Op::read_reply`].
         result: serde_json::Value,
     },
     /// Request `id` failed (or, with no id, the line could not be read).
@@ -247,6 +359,23 @@ pub enum CommandState {
     Refused,
 }
 
+/// Commands the traffic ring keeps (the daemon's, and the console's copy).
+pub const RING_LEN: usize = 1000;
+/// Bytes of each command's output a [`TrafficEntry::tail`] keeps (its end).
+pub const TAIL_BYTES: usize = 4096;
+
+/// Appends `text` to a [`TrafficEntry::tail`], keeping its last [`TAIL_BYTES`] bytes.
+pub fn append_tail(tail: &mut String, text: &str) {
+    tail.push_str(text);
+    if tail.len() > TAIL_BYTES {
+        let mut start = tail.len() - TAIL_BYTES;
+        while !tail.is_char_boundary(start) {
+            start += 1;
+        }
+        tail.drain(..start);
+    }
+}
+
 /// One command in the traffic ring.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficEntry {
@@ -272,7 +401,7 @@ pub struct TrafficEntry {
     pub bytes: u64,
     /// Output was cut at the cap.
     pub truncated: bool,
-    /// The end of its output (bounded).
+    /// The end of its output, at most [`TAIL_BYTES`] (see [`append_tail`]).
     pub tail: String,
 }
 
@@ -340,6 +469,35 @@ pub struct StatusInfo {
     pub relay: RelayHealth,
 }
 
+/// The state of an account's link to a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// The account may use the machine.
+    Active,
+    /// Made after the code's first hour: waits for the operator.
+    Pending,
+    /// The operator blocked the account.
+    Blocked,
+}
+
+impl LinkState {
+    /// The word stored and shown (the same as on the wire).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Pending => "pending",
+            Self::Blocked => "blocked",
+        }
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An account linked to this machine, as the relay shows it to the operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkedAccount {
@@ -349,8 +507,8 @@ pub struct LinkedAccount {
     pub email: String,
     /// The name the account uses for this machine.
     pub alias: String,
-    /// `active`, `blocked` or `pending`.
-    pub state: String,
+    /// Whether it may use the machine.
+    pub state: LinkState,
     /// When the link was made (Unix ms).
     pub linked_at_ms: u64,
     /// When the account last used this machine (Unix ms).
@@ -377,10 +535,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tails_are_bounded_on_char_boundaries() {
+        let mut tail = String::new();
+        for _ in 0..3000 {
+            append_tail(&mut tail, "é");
+        }
+        assert!(tail.len() <= TAIL_BYTES && tail.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
     fn requests_are_flat_json() {
         let req: Request = serde_json::from_str(r#"{"id":4,"op":"set_mode","mode":"auto"}"#).unwrap();
         assert_eq!(req, Request { id: 4, op: Op::SetMode { mode: Mode::Auto } });
         assert_eq!(serde_json::to_string(&Request { id: 1, op: Op::Status }).unwrap(), r#"{"id":1,"op":"status"}"#);
+    }
+
+    #[test]
+    fn replies_keep_their_untagged_json_and_read_back_by_op() {
+        let command = Uuid::nil();
+        let cases = [
+            (Op::Deny { command }, Reply::Decided(Decided { command, decision: Decision::Denied })),
+            (Op::SetMode { mode: Mode::Auto }, Reply::Mode(ModeInfo { mode: Mode::Auto })),
+            (Op::Approvals, Reply::Approvals(Vec::new())),
+            (Op::Admins, Reply::Accounts(Vec::new())),
+            (
+                Op::AdminBlock { account: "7".into() },
+                Reply::Account(AccountChanged { account: "7".into(), state: LinkState::Blocked }),
+            ),
+            (Op::Subscribe, Reply::Subscribed(Subscribed { subscribed: true })),
+        ];
+        let wire = [
+            r#"{"command":"00000000-0000-0000-0000-000000000000","decision":"denied"}"#,
+            r#"{"mode":"auto"}"#,
+            "[]",
+            "[]",
+            r#"{"account":"7","state":"blocked"}"#,
+            r#"{"subscribed":true}"#,
+        ];
+        for ((op, reply), json) in cases.into_iter().zip(wire) {
+            assert_eq!(serde_json::to_string(&reply).unwrap(), json);
+            assert_eq!(op.read_reply(serde_json::from_str(json).unwrap()).unwrap(), reply);
+        }
+        assert!(Op::Status.read_reply(serde_json::json!({"mode": "auto"})).is_err());
     }
 
     #[test]

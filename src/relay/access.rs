@@ -13,6 +13,7 @@ use super::error::{ApiError, Reason};
 use super::hub::AgentConn;
 use super::keys::Digest;
 use super::mask;
+use super::store::AgentRecord;
 use crate::protocol::SessionCode;
 use crate::protocol::agent::{AgentInfo, RelayMessage, Requester};
 
@@ -107,31 +108,38 @@ pub enum Purpose {
     Look,
 }
 
-/// Applies the access rules (DESIGN.md, "Access rules") to `caller` quoting `code`.
-pub async fn resolve(state: &AppState, caller: &Caller, code: &str, purpose: Purpose) -> Result<Target, ApiError> {
+/// Admits `caller` to the machine `code` names, or refuses, by the access
+/// rules (DESIGN.md, "Access rules"). Admitting has side effects: an
+/// account's first use ([`Purpose::Use`]) links it to the machine, and every
+/// admission through an existing link is noted as its last use.
+pub async fn admit(state: &AppState, caller: &Caller, code: &str, purpose: Purpose) -> Result<Target, ApiError> {
     match &caller.account {
-        None => resolve_anonymous(state, code).await,
-        Some(account) => resolve_account(state, account, code, purpose).await,
+        None => admit_anonymous(state, code).await,
+        Some(account) => admit_account(state, account, code, purpose).await,
     }
 }
 
-async fn resolve_anonymous(state: &AppState, code: &str) -> Result<Target, ApiError> {
+async fn admit_anonymous(state: &AppState, code: &str) -> Result<Target, ApiError> {
     let code: SessionCode = code.parse().map_err(|e| ApiError::bad_request(format!("code: {e}")))?;
     let code_hash = state.keys.code_hash(&code);
-    let label = code.canonical();
-    if let Some(conn) = state.hub.get(&code_hash)
-        && fresh(state, conn.code_created_ms())
-    {
-        return Ok(Target {
-            label,
-            info: conn.info.clone(),
-            code_created_ms: conn.code_created_ms(),
-            conn: Some(conn),
-        });
+    if let Some(target) = fresh_online(state, code.canonical(), &code_hash) {
+        return Ok(target);
     }
     // Every refusal goes through the same store lookup, so that unknown and
     // expired codes cost the same time as well as giving the same bytes.
-    match state.store.agent_by_code(&code_hash).await.map_err(internal)? {
+    let record = state.store.agent_by_code(&code_hash).await.map_err(internal)?;
+    fresh_offline(state, code.canonical(), record)
+}
+
+/// The machine behind `code_hash`, if its daemon is connected and its code is in its first hour.
+fn fresh_online(state: &AppState, label: String, code_hash: &Digest) -> Option<Target> {
+    let conn = state.hub.get(code_hash).filter(|conn| fresh(state, conn.code_created_ms()))?;
+    Some(Target { label, info: conn.info.clone(), code_created_ms: conn.code_created_ms(), conn: Some(conn) })
+}
+
+/// The anonymous rules for a machine that is not connected: known and in its first hour, or refused alike.
+fn fresh_offline(state: &AppState, label: String, record: Option<AgentRecord>) -> Result<Target, ApiError> {
+    match record {
         Some(record) if fresh(state, record.code_created_ms) => {
             Ok(Target { label, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms })
         }
@@ -149,7 +157,7 @@ fn not_found() -> ApiError {
     )
 }
 
-async fn resolve_account(
+async fn admit_account(
     state: &AppState,
     account: &Account,
     quoted: &str,
@@ -163,22 +171,21 @@ async fn resolve_account(
         }
         None => None,
     };
-    let (label, code_hash, link) = match by_code {
+    let (label, code_hash, link, record) = match by_code {
         Some((code, code_hash, record)) => {
             match accounts::link_of(&state.store, record.id, account.id).await.map_err(internal)? {
-                Some(link) => (code.canonical(), code_hash, link),
+                Some(link) => (code.canonical(), code_hash, link, record),
                 // Looking a machine up is not using it: the anonymous rules answer...
                 None if purpose == Purpose::Look && fresh(state, record.code_created_ms) => {
-                    return resolve_anonymous(state, quoted).await;
+                    let online = fresh_online(state, code.canonical(), &code_hash);
+                    return online.map_or_else(|| fresh_offline(state, code.canonical(), Some(record)), Ok);
                 }
                 // ...and past the first hour the code reads as unknown, with
                 // the same answer and the same lookups as an unknown code.
                 None if purpose == Purpose::Look => by_alias(state, account, quoted).await?,
                 None => {
-                    let link =
-                        first_link(state, account, &code_hash, record.id, record.code_created_ms, &record.agent_info)
-                            .await?;
-                    (code.canonical(), code_hash, link)
+                    let link = first_link(state, account, &code_hash, &record).await?;
+                    (code.canonical(), code_hash, link, record)
                 }
             }
         }
@@ -203,31 +210,32 @@ async fn resolve_account(
         LinkState::Active => {}
     }
     state.usage.note(&account.key_id, link.id, super::now_ms());
-    target(state, label, &code_hash, &link).await
+    Ok(target(state, label, &code_hash, record))
 }
 
-/// One of the account's aliases (which may look like a code): its label, code hash and link.
-async fn by_alias(state: &AppState, account: &Account, quoted: &str) -> Result<(String, Digest, Link), ApiError> {
+/// One of the account's aliases (which may look like a code): its label, code hash, link and machine.
+async fn by_alias(
+    state: &AppState,
+    account: &Account,
+    quoted: &str,
+) -> Result<(String, Digest, Link, AgentRecord), ApiError> {
     let link = accounts::link_by_alias(&state.store, account.id, quoted.trim())
         .await
         .map_err(internal)?
         .ok_or_else(not_found)?;
-    let (hash, _) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
+    let (hash, record) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
     let hash: Digest = hash.try_into().map_err(|_| ApiError::internal())?;
-    Ok((link.alias.clone(), hash, link))
+    Ok((link.alias.clone(), hash, link, record))
 }
 
-async fn target(state: &AppState, label: String, code_hash: &Digest, link: &Link) -> Result<Target, ApiError> {
-    if let Some(conn) = state.hub.get(code_hash) {
-        return Ok(Target {
-            label,
-            info: conn.info.clone(),
-            code_created_ms: conn.code_created_ms(),
-            conn: Some(conn),
-        });
+/// The machine, live if its daemon is connected, else as the store last saw it.
+fn target(state: &AppState, label: String, code_hash: &Digest, record: AgentRecord) -> Target {
+    match state.hub.get(code_hash) {
+        Some(conn) => {
+            Target { label, info: conn.info.clone(), code_created_ms: conn.code_created_ms(), conn: Some(conn) }
+        }
+        None => Target { label, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms },
     }
-    let (_, record) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
-    Ok(Target { label, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms })
 }
 
 fn approval_required() -> ApiError {
@@ -245,12 +253,12 @@ async fn first_link(
     state: &AppState,
     account: &Account,
     code_hash: &Digest,
-    agent_id: i64,
-    code_created_ms: i64,
-    info: &AgentInfo,
+    record: &AgentRecord,
 ) -> Result<Link, ApiError> {
-    let link_state = if fresh(state, code_created_ms) { LinkState::Active } else { LinkState::Pending };
-    let link = accounts::create_link(&state.store, agent_id, account.id, &info.hostname, link_state, super::now_ms())
+    let agent_id = record.id;
+    let link_state = if fresh(state, record.code_created_ms) { LinkState::Active } else { LinkState::Pending };
+    let hostname = &record.agent_info.hostname;
+    let link = accounts::create_link(&state.store, agent_id, account.id, hostname, link_state, super::now_ms())
         .await
         .map_err(internal)?;
     tracing::info!(agent = agent_id, link = link.id, state = link.state.as_str(), "account linked");

@@ -15,34 +15,14 @@ use super::store::Store;
 /// What a key starts with, so it is recognisable (and greppable by secret scanners).
 pub const KEY_PREFIX: &str = "aic_";
 
-/// A link's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    /// The account may use the machine.
-    Active,
-    /// Made after the code's first hour: waits for the operator.
-    Pending,
-    /// The operator blocked the account.
-    Blocked,
-}
+pub use crate::protocol::control::LinkState;
 
-impl LinkState {
-    /// The word stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Pending => "pending",
-            Self::Blocked => "blocked",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "active" => Self::Active,
-            "pending" => Self::Pending,
-            _ => Self::Blocked,
-        }
+/// A stored state word as a state; an unknown word is treated as blocked.
+fn parse_state(text: &str) -> LinkState {
+    match text {
+        "active" => LinkState::Active,
+        "pending" => LinkState::Pending,
+        _ => LinkState::Blocked,
     }
 }
 
@@ -83,7 +63,7 @@ pub struct Link {
     pub id: i64,
     /// The machine.
     pub agent_id: i64,
-    /// The account.
+    /// The account: blocking it stops its commands, and its fingerprint tells it apart.
     pub account_id: i64,
     /// The account's name for the machine.
     pub alias: String,
@@ -255,7 +235,7 @@ fn link(r: &sqlx::sqlite::SqliteRow) -> Link {
         agent_id: r.get(1),
         account_id: r.get(2),
         alias: r.get(3),
-        state: LinkState::parse(r.get::<&str, _>(4)),
+        state: parse_state(r.get::<&str, _>(4)),
         linked_at: r.get(5),
         last_used_at: r.get(6),
     }
@@ -324,13 +304,13 @@ pub async fn create_link(
 /// A machine's links with each account's full email (to be masked before it leaves).
 pub async fn links_of_agent(store: &Store, agent_id: i64) -> anyhow::Result<Vec<(Link, String)>> {
     let rows = sqlx::query(
-        "SELECT l.id, l.agent_id, l.account_id, l.alias, l.state, l.linked_at, l.last_used_at, a.email
+        "SELECT l.id, l.agent_id, l.alias, l.state, l.linked_at, l.last_used_at, a.email
          FROM links l JOIN accounts a ON a.id = l.account_id WHERE l.agent_id = $1 ORDER BY l.linked_at, l.id",
     )
     .bind(agent_id)
     .fetch_all(store.pool())
     .await?;
-    Ok(rows.iter().map(|r| (link(r), r.get(7))).collect())
+    Ok(rows.iter().map(|r| (link(r), r.get(6))).collect())
 }
 
 /// Sets a link of this machine to `state`, if it is in one of `from`.
@@ -346,7 +326,7 @@ pub async fn set_link_state(
         .bind(agent_id)
         .fetch_optional(store.pool())
         .await?;
-    let Some(current) = current.map(|r| LinkState::parse(r.get::<&str, _>(0))) else { return Ok(false) };
+    let Some(current) = current.map(|r| parse_state(r.get::<&str, _>(0))) else { return Ok(false) };
     if !from.contains(&current) {
         return Ok(false);
     }

@@ -159,11 +159,7 @@ pub async fn preflight() -> Response {
 fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                super::error::Reason::TooLarge,
-                "The request body is too large; send a shorter command (for long scripts, write them to a file on the machine first).",
-            )
+            ApiError::too_large()
         } else {
             ApiError::bad_request(format!("could not read the request body: {rejection}"))
         }

@@ -94,6 +94,15 @@ impl ApiError {
         )
     }
 
+    /// 413: the request body passed the relay's limit.
+    pub fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::TooLarge,
+            "The request body is too large; send a shorter command (for long scripts, write them to a file on the machine first).",
+        )
+    }
+
     /// 503: the daemon is not connected.
     pub fn agent_offline() -> Self {
         Self::new(

@@ -10,7 +10,7 @@ use super::AppState;
 use super::access::{self, Caller, Target};
 use super::error::ApiError;
 use super::hub::{Exec, ExecEvent, Issuer, Revocation, StartError};
-use crate::protocol::agent::{ExecRequest, Requester, Stream};
+use crate::protocol::agent::{ExecRequest, ExitStatus, Requester, Stream};
 
 /// Timeout when the caller gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -47,18 +47,12 @@ pub struct ExecParams {
 /// Everything a finished command produced.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    /// Exit status (128 + signal when killed).
-    pub exit_code: i32,
-    /// Wall time on the machine.
-    pub duration_ms: u64,
+    /// How it ended, as the daemon said; `truncated` also when the relay cut output.
+    pub exit: ExitStatus,
     /// Standard output bytes.
     pub stdout: Vec<u8>,
     /// Standard error bytes.
     pub stderr: Vec<u8>,
-    /// Output was cut at the cap and the command killed.
-    pub truncated: bool,
-    /// The timeout killed it.
-    pub timed_out: bool,
 }
 
 /// The JSON a finished command is reported as (buffered body, final SSE
@@ -102,14 +96,14 @@ impl From<&Outcome> for ExecResult {
         let (stderr, stderr_base64) = text_and_exact(&o.stderr);
         Self {
             ok: true,
-            exit_code: o.exit_code,
-            duration_ms: o.duration_ms,
+            exit_code: o.exit.exit_code,
+            duration_ms: o.exit.duration_ms,
             stdout,
             stderr,
             stdout_base64,
             stderr_base64,
-            truncated: o.truncated,
-            timed_out: o.timed_out,
+            truncated: o.exit.truncated,
+            timed_out: o.exit.timed_out,
         }
     }
 }
@@ -166,7 +160,7 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
 /// limits) applies to both alike.
 pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
     let request = request(params, caller.requester(&state.keys), state.config.max_output)?;
-    let target = access::resolve(state, caller, &params.code, access::Purpose::Use).await?;
+    let target = access::admit(state, caller, &params.code, access::Purpose::Use).await?;
     let issuer = Issuer { account: caller.account.as_ref().map(|a| a.id), code_created_ms: target.code_created_ms };
     start(target, request, issuer)
 }
@@ -192,14 +186,12 @@ pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) 
                 Stream::Stdout => outcome.stdout.extend_from_slice(keep),
                 Stream::Stderr => outcome.stderr.extend_from_slice(keep),
             }
-            outcome.truncated |= keep.len() < data.len();
+            outcome.exit.truncated |= keep.len() < data.len();
             Ok(false)
         }
-        Some(ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out }) => {
-            outcome.exit_code = exit_code;
-            outcome.duration_ms = duration_ms;
-            outcome.truncated |= truncated;
-            outcome.timed_out = timed_out;
+        Some(ExecEvent::Exit(exit)) => {
+            let truncated = outcome.exit.truncated || exit.truncated;
+            outcome.exit = ExitStatus { truncated, ..exit };
             Ok(true)
         }
         Some(ExecEvent::Refused(reason, message)) => Err(ApiError::from_refusal(reason, message)),
@@ -269,6 +261,6 @@ mod tests {
         let mut o = Outcome::default();
         absorb(&mut o, Some(ExecEvent::Output(Stream::Stdout, vec![b'a'; 6])), 8).unwrap();
         absorb(&mut o, Some(ExecEvent::Output(Stream::Stderr, vec![b'b'; 6])), 8).unwrap();
-        assert_eq!((o.stdout.len(), o.stderr.len(), o.truncated), (6, 2, true));
+        assert_eq!((o.stdout.len(), o.stderr.len(), o.exit.truncated), (6, 2, true));
     }
 }

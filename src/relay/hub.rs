@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::keys::Digest;
-use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, Refusal, RelayMessage, Stream};
+use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, ExitStatus, Refusal, RelayMessage, Stream};
 
 // The maps below are only touched for a moment (insert, remove, lookup) and
 // never across an `.await`, so a std Mutex is cheaper than tokio's.
@@ -117,16 +117,7 @@ pub enum ExecEvent {
     /// A chunk of output.
     Output(Stream, Vec<u8>),
     /// It finished.
-    Exit {
-        /// Exit status (128 + signal when killed).
-        exit_code: i32,
-        /// Wall time.
-        duration_ms: u64,
-        /// Output was cut at the cap and the command killed.
-        truncated: bool,
-        /// The timeout killed it.
-        timed_out: bool,
-    },
+    Exit(ExitStatus),
     /// It never ran.
     Refused(Refusal, String),
     /// The machine did not finish it within its timeout plus the grace (or
@@ -246,9 +237,7 @@ impl AgentConn {
         let (id, event, last) = match msg {
             AgentMessage::Started { id } => (id, ExecEvent::Started, false),
             AgentMessage::Output { id, stream, data } => (id, ExecEvent::Output(stream, data), false),
-            AgentMessage::Exit { id, exit_code, duration_ms, truncated, timed_out } => {
-                (id, ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out }, true)
-            }
+            AgentMessage::Exit { id, exit } => (id, ExecEvent::Exit(exit), true),
             AgentMessage::Refused { id, reason, message } => (id, ExecEvent::Refused(reason, message), true),
             AgentMessage::Hello { .. }
             | AgentMessage::Ping { .. }
@@ -276,8 +265,9 @@ impl AgentConn {
                 waiter.bytes += data.len() as u64;
                 ExecEvent::Output(stream, data)
             }
-            ExecEvent::Exit { exit_code, duration_ms, truncated, timed_out } => {
-                ExecEvent::Exit { exit_code, duration_ms, truncated: truncated || waiter.cut, timed_out }
+            ExecEvent::Exit(mut exit) => {
+                exit.truncated |= waiter.cut;
+                ExecEvent::Exit(exit)
             }
             other => other,
         };
@@ -332,7 +322,7 @@ impl Exec {
             return Some(ExecEvent::Unanswered { timeout: self.timeout });
         };
         match event {
-            None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..) | ExecEvent::Revoked(_)) => {
+            None | Some(ExecEvent::Exit(_) | ExecEvent::Refused(..) | ExecEvent::Revoked(_)) => {
                 self.finished = true;
             }
             Some(ExecEvent::Started) => {

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::access::{self, Caller};
-use super::error::{ApiError, Reason};
+use super::error::ApiError;
 use super::exec::{self, ExecParams, Outcome};
 use super::hub::Exec;
 use super::limit;
@@ -385,11 +385,7 @@ fn body_error(err: &axum::Error) -> ApiError {
         .chain(std::iter::once(err as &(dyn std::error::Error + 'static)))
         .any(|e| e.is::<http_body_util::LengthLimitError>());
     if too_large {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::TooLarge,
-            "The request body is too large; send a shorter command (for long scripts, write them to a file on the machine first).",
-        )
+        ApiError::too_large()
     } else {
         ApiError::bad_request(format!("could not read the request body: {err}"))
     }

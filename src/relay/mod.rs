@@ -207,19 +207,14 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
 /// Serves on `listener` until `shutdown` is cancelled, then drains and closes the store.
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let shutdown = state.shutdown.clone();
-    let public = match &state.config.public_url {
-        Some(url) => url.clone(),
-        None => {
-            let local = listener.local_addr().context("reading the listen address")?;
-            let scheme = if state.config.tls.is_some() { "https" } else { "http" };
-            format!("{scheme}://{local}").parse().map_err(|e: String| anyhow::anyhow!(e))?
-        }
-    };
+    let local = listener.local_addr().context("reading the listen address")?;
+    let public = PublicUrl::given_or_listen(state.config.public_url.as_ref(), local, state.config.tls.is_some())
+        .map_err(anyhow::Error::msg)?;
     let app = router(state.clone(), public);
-    let flusher = tokio::spawn(flush_usage(state.clone()));
+    let housekeeper = tokio::spawn(housekeeping(state.clone()));
     let config = &state.config;
     listen::serve(listener, app, config.connections, config.proxies.clone(), config.tls.clone(), shutdown).await;
-    let _ = flusher.await;
+    let _ = housekeeper.await;
     state.store.close().await;
     Ok(())
 }
@@ -241,7 +236,7 @@ const STALE_SWEEP: Duration = Duration::from_secs(3600);
 
 /// Writes last-used times every [`USAGE_FLUSH`] and once more at shutdown;
 /// forgets stale agents at start and hourly.
-async fn flush_usage(state: AppState) {
+async fn housekeeping(state: AppState) {
     let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         if last_sweep.is_none_or(|at| at.elapsed() >= STALE_SWEEP) {
@@ -287,9 +282,9 @@ async fn forget_stale(state: &AppState) {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// [`crate::clock::now_ms`] as the store's columns hold it.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// Creates the data dir 0700; one that other users can enter or read (an

@@ -22,9 +22,9 @@ pub async fn handle(
     let result = match op {
         OperatorOp::ResetCode => reset_code(state, conn, code_hash).await,
         OperatorOp::ListAccounts => list(state, conn.agent_id).await,
-        OperatorOp::Block { account } => block(state, conn, &account).await,
-        OperatorOp::Unblock { account } => change(state, conn.agent_id, &account, &[Blocked], Active).await,
-        OperatorOp::Approve { account } => change(state, conn.agent_id, &account, &[Pending], Active).await,
+        OperatorOp::Block { link } => block(state, conn, &link).await,
+        OperatorOp::Unblock { link } => change(state, conn.agent_id, &link, &[Blocked], Active).await,
+        OperatorOp::Approve { link } => change(state, conn.agent_id, &link, &[Pending], Active).await,
     };
     result.unwrap_or_else(|e| {
         tracing::error!(agent = conn.agent_id, "operator request failed: {e:#}");
@@ -41,7 +41,7 @@ async fn list(state: &AppState, agent_id: i64) -> anyhow::Result<OperatorOutcome
             id: link.id.to_string(),
             email: mask::email(&email),
             alias: link.alias,
-            state: link.state.as_str().into(),
+            state: link.state,
             linked_at_ms: link.linked_at as u64,
             last_used_ms: link.last_used_at.map(|t| t as u64),
             fingerprint: state.keys.account_fingerprint(link.account_id),

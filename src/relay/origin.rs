@@ -41,6 +41,15 @@ impl PublicUrl {
         format!("{}{path}", self.base)
     }
 
+    /// `given`, or else the URL the listen address implies (`http://<listen>`,
+    /// or `https://<listen>` when the relay serves TLS itself).
+    pub fn given_or_listen(given: Option<&PublicUrl>, listen: std::net::SocketAddr, tls: bool) -> Result<Self, String> {
+        match given {
+            Some(url) => Ok(url.clone()),
+            None => format!("{}://{listen}", if tls { "https" } else { "http" }).parse(),
+        }
+    }
+
     /// The hosts whose requests the MCP endpoint answers: this one and loopback.
     pub fn allowed_hosts(&self) -> Vec<String> {
         let mut hosts = vec![self.host.clone()];

@@ -28,7 +28,7 @@ pub struct StatusBody {
 /// Applies the access rules to a caller quoting `code` and describes the
 /// machine. The REST API and the MCP tool both come through here.
 pub async fn lookup(state: &AppState, caller: &Caller, code: &str) -> Result<StatusBody, ApiError> {
-    let target = access::resolve(state, caller, code, access::Purpose::Look).await?;
+    let target = access::admit(state, caller, code, access::Purpose::Look).await?;
     Ok(StatusBody {
         ok: true,
         code: target.label.clone(),

@@ -4,15 +4,14 @@
 
 use std::collections::VecDeque;
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::event::{Action, DaemonMsg, Event, Snapshot};
 use super::sanitize;
 use super::theme::Theme;
-use crate::daemon::traffic::{RING_LEN, append_tail};
 use crate::protocol::control::{
-    self, Approval, CommandState, Decision, LinkedAccount, Mode, Op, RelayHealth, TrafficEntry,
+    self, AccountChanged, Approval, CodeInfo, CommandState, Decision, LinkState, LinkedAccount, Mode, Op, RING_LEN,
+    RelayHealth, Reply, TrafficEntry, append_tail,
 };
 
 /// How long a notice stays in view.
@@ -348,23 +347,10 @@ impl App {
         self.notify(format!("{} {what}.", short(gone.id)), false);
     }
 
-    fn reply(&mut self, op: Op, result: Result<Value, String>) -> Vec<Action> {
+    fn reply(&mut self, op: Op, result: Result<Reply, String>) -> Vec<Action> {
         let result = result.map_err(|e| sanitize::line(&e));
         match (op, result) {
-            (Op::Admins, Ok(value)) => match serde_json::from_value::<Vec<LinkedAccount>>(value) {
-                Ok(list) => {
-                    // The list reorders (blocked accounts go last): keep the selection on the same account.
-                    let selected = self.selected_account().map(|a| a.id.clone());
-                    let mut ordered: Vec<_> = list.iter().filter(|a| a.state != "blocked").cloned().collect();
-                    ordered.extend(list.into_iter().filter(|a| a.state == "blocked"));
-                    self.sel_account = selected
-                        .and_then(|id| ordered.iter().position(|a| a.id == id))
-                        .unwrap_or(self.sel_account)
-                        .min(ordered.len().saturating_sub(1));
-                    self.accounts = Accounts::Loaded(ordered);
-                }
-                Err(e) => self.accounts = Accounts::Failed(format!("the daemon sent an unreadable list ({e})")),
-            },
+            (Op::Admins, Ok(Reply::Accounts(list))) => self.accounts_listed(list),
             (Op::Admins, Err(e)) => self.accounts = Accounts::Failed(e),
             (Op::Approve { command }, Ok(_)) => {
                 self.notify(format!("Approved {}: it runs now.", short(command)), false)
@@ -380,25 +366,35 @@ impl App {
                 self.mode = Some(mode);
                 self.notify(format!("Mode is now {mode}."), false);
             }
-            (Op::CodeReset, Ok(value)) => match value["code"].as_str() {
-                Some(code) => {
-                    let code = sanitize::line(code);
-                    self.code = Some(code.clone());
-                    self.popup = Some(Popup::NewCode(code));
-                }
-                None => self.reset_failed("the daemon's answer had no code".into()),
-            },
+            (Op::CodeReset, Ok(Reply::Code(CodeInfo { code: Some(code) }))) => {
+                let code = sanitize::line(&code);
+                self.code = Some(code.clone());
+                self.popup = Some(Popup::NewCode(code));
+            }
+            (Op::CodeReset, Ok(_)) => self.reset_failed("the daemon's answer had no code".into()),
             (Op::CodeReset, Err(e)) => self.reset_failed(e),
-            (Op::AdminBlock { account } | Op::AdminUnblock { account } | Op::AdminApprove { account }, Ok(value)) => {
+            (_, Ok(Reply::Account(AccountChanged { account, state }))) => {
                 let who =
                     self.account_list().iter().find(|a| a.id == account).map(|a| sanitize::line(&a.shown_email()));
-                let state = value["state"].as_str().map(sanitize::line).unwrap_or_else(|| "changed".into());
                 self.notify(format!("{} is now {state}.", who.unwrap_or_else(|| sanitize::line(&account))), false);
             }
             (_, Err(e)) => self.notify(e, true),
             (_, Ok(_)) => {}
         }
         Vec::new()
+    }
+
+    /// A fresh account list; the selection stays on the same account.
+    fn accounts_listed(&mut self, list: Vec<LinkedAccount>) {
+        // The list reorders (blocked accounts go last): keep the selection on the same account.
+        let selected = self.selected_account().map(|a| a.id.clone());
+        let mut ordered: Vec<_> = list.iter().filter(|a| a.state != LinkState::Blocked).cloned().collect();
+        ordered.extend(list.into_iter().filter(|a| a.state == LinkState::Blocked));
+        self.sel_account = selected
+            .and_then(|id| ordered.iter().position(|a| a.id == id))
+            .unwrap_or(self.sel_account)
+            .min(ordered.len().saturating_sub(1));
+        self.accounts = Accounts::Loaded(ordered);
     }
 
     fn reset_failed(&mut self, why: String) {

@@ -4,13 +4,14 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::Value;
 use uuid::Uuid;
 
+use super::app::short;
 use super::client::{Client, ClientError};
 use super::sanitize;
 use crate::protocol::control::{
-    Approval, CodeInfo, CommandState, Event, LinkedAccount, Mode, Op, StatusInfo, TrafficEntry,
+    AccountChanged, Approval, CodeInfo, CommandState, Event, LinkState, LinkedAccount, Mode, ModeInfo, Op, Reply,
+    StatusInfo, TrafficEntry,
 };
 
 /// One subcommand.
@@ -48,6 +49,9 @@ pub enum Command {
     },
 }
 
+/// What `code` says before the relay has given one.
+const NO_CODE: &str = "(no code yet: the daemon has not reached the relay)";
+
 /// Runs `command` against the daemon at `socket`, writing to `out`.
 /// `confirm` asks the operator a yes/no question.
 pub async fn run(
@@ -58,112 +62,104 @@ pub async fn run(
     confirm: &mut dyn FnMut(&str) -> bool,
 ) -> Result<(), ClientError> {
     let mut client = Client::connect(socket).await?;
-    let print = |out: &mut dyn Write, value: &Value, human: String| {
-        let text = if json { sanitize::json(value.to_string()) } else { human };
-        let _ = writeln!(out, "{text}");
-    };
-    match command {
-        Command::Status => {
-            let value = client.call(Op::Status).await?;
-            let status: StatusInfo = parse(&value)?;
-            print(out, &value, status_text(&status));
-        }
-        Command::Code => {
-            let value = client.call(Op::Code).await?;
-            let code: CodeInfo = parse(&value)?;
-            print(
-                out,
-                &value,
-                code.code.unwrap_or_else(|| "(no code yet: the daemon has not reached the relay)".into()),
-            );
-        }
+    let (reply, human) = match command {
+        Command::Traffic { follow } => return traffic(&mut client, follow, json, out).await,
         Command::CodeReset { yes } => {
             let question = "Reset the session code? The current code stops working at once, and every linked account and block is cleared.";
             if !yes && !confirm(question) {
                 return Err(ClientError::Daemon("the code was not reset".into()));
             }
-            let value = client.call(Op::CodeReset).await?;
-            let code = value["code"].as_str().unwrap_or_default().to_owned();
-            print(out, &value, format!("New session code: {code}\nThe old code no longer works."));
+            let code: CodeInfo = client.ask_for(Op::CodeReset).await?;
+            let text = format!(
+                "New session code: {}\nThe old code no longer works.",
+                code.code.as_deref().unwrap_or_default()
+            );
+            (Reply::Code(code), text)
         }
-        Command::Admins => {
-            let value = client.call(Op::Admins).await?;
-            let accounts: Vec<LinkedAccount> = parse(&value)?;
-            print(out, &value, accounts_text(&accounts));
-        }
-        Command::AdminBlock(n) => account_op(&mut client, &n, |account| Op::AdminBlock { account }, json, out).await?,
-        Command::AdminUnblock(n) => {
-            account_op(&mut client, &n, |account| Op::AdminUnblock { account }, json, out).await?
-        }
-        Command::AdminApprove(n) => {
-            account_op(&mut client, &n, |account| Op::AdminApprove { account }, json, out).await?
-        }
-        Command::Approvals => {
-            let value = client.call(Op::Approvals).await?;
-            let approvals: Vec<Approval> = parse(&value)?;
-            print(out, &value, approvals_text(&approvals, crate::daemon::core::now_ms()));
-        }
+        Command::AdminBlock(n) => account_op(&mut client, &n, |account| Op::AdminBlock { account }).await?,
+        Command::AdminUnblock(n) => account_op(&mut client, &n, |account| Op::AdminUnblock { account }).await?,
+        Command::AdminApprove(n) => account_op(&mut client, &n, |account| Op::AdminApprove { account }).await?,
         Command::Approve(id) => {
             let command = resolve_approval(&mut client, &id).await?;
-            let value = client.call(Op::Approve { command }).await?;
-            print(out, &value, format!("Approved {command}; it runs now."));
+            (client.ask(Op::Approve { command }).await?, format!("Approved {command}; it runs now."))
         }
         Command::Deny(id) => {
             let command = resolve_approval(&mut client, &id).await?;
-            let value = client.call(Op::Deny { command }).await?;
-            print(out, &value, format!("Denied {command}; its caller is told so."));
+            (client.ask(Op::Deny { command }).await?, format!("Denied {command}; its caller is told so."))
         }
         Command::Mode(None) => {
-            let status: StatusInfo = parse(&client.call(Op::Status).await?)?;
-            print(out, &serde_json::json!({"mode": status.mode}), status.mode.to_string());
+            let status: StatusInfo = client.ask_for(Op::Status).await?;
+            (Reply::Mode(ModeInfo { mode: status.mode }), status.mode.to_string())
         }
-        Command::Mode(Some(mode)) => {
-            let value = client.call(Op::SetMode { mode }).await?;
-            print(out, &value, format!("Mode is now {mode}."));
+        Command::Mode(Some(mode)) => (client.ask(Op::SetMode { mode }).await?, format!("Mode is now {mode}.")),
+        Command::Status => read(&mut client, Op::Status, status_text).await?,
+        Command::Code => {
+            let words = |c: &CodeInfo| c.code.clone().unwrap_or_else(|| NO_CODE.into());
+            read(&mut client, Op::Code, words).await?
         }
-        Command::Traffic { follow } => {
-            if follow {
-                client.call(Op::Subscribe).await?;
-            }
-            let value = client.call(Op::Traffic).await?;
-            let entries: Vec<TrafficEntry> = parse(&value)?;
-            if json {
-                for entry in &entries {
-                    let _ = writeln!(out, "{}", sanitize::json(serde_json::to_string(entry).unwrap_or_default()));
-                }
-            } else {
-                if entries.is_empty() && !follow {
-                    let _ = writeln!(out, "No commands yet.");
-                }
-                for entry in &entries {
-                    let _ = writeln!(out, "{}", traffic_line(entry));
-                }
-                if follow {
-                    let _ = writeln!(out, "-- following; Ctrl-C to stop --");
-                    let _ = out.flush();
-                }
-            }
-            if follow {
-                loop {
-                    let event = client.next_event().await?;
-                    let text = if json {
-                        Some(sanitize::json(serde_json::to_string(&event).unwrap_or_default()))
-                    } else {
-                        event_line(&event)
-                    };
-                    if let Some(text) = text {
-                        let _ = writeln!(out, "{text}");
-                        let _ = out.flush();
-                    }
-                }
-            }
+        Command::Admins => read(&mut client, Op::Admins, |a: &Vec<LinkedAccount>| accounts_text(a)).await?,
+        Command::Approvals => {
+            let words = |a: &Vec<Approval>| approvals_text(a, crate::clock::now_ms());
+            read(&mut client, Op::Approvals, words).await?
         }
-    }
+    };
+    let text = if json { reply_json(&reply) } else { human };
+    let _ = writeln!(out, "{text}");
     Ok(())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, ClientError> {
-    serde_json::from_value(value.clone()).map_err(|e| ClientError::Protocol(e.to_string()))
+/// Asks `op`; its reply, and its content in words.
+async fn read<T>(client: &mut Client, op: Op, words: impl FnOnce(&T) -> String) -> Result<(Reply, String), ClientError>
+where
+    T: TryFrom<Reply, Error = Reply> + Into<Reply>,
+{
+    let content: T = client.ask_for(op).await?;
+    let text = words(&content);
+    Ok((content.into(), text))
+}
+
+/// A reply as `--json` prints it: one line, keys sorted, nothing raw.
+fn reply_json(reply: &Reply) -> String {
+    sanitize::json(serde_json::to_value(reply).unwrap_or_default().to_string())
+}
+
+/// `traffic`: the ring, then (with `follow`) one line per event until interrupted.
+async fn traffic(client: &mut Client, follow: bool, json: bool, out: &mut dyn Write) -> Result<(), ClientError> {
+    if follow {
+        client.ask(Op::Subscribe).await?;
+    }
+    let entries: Vec<TrafficEntry> = client.ask_for(Op::Traffic).await?;
+    if json {
+        for entry in &entries {
+            let _ = writeln!(out, "{}", sanitize::json(serde_json::to_string(entry).unwrap_or_default()));
+        }
+    } else {
+        if entries.is_empty() && !follow {
+            let _ = writeln!(out, "No commands yet.");
+        }
+        for entry in &entries {
+            let _ = writeln!(out, "{}", traffic_line(entry));
+        }
+        if follow {
+            let _ = writeln!(out, "-- following; Ctrl-C to stop --");
+            let _ = out.flush();
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let event = client.next_event().await?;
+        let text = if json {
+            Some(sanitize::json(serde_json::to_string(&event).unwrap_or_default()))
+        } else {
+            event_line(&event)
+        };
+        if let Some(text) = text {
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+    }
 }
 
 /// Finds the one waiting command whose id starts with `prefix`.
@@ -171,7 +167,7 @@ async fn resolve_approval(client: &mut Client, prefix: &str) -> Result<Uuid, Cli
     if let Ok(id) = prefix.parse::<Uuid>() {
         return Ok(id);
     }
-    let approvals: Vec<Approval> = client.call_as(Op::Approvals).await?;
+    let approvals: Vec<Approval> = client.ask_for(Op::Approvals).await?;
     let wanted = prefix.to_ascii_lowercase();
     let matches: Vec<_> = approvals.iter().filter(|a| a.id.to_string().starts_with(&wanted)).collect();
     match matches.as_slice() {
@@ -184,14 +180,8 @@ async fn resolve_approval(client: &mut Client, prefix: &str) -> Result<Uuid, Cli
 }
 
 /// Finds account `n` (its number in `aic-console admins`, or its id) and applies `op`.
-async fn account_op(
-    client: &mut Client,
-    n: &str,
-    op: fn(String) -> Op,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), ClientError> {
-    let accounts: Vec<LinkedAccount> = client.call_as(Op::Admins).await?;
+async fn account_op(client: &mut Client, n: &str, op: fn(String) -> Op) -> Result<(Reply, String), ClientError> {
+    let accounts: Vec<LinkedAccount> = client.ask_for(Op::Admins).await?;
     let listed = ordered(&accounts);
     let account = match n.parse::<usize>() {
         Ok(i) if (1..=listed.len()).contains(&i) => listed[i - 1],
@@ -202,25 +192,16 @@ async fn account_op(
             ))
         })?,
     };
-    let value = client.call(op(account.id.clone())).await?;
-    let text = if json {
-        sanitize::json(value.to_string())
-    } else {
-        format!(
-            "{} ({}) is now {}.",
-            sanitize::line(&account.shown_email()),
-            sanitize::line(&account.alias),
-            value["state"].as_str().unwrap_or("changed")
-        )
-    };
-    let _ = writeln!(out, "{text}");
-    Ok(())
+    let changed: AccountChanged = client.ask_for(op(account.id.clone())).await?;
+    let (email, alias) = (sanitize::line(&account.shown_email()), sanitize::line(&account.alias));
+    let text = format!("{email} ({alias}) is now {}.", changed.state);
+    Ok((Reply::Account(changed), text))
 }
 
 /// Accounts in the order they are listed and numbered: active and pending, then blocked.
 fn ordered(accounts: &[LinkedAccount]) -> Vec<&LinkedAccount> {
-    let mut list: Vec<_> = accounts.iter().filter(|a| a.state != "blocked").collect();
-    list.extend(accounts.iter().filter(|a| a.state == "blocked"));
+    let mut list: Vec<_> = accounts.iter().filter(|a| a.state != LinkState::Blocked).collect();
+    list.extend(accounts.iter().filter(|a| a.state == LinkState::Blocked));
     list
 }
 
@@ -275,7 +256,7 @@ pub fn accounts_text(accounts: &[LinkedAccount]) -> String {
     let mut text = String::new();
     let mut blocked_header = false;
     for (i, a) in ordered(accounts).into_iter().enumerate() {
-        if a.state == "blocked" && !blocked_header {
+        if a.state == LinkState::Blocked && !blocked_header {
             text.push_str("Blocked:\n");
             blocked_header = true;
         }
@@ -330,10 +311,6 @@ pub fn event_line(event: &Event) -> Option<String> {
     })
 }
 
-fn short(id: Uuid) -> String {
-    id.to_string()[..8].to_owned()
-}
-
 /// `HH:MM:SS` (UTC) of a Unix time in ms.
 pub fn clock(ms: u64) -> String {
     let s = ms / 1000;
@@ -383,16 +360,20 @@ mod tests {
 
     #[test]
     fn blocked_accounts_are_listed_last_under_their_own_header() {
-        let acct = |id: &str, state: &str| LinkedAccount {
+        let acct = |id: &str, state: LinkState| LinkedAccount {
             id: id.into(),
             email: format!("{id}****@ex****.com"),
             alias: "web".into(),
-            state: state.into(),
+            state,
             linked_at_ms: 0,
             last_used_ms: None,
             fingerprint: String::new(),
         };
-        let text = accounts_text(&[acct("b", "blocked"), acct("a", "active"), acct("p", "pending")]);
+        let text = accounts_text(&[
+            acct("b", LinkState::Blocked),
+            acct("a", LinkState::Active),
+            acct("p", LinkState::Pending),
+        ]);
         assert_eq!(
             text,
             "  1. a****@ex****.com  alias web  active\n  2. p****@ex****.com  alias web  pending\nBlocked:\n  3. b****@ex****.com  alias web  blocked"

@@ -2,13 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::protocol::control::{Event, Op, Request, ServerFrame};
+use crate::protocol::control::{Event, Op, Reply, Request, ServerFrame};
 
 /// Why talking to the daemon failed, in words that say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +97,8 @@ impl Client {
         serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// Sends `op` and waits for its reply; events that arrive meanwhile are kept for [`Client::next_event`].
+    /// Sends `op` and waits for its reply's raw `result` (as a script would
+    /// see it); events that arrive meanwhile are kept for [`Client::next_event`].
     pub async fn call(&mut self, op: Op) -> Result<Value, ClientError> {
         self.next_id += 1;
         let id = self.next_id;
@@ -123,10 +123,15 @@ impl Client {
         }
     }
 
-    /// [`Client::call`], with the reply read as `T`.
-    pub async fn call_as<T: DeserializeOwned>(&mut self, op: Op) -> Result<T, ClientError> {
-        let value = self.call(op).await?;
-        serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+    /// [`Client::call`], with the result read as the op's [`Reply`].
+    pub async fn ask(&mut self, op: Op) -> Result<Reply, ClientError> {
+        let value = self.call(op.clone()).await?;
+        op.read_reply(value).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// [`Client::ask`], with the reply's content taken out (`StatusInfo` for `status`, ...).
+    pub async fn ask_for<T: TryFrom<Reply, Error = Reply>>(&mut self, op: Op) -> Result<T, ClientError> {
+        T::try_from(self.ask(op).await?).map_err(|other| ClientError::Protocol(format!("unexpected reply {other:?}")))
     }
 
     /// The next pushed event (after subscribing).

@@ -1,9 +1,7 @@
 //! What the console's main loop reacts to, on one channel, and what the
 //! app asks the loop to do in return.
 
-use serde_json::Value;
-
-use crate::protocol::control::{self, Approval, Op, StatusInfo, TrafficEntry};
+use crate::protocol::control::{self, Approval, Op, Reply, StatusInfo, TrafficEntry};
 
 /// Everything the main loop waits for.
 #[derive(Debug)]
@@ -36,8 +34,8 @@ pub enum DaemonMsg {
     Reply {
         /// What was asked.
         op: Op,
-        /// The reply's `result`, or the error's message.
-        result: Result<Value, String>,
+        /// The reply, or the error's message.
+        result: Result<Reply, String>,
     },
 }
 

@@ -5,7 +5,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::app::{App, Link, Pane, Popup, short};
 use super::event::Action;
-use crate::protocol::control::{Mode, Op};
+use crate::protocol::control::{LinkState, Mode, Op};
 
 /// Rows a page key moves.
 const PAGE: isize = 10;
@@ -156,13 +156,13 @@ impl App {
             self.notify("No account is selected.", false);
             return Vec::new();
         };
-        let (account, state) = (account.id.clone(), account.state.clone());
-        let op = match (key, state.as_str()) {
-            ('b', "blocked") | ('u', "active") | ('u', "pending") => {
+        let (account, state) = (account.id.clone(), account.state);
+        let op = match (key, state) {
+            ('b', LinkState::Blocked) | ('u', LinkState::Active | LinkState::Pending) => {
                 self.notify(format!("That account is already {state}."), false);
                 return Vec::new();
             }
-            ('a', s) if s != "pending" => {
+            ('a', s) if s != LinkState::Pending => {
                 self.notify("Only a pending link can be approved.", false);
                 return Vec::new();
             }

@@ -117,7 +117,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     }
     let mut effects = Live { socket: settings.socket, tx, out: std::io::stdout() };
     let mut app = App::new(settings.theme, settings.bell);
-    let exit = event_loop(&mut guard.terminal, &mut app, &mut events, &mut effects, crate::daemon::core::now_ms).await;
+    let exit = event_loop(&mut guard.terminal, &mut app, &mut events, &mut effects, crate::clock::now_ms).await;
     drop(guard);
     match exit? {
         Exit::Quit => Ok(()),

@@ -68,16 +68,16 @@ async fn session(socket: &Path, tx: &mpsc::Sender<Event>, wait: &mut Duration) -
 
 async fn read_state(client: &mut Client) -> Result<Snapshot, ClientError> {
     Ok(Snapshot {
-        status: client.call_as(Op::Status).await?,
-        traffic: client.call_as(Op::Traffic).await?,
-        approvals: client.call_as(Op::Approvals).await?,
+        status: client.ask_for(Op::Status).await?,
+        traffic: client.ask_for(Op::Traffic).await?,
+        approvals: client.ask_for(Op::Approvals).await?,
     })
 }
 
 /// Sends `op` on a connection of its own; the reply comes back on `tx`.
 pub fn request(socket: PathBuf, op: Op, tx: mpsc::Sender<Event>) {
     tokio::spawn(async move {
-        let result = async { Client::connect(&socket).await?.call(op.clone()).await }.await;
+        let result = async { Client::connect(&socket).await?.ask(op.clone()).await }.await;
         let reply = DaemonMsg::Reply { op, result: result.map_err(|e| e.to_string()) };
         let _ = tx.send(Event::Daemon(reply)).await;
     });

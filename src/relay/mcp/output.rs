@@ -54,14 +54,14 @@ the output to a file on the machine and read it in pieces."
         });
         Self {
             ok: true,
-            exit_code: outcome.exit_code,
-            duration_ms: outcome.duration_ms,
+            exit_code: outcome.exit.exit_code,
+            duration_ms: outcome.exit.duration_ms,
             stdout,
             stderr,
             stdout_omitted: stdout_omitted as u64,
             stderr_omitted: stderr_omitted as u64,
-            truncated: outcome.truncated,
-            timed_out: outcome.timed_out,
+            truncated: outcome.exit.truncated,
+            timed_out: outcome.exit.timed_out,
             note,
         }
     }
@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn short_output_is_whole() {
-        let outcome = Outcome { exit_code: 3, duration_ms: 12, stdout: b"hi\n".to_vec(), ..Default::default() };
+        let exit = crate::protocol::agent::ExitStatus { exit_code: 3, duration_ms: 12, ..Default::default() };
+        let outcome = Outcome { exit, stdout: b"hi\n".to_vec(), ..Default::default() };
         let result = ToolResult::new(&outcome, 32 * 1024);
         assert_eq!((result.stdout.as_str(), result.stdout_omitted, result.note.is_none()), ("hi\n", 0, true));
         assert!(

@@ -10,7 +10,7 @@ use super::super::app::{Accounts, App};
 use super::super::cli::duration;
 use super::super::sanitize;
 use super::{date_time, pane_block, window};
-use crate::protocol::control::LinkedAccount;
+use crate::protocol::control::{LinkState, LinkedAccount};
 
 /// Draws the pane into `area`.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
@@ -42,7 +42,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let rows_in_view = area.height.saturating_sub(3) as usize;
     let first = window(app.sel_account, list.len(), rows_in_view);
     let rows: Vec<Row> =
-        list.iter().enumerate().skip(first).take(rows_in_view).map(|(i, a)| account_row(app, i, a)).collect();
+        list.iter().enumerate().skip(first).take(rows_in_view).map(|(i, a)| row(app, i + 1, a)).collect();
     let header = Row::new(["#", "email", "alias", "state", "linked at", "last used"]).style(t.dim());
     let widths = [
         Constraint::Length(2),
@@ -58,23 +58,23 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-/// One account's row: its number, masked email and fingerprint, alias, state and times.
-fn account_row(app: &App, i: usize, a: &LinkedAccount) -> Row<'static> {
+/// Account `n` of the list as a row: its masked email and fingerprint, alias, state and times.
+fn row(app: &App, n: usize, a: &LinkedAccount) -> Row<'static> {
     let t = &app.theme;
-    let colour = match a.state.as_str() {
-        "active" => t.ok,
-        "pending" => t.warn,
-        _ => t.error,
+    let colour = match a.state {
+        LinkState::Active => t.ok,
+        LinkState::Pending => t.warn,
+        LinkState::Blocked => t.error,
     };
     let used = match a.last_used_ms {
         Some(ms) => format!("{} ago", duration(app.now_ms.saturating_sub(ms))),
         None => "never".into(),
     };
     Row::new([
-        Cell::from(Span::styled(format!("{:>2}", i + 1), t.dim())),
+        Cell::from(Span::styled(format!("{n:>2}"), t.dim())),
         Cell::from(sanitize::line(&a.shown_email())),
         Cell::from(sanitize::line(&a.alias)),
-        Cell::from(Span::styled(sanitize::line(&a.state), t.coloured(colour))),
+        Cell::from(Span::styled(a.state.as_str(), t.coloured(colour))),
         Cell::from(date_time(a.linked_at_ms)),
         Cell::from(used),
     ])

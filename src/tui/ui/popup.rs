@@ -13,20 +13,20 @@ use super::{centred, pane_block};
 /// Draws the open dialog, if any.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let Some(popup) = &app.popup else { return };
+    let (title, width, lines) = contents(app, popup);
+    let paragraph = Paragraph::new(lines).wrap(Wrap { trim: false });
+    let height = paragraph.line_count(width - 4) as u16 + 2;
+    let at = centred(area, width, height);
+    frame.render_widget(Clear, at);
+    frame.render_widget(paragraph.block(pane_block(app, title).padding(ratatui::widgets::Padding::horizontal(1))), at);
+}
+
+/// A dialog's title, width and lines.
+fn contents(app: &App, popup: &Popup) -> (&'static str, u16, Vec<Line<'static>>) {
     let t = &app.theme;
     let key = |k: &'static str| Span::styled(format!(" {k} "), t.alert());
-    let (title, width, lines) = match popup {
-        Popup::Help => {
-            let lines = HELP
-                .iter()
-                .map(|(k, what)| match *k {
-                    "" => Line::styled(*what, t.title()),
-                    _ => Line::from(vec![Span::styled(format!("  {k:<17}"), t.title()), Span::raw(*what)]),
-                })
-                .chain([Line::raw(""), Line::styled("Any key closes this help.", t.dim())])
-                .collect();
-            (" Keys ", 70, lines)
-        }
+    match popup {
+        Popup::Help => (" Keys ", 70, help(app)),
         Popup::ConfirmReset => (
             " Reset the code? ",
             56,
@@ -72,10 +72,17 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 ],
             )
         }
-    };
-    let paragraph = Paragraph::new(lines).wrap(Wrap { trim: false });
-    let height = paragraph.line_count(width - 4) as u16 + 2;
-    let at = centred(area, width, height);
-    frame.render_widget(Clear, at);
-    frame.render_widget(paragraph.block(pane_block(app, title).padding(ratatui::widgets::Padding::horizontal(1))), at);
+    }
+}
+
+/// The keys, by pane.
+fn help(app: &App) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    HELP.iter()
+        .map(|(k, what)| match *k {
+            "" => Line::styled(*what, t.title()),
+            _ => Line::from(vec![Span::styled(format!("  {k:<17}"), t.title()), Span::raw(*what)]),
+        })
+        .chain([Line::raw(""), Line::styled("Any key closes this help.", t.dim())])
+        .collect()
 }

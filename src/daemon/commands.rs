@@ -1,0 +1,511 @@
+//! A command's life in the daemon, from arrival to its last message,
+//! independent of the transport: admission (mode and the concurrency
+//! permit), the approval queue, the cancel map and the traffic ring. One
+//! place (`Commands::report`) turns each process event into both the wire
+//! message and the ring update. The link hands requests in with
+//! [`Commands::submit`]; consoles read and decide through the same handle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::executor::{self, ProcessEvent};
+use super::shared::Daemon;
+use super::traffic::{self, Traffic};
+use crate::clock::now_ms;
+use crate::protocol::agent::{AgentMessage, ExecRequest, Refusal, Requester};
+use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, TrafficEntry, append_tail};
+
+/// Where a command's wire messages go (the relay link).
+pub type Outbox = mpsc::Sender<AgentMessage>;
+
+/// The commands of this daemon. Cheap to clone.
+#[derive(Clone)]
+pub struct Commands(Arc<Inner>);
+
+/// What [`Commands`] shares.
+struct Inner {
+    /// Mode, settings and the event bus.
+    daemon: Daemon,
+    /// One permit per command allowed to run (or wait for approval) at once.
+    limit: Arc<Semaphore>,
+    /// Every command's task, so that shutdown can wait for their kills.
+    tasks: TaskTracker,
+    // The std Mutexes below are held for a few field updates at a time and
+    // never across an `.await`.
+    /// Recent commands, as consoles see them.
+    traffic: Mutex<Traffic>,
+    /// Commands waiting for the operator, by id.
+    approvals: Mutex<HashMap<Uuid, Waiting>>,
+    /// Commands admitted and not yet ended, by id, so that a cancel can reach them.
+    live: Mutex<HashMap<Uuid, Live>>,
+}
+
+/// A command in the approval queue.
+struct Waiting {
+    /// What the operator is shown.
+    approval: Approval,
+    /// Where the operator's answer goes.
+    answer: oneshot::Sender<bool>,
+}
+
+/// A command admitted and not yet ended.
+struct Live {
+    /// Cancelled when its caller goes away; kills its process group.
+    cancel: CancellationToken,
+    /// Who asked, so that the commands of one caller can be cancelled.
+    requester: Requester,
+    /// Its process group, once it runs.
+    pgid: Option<i32>,
+}
+
+impl Commands {
+    /// No commands yet; the permits are `daemon`'s `max_concurrent`.
+    pub fn new(daemon: Daemon) -> Self {
+        let limit = Arc::new(Semaphore::new(daemon.config().max_concurrent));
+        Self(Arc::new(Inner {
+            daemon,
+            limit,
+            tasks: TaskTracker::new(),
+            traffic: Mutex::default(),
+            approvals: Mutex::default(),
+            live: Mutex::default(),
+        }))
+    }
+
+    /// Takes a command on its own task: the mode, the limit and (supervised)
+    /// the operator decide whether it runs. Its messages go to `out`;
+    /// cancelling `scope` (the link going away) cancels it.
+    pub fn submit(&self, req: ExecRequest, out: Outbox, scope: &CancellationToken) {
+        let mode = self.0.daemon.mode();
+        let permit = Arc::clone(&self.0.limit).try_acquire_owned().ok();
+        let initial = match (&permit, mode) {
+            (None, _) | (_, Mode::Disabled) => CommandState::Refused,
+            (Some(_), Mode::Supervised) => CommandState::Pending,
+            (Some(_), Mode::Auto) => CommandState::Running,
+        };
+        self.record(&req, initial);
+        let cancel = scope.child_token();
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), pgid: None };
+        self.0.live.lock().unwrap().insert(req.id, live);
+        let this = self.clone();
+        self.0.tasks.spawn(async move {
+            let id = req.id;
+            match permit {
+                Some(permit) => this.life(req, mode, &out, &cancel, permit).await,
+                None => {
+                    let message = format!(
+                        "this machine is already running {} command(s), as many as its operator allows at once; retry when one has finished",
+                        this.0.daemon.config().max_concurrent
+                    );
+                    this.refuse(id, Refusal::Busy, message, &out).await;
+                }
+            }
+            this.0.live.lock().unwrap().remove(&id);
+        });
+    }
+
+    /// An admitted command's way from the mode and the queue to its end.
+    async fn life(
+        &self,
+        req: ExecRequest,
+        mode: Mode,
+        out: &Outbox,
+        cancel: &CancellationToken,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let id = req.id;
+        match mode {
+            Mode::Disabled => {
+                let message = "this machine's operator has disabled remote commands (aic-console mode disabled)".into();
+                return self.refuse(id, Refusal::Disabled, message, out).await;
+            }
+            Mode::Auto => {}
+            Mode::Supervised => match self.await_approval(&req, cancel).await {
+                Decision::Approved => {}
+                Decision::Withdrawn => return self.cancelled(id),
+                refused => return self.refuse_decided(id, refused, out).await,
+            },
+        }
+        if cancel.is_cancelled() {
+            // Approved in the same instant its caller left: nobody would hear it.
+            return self.cancelled(id);
+        }
+        self.execute(req, out, cancel).await;
+        if cancel.is_cancelled() {
+            self.cancelled(id);
+        }
+    }
+
+    /// Tells the caller the operator said no, or nothing in time.
+    async fn refuse_decided(&self, id: Uuid, decision: Decision, out: &Outbox) {
+        if decision == Decision::TimedOut {
+            let message = format!(
+                "the machine's operator did not answer within {}; ask them to watch aic-console, then retry",
+                human(self.0.daemon.config().approval_timeout)
+            );
+            return self.refuse(id, Refusal::ApprovalTimeout, message, out).await;
+        }
+        let message = "the machine's operator denied this command".into();
+        self.refuse(id, Refusal::Denied, message, out).await
+    }
+
+    /// Runs the command, passing each process event on as it comes. When the
+    /// link is gone the command is cancelled (nobody can hear it).
+    async fn execute(&self, req: ExecRequest, out: &Outbox, cancel: &CancellationToken) {
+        let id = req.id;
+        let (tx, mut rx) = mpsc::channel(1);
+        let forward = async move {
+            while let Some(event) = rx.recv().await {
+                if !self.report(id, event, out).await {
+                    cancel.cancel();
+                    return;
+                }
+            }
+        };
+        tokio::join!(executor::run(req, tx, cancel), forward);
+    }
+
+    /// Refuses a command: the caller is told why, the ring shows it.
+    async fn refuse(&self, id: Uuid, reason: Refusal, message: String, out: &Outbox) {
+        self.report(id, ProcessEvent::Refused { reason, message }, out).await;
+    }
+
+    /// The one place a process event becomes a ring update and a wire
+    /// message. False when the link is gone.
+    async fn report(&self, id: Uuid, event: ProcessEvent, out: &Outbox) -> bool {
+        let msg = match event {
+            ProcessEvent::Started { pgid } => {
+                if let Some(live) = self.0.live.lock().unwrap().get_mut(&id) {
+                    live.pgid = Some(pgid);
+                }
+                self.update(id, |e| e.state = CommandState::Running);
+                AgentMessage::Started { id }
+            }
+            ProcessEvent::Output { stream, data } => {
+                // Only the end of the chunk is ever shown, so only it is decoded.
+                let text = traffic::tail_text(&data);
+                if let Some(entry) = self.0.traffic.lock().unwrap().get_mut(id) {
+                    entry.bytes += data.len() as u64;
+                    append_tail(&mut entry.tail, &text);
+                }
+                if self.0.daemon.watched() {
+                    self.0.daemon.emit(Event::Output { command: id, stream, text });
+                }
+                AgentMessage::Output { id, stream, data }
+            }
+            ProcessEvent::Exit(exit) => {
+                self.update(id, |e| {
+                    e.state = if exit.timed_out { CommandState::TimedOut } else { CommandState::Exited };
+                    e.exit_code = Some(exit.exit_code);
+                    e.duration_ms = Some(exit.duration_ms);
+                    e.truncated = exit.truncated;
+                });
+                AgentMessage::Exit { id, exit }
+            }
+            ProcessEvent::Refused { reason, message } => {
+                self.update(id, |e| e.state = refused_state(reason));
+                AgentMessage::Refused { id, reason, message }
+            }
+        };
+        out.send(msg).await.is_ok()
+    }
+
+    /// Puts a command in the approval queue and waits for the operator, the
+    /// approval timeout, or its caller going away, whichever comes first.
+    async fn await_approval(&self, req: &ExecRequest, cancel: &CancellationToken) -> Decision {
+        let (answer, mut decided) = oneshot::channel();
+        let wait = self.0.daemon.config().approval_timeout;
+        let approval = approval(req, now_ms(), wait);
+        self.0.approvals.lock().unwrap().insert(req.id, Waiting { approval: approval.clone(), answer });
+        self.0.daemon.emit(Event::ApprovalQueued(approval));
+
+        let mut decision = tokio::select! {
+            answer = &mut decided => if answer == Ok(true) { Decision::Approved } else { Decision::Denied },
+            _ = tokio::time::sleep(wait) => Decision::TimedOut,
+            _ = cancel.cancelled() => Decision::Withdrawn,
+        };
+        if matches!(decision, Decision::TimedOut | Decision::Withdrawn)
+            && self.0.approvals.lock().unwrap().remove(&req.id).is_none()
+        {
+            // An operator decided in the same instant: their word stands.
+            decision = match decided.await {
+                Ok(true) => Decision::Approved,
+                _ => Decision::Denied,
+            };
+        }
+        self.0.daemon.emit(Event::ApprovalDecided { command: req.id, decision });
+        decision
+    }
+
+    /// An operator's answer for a waiting command. The first answer wins.
+    pub fn decide(&self, id: Uuid, approve: bool) -> Result<(), String> {
+        let waiting = self.0.approvals.lock().unwrap().remove(&id).ok_or_else(|| {
+            format!(
+                "no command {id} is waiting for approval: it was already decided, withdrawn by its caller, or timed out"
+            )
+        })?;
+        waiting.answer.send(approve).map_err(|_| format!("command {id} was withdrawn by its caller"))
+    }
+
+    /// Cancels command `id` (its caller went away); false if it is not live.
+    pub fn cancel(&self, id: Uuid) -> bool {
+        let live = self.0.live.lock().unwrap();
+        live.get(&id).map(|l| l.cancel.cancel()).is_some()
+    }
+
+    /// Cancels every live command (waiting or running) whose requester
+    /// matches; returns how many.
+    pub fn cancel_where(&self, matches: impl Fn(&Requester) -> bool) -> usize {
+        let live = self.0.live.lock().unwrap();
+        live.values().filter(|l| matches(&l.requester)).map(|l| l.cancel.cancel()).count()
+    }
+
+    /// The process groups of the commands running now.
+    pub fn process_groups(&self) -> Vec<i32> {
+        self.0.live.lock().unwrap().values().filter_map(|l| l.pgid).collect()
+    }
+
+    /// The traffic ring, oldest first.
+    pub fn traffic(&self) -> Vec<TrafficEntry> {
+        self.0.traffic.lock().unwrap().snapshot()
+    }
+
+    /// Commands waiting for a decision, oldest first.
+    pub fn approvals(&self) -> Vec<Approval> {
+        let approvals = self.0.approvals.lock().unwrap();
+        let mut list: Vec<_> = approvals.values().map(|w| w.approval.clone()).collect();
+        list.sort_by_key(|a| a.at_ms);
+        list
+    }
+
+    /// Commands waiting for a decision, and commands running.
+    pub fn counts(&self) -> (usize, usize) {
+        let pending = self.0.approvals.lock().unwrap().len();
+        (pending, self.0.traffic.lock().unwrap().running())
+    }
+
+    /// Waits (up to `within`) for every command's task to end, once their
+    /// scopes are cancelled; false if some did not.
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.0.tasks.close();
+        tokio::time::timeout(within, self.0.tasks.wait()).await.is_ok()
+    }
+
+    /// Records a command that has just arrived.
+    fn record(&self, req: &ExecRequest, state: CommandState) {
+        let entry = self.0.traffic.lock().unwrap().push(req, state, now_ms());
+        self.0.daemon.emit(Event::Traffic(entry));
+    }
+
+    /// Changes a command's ring entry and tells consoles.
+    fn update(&self, id: Uuid, change: impl FnOnce(&mut TrafficEntry)) {
+        let mut traffic = self.0.traffic.lock().unwrap();
+        let Some(entry) = traffic.get_mut(id) else { return };
+        change(entry);
+        let entry = entry.clone();
+        drop(traffic);
+        self.0.daemon.emit(Event::Traffic(entry));
+    }
+
+    /// Marks a command whose caller went away.
+    fn cancelled(&self, id: Uuid) {
+        self.update(id, |e| e.state = CommandState::Cancelled);
+    }
+}
+
+/// The ring's state for a refusal.
+fn refused_state(reason: Refusal) -> CommandState {
+    match reason {
+        Refusal::Denied => CommandState::Denied,
+        Refusal::ApprovalTimeout => CommandState::ApprovalTimeout,
+        _ => CommandState::Refused,
+    }
+}
+
+/// What the operator is shown of a command waiting since `now`.
+fn approval(req: &ExecRequest, now: u64, wait: Duration) -> Approval {
+    Approval {
+        id: req.id,
+        at_ms: now,
+        who: req.requester.who.clone(),
+        ip: req.requester.ip.clone(),
+        command: req.command.clone(),
+        cwd: req.cwd.clone(),
+        timeout_ms: req.timeout_ms,
+        expires_at_ms: now + wait.as_millis() as u64,
+    }
+}
+
+fn human(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::state::{State, StateFile};
+    use crate::daemon::{Config, LinkStatus};
+    use crate::protocol::agent::Stream;
+
+    /// A lifecycle over a daemon in `mode`, with no relay and no socket.
+    fn lifecycle(mode: Mode, max_concurrent: usize) -> (tempfile::TempDir, Commands) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new("ws://127.0.0.1:1", dir.path().into(), dir.path().join("aic.sock"));
+        config.mode = Some(mode);
+        config.max_concurrent = max_concurrent;
+        let file = StateFile::in_dir(dir.path()).unwrap();
+        let status = tokio::sync::watch::channel(LinkStatus::default()).0;
+        let (daemon, _calls) = Daemon::new(config, file, State::default(), status).unwrap();
+        (dir, Commands::new(daemon))
+    }
+
+    fn req(command: &str) -> ExecRequest {
+        ExecRequest {
+            id: Uuid::new_v4(),
+            command: command.into(),
+            cwd: None,
+            timeout_ms: 30_000,
+            max_output: 1 << 20,
+            pty: false,
+            requester: Requester {
+                who: "a***@example.com".into(),
+                ip: "192.0.2.1".into(),
+                fingerprint: "0a1b2c3d".into(),
+            },
+        }
+    }
+
+    /// Messages until (and with) the command's last one.
+    async fn until_end(rx: &mut mpsc::Receiver<AgentMessage>) -> Vec<AgentMessage> {
+        let mut seen = Vec::new();
+        while let Some(msg) = rx.recv().await {
+            let last = matches!(msg, AgentMessage::Exit { .. } | AgentMessage::Refused { .. });
+            seen.push(msg);
+            if last {
+                break;
+            }
+        }
+        seen
+    }
+
+    fn state_of(commands: &Commands, id: Uuid) -> CommandState {
+        commands.traffic().into_iter().find(|e| e.id == id).unwrap().state
+    }
+
+    #[tokio::test]
+    async fn auto_runs_and_each_event_reaches_the_wire_and_the_ring() {
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        let r = req("echo hi; exit 3");
+        commands.submit(r.clone(), out, &CancellationToken::new());
+        let seen = until_end(&mut rx).await;
+        assert_eq!(seen[0], AgentMessage::Started { id: r.id });
+        assert!(seen.contains(&AgentMessage::Output { id: r.id, stream: Stream::Stdout, data: b"hi\n".to_vec() }));
+        let Some(AgentMessage::Exit { exit, .. }) = seen.last() else { panic!("{seen:?}") };
+        assert_eq!(exit.exit_code, 3);
+        let entry = commands.traffic().pop().unwrap();
+        assert_eq!(
+            (entry.state, entry.exit_code, entry.bytes, entry.tail.as_str()),
+            (CommandState::Exited, Some(3), 3, "hi\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn supervised_waits_for_the_operator_whose_first_answer_wins() {
+        let (_dir, commands) = lifecycle(Mode::Supervised, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        let (yes, no) = (req("true"), req("true"));
+        let mut events = commands.0.daemon.subscribe();
+        commands.submit(yes.clone(), out.clone(), &CancellationToken::new());
+        commands.submit(no.clone(), out, &CancellationToken::new());
+        let mut waiting = 0;
+        while waiting < 2 {
+            waiting += usize::from(matches!(events.recv().await.unwrap(), Event::ApprovalQueued(_)));
+        }
+        let queued: Vec<_> = commands.approvals().iter().map(|a| a.id).collect();
+        assert_eq!(queued.len(), 2);
+        assert_eq!((state_of(&commands, yes.id), commands.counts().0), (CommandState::Pending, 2));
+
+        commands.decide(no.id, false).unwrap();
+        let err = commands.decide(no.id, true).unwrap_err();
+        assert!(err.contains("already decided"), "{err}");
+        let seen = until_end(&mut rx).await;
+        assert!(
+            matches!(seen[..], [AgentMessage::Refused { id, reason: Refusal::Denied, .. }] if id == no.id),
+            "{seen:?}"
+        );
+        assert_eq!(state_of(&commands, no.id), CommandState::Denied);
+
+        commands.decide(yes.id, true).unwrap();
+        let seen = until_end(&mut rx).await;
+        assert!(matches!(seen.last(), Some(AgentMessage::Exit { id, .. }) if *id == yes.id), "{seen:?}");
+        assert!(commands.approvals().is_empty());
+    }
+
+    #[tokio::test]
+    async fn disabled_and_busy_are_refused_without_running() {
+        let (_dir, commands) = lifecycle(Mode::Disabled, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        commands.submit(req("true"), out, &CancellationToken::new());
+        let seen = until_end(&mut rx).await;
+        assert!(matches!(seen[..], [AgentMessage::Refused { reason: Refusal::Disabled, .. }]), "{seen:?}");
+
+        let (_dir, commands) = lifecycle(Mode::Supervised, 1);
+        let (out, mut rx) = mpsc::channel(64);
+        let (first, second) = (req("true"), req("true"));
+        commands.submit(first.clone(), out.clone(), &CancellationToken::new());
+        commands.submit(second.clone(), out, &CancellationToken::new());
+        let seen = until_end(&mut rx).await;
+        assert!(
+            matches!(&seen[..], [AgentMessage::Refused { id, reason: Refusal::Busy, message }]
+            if *id == second.id && message.contains("already running 1 command")),
+            "{seen:?}"
+        );
+        assert_eq!(state_of(&commands, second.id), CommandState::Refused);
+        assert_eq!(state_of(&commands, first.id), CommandState::Pending);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_kills_the_process_group_and_marks_the_command_cancelled() {
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        let r = req("sleep 30");
+        commands.submit(r.clone(), out, &CancellationToken::new());
+        assert_eq!(rx.recv().await, Some(AgentMessage::Started { id: r.id }));
+        assert_eq!(commands.process_groups().len(), 1);
+        assert!(commands.cancel(r.id));
+        let seen = until_end(&mut rx).await;
+        let Some(AgentMessage::Exit { exit, .. }) = seen.last() else { panic!("{seen:?}") };
+        assert_eq!(exit.exit_code, 128 + 15, "killed by SIGTERM");
+        assert!(commands.drain(Duration::from_secs(5)).await);
+        assert_eq!(state_of(&commands, r.id), CommandState::Cancelled);
+        assert!(commands.process_groups().is_empty() && !commands.cancel(r.id));
+    }
+
+    #[tokio::test]
+    async fn the_scope_going_away_withdraws_waiting_commands_and_cancel_where_picks_by_requester() {
+        let (_dir, commands) = lifecycle(Mode::Supervised, 4);
+        let (out, _rx) = mpsc::channel(64);
+        let scope = CancellationToken::new();
+        let mine = req("true");
+        let mut theirs = req("true");
+        theirs.requester.who = "anonymous".into();
+        commands.submit(mine.clone(), out.clone(), &scope);
+        commands.submit(theirs.clone(), out, &CancellationToken::new());
+        assert_eq!(commands.cancel_where(|r| r.who == "anonymous"), 1);
+        scope.cancel();
+        assert!(commands.drain(Duration::from_secs(5)).await);
+        assert_eq!(state_of(&commands, mine.id), CommandState::Cancelled);
+        assert_eq!(state_of(&commands, theirs.id), CommandState::Cancelled);
+        assert!(commands.approvals().is_empty());
+    }
+}
