@@ -304,13 +304,13 @@ pub async fn create_link(
 /// A machine's links with each account's full email (to be masked before it leaves).
 pub async fn links_of_agent(store: &Store, agent_id: i64) -> anyhow::Result<Vec<(Link, String)>> {
     let rows = sqlx::query(
-        "SELECT l.id, l.agent_id, l.alias, l.state, l.linked_at, l.last_used_at, a.email
+        "SELECT l.id, l.agent_id, l.account_id, l.alias, l.state, l.linked_at, l.last_used_at, a.email
          FROM links l JOIN accounts a ON a.id = l.account_id WHERE l.agent_id = $1 ORDER BY l.linked_at, l.id",
     )
     .bind(agent_id)
     .fetch_all(store.pool())
     .await?;
-    Ok(rows.iter().map(|r| (link(r), r.get(6))).collect())
+    Ok(rows.iter().map(|r| (link(r), r.get(7))).collect())
 }
 
 /// Sets a link of this machine to `state`, if it is in one of `from`.
