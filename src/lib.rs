@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config_file; // config files: keys checked, errors naming file, key and expectation
 pub mod daemon; // the agent: relay link, executor, approval queue, control socket, state file
 pub mod duration; // human durations (90s, 1h) for flags
 pub mod logging; // stderr logging that never carries command payloads

@@ -1,12 +1,13 @@
 //! `aic-relay`: the HTTP server AI clients call and daemons dial into.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
+use aic::config_file::{ConfigError, ConfigFile};
 use aic::relay::{self, AppState, keys::Keys, origin::PublicUrl};
 
 /// The aic relay: AI clients run commands on machines through it (MCP at /mcp,
@@ -55,6 +56,12 @@ struct Args {
     /// Print JSON instead of text (account and key commands).
     #[arg(long, global = true)]
     json: bool,
+
+    /// Config file (TOML; the keys are the long flags with _ for -, see packaging/config/relay.toml). Flags and
+    /// AIC_RELAY_* variables win over it [default: /etc/aic-relay/config.toml as root, else the user's config
+    /// dir; a missing default file is fine].
+    #[arg(long, env = "AIC_RELAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -190,12 +197,89 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .context("no home directory to keep data in; pass --data-dir")
 }
 
+/// Flags and `AIC_RELAY_*` variables, with the config file filling in what they leave at the default.
+fn parse_args() -> anyhow::Result<Args> {
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let file = match &args.config {
+        Some(path) => ConfigFile::read(path, false)?,
+        None => match default_config_file() {
+            Some(path) => ConfigFile::read(&path, true)?,
+            None => ConfigFile::empty(Path::new("config.toml")),
+        },
+    };
+    args.apply_file(&file, &matches)?;
+    Ok(args)
+}
+
+/// `/etc/aic-relay/config.toml` as root, else `config.toml` in the user's config dir.
+fn default_config_file() -> Option<PathBuf> {
+    if rustix::process::geteuid().is_root() {
+        return Some(PathBuf::from("/etc/aic-relay/config.toml"));
+    }
+    directories::ProjectDirs::from("", "", "aic-relay").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The keys a relay config file may hold.
+const FILE_KEYS: &[&str] =
+    &["listen", "public_url", "data_dir", "anonymous_window", "max_output", "rate_limit", "trusted_proxy"];
+
+impl Args {
+    /// Takes each key of `file` whose flag was neither given nor set in the environment.
+    /// Every key is checked, used or not.
+    fn apply_file(&mut self, file: &ConfigFile, matches: &clap::ArgMatches) -> Result<(), ConfigError> {
+        use clap::parser::ValueSource;
+        file.check_keys(FILE_KEYS)?;
+        let unset = |id: &str| matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue));
+        let address = "an address and port such as \"127.0.0.1:8080\"";
+        if let Some(v) = file.parsed("listen", address, str::parse)?
+            && unset("listen")
+        {
+            self.listen = v;
+        }
+        let url = "a URL such as \"https://relay.example.com\"";
+        if let Some(v) = file.parsed("public_url", url, str::parse)?
+            && unset("public_url")
+        {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = file.string("data_dir", "a directory such as \"/var/lib/aic-relay\"")?
+            && unset("data_dir")
+        {
+            self.data_dir = Some(v.into());
+        }
+        let duration = "a duration such as \"90s\", \"30m\" or \"1h\"";
+        if let Some(v) = file.parsed("anonymous_window", duration, aic::duration::parse)?
+            && unset("anonymous_window")
+        {
+            self.anonymous_window = v;
+        }
+        if let Some(v) = file.integer("max_output", "a number of bytes such as 1048576")?
+            && unset("max_output")
+        {
+            self.max_output = v;
+        }
+        if let Some(v) = file.integer("rate_limit", "requests a minute as a whole number (0 turns limits off)")?
+            && unset("rate_limit")
+        {
+            self.rate_limit = v;
+        }
+        let proxies = "a list of addresses or networks such as [\"127.0.0.1\", \"10.0.0.0/8\"]";
+        if let Some(v) = file.list("trusted_proxy", proxies, str::parse)?
+            && unset("trusted_proxy")
+        {
+            self.trusted_proxy = v;
+        }
+        Ok(())
+    }
+}
+
 fn main() -> std::process::ExitCode {
     aic::shutdown::run_main("aic-relay", run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = parse_args()?;
     if let Some(Command::ConnectLines) = args.command {
         print!("{}", relay::discovery::connect_lines(&args.public_url()?));
         return Ok(());
