@@ -13,3 +13,7 @@ pub mod protocol; // wire types (relay <-> daemon) and session codes
 pub mod relay; // HTTP server: REST API, agent WebSocket, store, access rules
 pub mod shutdown;
 pub mod tui; // the operator's console: control-socket client, CLI, sanitising // SIGINT/SIGTERM as a cancellation token for the binaries
+
+/// What `--version` shows: the crate version and the git revision it was built
+/// from (`unknown` when built outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("AIC_GIT_REVISION"), ")");

@@ -13,7 +13,7 @@ use aic::relay::{self, AppState, keys::Keys, origin::PublicUrl};
 /// The aic relay: AI clients run commands on machines through it (MCP at /mcp,
 /// REST at /api/v1), and aic-daemon on each machine dials into it (WebSocket at /agent/ws).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(name = "aic-relay", version = aic::VERSION, about, long_about = None)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
