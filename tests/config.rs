@@ -68,7 +68,7 @@ fn relay_refuses_unknown_keys_and_bad_values() {
         stderr(&out).trim(),
         format!(
             "aic-relay: config file {typo}: unknown key `rate_limt`; expected one of listen, public_url, \
-             data_dir, anonymous_window, max_output, rate_limit, trusted_proxy"
+             data_dir, anonymous_window, max_output, rate_limit, trusted_proxy, metrics_listen"
         )
     );
     let bad = write(dir.path(), "bad.toml", "rate_limit = \"many\"\n");

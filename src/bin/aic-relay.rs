@@ -53,6 +53,10 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_TRUSTED_PROXY", value_delimiter = ',')]
     trusted_proxy: Vec<relay::limit::Cidr>,
 
+    /// Serve GET /metrics (Prometheus text) on this address only, e.g. 127.0.0.1:9100, instead of beside the API.
+    #[arg(long, env = "AIC_RELAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
     /// Print JSON instead of text (account and key commands).
     #[arg(long, global = true)]
     json: bool,
@@ -221,8 +225,16 @@ fn default_config_file() -> Option<PathBuf> {
 }
 
 /// The keys a relay config file may hold.
-const FILE_KEYS: &[&str] =
-    &["listen", "public_url", "data_dir", "anonymous_window", "max_output", "rate_limit", "trusted_proxy"];
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "data_dir",
+    "anonymous_window",
+    "max_output",
+    "rate_limit",
+    "trusted_proxy",
+    "metrics_listen",
+];
 
 impl Args {
     /// Takes each key of `file` whose flag was neither given nor set in the environment.
@@ -270,8 +282,27 @@ impl Args {
         {
             self.trusted_proxy = v;
         }
+        if let Some(v) = file.parsed("metrics_listen", address, str::parse)?
+            && unset("metrics_listen")
+        {
+            self.metrics_listen = Some(v);
+        }
         Ok(())
     }
+}
+
+/// Binds `--metrics-listen`, when given, and serves `/metrics` there until the relay stops.
+async fn spawn_metrics(addr: Option<SocketAddr>, state: &AppState) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for /metrics"))?;
+    tracing::info!("aic-relay metrics on http://{}/metrics", listener.local_addr()?);
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = relay::metrics::serve(listener, state).await {
+            tracing::error!("serving /metrics: {e}");
+        }
+    });
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -298,6 +329,7 @@ async fn run() -> anyhow::Result<()> {
     config.public_url = args.public_url.clone();
     config.rate_limit = args.rate_limit;
     config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
+    config.metrics_separate = args.metrics_listen.is_some();
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;
@@ -305,6 +337,7 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("binding {} (is another relay running there? pick another with --listen)", args.listen)
     })?;
+    spawn_metrics(args.metrics_listen, &state).await?;
     let public = match &args.public_url {
         Some(url) => url.to_string(),
         None => format!("http://{}", listener.local_addr()?),

@@ -145,9 +145,16 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
 /// MCP tool both come through here, so whatever is added here (accounts, rate
 /// limits) applies to both alike.
 pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
-    let request = request(params, caller.requester(), state.config.max_output)?;
-    let target = access::resolve(state, caller, &params.code, access::Purpose::Use).await?;
-    start(target, request)
+    let begun = async {
+        let request = request(params, caller.requester(), state.config.max_output)?;
+        let target = access::resolve(state, caller, &params.code, access::Purpose::Use).await?;
+        start(target, request)
+    }
+    .await;
+    if begun.is_err() {
+        state.metrics.exec_ended(super::metrics::ExecOutcome::Rejected, None);
+    }
+    begun
 }
 
 /// Sends the command to the target's daemon.

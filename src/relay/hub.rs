@@ -6,12 +6,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::keys::Digest;
+use super::metrics::{ExecOutcome, Metrics};
 use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, Refusal, RelayMessage, Stream};
 
 // The maps below are only touched for a moment (insert, remove, lookup) and
@@ -22,6 +24,8 @@ use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, Refusal, Rela
 pub struct Hub {
     agents: Mutex<HashMap<Digest, Arc<AgentConn>>>,
     next_conn: AtomicU64,
+    /// Where commands' outcomes, latency and bytes are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// One live agent connection.
@@ -43,6 +47,8 @@ pub struct AgentConn {
     max_output: u64,
     /// Cancelled when a newer connection of the same agent replaces this one.
     pub replaced: CancellationToken,
+    /// The hub's counters, for the commands run over this connection.
+    metrics: Arc<Metrics>,
 }
 
 /// A caller waiting on one command.
@@ -77,6 +83,16 @@ pub enum ExecEvent {
 }
 
 impl Hub {
+    /// An empty hub counting into `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ..Self::default() }
+    }
+
+    /// How many agents are connected.
+    pub fn online(&self) -> usize {
+        self.agents.lock().unwrap().len()
+    }
+
     /// Makes a connection record for an agent that has just said hello.
     pub fn connect(
         &self,
@@ -95,6 +111,7 @@ impl Hub {
             pending: Mutex::default(),
             max_output,
             replaced: CancellationToken::new(),
+            metrics: Arc::clone(&self.metrics),
         })
     }
 
@@ -150,7 +167,7 @@ impl AgentConn {
             self.pending.lock().unwrap().remove(&id);
             return None;
         }
-        Some(Exec { id, rx, conn: Arc::clone(self), finished: false })
+        Some(Exec { id, rx, conn: Arc::clone(self), finished: false, started: Instant::now() })
     }
 
     /// Queues a frame for the daemon. False when the link is gone.
@@ -203,15 +220,29 @@ pub struct Exec {
     rx: mpsc::UnboundedReceiver<ExecEvent>,
     conn: Arc<AgentConn>,
     finished: bool,
+    /// When it was handed to the daemon, for the latency metric.
+    started: Instant,
 }
 
 impl Exec {
     /// The next event; `None` when the agent's link went away mid-command.
     pub async fn next(&mut self) -> Option<ExecEvent> {
         let event = self.rx.recv().await;
-        if matches!(event, None | Some(ExecEvent::Exit { .. } | ExecEvent::Refused(..))) {
-            self.finished = true;
+        let metrics = &self.conn.metrics;
+        match &event {
+            Some(ExecEvent::Started) => return event,
+            Some(ExecEvent::Output(_, data)) => {
+                metrics.streamed(data.len());
+                return event;
+            }
+            Some(ExecEvent::Exit { exit_code, truncated, timed_out, .. }) => {
+                let outcome = ExecOutcome::of_exit(*exit_code, *truncated, *timed_out);
+                metrics.exec_ended(outcome, Some(self.started.elapsed()));
+            }
+            Some(ExecEvent::Refused(..)) => metrics.exec_ended(ExecOutcome::Refused, None),
+            None => metrics.exec_ended(ExecOutcome::Lost, None),
         }
+        self.finished = true;
         event
     }
 }
@@ -219,6 +250,7 @@ impl Exec {
 impl Drop for Exec {
     fn drop(&mut self) {
         if !self.finished {
+            self.conn.metrics.exec_ended(ExecOutcome::Cancelled, None);
             self.conn.pending.lock().unwrap().remove(&self.id);
             self.conn.send(RelayMessage::Cancel { id: self.id });
         }

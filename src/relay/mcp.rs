@@ -283,6 +283,8 @@ impl Endpoint {
         let mut manager = LocalSessionManager::default();
         manager.session_config.keep_alive = Some(SESSION_IDLE);
         let manager = Arc::new(manager);
+        let counted = Arc::clone(&manager);
+        state.metrics.count_mcp_sessions_with(Box::new(move || counted.sessions.try_read().ok().map(|s| s.len())));
         let for_sessions = state.clone();
         let sessions = StreamableHttpService::new(
             move || Ok(Mcp::new(for_sessions.clone())),

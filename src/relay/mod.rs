@@ -16,6 +16,7 @@ pub mod keys;
 pub mod limit;
 pub mod mask;
 pub mod mcp;
+pub mod metrics;
 mod operator;
 pub mod origin;
 pub mod status;
@@ -61,6 +62,8 @@ pub struct Config {
     pub rate_limit: u32,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub proxies: limit::Proxies,
+    /// `/metrics` is served on a listener of its own (`--metrics-listen`), so not beside the API.
+    pub metrics_separate: bool,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             progress_interval: Duration::from_secs(5),
             rate_limit: 120,
             proxies: limit::Proxies::default(),
+            metrics_separate: false,
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct Inner {
     pub usage: accounts::Usage,
     /// Requests per client address.
     pub limiter: limit::RateLimiter,
+    /// Counters for `/metrics`; the hub holds the same.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl std::ops::Deref for AppState {
@@ -116,7 +122,9 @@ impl AppState {
         let (store, keys) = open_store(&config.data_dir, secret).await?;
         let limiter = limit::RateLimiter::new(config.rate_limit);
         let usage = accounts::Usage::default();
-        Ok(Self(Arc::new(Inner { config, keys, store, hub: Hub::default(), shutdown, usage, limiter })))
+        let metrics = Arc::new(metrics::Metrics::default());
+        let hub = Hub::with_metrics(Arc::clone(&metrics));
+        Ok(Self(Arc::new(Inner { config, keys, store, hub, shutdown, usage, limiter, metrics })))
     }
 }
 
@@ -148,9 +156,13 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
+    let mut open = Router::new().route("/api/health", get(api::health));
+    if !state.config.metrics_separate {
+        open = open.route("/metrics", get(metrics::handler));
+    }
     Router::new()
         .merge(limited)
-        .route("/api/health", get(api::health))
+        .merge(open)
         .route("/openapi.json", get(move || async move { documents.openapi_response() }))
         .route("/skill/SKILL.md", get(move || async move { skill.skill_response() }))
         .fallback(api::not_found)
