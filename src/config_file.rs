@@ -3,7 +3,6 @@
 //! was expected. Flags and `AIC_*` variables stay above the file; the binaries
 //! decide that, this module only reads.
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 /// What is wrong with a config file; each names the file.
@@ -142,7 +141,7 @@ impl ConfigFile {
     }
 
     /// A key holding a list of strings, each parsed by `parse`.
-    pub fn list<T, E: Display>(
+    pub fn list<T, E>(
         &self,
         key: &str,
         expected: &str,

@@ -7,7 +7,9 @@
 
 pub mod config_file; // config files: keys checked, errors naming file, key and expectation
 pub mod daemon; // the agent: relay link, executor, approval queue, control socket, state file
+pub mod doctor; // `doctor` reports: ok / problem lines, private-file and clock checks
 pub mod duration; // human durations (90s, 1h) for flags
+pub mod generate; // shell completions and man pages from the clap definitions
 pub mod logging; // stderr logging that never carries command payloads
 pub mod protocol; // wire types (relay <-> daemon) and session codes
 pub mod relay; // HTTP server: REST API, agent WebSocket, store, access rules

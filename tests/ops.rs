@@ -120,3 +120,149 @@ async fn metrics_listen_moves_metrics_off_the_api_address() {
     assert_eq!(api.unwrap().status(), 404);
     relay.stop().await;
 }
+
+#[test]
+fn generate_writes_completions_and_a_man_page_per_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = [
+        ("aic-relay", &["listen", "metrics\\-listen", "public\\-url", "account add", "email"][..]),
+        ("aic-daemon", &["relay", "state\\-dir", "approval\\-timeout", "run"][..]),
+        ("aic-console", &["socket", "theme", "follow", "code reset"][..]),
+    ];
+    for (bin, wanted) in options {
+        let out = dir.path().join(bin);
+        let done = run(bin, &["generate", "completions", "--out", out.to_str().unwrap()]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        for file in [format!("{bin}.bash"), format!("_{bin}"), format!("{bin}.fish")] {
+            let text = std::fs::read_to_string(out.join(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(text.contains(bin) && text.contains(wanted[0]), "{file} lacks {bin} or {}", wanted[0]);
+        }
+        let done = run(bin, &["generate", "man", "--out", out.to_str().unwrap()]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        let page = std::fs::read_to_string(out.join(format!("{bin}.1"))).unwrap();
+        assert!(page.starts_with(".ie") || page.starts_with(".TH"), "not roff: {page}");
+        assert!(page.contains(&format!(".TH {bin} 1")), "{page}");
+        for option in wanted {
+            let seen = page.contains(&format!("\\fB\\-\\-{option}\\fR")) || page.to_lowercase().contains(option);
+            assert!(seen, "{bin}.1 lacks {option}:\n{page}");
+        }
+    }
+}
+
+/// Runs binary `bin` with `args` without blocking the runtime (an in-process relay must keep serving).
+async fn run_async(bin: &str, args: &[&str]) -> Output {
+    let (bin, args) = (bin.to_string(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let task = tokio::task::spawn_blocking(move || run(&bin, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    within("the binary", task).await.unwrap()
+}
+
+/// The doctor's lines, checked to be `ok` or `problem` lines, as (status, line).
+fn doctor_lines(out: &Output) -> Vec<(String, String)> {
+    let text = stdout(out);
+    text.lines()
+        .map(|line| {
+            let status = line.split_whitespace().next().unwrap_or_default().to_string();
+            assert!(status == "ok" || status == "problem", "neither ok nor problem: {line}");
+            (status, line.to_string())
+        })
+        .collect()
+}
+
+fn mkdir(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn write_file(path: &std::path::Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn daemon_doctor_passes_a_good_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let state = dir.path().join("state");
+    mkdir(&state, 0o700);
+    let socket = dir.path().join("run/aic.sock");
+    let (state, socket) = (state.to_str().unwrap(), socket.to_str().unwrap());
+    let out =
+        run_async("aic-daemon", &["doctor", "--relay", &relay.ws(), "--state-dir", state, "--socket", socket]).await;
+    let lines = doctor_lines(&out);
+    let names: Vec<&str> = lines.iter().map(|(_, l)| l[9..].split(':').next().unwrap()).collect();
+    assert_eq!(names, ["config", "state dir", "state file", "relay", "socket", "clock"], "{}", stdout(&out));
+    assert!(lines.iter().all(|(status, _)| status == "ok"), "{}", stdout(&out));
+    assert!(lines[3].1.contains("answers as an aic relay"), "{}", lines[3].1);
+    assert_eq!(out.status.code(), Some(0));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn daemon_doctor_names_each_problem_and_its_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    mkdir(&state, 0o755);
+    write_file(&state.join("state.json"), "{}", 0o644);
+    let run_dir = dir.path().join("run");
+    mkdir(&run_dir, 0o777);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let relay = format!("ws://{closed}");
+    let socket = run_dir.join("aic.sock");
+    let args =
+        ["doctor", "--relay", &relay, "--state-dir", state.to_str().unwrap(), "--socket", socket.to_str().unwrap()];
+    let out = run_async("aic-daemon", &args).await;
+    let text = stdout(&out);
+    let state = state.display();
+    for expected in [
+        format!("problem  state dir: {state} has mode 755: others can reach it; fix: chmod 700 {state}"),
+        format!(
+            "problem  state file: {state}/state.json has mode 644: others can reach it; fix: chmod 600 {state}/state.json"
+        ),
+        format!("problem  relay: cannot connect to 127.0.0.1:{}", closed.port()),
+        format!("problem  socket: {} must be a directory", run_dir.display()),
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(&expected)), "no line {expected:?} in\n{text}");
+    }
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4 check(s) found a problem"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "mode = \"yolo\"\n").unwrap();
+    let out = run_async("aic-daemon", &["doctor", "--config", bad.to_str().unwrap(), "--relay", &relay]).await;
+    assert!(stdout(&out).starts_with("problem  config: config file"), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn relay_doctor_passes_a_good_setup_and_names_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    mkdir(&data, 0o700);
+    let common = ["--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let out = run_async("aic-relay", &[&common[..], &["doctor"]].concat()).await;
+    let lines = doctor_lines(&out);
+    assert_eq!(lines.len(), 6, "{}", stdout(&out));
+    assert!(lines.iter().all(|(status, _)| status == "ok"), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(0));
+
+    mkdir(&data, 0o755);
+    write_file(&data.join("secret.key"), "00", 0o644);
+    let out = run_async("aic-relay", &[&common[..], &["doctor"]].concat()).await;
+    let text = stdout(&out);
+    let data = data.display();
+    assert!(
+        text.contains(&format!("problem  data dir: {data} has mode 755: others can reach it; fix: chmod 700 {data}\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("problem  secret: {data}/secret.key has mode 644")), "{text}");
+    assert_eq!(out.status.code(), Some(1));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = 8080\n").unwrap();
+    let out = run_async("aic-relay", &["--config", bad.to_str().unwrap(), "doctor"]).await;
+    let expected = format!("problem  config: config file {}, key `listen`: expected an address", bad.display());
+    assert!(stdout(&out).starts_with(&expected), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aic::config_file::ConfigFile;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use aic::daemon::{self, Mode};
 
@@ -27,6 +27,12 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground (what the systemd unit starts).
     Run(RunArgs),
+    /// Check the config, the state file, the relay, the control socket and the clock, each printed as ok or
+    /// problem with what to do; exits non-zero when any check fails. Takes the same settings as `run`.
+    Doctor(RunArgs),
+    /// Shell completions or the man page, for packagers.
+    #[command(subcommand, hide = true)]
+    Generate(aic::generate::Generate),
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,12 +128,33 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     Ok(config)
 }
 
+/// `aic-daemon doctor`: the config, then the daemon's own checks.
+async fn doctor(args: RunArgs) -> anyhow::Result<()> {
+    let mut report = aic::doctor::Report::new(std::io::stdout());
+    match config(args) {
+        Ok(config) => {
+            report.add("config", Ok(format!("relay {}", config.relay)));
+            daemon::doctor::run(&config, &mut report).await;
+        }
+        Err(e) => report
+            .add("config", Err(aic::doctor::Problem::new(format!("{e:#}"), "fix the file, variable or flag it names"))),
+    }
+    match report.problems() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} check(s) found a problem"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     aic::shutdown::run_main("aic-daemon", run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Doctor(args) => return doctor(args).await,
+        Command::Generate(what) => return aic::generate::run(&what, Cli::command()),
+    };
     aic::logging::init();
     let config = config(args)?;
     let shutdown = aic::shutdown::on_signals()?;

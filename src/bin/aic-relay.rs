@@ -79,6 +79,12 @@ enum Command {
     /// API keys of accounts (works while the relay runs).
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Check the config, the data dir, the secret, the database, the listen address and the clock, each
+    /// printed as ok or problem with what to do; exits non-zero when any check fails.
+    Doctor,
+    /// Shell completions or the man page, for packagers.
+    #[command(subcommand, hide = true)]
+    Generate(aic::generate::Generate),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -176,7 +182,7 @@ async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Res
                 println!("{}  created {}, {used}{revoked}", k.key_id, utc(k.created_at));
             }
         }
-        Command::ConnectLines => {}
+        Command::ConnectLines | Command::Doctor | Command::Generate(_) => {}
     }
     store.close().await;
     Ok(())
@@ -201,19 +207,45 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .context("no home directory to keep data in; pass --data-dir")
 }
 
-/// Flags and `AIC_RELAY_*` variables, with the config file filling in what they leave at the default.
-fn parse_args() -> anyhow::Result<Args> {
+/// Flags and `AIC_RELAY_*` variables, with the config file filling in what they leave at the default;
+/// a problem with the file comes back beside them (for `doctor` to report).
+fn parse_args() -> (Args, Result<PathBuf, ConfigError>) {
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(Command::Generate(_)) = args.command {
+        return (args, Ok(PathBuf::new()));
+    }
     let file = match &args.config {
-        Some(path) => ConfigFile::read(path, false)?,
+        Some(path) => ConfigFile::read(path, false),
         None => match default_config_file() {
-            Some(path) => ConfigFile::read(&path, true)?,
-            None => ConfigFile::empty(Path::new("config.toml")),
+            Some(path) => ConfigFile::read(&path, true),
+            None => Ok(ConfigFile::empty(Path::new("(none)"))),
         },
     };
-    args.apply_file(&file, &matches)?;
-    Ok(args)
+    let applied = file.and_then(|file| args.apply_file(&file, &matches).map(|()| file.path().to_path_buf()));
+    (args, applied)
+}
+
+/// `aic-relay doctor`: the config, then the relay's own checks.
+async fn doctor(args: &Args, file: Result<PathBuf, ConfigError>) -> anyhow::Result<()> {
+    use aic::doctor::{Problem, Report};
+    let mut report = Report::new(std::io::stdout());
+    let fix = "fix the file, variable or flag it names";
+    let checked = file.map_err(|e| Problem::new(e, fix)).and_then(|path| {
+        let data_dir = args.data_dir.clone().map_or_else(default_data_dir, Ok).map_err(|e| Problem::new(e, fix))?;
+        Ok((path, data_dir))
+    });
+    match checked {
+        Ok((path, data_dir)) => {
+            report.add("config", Ok(format!("{} (listen {})", path.display(), args.listen)));
+            relay::doctor::run(&data_dir, args.listen, args.secret.is_some(), &mut report).await;
+        }
+        Err(problem) => report.add("config", Err(problem)),
+    }
+    match report.problems() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} check(s) found a problem"),
+    }
 }
 
 /// `/etc/aic-relay/config.toml` as root, else `config.toml` in the user's config dir.
@@ -310,7 +342,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let (args, file) = parse_args();
+    if let Some(Command::Doctor) = args.command {
+        return doctor(&args, file).await;
+    }
+    file?;
+    if let Some(Command::Generate(what)) = &args.command {
+        return aic::generate::run(what, Args::command());
+    }
     if let Some(Command::ConnectLines) = args.command {
         print!("{}", relay::discovery::connect_lines(&args.public_url()?));
         return Ok(());

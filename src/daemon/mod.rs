@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod core;
+pub mod doctor;
 pub mod executor;
 pub mod link;
 pub mod state;

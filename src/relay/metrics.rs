@@ -74,6 +74,9 @@ impl ExecOutcome {
     }
 }
 
+/// Counts the open MCP sessions; `None` when it cannot look right now.
+pub type SessionCounter = Box<dyn Fn() -> Option<usize> + Send + Sync>;
+
 /// Upper bounds of the exec latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
@@ -95,7 +98,7 @@ pub struct Metrics {
     /// Requests answered 429.
     rate_limited: AtomicU64,
     /// Counts the open MCP sessions when asked; set by the MCP endpoint.
-    mcp_sessions: OnceLock<Box<dyn Fn() -> Option<usize> + Send + Sync>>,
+    mcp_sessions: OnceLock<SessionCounter>,
     /// The last count of MCP sessions read, for when the table is busy.
     mcp_sessions_last: AtomicUsize,
 }
@@ -131,7 +134,7 @@ impl Metrics {
     }
 
     /// Where the open MCP sessions are counted (`None`: busy right now).
-    pub fn count_mcp_sessions_with(&self, count: Box<dyn Fn() -> Option<usize> + Send + Sync>) {
+    pub fn count_mcp_sessions_with(&self, count: SessionCounter) {
         let _ = self.mcp_sessions.set(count);
     }
 

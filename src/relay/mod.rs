@@ -9,6 +9,7 @@ pub mod accounts;
 mod agent_ws;
 mod api;
 pub mod discovery;
+pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod hub;
