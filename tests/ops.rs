@@ -266,3 +266,12 @@ async fn relay_doctor_passes_a_good_setup_and_names_problems() {
     assert!(stdout(&out).starts_with(&expected), "{}", stdout(&out));
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_bad_log_level_is_refused_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run("aic-relay", &["--data-dir", dir.path().to_str().unwrap(), "--log-level", "info,["]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("aic-relay: --log-level \"info,[\": ") && err.contains("write e.g. info, debug"), "{err}");
+}

@@ -68,6 +68,9 @@ struct RunArgs {
     #[arg(long, env = "AIC_APPROVAL_TIMEOUT", value_parser = aic::duration::parse)]
     approval_timeout: Option<Duration>,
 
+    #[command(flatten)]
+    log: aic::logging::LogArgs,
+
     /// Config file (TOML; the keys are the flags with _ for -, see packaging/config/daemon.toml)
     /// [default: /etc/aic-daemon/config.toml as root, else the user's config dir; a missing default file is fine].
     #[arg(long, env = "AIC_CONFIG")]
@@ -155,7 +158,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Doctor(args) => return doctor(args).await,
         Command::Generate(what) => return aic::generate::run(&what, Cli::command()),
     };
-    aic::logging::init();
+    aic::logging::init_with("aic-daemon", &args.log)?;
     let config = config(args)?;
     let shutdown = aic::shutdown::on_signals()?;
     let (status, _) = tokio::sync::watch::channel(daemon::LinkStatus::default());

@@ -57,6 +57,9 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
+    #[command(flatten)]
+    log: aic::logging::LogArgs,
+
     /// Print JSON instead of text (account and key commands).
     #[arg(long, global = true)]
     json: bool,
@@ -361,7 +364,7 @@ async fn run() -> anyhow::Result<()> {
     if let Some(command) = &args.command {
         return admin(&args, data_dir, command).await;
     }
-    aic::logging::init();
+    aic::logging::init_with("aic-relay", &args.log)?;
     let mut config = relay::Config::new(data_dir);
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
