@@ -71,8 +71,8 @@ struct RunArgs {
     #[command(flatten)]
     log: aic::logging::LogArgs,
 
-    /// Config file (TOML; the keys are the flags with _ for -, see packaging/config/daemon.toml)
-    /// [default: /etc/aic-daemon/config.toml as root, else the user's config dir; a missing default file is fine].
+    /// Config file (TOML; its keys are the settings above but --log-*, with _ for -; see
+    /// packaging/config/daemon.toml) [default: /etc/aic-daemon/config.toml as root, else the user's config dir; a missing default file is fine].
     #[arg(long, env = "AIC_CONFIG")]
     config: Option<PathBuf>,
 }

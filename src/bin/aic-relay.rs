@@ -64,9 +64,9 @@ struct Args {
     #[arg(long, global = true)]
     json: bool,
 
-    /// Config file (TOML; the keys are the long flags with _ for -, see packaging/config/relay.toml). Flags and
-    /// AIC_RELAY_* variables win over it [default: /etc/aic-relay/config.toml as root, else the user's config
-    /// dir; a missing default file is fine].
+    /// Config file (TOML; its keys are the server settings but --secret and --log-*, with _ for -; see
+    /// packaging/config/relay.toml). Flags and AIC_RELAY_* variables win over it [default:
+    /// /etc/aic-relay/config.toml as root, else the user's config dir; a missing default file is fine].
     #[arg(long, env = "AIC_RELAY_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
