@@ -8,6 +8,9 @@
 //! - [`tui`]: the operator's console: control-socket client, CLI, sanitising
 //! - [`protocol`]: wire types (relay <-> daemon, daemon <-> console) and session codes
 //! - [`clock`]: wall-clock milliseconds, as the wire carries them
+//! - [`config_file`]: config files: keys checked, errors naming file, key and expectation
+//! - [`doctor`]: `doctor` reports: ok / problem lines, private-file and clock checks
+//! - [`generate`]: shell completions and man pages from the clap definitions
 //! - [`duration`]: human durations (90s, 1h) for flags
 //! - [`logging`]: stderr logging that never carries command payloads
 //! - [`shutdown`]: SIGINT/SIGTERM as a cancellation token for the binaries
@@ -18,10 +21,17 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod config_file;
 pub mod daemon;
+pub mod doctor;
 pub mod duration;
+pub mod generate;
 pub mod logging;
 pub mod protocol;
 pub mod relay;
 pub mod shutdown;
 pub mod tui;
+
+/// What `--version` shows: the crate version and the git revision it was built
+/// from (`unknown` when built outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("AIC_GIT_REVISION"), ")");

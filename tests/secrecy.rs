@@ -112,3 +112,47 @@ async fn mcp_calls_leave_no_command_output_or_code_in_the_log() {
     assert!(!relay_log.contains(&out_canary), "the relay logged the output:\n{relay_log}");
     assert!(!relay_log.contains(&code), "the relay logged the code:\n{relay_log}");
 }
+
+/// Everything in the files of `dir`, as text (nothing while `dir` is not there yet).
+fn read_all(dir: &std::path::Path) -> String {
+    if !dir.exists() {
+        return String::new();
+    }
+    files_under(dir).into_iter().map(|(_, bytes)| String::from_utf8_lossy(&bytes).into_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_files_hold_no_command_output_code_or_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_logs, daemon_logs) = (dir.path().join("relay-logs"), dir.path().join("daemon-logs"));
+    let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"));
+    relay.args(["--listen", "127.0.0.1:0", "--log-level", "debug", "--data-dir"]).arg(dir.path().join("relay"));
+    let relay = relay.arg("--log-dir").arg(&relay_logs).kill_on_drop(true).spawn().unwrap();
+    // The relay logs to its file only; its address is read from there.
+    eventually("the relay's log names its address", || read_all(&relay_logs).contains("listening on http://")).await;
+    let text = read_all(&relay_logs);
+    let at = text.find("listening on http://").unwrap() + "listening on http://".len();
+    let addr = text[at..].split_whitespace().next().unwrap().to_string();
+
+    let state = dir.path().join("daemon");
+    let args = ["--mode", "auto", "--log-level", "debug", "--log-dir", daemon_logs.to_str().unwrap()];
+    let daemon = DaemonProcess::start_with_args(&format!("ws://{addr}"), &state, &args, &[]).await;
+    let canary = format!("canary-{}", uuid::Uuid::new_v4());
+    let body = run(&format!("http://{addr}"), daemon.code, &format!("echo {canary} | tr a-z A-Z")).await;
+    assert_eq!(body["stdout"], format!("{}\n", canary.to_uppercase()));
+    let code = daemon.code.to_string();
+    let stderr = daemon.stop().await;
+    terminate(&relay);
+
+    let token = std::fs::read_to_string(state.join("state.json")).unwrap();
+    let token: serde_json::Value = serde_json::from_str(&token).unwrap();
+    let token = token["credentials"]["token"].as_str().expect("the agent token").to_string();
+    let (relay_text, daemon_text) = (read_all(&relay_logs), read_all(&daemon_logs));
+    assert!(daemon_text.contains("linked to"), "the daemon's log file lacks its log lines:\n{daemon_text}");
+    assert!(!stderr.contains("linked to"), "with --log-dir, logs still went to stderr:\n{stderr}");
+    for (name, text) in [("relay", &relay_text), ("daemon", &daemon_text)] {
+        for secret in [canary.as_str(), &canary.to_uppercase(), &code, &code[4..], &token] {
+            assert!(!text.contains(secret), "{name}'s log file holds {secret}:\n{text}");
+        }
+    }
+}

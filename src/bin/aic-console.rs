@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use aic::protocol::control::Mode;
 use aic::tui::cli::{self, Command};
@@ -18,7 +18,7 @@ use aic::tui::run::Settings;
 /// With no subcommand in a terminal, opens the console; without a terminal,
 /// prints the status.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "aic-console", version = aic::VERSION, about, long_about)]
 struct Args {
     /// The daemon's control socket [default: /run/aic-daemon/aic.sock if it exists, else $XDG_RUNTIME_DIR/aic-daemon.sock].
     #[arg(long, env = "AIC_SOCKET", global = true)]
@@ -77,6 +77,9 @@ enum Sub {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Shell completions or the man page, for packagers.
+    #[command(subcommand, hide = true)]
+    Generate(aic::generate::Generate),
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +125,7 @@ fn command(sub: Option<Sub>) -> Command {
         Some(Sub::Deny { id }) => Command::Deny(id),
         Some(Sub::Mode { mode }) => Command::Mode(mode),
         Some(Sub::Traffic { follow }) => Command::Traffic { follow },
+        Some(Sub::Generate(_)) => unreachable!("main answers `generate` before any command"),
     }
 }
 
@@ -154,6 +158,15 @@ fn console_settings(socket: PathBuf, theme: Option<&str>, config: Option<PathBuf
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Sub::Generate(what)) = &args.command {
+        return match aic::generate::run(what, Args::command()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("aic-console: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let socket = args.socket.unwrap_or_else(aic::protocol::control::console_socket);
     // The console's own settings matter only when it opens (or was told of them):
     // a broken settings file never breaks a script's plain `aic-console`.

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aic::config_file::ConfigFile;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use serde::Deserialize;
+use clap::{CommandFactory, Parser, Subcommand};
 
 use aic::daemon::{self, Mode};
 
@@ -17,7 +17,7 @@ use aic::daemon::{self, Mode};
 /// Settings come from flags, then AIC_* environment variables, then the
 /// config file, then defaults.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "aic-daemon", version = aic::VERSION, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +27,12 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground (what the systemd unit starts).
     Run(RunArgs),
+    /// Check the config, the state file, the relay, the control socket and the clock, each printed as ok or
+    /// problem with what to do; exits non-zero when any check fails. Takes the same settings as `run`.
+    Doctor(RunArgs),
+    /// Shell completions or the man page, for packagers.
+    #[command(subcommand, hide = true)]
+    Generate(aic::generate::Generate),
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,24 +73,18 @@ struct RunArgs {
     #[arg(long, env = "AIC_APPROVAL_TIMEOUT", value_parser = aic::duration::parse)]
     approval_timeout: Option<Duration>,
 
-    /// Config file (TOML with the keys relay, state_dir, socket, mode, max_concurrent, approval_timeout, ca_cert)
-    /// [default: /etc/aic-daemon/config.toml as root, else the user's config dir; a missing default file is fine].
+    #[command(flatten)]
+    log: aic::logging::LogArgs,
+
+    /// Config file (TOML; its keys are the settings above but --log-*, with _ for -; see
+    /// packaging/config/daemon.toml) [default: /etc/aic-daemon/config.toml as root, else the user's config dir; a missing default file is fine].
     #[arg(long, env = "AIC_CONFIG")]
     config: Option<PathBuf>,
 }
 
-/// The config file's keys; every one optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    relay: Option<String>,
-    state_dir: Option<PathBuf>,
-    socket: Option<PathBuf>,
-    mode: Option<String>,
-    max_concurrent: Option<usize>,
-    approval_timeout: Option<String>,
-    ca_cert: Option<PathBuf>,
-}
+/// The keys a daemon config file may hold.
+const FILE_KEYS: &[&str] =
+    &["relay", "state_dir", "socket", "mode", "insecure_relay", "ca_cert", "max_concurrent", "approval_timeout"];
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -99,48 +99,60 @@ fn default_dir(system: &str, pick: fn(&directories::ProjectDirs) -> &Path) -> an
         .context("no home directory to keep state in; pass --state-dir")
 }
 
-fn load_file(explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
-    let path = match explicit {
-        Some(path) => path.to_path_buf(),
-        None => default_dir("/etc/aic-daemon", |d| d.config_dir())?.join("config.toml"),
+fn load_file(explicit: Option<&Path>) -> anyhow::Result<ConfigFile> {
+    let file = match explicit {
+        Some(path) => ConfigFile::read(path, false)?,
+        None => ConfigFile::read(&default_dir("/etc/aic-daemon", |d| d.config_dir())?.join("config.toml"), true)?,
     };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => return Ok(FileConfig::default()),
-        Err(e) => return Err(e).with_context(|| format!("reading the config file {}", path.display())),
-    };
-    toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+    file.check_keys(FILE_KEYS)?;
+    Ok(file)
 }
 
 fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     let file = load_file(args.config.as_deref())?;
-    let relay = args.relay.or(file.relay).context(
+    let relay = args.relay.or(file.string("relay", "a URL such as \"wss://relay.example.com\"")?).context(
         "no relay given: pass --relay wss://relay.example.com (or set AIC_RELAY_URL, or `relay` in the config file)",
     )?;
-    let state_dir = match args.state_dir.or(file.state_dir) {
+    let dir = "a directory such as \"/var/lib/aic-daemon\"";
+    let state_dir = match args.state_dir.or(file.string("state_dir", dir)?.map(PathBuf::from)) {
         Some(dir) => dir,
         None => default_dir("/var/lib/aic-daemon", |d| d.data_dir())?,
     };
-    let socket = args.socket.or(file.socket).unwrap_or_else(|| aic::protocol::control::default_socket(is_root()));
+    let socket_path = file.string("socket", "a path such as \"/run/aic-daemon/aic.sock\"")?.map(PathBuf::from);
+    let socket = args.socket.or(socket_path).unwrap_or_else(|| aic::protocol::control::default_socket(is_root()));
     let mut config = daemon::Config::new(relay, state_dir, socket);
-    config.allow_insecure_relay = args.insecure_relay;
-    config.ca_cert = args.ca_cert.or(file.ca_cert);
-    config.mode = match (args.mode, file.mode) {
-        (Some(mode), _) => Some(mode),
-        (None, Some(text)) => Some(text.parse().map_err(|e: String| anyhow::anyhow!("config file key mode: {e}"))?),
-        (None, None) => None,
-    };
-    if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
+    let insecure = file.boolean("insecure_relay")?;
+    config.allow_insecure_relay = args.insecure_relay || insecure.unwrap_or(false);
+    let ca_cert = file.string("ca_cert", "a PEM file such as \"/etc/aic-daemon/relay-ca.pem\"")?.map(PathBuf::from);
+    config.ca_cert = args.ca_cert.or(ca_cert);
+    let mode = file.parsed("mode", "one of \"supervised\", \"auto\", \"disabled\"", str::parse::<Mode>)?;
+    config.mode = args.mode.or(mode);
+    let count = "a whole number of commands, at least 1";
+    if let Some(n) = args.max_concurrent.or(file.integer("max_concurrent", count)?) {
         config.max_concurrent = n.max(1);
     }
-    config.approval_timeout = match (args.approval_timeout, file.approval_timeout) {
-        (Some(d), _) => d,
-        (None, Some(text)) => {
-            aic::duration::parse(&text).map_err(|e| anyhow::anyhow!("config file key approval_timeout: {e}"))?
-        }
-        (None, None) => config.approval_timeout,
-    };
+    let timeout = file.parsed("approval_timeout", "a duration such as \"90s\" or \"10m\"", aic::duration::parse)?;
+    if let Some(d) = args.approval_timeout.or(timeout) {
+        config.approval_timeout = d;
+    }
     Ok(config)
+}
+
+/// `aic-daemon doctor`: the config, then the daemon's own checks.
+async fn doctor(args: RunArgs) -> anyhow::Result<()> {
+    let mut report = aic::doctor::Report::new(std::io::stdout());
+    match config(args) {
+        Ok(config) => {
+            report.add("config", Ok(format!("relay {}", config.relay)));
+            daemon::doctor::run(&config, &mut report).await;
+        }
+        Err(e) => report
+            .add("config", Err(aic::doctor::Problem::new(format!("{e:#}"), "fix the file, variable or flag it names"))),
+    }
+    match report.problems() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} check(s) found a problem"),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -148,8 +160,12 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let Command::Run(args) = Cli::parse().command;
-    aic::logging::init();
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Doctor(args) => return doctor(args).await,
+        Command::Generate(what) => return aic::generate::run(&what, Cli::command()),
+    };
+    aic::logging::init_with("aic-daemon", &args.log)?;
     let config = config(args)?;
     let shutdown = aic::shutdown::on_signals()?;
     let (status, _) = tokio::sync::watch::channel(daemon::LinkStatus::default());

@@ -3,18 +3,19 @@
 #![allow(rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
+use aic::config_file::{ConfigError, ConfigFile};
 use aic::relay::{self, AppState, keys::Keys, origin::PublicUrl};
 
 /// The aic relay: AI clients run commands on machines through it (MCP at /mcp,
 /// REST at /api/v1), and aic-daemon on each machine dials into it (WebSocket at /agent/ws).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(name = "aic-relay", version = aic::VERSION, about, long_about = None)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -88,10 +89,22 @@ struct Args {
     /// New machines one client address may register a day (machines coming back are not counted); 0: no cap.
     #[arg(long, env = "AIC_RELAY_REGISTRATIONS_PER_DAY", default_value_t = 50)]
     registrations_per_day: u32,
+    /// Serve GET /metrics (Prometheus text) on this address only, e.g. 127.0.0.1:9100, instead of beside the API.
+    #[arg(long, env = "AIC_RELAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    log: aic::logging::LogArgs,
 
     /// Print JSON instead of text (account and key commands).
     #[arg(long, global = true)]
     json: bool,
+
+    /// Config file (TOML; its keys are the server settings but --secret and --log-*, with _ for -; see
+    /// packaging/config/relay.toml). Flags and AIC_RELAY_* variables win over it [default:
+    /// /etc/aic-relay/config.toml as root, else the user's config dir; a missing default file is fine].
+    #[arg(long, env = "AIC_RELAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -105,6 +118,12 @@ enum Command {
     /// API keys of accounts (works while the relay runs).
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Check the config, the data dir, the secret, the database, the listen address and the clock, each
+    /// printed as ok or problem with what to do; exits non-zero when any check fails.
+    Doctor,
+    /// Shell completions or the man page, for packagers.
+    #[command(subcommand, hide = true)]
+    Generate(aic::generate::Generate),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -180,7 +199,7 @@ async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Res
             }
         }
         Command::Key(KeyCmd::List { email }) => print_keys(&accounts::list_keys(&store, email).await?, json)?,
-        Command::ConnectLines => {}
+        Command::ConnectLines | Command::Doctor | Command::Generate(_) => {}
     }
     store.close().await;
     Ok(())
@@ -233,7 +252,10 @@ impl Args {
 fn tls(args: &Args) -> anyhow::Result<Option<std::sync::Arc<relay::tls::Tls>>> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(std::sync::Arc::new(relay::tls::Tls::load(cert, key)?)),
-        _ => None,
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "a TLS certificate and its key go together: give both --tls-cert and --tls-key (or tls_cert and tls_key in the config file)"
+        ),
     };
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reloading = tls.clone();
@@ -258,12 +280,188 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .context("no home directory to keep data in; pass --data-dir")
 }
 
+/// Flags and `AIC_RELAY_*` variables, with the config file filling in what they leave at the default;
+/// a problem with the file comes back beside them (for `doctor` to report).
+fn parse_args() -> (Args, Result<PathBuf, ConfigError>) {
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(Command::Generate(_)) = args.command {
+        return (args, Ok(PathBuf::new()));
+    }
+    let file = match &args.config {
+        Some(path) => ConfigFile::read(path, false),
+        None => match default_config_file() {
+            Some(path) => ConfigFile::read(&path, true),
+            None => Ok(ConfigFile::empty(Path::new("(none)"))),
+        },
+    };
+    let applied = file.and_then(|file| args.apply_file(&file, &matches).map(|()| file.path().to_path_buf()));
+    (args, applied)
+}
+
+/// `aic-relay doctor`: the config, then the relay's own checks.
+async fn doctor(args: &Args, file: Result<PathBuf, ConfigError>) -> anyhow::Result<()> {
+    use aic::doctor::{Problem, Report};
+    let mut report = Report::new(std::io::stdout());
+    let fix = "fix the file, variable or flag it names";
+    let checked = file.map_err(|e| Problem::new(e, fix)).and_then(|path| {
+        let data_dir = args.data_dir.clone().map_or_else(default_data_dir, Ok).map_err(|e| Problem::new(e, fix))?;
+        Ok((path, data_dir))
+    });
+    match checked {
+        Ok((path, data_dir)) => {
+            report.add("config", Ok(format!("{} (listen {})", path.display(), args.listen)));
+            relay::doctor::run(&data_dir, args.listen, args.secret.is_some(), &mut report).await;
+        }
+        Err(problem) => report.add("config", Err(problem)),
+    }
+    match report.problems() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} check(s) found a problem"),
+    }
+}
+
+/// `/etc/aic-relay/config.toml` as root, else `config.toml` in the user's config dir.
+fn default_config_file() -> Option<PathBuf> {
+    if rustix::process::geteuid().is_root() {
+        return Some(PathBuf::from("/etc/aic-relay/config.toml"));
+    }
+    directories::ProjectDirs::from("", "", "aic-relay").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The keys a relay config file may hold.
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "data_dir",
+    "anonymous_window",
+    "max_output",
+    "rate_limit",
+    "trusted_proxy",
+    "metrics_listen",
+    "tls_cert",
+    "tls_key",
+    "max_connections",
+    "max_connections_per_ip",
+    "header_timeout",
+    "registrations_per_day",
+    "mcp_output_max",
+    "mcp_sessions_per_client",
+];
+
+/// `value` (from the config file) into `slot`, unless the flag or its variable was given.
+fn fill<T>(slot: &mut T, value: Option<T>, given: bool) {
+    if let Some(value) = value
+        && !given
+    {
+        *slot = value;
+    }
+}
+
+impl Args {
+    /// Takes each key of `file` whose flag was neither given nor set in the environment.
+    /// Every key is checked, used or not.
+    fn apply_file(&mut self, file: &ConfigFile, matches: &clap::ArgMatches) -> Result<(), ConfigError> {
+        use clap::parser::ValueSource;
+        file.check_keys(FILE_KEYS)?;
+        let unset = |id: &str| matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue));
+        let address = "an address and port such as \"127.0.0.1:8080\"";
+        if let Some(v) = file.parsed("listen", address, str::parse)?
+            && unset("listen")
+        {
+            self.listen = v;
+        }
+        let url = "a URL such as \"https://relay.example.com\"";
+        if let Some(v) = file.parsed("public_url", url, str::parse)?
+            && unset("public_url")
+        {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = file.string("data_dir", "a directory such as \"/var/lib/aic-relay\"")?
+            && unset("data_dir")
+        {
+            self.data_dir = Some(v.into());
+        }
+        let duration = "a duration such as \"90s\", \"30m\" or \"1h\"";
+        if let Some(v) = file.parsed("anonymous_window", duration, aic::duration::parse)?
+            && unset("anonymous_window")
+        {
+            self.anonymous_window = v;
+        }
+        if let Some(v) = file.integer("max_output", "a number of bytes such as 1048576")?
+            && unset("max_output")
+        {
+            self.max_output = v;
+        }
+        if let Some(v) = file.integer("rate_limit", "requests a minute as a whole number (0 turns limits off)")?
+            && unset("rate_limit")
+        {
+            self.rate_limit = v;
+        }
+        let proxies = "a list of addresses or networks such as [\"127.0.0.1\", \"10.0.0.0/8\"]";
+        if let Some(v) = file.list("trusted_proxy", proxies, str::parse)?
+            && unset("trusted_proxy")
+        {
+            self.trusted_proxy = v;
+        }
+        if let Some(v) = file.parsed("metrics_listen", address, str::parse)?
+            && unset("metrics_listen")
+        {
+            self.metrics_listen = Some(v);
+        }
+        self.apply_file_limits(file, &|id| !unset(id))
+    }
+
+    /// The config file's TLS files, connection limits and MCP sizes.
+    fn apply_file_limits(&mut self, file: &ConfigFile, given: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let pem = "a PEM file such as \"/etc/aic-relay/fullchain.pem\"";
+        let cert = file.string("tls_cert", pem)?.map(|p| Some(PathBuf::from(p)));
+        fill(&mut self.tls_cert, cert, given("tls_cert"));
+        let key = file.string("tls_key", pem)?.map(|p| Some(PathBuf::from(p)));
+        fill(&mut self.tls_key, key, given("tls_key"));
+        let count = "a whole number";
+        fill(&mut self.max_connections, file.integer("max_connections", count)?, given("max_connections"));
+        let per_ip = file.integer("max_connections_per_ip", count)?;
+        fill(&mut self.max_connections_per_ip, per_ip, given("max_connections_per_ip"));
+        let timeout = file.parsed("header_timeout", "a duration such as \"30s\"", aic::duration::parse)?;
+        fill(&mut self.header_timeout, timeout, given("header_timeout"));
+        let per_day = file.integer("registrations_per_day", "a whole number (0: no cap)")?;
+        fill(&mut self.registrations_per_day, per_day, given("registrations_per_day"));
+        let bytes = file.integer("mcp_output_max", "a number of bytes such as 32768")?;
+        fill(&mut self.mcp_output_max, bytes, given("mcp_output_max"));
+        let sessions = file.integer("mcp_sessions_per_client", count)?;
+        fill(&mut self.mcp_sessions_per_client, sessions, given("mcp_sessions_per_client"));
+        Ok(())
+    }
+}
+
+/// Binds `--metrics-listen`, when given, and serves `/metrics` there until the relay stops.
+async fn spawn_metrics(addr: Option<SocketAddr>, state: &AppState) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for /metrics"))?;
+    tracing::info!("aic-relay metrics on http://{}/metrics", listener.local_addr()?);
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = relay::metrics::serve(listener, state).await {
+            tracing::error!("serving /metrics: {e}");
+        }
+    });
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     aic::shutdown::run_main("aic-relay", run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let (args, file) = parse_args();
+    if let Some(Command::Doctor) = args.command {
+        return doctor(&args, file).await;
+    }
+    file?;
+    if let Some(Command::Generate(what)) = &args.command {
+        return aic::generate::run(what, Args::command());
+    }
     if let Some(Command::ConnectLines) = args.command {
         print!("{}", relay::discovery::connect_lines(&args.public_url()?));
         return Ok(());
@@ -275,7 +473,7 @@ async fn run() -> anyhow::Result<()> {
     if let Some(command) = &args.command {
         return admin(&args, data_dir, command).await;
     }
-    aic::logging::init();
+    aic::logging::init_with("aic-relay", &args.log)?;
     let mut config = relay::Config::new(data_dir);
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
@@ -291,6 +489,7 @@ async fn run() -> anyhow::Result<()> {
         max_per_ip: args.max_connections_per_ip,
     };
     config.tls = tls(&args)?;
+    config.metrics_separate = args.metrics_listen.is_some();
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;
@@ -298,6 +497,7 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("binding {} (is another relay running there? pick another with --listen)", args.listen)
     })?;
+    spawn_metrics(args.metrics_listen, &state).await?;
     let local = listener.local_addr()?;
     let tls = state.config.tls.is_some();
     let public = PublicUrl::given_or_listen(args.public_url.as_ref(), local, tls).map_err(anyhow::Error::msg)?;

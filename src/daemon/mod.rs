@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod control;
+pub mod doctor;
 pub mod executor;
 pub mod link;
 pub mod shared;

@@ -213,6 +213,7 @@ async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Resul
     let (code, code_hash) = super::operator::unused_code(state).await?;
     let agent_id = state.store.insert_agent(&code_hash, &token_hash, now, info).await?;
     tracing::info!(agent = agent_id, host = %info.hostname, "agent registered");
+    state.metrics.registered();
     Ok(Accepted {
         agent_id,
         code_hash,

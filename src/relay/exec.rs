@@ -159,10 +159,17 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
 /// MCP tool both come through here, so whatever is added here (accounts, rate
 /// limits) applies to both alike.
 pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Result<Exec, ApiError> {
-    let request = request(params, caller.requester(&state.keys), state.config.max_output)?;
-    let target = access::admit(state, caller, &params.code, access::Purpose::Use).await?;
-    let issuer = Issuer { account: caller.account.as_ref().map(|a| a.id), code_created_ms: target.code_created_ms };
-    start(target, request, issuer)
+    let begun = async {
+        let request = request(params, caller.requester(&state.keys), state.config.max_output)?;
+        let target = access::admit(state, caller, &params.code, access::Purpose::Use).await?;
+        let issuer = Issuer { account: caller.account.as_ref().map(|a| a.id), code_created_ms: target.code_created_ms };
+        start(target, request, issuer)
+    }
+    .await;
+    if begun.is_err() {
+        state.metrics.exec_ended(super::metrics::ExecOutcome::Rejected, None);
+    }
+    begun
 }
 
 /// Sends the command to the target's daemon.

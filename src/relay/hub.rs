@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::keys::Digest;
+use super::metrics::{ExecOutcome, Metrics};
 use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, ExitStatus, Refusal, RelayMessage, Stream};
 
 // The maps below are only touched for a moment (insert, remove, lookup) and
@@ -23,6 +24,8 @@ use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, ExitStatus, R
 pub struct Hub {
     agents: Mutex<HashMap<Digest, Arc<AgentConn>>>,
     next_conn: AtomicU64,
+    /// Where commands' outcomes, latency and bytes are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// One live agent connection.
@@ -43,6 +46,8 @@ pub struct AgentConn {
     limits: LinkLimits,
     /// Cancelled when a newer connection of the same agent replaces this one.
     pub replaced: CancellationToken,
+    /// The hub's counters, for the commands run over this connection.
+    metrics: Arc<Metrics>,
 }
 
 /// A caller waiting on one command.
@@ -132,6 +137,16 @@ pub enum ExecEvent {
 }
 
 impl Hub {
+    /// An empty hub counting into `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ..Self::default() }
+    }
+
+    /// How many agents are connected.
+    pub fn online(&self) -> usize {
+        self.agents.lock().unwrap().len()
+    }
+
     /// Makes a connection record for an agent that has just said hello.
     pub fn connect(
         &self,
@@ -150,6 +165,7 @@ impl Hub {
             pending: Mutex::default(),
             limits,
             replaced: CancellationToken::new(),
+            metrics: Arc::clone(&self.metrics),
         })
     }
 
@@ -223,7 +239,7 @@ impl AgentConn {
             return Err(StartError::Offline);
         }
         let deadline = tokio::time::Instant::now() + START_ALLOWANCE + timeout + self.limits.grace;
-        Ok(Exec { id, rx, conn: Arc::clone(self), finished: false, timeout, deadline })
+        Ok(Exec { id, rx, conn: Arc::clone(self), finished: false, timeout, deadline, started: Instant::now() })
     }
 
     /// Queues a frame for the daemon. False when the link is gone.
@@ -311,6 +327,8 @@ pub struct Exec {
     /// When the relay stops waiting: [`START_ALLOWANCE`] until the daemon
     /// says it started, then the timeout plus the link's grace from then.
     deadline: tokio::time::Instant,
+    /// When it was handed to the daemon, for the latency metric.
+    started: Instant,
 }
 
 impl Exec {
@@ -321,22 +339,40 @@ impl Exec {
         let Ok(event) = tokio::time::timeout_at(self.deadline, self.rx.recv()).await else {
             return Some(ExecEvent::Unanswered { timeout: self.timeout });
         };
+        self.note(event.as_ref());
+        event
+    }
+
+    /// Moves the deadline when the command starts, marks its end, and counts both for `/metrics`.
+    fn note(&mut self, event: Option<&ExecEvent>) {
+        let metrics = &self.conn.metrics;
         match event {
-            None | Some(ExecEvent::Exit(_) | ExecEvent::Refused(..) | ExecEvent::Revoked(_)) => {
-                self.finished = true;
-            }
             Some(ExecEvent::Started) => {
                 self.deadline = tokio::time::Instant::now() + self.timeout + self.conn.limits.grace;
+                return;
             }
-            _ => {}
+            Some(ExecEvent::Output(_, data)) => {
+                metrics.streamed(data.len());
+                return;
+            }
+            Some(ExecEvent::Exit(exit)) => {
+                let outcome = ExecOutcome::of_exit(exit.exit_code, exit.truncated, exit.timed_out);
+                metrics.exec_ended(outcome, Some(self.started.elapsed()));
+            }
+            Some(ExecEvent::Refused(..)) => metrics.exec_ended(ExecOutcome::Refused, None),
+            Some(ExecEvent::Revoked(_) | ExecEvent::Unanswered { .. }) => {
+                metrics.exec_ended(ExecOutcome::Cancelled, None);
+            }
+            None => metrics.exec_ended(ExecOutcome::Lost, None),
         }
-        event
+        self.finished = true;
     }
 }
 
 impl Drop for Exec {
     fn drop(&mut self) {
         if !self.finished {
+            self.conn.metrics.exec_ended(ExecOutcome::Cancelled, None);
             self.conn.pending.lock().unwrap().remove(&self.id);
             self.conn.send(RelayMessage::Cancel { id: self.id });
         }

@@ -208,6 +208,7 @@ pub async fn middleware(
     match state.limiter.check(ip) {
         Ok(()) => next.run(request).await,
         Err(secs) => {
+            state.metrics.rate_limited();
             let mut err = super::error::ApiError::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 super::error::Reason::RateLimited,

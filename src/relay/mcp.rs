@@ -281,6 +281,8 @@ impl Endpoint {
         let mut manager = LocalSessionManager::default();
         manager.session_config.keep_alive = Some(SESSION_IDLE);
         let manager = Arc::new(manager);
+        let counted = Arc::clone(&manager);
+        state.metrics.count_mcp_sessions_with(Box::new(move || counted.sessions.try_read().ok().map(|s| s.len())));
         let tools = Arc::new(Mcp::tool_router());
         let ours = Sessions::default();
         let make = {

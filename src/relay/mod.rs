@@ -9,6 +9,7 @@ pub mod accounts;
 mod agent_ws;
 mod api;
 pub mod discovery;
+pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod hub;
@@ -17,6 +18,7 @@ pub mod limit;
 pub mod listen;
 pub mod mask;
 pub mod mcp;
+pub mod metrics;
 mod operator;
 pub mod origin;
 pub mod status;
@@ -81,6 +83,8 @@ pub struct Config {
     /// The certificate to serve HTTPS and WSS with; plain HTTP without one
     /// (behind a TLS-terminating proxy, or on loopback).
     pub tls: Option<Arc<tls::Tls>>,
+    /// `/metrics` is served on a listener of its own (`--metrics-listen`), so not beside the API.
+    pub metrics_separate: bool,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
             },
             registrations_per_day: 50,
             tls: None,
+            metrics_separate: false,
         }
     }
 
@@ -144,6 +149,8 @@ pub struct Inner {
     pub limiter: limit::RateLimiter,
     /// Agent registrations per client address today.
     pub registrations: limit::DailyCap,
+    /// Counters for `/metrics`; the hub holds the same.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl std::ops::Deref for AppState {
@@ -161,8 +168,10 @@ impl AppState {
         let limiter = limit::RateLimiter::new(config.rate_limit);
         let registrations = limit::DailyCap::new(config.registrations_per_day);
         let usage = accounts::Usage::default();
-        let hub = Hub::default();
-        Ok(Self(Arc::new(Inner { config, keys, store, hub, shutdown, usage, limiter, registrations })))
+        let metrics = Arc::new(metrics::Metrics::default());
+        let hub = Hub::with_metrics(Arc::clone(&metrics));
+        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics };
+        Ok(Self(Arc::new(inner)))
     }
 }
 
@@ -194,9 +203,13 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
+    let mut open = Router::new().route("/api/health", get(api::health));
+    if !state.config.metrics_separate {
+        open = open.route("/metrics", get(metrics::handler));
+    }
     Router::new()
         .merge(limited)
-        .route("/api/health", get(api::health))
+        .merge(open)
         .route("/openapi.json", get(move || async move { documents.openapi_response() }))
         .route("/skill/SKILL.md", get(move || async move { skill.skill_response() }))
         .fallback(api::not_found)
