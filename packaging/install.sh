@@ -107,6 +107,7 @@ build_from_source() {
   (cd "$src" && cargo build --release --locked --bins)
   mkdir -p "$dir/aic/bin" "$dir/aic/systemd"
   cp "$src"/target/release/aic-{relay,daemon,console} "$dir/aic/bin/"
+  "$src/packaging/generate.sh" "$src/target/release" "$dir/aic/share" >/dev/null
   cp "$src"/packaging/aic-daemon.service "$src"/packaging/aic-relay.service "$src"/packaging/aic-daemon-user.conf "$dir/aic/systemd/"
   mkdir -p "$dir/aic/config"
   for example in "$src"/packaging/config/*.toml; do
@@ -128,9 +129,21 @@ install_files() {
   for example in "$from"/config/*.toml; do
     if [ -f "$example" ]; then install -m 0644 "$example" "$share_dir/"; fi
   done
+  install_docs "$from/share"
   getent group aic >/dev/null || groupadd --system aic
   systemctl daemon-reload
   say "installed aic-relay, aic-daemon and aic-console in $bin_dir"
+}
+
+# Man pages and bash completions, when the release has them.
+install_docs() {
+  local from=$1 b
+  [ -d "$from" ] || return 0
+  install -d -m 0755 /usr/local/share/man/man1 /usr/local/share/bash-completion/completions
+  for b in aic-relay aic-daemon aic-console; do
+    if [ -f "$from/$b.1" ]; then install -m 0644 "$from/$b.1" /usr/local/share/man/man1/; fi
+    if [ -f "$from/$b.bash" ]; then install -m 0644 "$from/$b.bash" "/usr/local/share/bash-completion/completions/$b"; fi
+  done
 }
 
 # Waits for the daemon to print its code in the journal, and shows it.
@@ -184,6 +197,7 @@ remove() {
   done
   systemctl daemon-reload
   rm -f "$bin_dir"/aic-relay "$bin_dir"/aic-daemon "$bin_dir"/aic-console
+  rm -f /usr/local/share/man/man1/aic-{relay,daemon,console}.1 /usr/local/share/bash-completion/completions/aic-{relay,daemon,console}
   rm -rf "$share_dir"
   if $purge; then
     rm -rf /var/lib/aic-daemon /var/lib/aic-relay /etc/aic-daemon

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a release directory that packaging/install.sh installs from:
 #
-#   aic-<arch>-linux.tar.gz   the three binaries, the systemd units, example configs
+#   aic-<arch>-linux.tar.gz   the three binaries, the systemd units, example configs,
+#                             shell completions and man pages
 #   SHA256SUMS                its checksum
 #   SHA256SUMS.sig            an Ed25519 signature of SHA256SUMS (with --sign-key)
 #
@@ -43,6 +44,7 @@ for example in packaging/config/*.toml; do
   if [ -f "$example" ]; then install -m 0644 "$example" "$stage/aic/config/"; fi
 done
 install -m 0644 README.md CHANGELOG.md "$stage/aic/"
+packaging/generate.sh "$bin_dir" "$stage/aic/share" >/dev/null
 
 mkdir -p "$out"
 archive="aic-$arch-linux.tar.gz"

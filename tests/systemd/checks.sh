@@ -68,6 +68,7 @@ installs_and_prints_the_code() {
     || { say "  $out"; return 1; }
   code=$(echo "$out" | grep -oE '^Session: AIC-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$' | cut -d' ' -f2)
   [ -n "$code" ] || { say "  $out"; return 1; }
+  inside test -s /usr/local/share/man/man1/aic-daemon.1 || { say "  no man page installed"; return 1; }
   inside systemctl is-active --quiet aic-relay aic-daemon
 }
 
@@ -169,6 +170,8 @@ deb_installs_and_runs() {
   inside dpkg -i /root/aic.deb >/dev/null || return 1
   inside test -x /usr/bin/aic-daemon && inside getent group aic >/dev/null && inside getent passwd aic-relay >/dev/null \
     || return 1
+  inside test -s /usr/share/man/man1/aic-daemon.1.gz && inside test -s /usr/share/bash-completion/completions/aic-relay \
+    || { say "  no man page or completions in the package"; return 1; }
   ! inside systemctl is-active --quiet aic-daemon || { say "  the daemon started before it was configured"; return 1; }
   mkdir -p "$root/etc/systemd/system/aic-relay.service.d" "$root/etc/aic-daemon"
   printf '[Service]\nEnvironment=AIC_RELAY_LISTEN=127.0.0.1:%s\n' "$relay_port" \
@@ -202,6 +205,6 @@ run_checks() {
   check "the dedicated-user drop-in: commands run as aic-agent, same code" runs_as_a_dedicated_user
   check "install.sh --uninstall removes aic and keeps the code" uninstall_keeps_the_code
   check "install.sh --uninstall --purge removes the code, config and group" purge_removes_everything
-  check "dpkg -i aic.deb: users and group made, services run once configured" deb_installs_and_runs
+  check "dpkg -i aic.deb: users, group, man pages and completions; services run once configured" deb_installs_and_runs
   check "dpkg --purge aic removes the binaries, the code, the group and the user" deb_purge_removes_everything
 }
