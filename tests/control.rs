@@ -437,3 +437,27 @@ async fn traffic_follow_prints_a_line_per_event() {
     assert!(!seen.contains('\u{1b}'));
     call.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_command_cannot_act_as_the_operator() {
+    let s = Setup::supervised(Duration::from_secs(600)).await;
+    let mut watcher = s.subscribed().await;
+    let console_bin = env!("CARGO_BIN_EXE_aic-console");
+    let socket = s.socket().display().to_string();
+    // Once approved, the command tries to switch supervision off and to approve
+    // whatever comes next; it may still look.
+    let command = format!(
+        "export AIC_SOCKET={socket}; {console_bin} mode auto; echo mode=$?; \
+         {console_bin} deny 00000000; echo deny=$?; {console_bin} status >/dev/null; echo status=$?"
+    );
+    let call = s.exec(&command);
+    let id = queued(&mut watcher).await;
+    assert_eq!(console(&s.socket(), &["approve", &id.to_string()]).await.code, 0);
+    let (status, body) = within("the approved command", call).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stdout"], "mode=1\ndeny=1\nstatus=0\n", "{body}");
+    let stderr = body["stderr"].as_str().unwrap();
+    assert!(stderr.contains("refused: process") && stderr.contains("operator's own terminal"), "{stderr}");
+    // Supervision is still on: the next command waits for the operator again.
+    assert_eq!(console(&s.socket(), &["mode"]).await.stdout.trim(), "supervised");
+}

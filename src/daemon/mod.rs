@@ -6,6 +6,8 @@ pub mod control;
 pub mod doctor;
 pub mod executor;
 pub mod link;
+pub mod notify;
+pub mod peer;
 pub mod shared;
 pub mod state;
 pub mod tls;
@@ -70,6 +72,9 @@ pub struct LinkStatus {
     pub code: Option<SessionCode>,
     /// Whether the link to the relay is up.
     pub connected: bool,
+    /// Whether an attempt to link has failed (or a link dropped): the daemon
+    /// is retrying with backoff. Ready for systemd either way.
+    pub retrying: bool,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, publishing the link's

@@ -127,7 +127,11 @@ impl Daemon {
         self.0.file.save(&next)?;
         *state = next;
         drop(state);
-        tracing::info!(%mode, "mode changed");
+        // Loud in the journal: a switch to auto means commands stop waiting for the operator.
+        match mode {
+            Mode::Auto => tracing::warn!("mode changed to auto: commands now run without the operator's approval"),
+            _ => tracing::warn!(%mode, "mode changed"),
+        }
         self.emit(Event::ModeChanged { mode });
         Ok(())
     }
@@ -201,7 +205,10 @@ impl Daemon {
         }
         let snapshot = health.clone();
         drop(health);
-        self.0.status.send_modify(|s| s.connected = false);
+        self.0.status.send_modify(|s| {
+            s.connected = false;
+            s.retrying = true;
+        });
         if changed {
             self.emit(Event::Relay(snapshot));
         }

@@ -148,6 +148,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the request acts as the operator (changes the mode, decides a
+    /// command, changes an account's link, resets the code) rather than looks.
+    pub fn is_operator_action(&self) -> bool {
+        !matches!(self, Op::Status | Op::Traffic | Op::Approvals | Op::Code | Op::Admins | Op::Subscribe)
+    }
+}
+
+impl Op {
     /// Reads the `result` of a reply to this op: a reply carries no tag, so
     /// what it is follows from what was asked.
     pub fn read_reply(&self, result: serde_json::Value) -> Result<Reply, serde_json::Error> {

@@ -218,7 +218,10 @@ pub fn status_text(s: &StatusInfo) -> String {
     format!(
         "Session:  {}\nMode:     {}\nRelay:    {link}\nQueue:    {} waiting for approval, {} running\nUptime:   {}\nVersion:  {}",
         s.code.as_deref().unwrap_or("(none yet)"),
-        s.mode,
+        match s.mode {
+            Mode::Auto => "auto (commands run without the operator's approval)".to_string(),
+            mode => mode.to_string(),
+        },
         s.pending,
         s.running,
         duration(s.uptime_s * 1000),

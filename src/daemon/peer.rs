@@ -1,0 +1,129 @@
+//! Whether a control-socket client is one of the commands this daemon runs,
+//! or a process one of them started. Such a client may watch, but not act as
+//! the operator: an approved command must not approve the next one, switch
+//! supervision off, or reset the code.
+//!
+//! Three signs, any of which is enough:
+//! - it, or a process it descends from, is in the process group of a command
+//!   running now (each command leads a group of its own);
+//! - it shares this daemon's session, when the daemon leads one (under
+//!   systemd it does; in a terminal, the console shares the terminal's);
+//! - it shares this daemon's cgroup, when that cgroup is a systemd service
+//!   (a terminal's console lives in the user's session scope). This one also
+//!   catches a command that detached itself with `setsid` and a double fork.
+
+use rustix::process::getpid;
+
+/// Ancestors walked at most, in case /proc changes under the walk.
+const MAX_DEPTH: usize = 4096;
+
+/// Why process `peer` counts as a command of this daemon, or `None`.
+/// `command_groups` are the process groups of the commands running now.
+pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
+    let me = getpid().as_raw_nonzero().get();
+    if peer == me {
+        return None;
+    }
+    if let Some(group) = command_ancestor(peer, command_groups) {
+        return Some(format!("process {peer} was started by a command this daemon runs (process group {group})"));
+    }
+    if leads_own_session(me) && same_session(peer, me) {
+        return Some(format!("process {peer} runs in this daemon's session"));
+    }
+    let own = cgroup(me)?;
+    (own.ends_with(".service") && cgroup(peer).as_deref() == Some(own.as_str()))
+        .then(|| format!("process {peer} runs in this daemon's service ({own})"))
+}
+
+/// The `ppid`, `pgrp` and `session` of `pid`, from /proc (0 for a process
+/// outside this PID namespace, such as one entered with nsenter).
+fn stat(pid: i32) -> Option<(i32, i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses: state ppid pgrp session ...
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(1).map(|f| f.parse().ok());
+    Some((fields.next()??, fields.next()??, fields.next()??))
+}
+
+fn parent_and_group(pid: i32) -> Option<(i32, i32)> {
+    stat(pid).map(|(parent, group, _)| (parent, group))
+}
+
+/// The command group that `pid`, or one of its ancestors, is in.
+fn command_ancestor(pid: i32, command_groups: &[i32]) -> Option<i32> {
+    let mut current = pid;
+    for _ in 0..MAX_DEPTH {
+        let (parent, group) = parent_and_group(current)?;
+        if command_groups.contains(&group) {
+            return Some(group);
+        }
+        if parent <= 1 {
+            return None;
+        }
+        current = parent;
+    }
+    None
+}
+
+fn leads_own_session(me: i32) -> bool {
+    stat(me).is_some_and(|(_, _, session)| session == me)
+}
+
+fn same_session(peer: i32, me: i32) -> bool {
+    stat(peer).is_some_and(|(_, _, session)| session == me)
+}
+
+/// The cgroup `pid` is in: the unified hierarchy's path, else systemd's named one.
+fn cgroup(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = |prefix: &str| text.lines().find_map(|l| l.strip_prefix(prefix)).map(str::to_owned);
+    path("0::").filter(|p| p != "/").or_else(|| path("1:name=systemd:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_and_processes_outside_command_groups_are_not_commands() {
+        let me = getpid().as_raw_nonzero().get();
+        assert_eq!(command_origin(me, &[]), None);
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert_eq!(command_ancestor(child.id() as i32, &[]), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_command_and_its_descendants_are_even_in_a_group_of_their_own() {
+        use std::os::unix::process::CommandExt;
+        let mut child =
+            std::process::Command::new("sh").args(["-c", "setsid sleep 5 & wait"]).process_group(0).spawn().unwrap();
+        let root = child.id() as i32;
+        assert_eq!(command_ancestor(root, &[root]), Some(root));
+        let detached = wait_for_child_of(root);
+        assert_eq!(command_ancestor(detached, &[root]), Some(root), "setsid left its group, not its parent");
+        assert!(command_origin(detached, &[root]).unwrap().contains(&format!("process group {root}")));
+        assert_eq!(command_ancestor(detached, &[]), None);
+        let group = rustix::process::Pid::from_raw(root).unwrap();
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(detached).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        child.wait().unwrap();
+    }
+
+    fn wait_for_child_of(parent: i32) -> i32 {
+        for _ in 0..500 {
+            let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+                (parent_and_group(pid)?.0 == parent).then_some(pid)
+            });
+            if let Some(pid) = found {
+                return pid;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{parent} started no child");
+    }
+}
