@@ -168,6 +168,7 @@ async fn run() -> anyhow::Result<()> {
     aic::logging::init_with("aic-daemon", &args.log)?;
     let config = config(args)?;
     let shutdown = aic::shutdown::on_signals()?;
-    let (status, _) = tokio::sync::watch::channel(daemon::LinkStatus::default());
+    let (status, watcher) = tokio::sync::watch::channel(daemon::LinkStatus::default());
+    tokio::spawn(daemon::notify::follow(watcher));
     daemon::run(config, status, shutdown).await
 }

@@ -69,6 +69,9 @@ installs_and_prints_the_code() {
   code=$(echo "$out" | grep -oE '^Session: AIC-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$' | cut -d' ' -f2)
   [ -n "$code" ] || { say "  $out"; return 1; }
   inside test -s /usr/local/share/man/man1/aic-daemon.1 || { say "  no man page installed"; return 1; }
+  # Type=notify: systemd has heard from the daemon what its link is doing.
+  inside systemctl show -P StatusText aic-daemon | grep -q 'linked to the relay' \
+    || { say "  status: $(inside systemctl show -P StatusText aic-daemon)"; return 1; }
   inside systemctl is-active --quiet aic-relay aic-daemon
 }
 
@@ -149,6 +152,33 @@ restarts_after_a_crash() {
   [ "$(session_line 3)" = "$code" ] && [ "$(inside systemctl show -P NRestarts aic-daemon)" = 1 ]
 }
 
+# A command that detaches itself (new session, parent gone) still cannot act
+# as the operator: under systemd it stays in the daemon's cgroup.
+a_detached_command_cannot_change_the_mode() {
+  local body
+  body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' --data-binary @- \
+    "http://127.0.0.1:$relay_port/api/v1/exec" <<JSON
+{"code":"$code","command":"setsid -f sh -c 'sleep 0.2; aic-console mode disabled >/tmp/guard.out 2>&1; echo rc=\$? >>/tmp/guard.out'"}
+JSON
+  )
+  echo "$body" | grep -q '"exitCode":0' || { say "  $body"; return 1; }
+  until_ok 100 inside grep -q 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
+  inside grep -q 'rc=1' /tmp/guard.out && inside grep -q "daemon's service" /tmp/guard.out \
+    || { say "  $(inside cat /tmp/guard.out)"; return 1; }
+  [ "$(inside aic-console mode)" = auto ]
+}
+
+# Type=notify must not make a boot wait on the relay: with the relay down the
+# daemon is ready once it retries, and links when the relay is back.
+boot_never_waits_on_the_relay() {
+  inside systemctl stop aic-relay || return 1
+  inside timeout 60 systemctl restart aic-daemon || return 1
+  inside systemctl show -P StatusText aic-daemon | grep -q 'retrying' || return 1
+  inside systemctl start aic-relay || return 1
+  until_ok 400 session_line 4 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
+  [ "$(session_line 4)" = "$code" ]
+}
+
 # The drop-in from packaging/: commands then run as aic-agent, and the code stays.
 runs_as_a_dedicated_user() {
   local body
@@ -156,8 +186,8 @@ runs_as_a_dedicated_user() {
   mkdir -p "$root/etc/systemd/system/aic-daemon.service.d"
   inside cp /usr/local/share/aic/aic-daemon-user.conf /etc/systemd/system/aic-daemon.service.d/user.conf
   inside systemctl daemon-reload && inside systemctl restart aic-daemon || return 1
-  until_ok 100 session_line 4 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
-  [ "$(session_line 4)" = "$code" ] || return 1
+  until_ok 100 session_line 5 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
+  [ "$(session_line 5)" = "$code" ] || return 1
   body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' \
     -d "{\"code\":\"$code\",\"command\":\"id -un\"}" "http://127.0.0.1:$relay_port/api/v1/exec")
   echo "$body" | grep -q '"stdout":"aic-agent\\n"' || { say "  $body"; return 1; }
@@ -178,8 +208,8 @@ deb_installs_and_runs() {
     >"$root/etc/systemd/system/aic-relay.service.d/listen.conf"
   printf 'relay = "ws://127.0.0.1:%s"\nmode = "auto"\n' "$relay_port" >"$root/etc/aic-daemon/config.toml"
   inside systemctl daemon-reload && inside systemctl start aic-relay aic-daemon || return 1
-  until_ok 100 session_line 5 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
-  code=$(session_line 5)
+  until_ok 100 session_line 6 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
+  code=$(session_line 6)
   exec_runs_as_root
 }
 
@@ -200,8 +230,11 @@ run_checks() {
   check "a command sent to the relay runs on the machine as root" exec_runs_as_root
   check "aic-console status works for a member of group aic" console_works_for_group_aic
   check "aic-console status is refused to a user outside group aic" console_refuses_others
+  check "a command that detaches itself cannot change the mode" a_detached_command_cannot_change_the_mode
   check "systemctl restart aic-daemon keeps the code" restart_keeps_the_code
   check "kill -9 of the daemon: systemd restarts it, same code" restarts_after_a_crash
+  check "with the relay down, systemctl restart aic-daemon returns and it links when the relay is back" \
+    boot_never_waits_on_the_relay
   check "the dedicated-user drop-in: commands run as aic-agent, same code" runs_as_a_dedicated_user
   check "install.sh --uninstall removes aic and keeps the code" uninstall_keeps_the_code
   check "install.sh --uninstall --purge removes the code, config and group" purge_removes_everything
