@@ -333,7 +333,7 @@ fn approval(req: &ExecRequest, now: u64, wait: Duration) -> Approval {
     Approval {
         id: req.id,
         at_ms: now,
-        who: req.requester.who.clone(),
+        who: req.requester.shown(),
         ip: req.requester.ip.clone(),
         command: req.command.clone(),
         cwd: req.cwd.clone(),
@@ -433,6 +433,9 @@ mod tests {
         }
         let queued: Vec<_> = commands.approvals().iter().map(|a| a.id).collect();
         assert_eq!(queued.len(), 2);
+        // Two accounts whose masked emails collide are told apart by their fingerprints.
+        assert!(commands.approvals().iter().all(|a| a.who == "a***@example.com #0a1b2c3d"));
+        assert!(commands.traffic().iter().all(|e| e.who == "a***@example.com #0a1b2c3d"));
         assert_eq!((state_of(&commands, yes.id), commands.counts().0), (CommandState::Pending, 2));
 
         commands.decide(no.id, false).unwrap();

@@ -26,7 +26,7 @@ impl Traffic {
         let entry = TrafficEntry {
             id: req.id,
             at_ms,
-            who: req.requester.who.clone(),
+            who: req.requester.shown(),
             ip: req.requester.ip.clone(),
             command: cut(&req.command, COMMAND_BYTES),
             cwd: req.cwd.clone(),

@@ -84,6 +84,18 @@ pub struct Requester {
     pub fingerprint: String,
 }
 
+impl Requester {
+    /// Who, as the operator sees it: the masked email and, when the relay
+    /// sent one, the account's fingerprint (`a****@exam****.com #1a2b3c4d`),
+    /// the same way the linked-accounts list shows them.
+    pub fn shown(&self) -> String {
+        match self.fingerprint.as_str() {
+            "" => self.who.clone(),
+            tag => format!("{} #{tag}", self.who),
+        }
+    }
+}
+
 /// How a command ended: declared once, carried from the executor through the
 /// relay to the caller.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
