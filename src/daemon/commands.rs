@@ -44,6 +44,10 @@ struct Inner {
     approvals: Mutex<HashMap<Uuid, Waiting>>,
     /// Commands admitted and not yet ended, by id, so that a cancel can reach them.
     live: Mutex<HashMap<Uuid, Live>>,
+    /// The process groups of commands that started, kept while any process
+    /// is left in them: a background process a command left behind is still
+    /// that command's, for the control socket's operator check.
+    groups: Mutex<Vec<i32>>,
 }
 
 /// A command in the approval queue.
@@ -60,8 +64,6 @@ struct Live {
     cancel: CancellationToken,
     /// Who asked, so that the commands of one caller can be cancelled.
     requester: Requester,
-    /// Its process group, once it runs.
-    pgid: Option<i32>,
 }
 
 impl Commands {
@@ -75,6 +77,7 @@ impl Commands {
             traffic: Mutex::default(),
             approvals: Mutex::default(),
             live: Mutex::default(),
+            groups: Mutex::default(),
         }))
     }
 
@@ -91,7 +94,7 @@ impl Commands {
         };
         self.record(&req, initial);
         let cancel = scope.child_token();
-        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), pgid: None };
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone() };
         self.0.live.lock().unwrap().insert(req.id, live);
         let this = self.clone();
         self.0.tasks.spawn(async move {
@@ -181,9 +184,7 @@ impl Commands {
     async fn report(&self, id: Uuid, event: ProcessEvent, out: &Outbox) -> bool {
         let msg = match event {
             ProcessEvent::Started { pgid } => {
-                if let Some(live) = self.0.live.lock().unwrap().get_mut(&id) {
-                    live.pgid = Some(pgid);
-                }
+                self.0.groups.lock().unwrap().push(pgid);
                 self.update(id, |e| e.state = CommandState::Running);
                 AgentMessage::Started { id }
             }
@@ -266,9 +267,14 @@ impl Commands {
         live.values().filter(|l| matches(&l.requester)).map(|l| l.cancel.cancel()).count()
     }
 
-    /// The process groups of the commands running now.
+    /// The process groups of the commands that started and still have a
+    /// process in them (running, or left behind); empty ones are forgotten.
     pub fn process_groups(&self) -> Vec<i32> {
-        self.0.live.lock().unwrap().values().filter_map(|l| l.pgid).collect()
+        let mut groups = self.0.groups.lock().unwrap();
+        groups.retain(|&g| {
+            rustix::process::Pid::from_raw(g).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
+        });
+        groups.clone()
     }
 
     /// The traffic ring, oldest first.

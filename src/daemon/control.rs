@@ -200,9 +200,9 @@ async fn client(daemon: Daemon, commands: Commands, stream: UnixStream, access: 
         let _ = stream.write_all(&line(&ServerFrame::Error { id: None, message })).await;
         return;
     }
-    // A command this daemon runs (or a process it started) may watch, not act as the operator.
-    let peer = stream.peer_cred().ok().and_then(|c| c.pid());
-    let from_command = peer.and_then(|pid| super::peer::command_origin(pid, &commands.process_groups()));
+    // The client's process, checked at each operator action (not once now:
+    // a command's process group is known only once it has started).
+    let peer = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(CLIENT_QUEUE);
     let writer = tokio::spawn(async move {
@@ -232,7 +232,7 @@ async fn client(daemon: Daemon, commands: Commands, stream: UnixStream, access: 
         if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let frame = answer(&daemon, &commands, &bytes, from_command.as_deref(), &mut forwarder, &tx).await;
+        let frame = answer(&daemon, &commands, &bytes, peer, &mut forwarder, &tx).await;
         if tx.send(frame).await.is_err() {
             break;
         }
@@ -245,13 +245,13 @@ async fn client(daemon: Daemon, commands: Commands, stream: UnixStream, access: 
 }
 
 /// The frame that answers one request line; a `subscribe` starts this
-/// connection's event forwarder (once). Operator actions from a command the
-/// daemon runs (`from_command` says why it counts as one) are refused.
+/// connection's event forwarder (once). Operator actions from process `peer`
+/// are refused when it is a command the daemon runs, or one it started.
 async fn answer(
     daemon: &Daemon,
     commands: &Commands,
     bytes: &[u8],
-    from_command: Option<&str>,
+    peer: i32,
     forwarder: &mut Option<tokio::task::JoinHandle<()>>,
     tx: &mpsc::Sender<ServerFrame>,
 ) -> ServerFrame {
@@ -262,7 +262,8 @@ async fn answer(
             return ServerFrame::Error { id: request_id(bytes), message };
         }
     };
-    if let Some(why) = from_command.filter(|_| op.is_operator_action()) {
+    let from_command = || super::peer::command_origin(peer, &commands.process_groups());
+    if let Some(why) = op.is_operator_action().then(from_command).flatten() {
         tracing::warn!("control socket: refused an operator action from a command this daemon runs: {why}");
         let message = format!(
             "refused: {why}. A command run through aic (or anything it starts) may watch this daemon, but mode \

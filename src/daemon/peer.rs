@@ -24,6 +24,11 @@ pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
     if peer == me {
         return None;
     }
+    // A process that is gone (it connected, then exited) or outside this
+    // PID namespace cannot be checked: it is not taken for the operator.
+    if stat(peer).is_none() {
+        return Some(format!("process {peer} could not be checked (it exited, or runs in another PID namespace)"));
+    }
     if let Some(group) = command_ancestor(peer, command_groups) {
         return Some(format!("process {peer} was started by a command this daemon runs (process group {group})"));
     }
