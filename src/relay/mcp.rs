@@ -119,14 +119,14 @@ first hour, machine offline, command denied by the machine's operator) comes bac
             timeout_ms: args.timeout_ms,
             pty: false,
         };
+        // Registered before it starts and while it runs, so closing its session kills it at once.
+        let request = serde_json::to_value(&ctx.id).unwrap_or_default();
+        let call = session_id(&ctx).map(|id| self.sessions.enter(id, request));
+        let closed = call.as_ref().map_or_else(CancellationToken::new, |c| c.closed.clone());
         let running = match exec::begin(&self.state, &caller, &params).await {
             Ok(running) => running,
             Err(err) => return Ok(refusal(&err)),
         };
-        // Registered while it runs, so closing its session kills it at once.
-        let request = serde_json::to_value(&ctx.id).unwrap_or_default();
-        let call = session_id(&ctx).map(|id| self.sessions.enter(id, request));
-        let closed = call.as_ref().map_or_else(CancellationToken::new, |c| c.closed.clone());
         Ok(match self.follow(running, &ctx, &closed).await {
             Some(Ok(outcome)) => ToolResult::new(&outcome, self.state.config.mcp_output_max).into_call_result(),
             Some(Err(err)) => refusal(&err),
@@ -314,25 +314,25 @@ impl Endpoint {
         };
         let client = self.client(&parts);
         let request = Request::from_parts(parts, Body::from(bytes.clone()));
-        if is_initialize(&bytes) && self.may_open(client).await {
-            let response = self.sessions.handle(request).await.map(Body::new);
-            if let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-                let live = self.manager.sessions.read().await;
-                self.ours.opened(client, id, |id| live.contains_key(id));
-            }
-            response
-        } else {
-            self.stateless.handle(request).await.map(Body::new)
-        }
+        let slot = if is_initialize(&bytes) { self.reserve(client).await } else { None };
+        let Some(slot) = slot else { return self.stateless.handle(request).await.map(Body::new) };
+        let response = self.sessions.handle(request).await.map(Body::new);
+        let id = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
+        let live = self.manager.sessions.read().await;
+        slot.fill(id, |id| live.contains_key(id));
+        drop(live);
+        response
     }
 
-    /// Whether a new session may open for `client`. Past the table's size or
-    /// the client's share of it, the client is served without a session (MCP
-    /// clients carry on without an `Mcp-Session-Id`).
-    async fn may_open(&self, client: IpAddr) -> bool {
+    /// A place for a new session of `client`, or `None`: past the table's
+    /// size or the client's share of it, the client is served without a
+    /// session (MCP clients carry on without an `Mcp-Session-Id`).
+    async fn reserve(&self, client: IpAddr) -> Option<sessions::Slot> {
         let live = self.manager.sessions.read().await;
-        live.len() < MAX_SESSIONS
-            && self.ours.may_open(client, self.state.config.mcp_sessions_per_client, |id| live.contains_key(id))
+        if live.len() >= MAX_SESSIONS {
+            return None;
+        }
+        self.ours.reserve(client, self.state.config.mcp_sessions_per_client, |id| live.contains_key(id))
     }
 
     /// The network a request comes from, as the rate limit counts it.

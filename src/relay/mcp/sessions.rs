@@ -83,30 +83,69 @@ impl Sessions {
         self.settle(id).await;
     }
 
-    /// Whether `client` may open another session: it has fewer than `cap`
-    /// for which `live` is true.
-    pub fn may_open(&self, client: IpAddr, cap: usize, live: impl Fn(&str) -> bool) -> bool {
+    /// A place for one more session of `client`, if it holds fewer than `cap`
+    /// for which `live` is true (places still being filled count too). The
+    /// place is taken at once, so requests racing each other cannot overshoot.
+    pub fn reserve(&self, client: IpAddr, cap: usize, live: impl Fn(&str) -> bool) -> Option<Slot> {
         let mut owners = self.owners.lock().unwrap();
-        let Some(ids) = owners.get_mut(&client) else { return cap > 0 };
-        ids.retain(|id| live(id));
-        if ids.is_empty() {
-            owners.remove(&client);
-            return cap > 0;
+        let ids = owners.entry(client).or_default();
+        ids.retain(|id| id.starts_with(PENDING) || live(id));
+        if ids.len() >= cap {
+            if ids.is_empty() {
+                owners.remove(&client);
+            }
+            return None;
         }
-        ids.len() < cap
+        let serial = self.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key: Arc<str> = Arc::from(format!("{PENDING}{serial}"));
+        ids.push(Arc::clone(&key));
+        Some(Slot { sessions: self.clone(), client, key })
     }
 
-    /// Records that `client` opened session `id`. Clients whose sessions
-    /// have all ended are forgotten as the table grows.
-    pub fn opened(&self, client: IpAddr, id: &str, live: impl Fn(&str) -> bool) {
-        let mut owners = self.owners.lock().unwrap();
+    /// Forgets clients whose sessions have all ended, once the table is large.
+    fn prune(owners: &mut HashMap<IpAddr, Vec<Arc<str>>>, live: impl Fn(&str) -> bool) {
         if owners.len() >= super::MAX_SESSIONS {
             owners.retain(|_, ids| {
-                ids.retain(|id| live(id));
+                ids.retain(|id| id.starts_with(PENDING) || live(id));
                 !ids.is_empty()
             });
         }
-        owners.entry(client).or_default().push(Arc::from(id));
+    }
+}
+
+/// How a place reserved for a session being opened is named until it is filled.
+const PENDING: &str = "pending:";
+
+/// A place taken for a session being opened; [`Slot::fill`] puts the
+/// session's id in it, and dropping it unfilled gives it back.
+pub struct Slot {
+    sessions: Sessions,
+    client: IpAddr,
+    key: Arc<str>,
+}
+
+impl Slot {
+    /// The session that opened in this place (`None`: none did).
+    pub fn fill(self, id: Option<&str>, live: impl Fn(&str) -> bool) {
+        let Some(id) = id else { return };
+        let mut owners = self.sessions.owners.lock().unwrap();
+        if let Some(ids) = owners.get_mut(&self.client)
+            && let Some(place) = ids.iter_mut().find(|k| **k == self.key)
+        {
+            *place = Arc::from(id);
+        }
+        Sessions::prune(&mut owners, live);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut owners = self.sessions.owners.lock().unwrap();
+        let Some(ids) = owners.get_mut(&self.client) else { return };
+        ids.retain(|k| *k != self.key);
+        if ids.is_empty() {
+            owners.remove(&self.client);
+        }
     }
 }
 
@@ -145,17 +184,20 @@ mod tests {
     }
 
     #[test]
-    fn each_client_opens_at_most_its_share() {
+    fn each_client_opens_at_most_its_share_even_while_places_fill() {
         let sessions = Sessions::default();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let all_live = |_: &str| true;
-        for id in ["1", "2"] {
-            assert!(sessions.may_open(a, 2, all_live));
-            sessions.opened(a, id, all_live);
-        }
-        assert!(!sessions.may_open(a, 2, all_live), "a holds two");
-        assert!(sessions.may_open(b, 2, all_live), "b is counted apart");
-        assert!(sessions.may_open(a, 2, |id| id != "1"), "a closed one");
-        assert!(!sessions.may_open(b, 0, all_live));
+        let first = sessions.reserve(a, 2, all_live).unwrap();
+        let second = sessions.reserve(a, 2, all_live).unwrap();
+        assert!(sessions.reserve(a, 2, all_live).is_none(), "two places being filled count");
+        first.fill(Some("1"), all_live);
+        drop(second); // no session came of it: the place is free again
+        let again = sessions.reserve(a, 2, all_live).unwrap();
+        again.fill(Some("2"), all_live);
+        assert!(sessions.reserve(a, 2, all_live).is_none(), "a holds two");
+        assert!(sessions.reserve(b, 2, all_live).is_some(), "b is counted apart");
+        assert!(sessions.reserve(a, 2, |id| id != "1").is_some(), "a closed one");
+        assert!(sessions.reserve(b, 0, all_live).is_none());
     }
 }
