@@ -278,8 +278,13 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `aic-relay` with `args` on 127.0.0.1:0 and waits until it listens.
     pub async fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", args, envs).await
+    }
+
+    /// Starts `aic-relay` with `args` on `listen` and waits until it listens.
+    pub async fn start_on(data_dir: &Path, listen: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"));
-        command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(args).envs(envs.iter().copied());
+        command.args(["--listen", listen, "--data-dir"]).arg(data_dir).args(args).envs(envs.iter().copied());
         let (child, addr, stderr) = Watched::spawn(command, "the relay to listen", |line| {
             let rest = &line[line.find("listening on ")? + "listening on ".len()..];
             let rest = rest.strip_prefix("http://").or_else(|| rest.strip_prefix("https://"))?;
