@@ -11,28 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn dial(relay: &TestRelay) -> Ws {
     tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0
-}
-
-async fn send(ws: &mut Ws, msg: &AgentMessage) {
-    ws.send(Message::text(agent::encode(msg))).await.unwrap();
-}
-
-/// The next protocol message, skipping control frames; `None` once closed.
-async fn recv(ws: &mut Ws) -> Option<RelayMessage> {
-    within("a relay message", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => return Some(agent::decode(&t).unwrap()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
-    .await
 }
 
 fn hello(credentials: Option<Credentials>) -> AgentMessage {

@@ -8,30 +8,10 @@ use std::time::Duration;
 
 use aic::protocol::agent::{self, AgentInfo, AgentMessage, Credentials, ExecRequest, PROTOCOL_VERSION, RelayMessage};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn send(ws: &mut Ws, msg: &AgentMessage) {
-    ws.send(Message::text(agent::encode(msg))).await.unwrap();
-}
-
-/// The next protocol message, skipping control frames; `None` once closed.
-async fn recv(ws: &mut Ws) -> Option<RelayMessage> {
-    within("a relay message", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => return Some(agent::decode(&t).unwrap()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
-    .await
-}
 
 /// A fake agent, registered: its socket and its code.
 async fn fake_agent(relay: &TestRelay) -> (Ws, Credentials) {

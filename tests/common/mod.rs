@@ -327,3 +327,29 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out
 }
+
+/// A WebSocket to the relay's agent endpoint, as a fake agent holds it.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends one protocol message as a fake agent.
+pub async fn send(ws: &mut Ws, msg: &aic::protocol::agent::AgentMessage) {
+    use futures_util::SinkExt;
+    let text = aic::protocol::agent::encode(msg);
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap();
+}
+
+/// The next protocol message, skipping control frames; `None` once closed.
+pub async fn recv(ws: &mut Ws) -> Option<aic::protocol::agent::RelayMessage> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    within("a relay message", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Some(aic::protocol::agent::decode(&t).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+}
