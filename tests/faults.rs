@@ -63,3 +63,71 @@ async fn a_damaged_state_file_stops_the_daemon_naming_it_and_no_new_code_is_mint
     assert!(!stderr.contains("Session:"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "{\"credentials\": {\"code\": ", "the file is left as it was");
 }
+
+/// A TCP proxy that forwards until `stall` is set, then holds both
+/// connections open and forwards nothing: a link that hangs without closing.
+async fn stalling_proxy(to: std::net::SocketAddr, stall: tokio_util::sync::CancellationToken) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            tokio::spawn(forward(ri, wo, stall.clone()));
+            tokio::spawn(forward(ro, wi, stall.clone()));
+        }
+    });
+    addr
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stall: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            n = from.read(&mut buf) => n.unwrap_or(0),
+            () = stall.cancelled() => break,
+        };
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    // Stalled: keep both halves open, move nothing, until the test ends.
+    std::future::pending::<()>().await;
+    drop((from, to));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_stalls_without_closing_is_noticed_by_both_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let silence = std::time::Duration::from_secs(1);
+    let mut config = aic::relay::Config::new(dir.path().join("relay"));
+    config.link_timeout = silence;
+    let relay = common::TestRelay::start_with(config, "127.0.0.1:0").await;
+    let stall = tokio_util::sync::CancellationToken::new();
+    let proxy = stalling_proxy(relay.addr, stall.clone()).await;
+    let mut config = common::daemon_config(&format!("ws://{proxy}"), &dir.path().join("daemon"));
+    config.ping_interval = std::time::Duration::from_millis(200);
+    config.link_timeout = silence;
+    let mut daemon = TestDaemon::start_with(config).await;
+    let status = format!("{}/api/v1/status/{}", relay.http(), daemon.code());
+    let online = || async { client().get(&status).send().await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    assert_eq!(online().await["online"], true);
+
+    stall.cancel();
+    daemon.offline().await;
+    within("the relay to see the machine offline", async {
+        while online().await["online"] != false {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    stall.cancel();
+    daemon.stop().await;
+    relay.stop().await;
+}

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::commands::{Commands, Outbox};
 use super::shared::{Daemon, OperatorCall};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, OperatorOutcome,
-    PROTOCOL_VERSION, RelayMessage,
+    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, OperatorOutcome, PROTOCOL_VERSION,
+    RelayMessage,
 };
 
 /// First wait before reconnecting.
@@ -241,6 +241,7 @@ impl Link<'_> {
         let dropped = || Ended::Dropped { lasted: connected.elapsed() };
         let mut last_rx = Instant::now();
         let mut ping = tokio::time::interval(self.daemon.config().ping_interval);
+        let silence = self.daemon.config().link_timeout;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -250,8 +251,8 @@ impl Link<'_> {
                 Some(msg) = outgoing.recv() => self.send(&msg).await?,
                 Some(call) = calls.recv() => self.operator(call).await?,
                 _ = ping.tick() => self.ping().await?,
-                _ = tokio::time::sleep_until(last_rx + LINK_TIMEOUT) => {
-                    tracing::warn!("nothing from the relay for {LINK_TIMEOUT:?}");
+                _ = tokio::time::sleep_until(last_rx + silence) => {
+                    tracing::warn!("nothing from the relay for {silence:?}");
                     return Ok(dropped());
                 }
                 frame = self.ws.next() => {

@@ -46,6 +46,8 @@ pub struct Config {
     pub approval_timeout: Duration,
     /// How often the relay is pinged to measure round-trip time.
     pub ping_interval: Duration,
+    /// Silence from the relay after which the link counts as dead and is dialled again.
+    pub link_timeout: Duration,
 }
 
 impl Config {
@@ -61,6 +63,7 @@ impl Config {
             max_concurrent: 16,
             approval_timeout: Duration::from_secs(600),
             ping_interval: crate::protocol::agent::PING_INTERVAL,
+            link_timeout: crate::protocol::agent::LINK_TIMEOUT,
         }
     }
 }

@@ -13,8 +13,7 @@ use super::AppState;
 use super::hub::AgentConn;
 use super::keys::{self, Digest};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, LINK_TIMEOUT, MAX_FRAME, PROTOCOL_VERSION, RelayMessage,
-    VersionProbe,
+    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
 };
 
 /// How long a fresh connection has to say hello.
@@ -92,15 +91,16 @@ async fn pump(
     rx: &mut mpsc::UnboundedReceiver<RelayMessage>,
 ) -> anyhow::Result<()> {
     let mut last_rx = tokio::time::Instant::now();
+    let silence = state.config.link_timeout;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return close(socket, "relay shutting down").await,
             _ = conn.replaced.cancelled() => return close(socket, "replaced by a newer connection of this agent").await,
             Some(msg) = rx.recv() => {
                 // A daemon that stops reading must not make the relay queue for it forever.
-                timeout(LINK_TIMEOUT, socket.send(text(&msg))).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
+                timeout(silence, socket.send(text(&msg))).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
             }
-            _ = tokio::time::sleep_until(last_rx + LINK_TIMEOUT) => anyhow::bail!("silent for {LINK_TIMEOUT:?}"),
+            _ = tokio::time::sleep_until(last_rx + silence) => anyhow::bail!("silent for {silence:?}"),
             frame = socket.recv() => {
                 last_rx = tokio::time::Instant::now();
                 match frame {

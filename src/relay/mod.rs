@@ -85,6 +85,8 @@ pub struct Config {
     pub tls: Option<Arc<tls::Tls>>,
     /// `/metrics` is served on a listener of its own (`--metrics-listen`), so not beside the API.
     pub metrics_separate: bool,
+    /// Silence from a daemon after which its link counts as dead and is closed.
+    pub link_timeout: Duration,
 }
 
 impl Config {
@@ -113,6 +115,7 @@ impl Config {
             registrations_per_day: 50,
             tls: None,
             metrics_separate: false,
+            link_timeout: crate::protocol::agent::LINK_TIMEOUT,
         }
     }
 
