@@ -43,15 +43,14 @@ async fn tls_relay(dir: &Path, pki: &Pki) -> RelayProcess {
     RelayProcess::start(&dir.join("relay"), &["--tls-cert", cert, "--tls-key", key], &[]).await
 }
 
-/// `curl --cacert ca` against `url` with a JSON body: its exit code and stdout.
-async fn curl(ca: &Path, url: &str, body: &str) -> (i32, String) {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(ca)
-        .args(["-H", "Content-Type: application/json", "-d", body, url])
-        .output()
-        .await
-        .expect("curl is installed (.ci/run installs it)");
+/// `curl --cacert ca` against `url`, posting `body` as JSON when given: its exit code and stdout.
+async fn curl(ca: &Path, url: &str, body: Option<&str>) -> (i32, String) {
+    let mut command = tokio::process::Command::new("curl");
+    command.args(["-sS", "--max-time", "20", "--cacert"]).arg(ca);
+    if let Some(body) = body {
+        command.args(["-H", "Content-Type: application/json", "-d", body]);
+    }
+    let out = command.arg(url).output().await.expect("curl is installed (.ci/run installs it)");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -66,7 +65,7 @@ async fn a_pinned_daemon_and_curl_reach_the_relay_over_tls() {
         DaemonProcess::start_with_args(&wss, &dir.path().join("d"), &["--mode", "auto", "--ca-cert", ca], &[]).await;
     let url = format!("https://localhost:{}/api/v1/exec", relay.addr.port());
     let body = format!(r#"{{"code":"{}","command":"echo over-tls"}}"#, daemon.code);
-    let (status, out) = curl(&pki.ca, &url, &body).await;
+    let (status, out) = curl(&pki.ca, &url, Some(&body)).await;
     assert_eq!(status, 0, "{out}");
     assert!(out.contains(r#""stdout":"over-tls\n""#), "{out}");
     daemon.stop().await;
@@ -115,16 +114,7 @@ async fn sighup_swaps_the_certificate_without_a_restart() {
     let url = format!("https://127.0.0.1:{}/api/health", relay.addr.port());
     let get = |ca: PathBuf| {
         let url = url.clone();
-        async move {
-            let out = tokio::process::Command::new("curl")
-                .args(["-sS", "--max-time", "20", "--cacert"])
-                .arg(&ca)
-                .arg(&url)
-                .output()
-                .await
-                .unwrap();
-            out.status.success()
-        }
+        async move { curl(&ca, &url, None).await.0 == 0 }
     };
     assert!(get(first.ca.clone()).await, "the first certificate is served");
     assert!(!get(second.ca.clone()).await, "the second CA does not vouch for the first certificate");
@@ -176,4 +166,37 @@ async fn sighup_without_tls_leaves_the_relay_running() {
     assert_eq!(resp.status(), 200);
     let stderr = relay.stop().await;
     assert!(stderr.contains("SIGHUP: nothing to reload"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_certificate_without_its_key_is_refused_at_start_whichever_way_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), "one");
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, format!("tls_key = {:?}\n", pki.key.to_str().unwrap())).unwrap();
+    let relay = |args: Vec<std::ffi::OsString>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("relay"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let alone = relay(vec!["--tls-cert".into(), pki.cert.clone().into()]);
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert_eq!(alone.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a TLS certificate and its key go together"), "{stderr}");
+    // The certificate as a flag and its key in the config file make a pair: the relay starts (and is stopped by
+    // the bad header timeout that follows, which is refused in words).
+    let mixed = relay(vec![
+        "--tls-cert".into(),
+        pki.cert.clone().into(),
+        "--config".into(),
+        file.into(),
+        "--header-timeout".into(),
+        "0s".into(),
+    ]);
+    let stderr = String::from_utf8_lossy(&mixed.stderr);
+    assert_eq!(mixed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--header-timeout 0s would cut every connection off"), "{stderr}");
 }

@@ -67,11 +67,11 @@ struct Args {
 
     /// Serve HTTPS and WSS with this certificate chain (PEM, leaf first); read again on SIGHUP, so a renewal
     /// needs no restart. Needs --tls-key.
-    #[arg(long, env = "AIC_RELAY_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "AIC_RELAY_TLS_CERT")]
     tls_cert: Option<PathBuf>,
 
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, env = "AIC_RELAY_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "AIC_RELAY_TLS_KEY")]
     tls_key: Option<PathBuf>,
 
     /// Connections held open at once (503 past it, logged once); keep it below LimitNOFILE.
@@ -489,6 +489,9 @@ async fn run() -> anyhow::Result<()> {
         max_per_ip: args.max_connections_per_ip,
     };
     config.tls = tls(&args)?;
+    if args.header_timeout.is_zero() {
+        anyhow::bail!("--header-timeout 0s would cut every connection off at once; give a time such as 30s");
+    }
     config.metrics_separate = args.metrics_listen.is_some();
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
