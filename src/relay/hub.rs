@@ -360,9 +360,10 @@ impl Exec {
                 metrics.exec_ended(outcome, Some(self.started.elapsed()));
             }
             Some(ExecEvent::Refused(..)) => metrics.exec_ended(ExecOutcome::Refused, None),
-            Some(ExecEvent::Revoked(_) | ExecEvent::Unanswered { .. }) => {
-                metrics.exec_ended(ExecOutcome::Cancelled, None);
-            }
+            Some(ExecEvent::Revoked(_)) => metrics.exec_ended(ExecOutcome::Cancelled, None),
+            // Made by `next` at the deadline, never sent by the daemon: the
+            // command is not over, so dropping the Exec cancels and counts it.
+            Some(ExecEvent::Unanswered { .. }) => return,
             None => metrics.exec_ended(ExecOutcome::Lost, None),
         }
         self.finished = true;
