@@ -485,3 +485,28 @@ async fn what_a_command_leaves_behind_cannot_act_as_the_operator_either() {
     assert!(text.contains("rc=1") && text.contains("refused: process"), "{text}");
     assert_eq!(console(&s.socket(), &["mode"]).await.stdout.trim(), "supervised");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_detached_itself_cannot_act_as_the_operator_either() {
+    let s = Setup::supervised(Duration::from_secs(600)).await;
+    let mut watcher = s.subscribed().await;
+    let console_bin = env!("CARGO_BIN_EXE_aic-console");
+    let socket = s.socket().display().to_string();
+    let out = s.dir.path().join("detached.out");
+    // A double fork into a session and process group of its own, whose parent is gone by the time it tries.
+    let command = format!(
+        "setsid -f sh -c 'sleep 0.3; AIC_SOCKET={socket} {console_bin} mode auto >{out} 2>&1; echo rc=$? >>{out}' \
+         >/dev/null 2>&1",
+        out = out.display()
+    );
+    let call = s.exec(&command);
+    let id = queued(&mut watcher).await;
+    assert_eq!(console(&s.socket(), &["approve", &id.to_string()]).await.code, 0);
+    let (status, body) = within("the approved command", call).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let done = || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("rc="));
+    eventually("the detached process to try", done).await;
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("rc=1") && text.contains("refused: process"), "{text}");
+    assert_eq!(console(&s.socket(), &["mode"]).await.stdout.trim(), "supervised");
+}

@@ -327,7 +327,8 @@ async fn two_daemons_never_see_each_others_commands() {
     assert_ne!(a.code, b.code);
     for (daemon, pid) in [(&a, a.child.id().unwrap()), (&b, b.child.id().unwrap())] {
         for _ in 0..5 {
-            let body = run(&relay.http(), daemon.code, "echo $PPID").await;
+            // The command's parent is its reaper, a fork of the daemon.
+            let body = run(&relay.http(), daemon.code, "cut -d' ' -f4 /proc/$PPID/stat").await;
             assert_eq!(body["stdout"], format!("{pid}\n"), "the command ran on the daemon its code names");
         }
     }
@@ -410,6 +411,45 @@ async fn a_background_child_with_its_output_redirected_keeps_running() {
     let pid: i32 = body["stdout"].as_str().unwrap().trim().parse().unwrap();
     assert!(alive(pid), "a server started with & and its output redirected is left running");
     let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_detached_itself_is_killed_at_the_timeout_too() {
+    let (_dir, relay, daemon) = pair().await;
+    // A double fork into a session of its own, deaf to SIGTERM, holding none of the output.
+    let command = "(setsid sh -c 'trap \"\" TERM; exec sleep 300' >/dev/null 2>&1 & echo $!); sleep 100";
+    let (status, body) =
+        exec(&relay.http(), json!({"code": daemon.code().to_string(), "command": command, "timeout_ms": 2000})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["timedOut"], true, "{body}");
+    let pid: i32 = body["stdout"].as_str().unwrap().trim().parse().unwrap();
+    eventually("the detached `sleep 300` is killed with its command", || !alive(pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_takes_a_detached_process_with_it() {
+    let (_dir, relay, daemon) = pair().await;
+    let mut resp = client()
+        .post(format!("{}/api/v1/exec", relay.http()))
+        .header("accept", "text/event-stream")
+        .json(&json!({"code": daemon.code().to_string(), "command": "setsid sleep 300 & echo $!; sleep 100"}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let pid: i32 = within("the detached pid", async {
+        loop {
+            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
+            let Some(start) = seen.find("\"text\":\"") else { continue };
+            if let Some(end) = seen[start + 8..].find("\\n") {
+                return seen[start + 8..start + 8 + end].parse().unwrap();
+            }
+        }
+    })
+    .await;
+    assert!(alive(pid));
+    drop(resp);
+    eventually("the detached `sleep 300` is killed when its caller goes", || !alive(pid)).await;
 }
 
 /// Starts `echo $$; exec sleep 100` through an event stream and returns the pid once it runs.

@@ -9,9 +9,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::contain;
 use crate::protocol::agent::{ExecRequest, ExitStatus, OUTPUT_CHUNK, Refusal, Stream};
 
 /// Between SIGTERM to the group and SIGKILL.
@@ -39,6 +40,10 @@ struct Running {
     output: mpsc::Receiver<Chunk>,
     /// Resolves to the exit status (128 + N when killed by signal N).
     exit: ExitFuture,
+    /// Resolves once every process of the command is gone.
+    gone: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Where its processes are, for the kill.
+    cell: contain::Cell,
     /// Kept alive until the command ends (the PTY master).
     _keep: Option<Box<dyn Send>>,
 }
@@ -97,6 +102,7 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken) {
     };
     if events.send(ProcessEvent::Started { pgid: running.pgid }).await.is_err() {
         kill_group(running.pgid, rustix::process::Signal::KILL);
+        running.cell.kill();
         return;
     }
     let mut exit = supervise(&req, running, &events, cancel).await;
@@ -116,9 +122,12 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
     // When set, the group has had SIGTERM; SIGKILL follows at this instant.
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut killed = false;
+    let mut gone = false;
     let term = |kill_at: &mut Option<tokio::time::Instant>| {
         if kill_at.is_none() {
             kill_group(p.pgid, rustix::process::Signal::TERM);
+            // Also what left the group (`setsid`): it is still the command's.
+            p.cell.signal(rustix::process::Signal::TERM);
             *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
         }
     };
@@ -145,18 +154,21 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
             status = &mut p.exit, if exit.is_none() => {
                 exit = Some(status.unwrap_or(-1));
             }
+            () = &mut p.gone, if !gone => gone = true,
             _ = tokio::time::sleep_until(deadline), if !timed_out => {
                 timed_out = true;
                 term(&mut kill_at);
             }
             _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at),
             _ = tokio::time::sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && !killed => {
+                p.cell.kill();
                 kill_group(p.pgid, rustix::process::Signal::KILL);
                 killed = true;
             }
         }
-        // Output that a process which escaped the group keeps open is not waited for once the group is dead.
-        if exit.is_some() && (eof || killed) {
+        // Output that a process keeps open is not waited for once everything is killed; a command being
+        // stopped is not done while anything it started is left, until the grace is over.
+        if exit.is_some() && (eof || killed) && (kill_at.is_none() || gone || killed) {
             break;
         }
     }
@@ -176,19 +188,10 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(&req.command)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .envs(NON_INTERACTIVE_ENV.iter().copied());
-    if let Some(cwd) = &req.cwd {
-        cmd.current_dir(cwd);
-    }
-    let mut child = cmd.spawn()?;
-    let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+    let mut cmd = shell(req);
+    cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut cell = contain::Cell::new(req.id)?;
+    let mut child = start(cmd, &mut cell)?;
     let (tx, rx) = mpsc::channel(8);
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(pump(stdout, Stream::Stdout, tx.clone()));
@@ -196,8 +199,55 @@ fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(pump(stderr, Stream::Stderr, tx));
     }
-    let exit = Box::pin(async move { child.wait().await.map(exit_code) });
-    Ok(Running { pgid, output: rx, exit, _keep: None })
+    running(child, cell, rx, None)
+}
+
+/// `sh -c <command>` with the non-interactive environment, in the request's cwd.
+fn shell(req: &ExecRequest) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c").arg(&req.command).envs(NON_INTERACTIVE_ENV.iter().copied());
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd
+}
+
+/// Spawns `cmd` under the cell's reaper (the containment step, after any
+/// other `pre_exec` step `cmd` has).
+fn start(mut cmd: tokio::process::Command, cell: &mut contain::Cell) -> std::io::Result<tokio::process::Child> {
+    cell.prepare(&mut cmd);
+    cmd.spawn()
+}
+
+/// A spawned reaper seen as a [`Running`]: the exit code comes from its pipe
+/// (or, if it was killed before it could say, from its own status).
+fn running(
+    mut child: tokio::process::Child,
+    mut cell: contain::Cell,
+    output: mpsc::Receiver<Chunk>,
+    keep: Option<Box<dyn Send>>,
+) -> std::io::Result<Running> {
+    let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+    let status = cell.started(pgid).map(contain::Status::new).transpose()?;
+    let (code_tx, code_rx) = oneshot::channel();
+    let (gone_tx, gone_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut code_tx = Some(code_tx);
+        if let Some(mut status) = status {
+            if let Some(code) = status.exit_code().await {
+                let _ = code_tx.take().map(|tx| tx.send(Ok(code)));
+            }
+            status.gone().await;
+        }
+        let reaped = child.wait().await.map(exit_code);
+        let _ = code_tx.map(|tx| tx.send(reaped));
+        let _ = gone_tx.send(());
+    });
+    let exit = Box::pin(async move { code_rx.await.unwrap_or(Ok(-1)) });
+    let gone = Box::pin(async move {
+        let _ = gone_rx.await;
+    });
+    Ok(Running { pgid, output, exit, gone, cell, _keep: keep })
 }
 
 async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
@@ -215,26 +265,22 @@ async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Send
 }
 
 fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
-    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    use portable_pty::{PtySize, native_pty_system};
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
     let pair =
         native_pty_system().openpty(PtySize { rows: 24, cols: 120, pixel_width: 0, pixel_height: 0 }).map_err(io)?;
-    let mut cmd = CommandBuilder::new("sh");
-    cmd.args(["-c", &req.command]);
-    for (k, v) in NON_INTERACTIVE_ENV {
-        cmd.env(k, v);
-    }
-    // A program run under a PTY wants a terminal it can draw on.
-    cmd.env("TERM", "xterm-256color");
-    match &req.cwd {
-        Some(cwd) => cmd.cwd(cwd),
-        None => cmd.cwd(std::env::current_dir()?),
-    }
-    let mut child = pair.slave.spawn_command(cmd).map_err(io)?;
-    // The child holds the only slave end now; once it and its descendants
-    // close it, reads on the master end and the reader thread stops.
+    let name = pair.master.tty_name().ok_or_else(|| std::io::Error::other("the PTY has no name"))?;
+    let slave = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(name)?;
     drop(pair.slave);
-    let pgid = child.process_id().map(|id| id as i32).unwrap_or(0);
+    let mut cmd = shell(req);
+    // A program run under a PTY wants a terminal it can draw on.
+    cmd.env("TERM", "xterm-256color").stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave);
+    contain::controlling_terminal(&mut cmd);
+    let mut cell = contain::Cell::new(req.id)?;
+    let child = start(cmd, &mut cell)?;
+    // The command holds the only slave ends now (`cmd` is dropped); once it
+    // and its descendants close them, reads on the master end and the reader thread stops.
     let mut reader = pair.master.try_clone_reader().map_err(io)?;
     let (tx, rx) = mpsc::channel(8);
     std::thread::spawn(move || {
@@ -250,9 +296,5 @@ fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
             }
         }
     });
-    let exit = Box::pin(async move {
-        let status = tokio::task::spawn_blocking(move || child.wait()).await.map_err(std::io::Error::other)??;
-        Ok(status.exit_code() as i32)
-    });
-    Ok(Running { pgid, output: rx, exit, _keep: Some(Box::new(pair.master)) })
+    running(child, cell, rx, Some(Box::new(pair.master)))
 }

@@ -2,6 +2,7 @@
 //! commands, and serves the control socket its operator's console uses.
 
 pub mod commands;
+pub mod contain;
 pub mod control;
 pub mod doctor;
 pub mod executor;
