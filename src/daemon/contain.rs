@@ -171,6 +171,17 @@ impl Cell {
         self.status_rx.take()
     }
 
+    /// Removes the command's cgroup once it is empty: call it when
+    /// [`Status::gone`] has resolved and the reaper is reaped.
+    pub fn remover(&self) -> impl FnOnce() + Send + 'static {
+        let cgroup = self.cgroup.clone();
+        move || {
+            if let Some(cgroup) = cgroup {
+                let _ = std::fs::remove_dir(cgroup);
+            }
+        }
+    }
+
     /// Sends `signal` to every process of the command but its reaper.
     pub fn signal(&self, signal: Signal) {
         for pid in self.members() {

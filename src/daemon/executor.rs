@@ -231,6 +231,7 @@ fn running(
     let status = cell.started(pgid).map(contain::Status::new).transpose()?;
     let (code_tx, code_rx) = oneshot::channel();
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
+    let remove = cell.remover();
     tokio::spawn(async move {
         let mut code_tx = Some(code_tx);
         if let Some(mut status) = status {
@@ -241,6 +242,7 @@ fn running(
         }
         let reaped = child.wait().await.map(exit_code);
         let _ = code_tx.map(|tx| tx.send(reaped));
+        remove();
         let _ = gone_tx.send(());
     });
     let exit = Box::pin(async move { code_rx.await.unwrap_or(Ok(-1)) });

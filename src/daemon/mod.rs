@@ -92,6 +92,7 @@ pub async fn run(config: Config, status: watch::Sender<LinkStatus>, shutdown: Ca
     let saved = file.load()?;
     let (daemon, calls) = Daemon::new(config, file, saved, status)?;
     tracing::info!(mode = %daemon.mode(), socket = %socket.path().display(), "aic-daemon started");
+    contain::init();
     let commands = Commands::new(daemon.clone());
     let server = tokio::spawn(control::serve(socket, daemon.clone(), commands.clone(), shutdown.clone()));
     link::run(daemon, commands, calls, shutdown).await;

@@ -8,9 +8,11 @@
 //!   running now (each command leads a group of its own);
 //! - it shares this daemon's session, when the daemon leads one (under
 //!   systemd it does; in a terminal, the console shares the terminal's);
-//! - it shares this daemon's cgroup, when that cgroup is a systemd service
-//!   (a terminal's console lives in the user's session scope). This one also
-//!   catches a command that detached itself with `setsid` and a double fork.
+//! - it is in this daemon's cgroup or below it, when that cgroup is a systemd
+//!   service (a terminal's console lives in the user's session scope).
+//!
+//! A command that detached itself with `setsid` and a double fork is still a
+//! descendant of its reaper (see `contain`), which leads the command's group.
 
 use rustix::process::getpid;
 
@@ -36,8 +38,12 @@ pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
         return Some(format!("process {peer} runs in this daemon's session"));
     }
     let own = cgroup(me)?;
-    (own.ends_with(".service") && cgroup(peer).as_deref() == Some(own.as_str()))
-        .then(|| format!("process {peer} runs in this daemon's service ({own})"))
+    // With a delegated cgroup the daemon lives in a leaf of its service's
+    // cgroup, and each command in a cgroup beside it.
+    let service = own.strip_suffix(&format!("/{}", super::contain::LEAF)).unwrap_or(&own);
+    let inside = |path: &str| path == service || path.strip_prefix(service).is_some_and(|rest| rest.starts_with('/'));
+    (service.ends_with(".service") && cgroup(peer).is_some_and(|path| inside(&path)))
+        .then(|| format!("process {peer} runs in this daemon's service ({service})"))
 }
 
 /// The `ppid`, `pgrp` and `session` of `pid`, from /proc (0 for a process

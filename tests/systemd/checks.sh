@@ -153,7 +153,7 @@ restarts_after_a_crash() {
 }
 
 # A command that detaches itself (new session, parent gone) still cannot act
-# as the operator: under systemd it stays in the daemon's cgroup.
+# as the operator: it stays under its reaper and in the daemon's cgroup.
 a_detached_command_cannot_change_the_mode() {
   local body
   body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' --data-binary @- \
@@ -163,9 +163,30 @@ JSON
   )
   echo "$body" | grep -q '"exitCode":0' || { say "  $body"; return 1; }
   until_ok 100 inside grep -q 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
-  inside grep -q 'rc=1' /tmp/guard.out && inside grep -q "daemon's service" /tmp/guard.out \
+  inside grep -q 'rc=1' /tmp/guard.out && inside grep -q "refused: process" /tmp/guard.out \
     || { say "  $(inside cat /tmp/guard.out)"; return 1; }
   [ "$(inside aic-console mode)" = auto ]
+}
+
+# Delegate=yes: each command runs in a cgroup of its own under the service,
+# and what it detached (new session, parent gone, deaf to SIGTERM) dies with
+# it at its timeout; the command's cgroup is removed once empty.
+a_detached_command_dies_at_the_timeout() {
+  local body pid
+  body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' --data-binary @- \
+    "http://127.0.0.1:$relay_port/api/v1/exec" <<JSON
+{"code":"$code","timeout_ms":2000,"command":"grep '^0::' /proc/self/cgroup; (setsid sh -c 'trap \\"\\" TERM; exec sleep 301' >/dev/null 2>&1 & echo pid=\$!); sleep 100"}
+JSON
+  )
+  echo "$body" | grep -q '"timedOut":true' || { say "  $body"; return 1; }
+  echo "$body" | grep -qE '0::/system.slice/aic-daemon.service/cmd-[0-9a-f-]+' \
+    || { say "  not in a cgroup of its own: $body"; return 1; }
+  pid=$(echo "$body" | grep -oE 'pid=[0-9]+' | cut -d= -f2)
+  [ -n "$pid" ] || { say "  $body"; return 1; }
+  until_ok 50 inside sh -c "! test -e /proc/$pid || grep -q '^State:.*Z' /proc/$pid/status" \
+    || { say "  sleep 301 outlived its command"; return 1; }
+  until_ok 50 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
+    || { say "  the command's cgroup is still there"; return 1; }
 }
 
 # Type=notify must not make a boot wait on the relay: with the relay down the
@@ -231,6 +252,7 @@ run_checks() {
   check "aic-console status works for a member of group aic" console_works_for_group_aic
   check "aic-console status is refused to a user outside group aic" console_refuses_others
   check "a command that detaches itself cannot change the mode" a_detached_command_cannot_change_the_mode
+  check "a command runs in a cgroup of its own; what it detached dies at its timeout" a_detached_command_dies_at_the_timeout
   check "systemctl restart aic-daemon keeps the code" restart_keeps_the_code
   check "kill -9 of the daemon: systemd restarts it, same code" restarts_after_a_crash
   check "with the relay down, systemctl restart aic-daemon returns and it links when the relay is back" \
