@@ -510,3 +510,25 @@ async fn a_command_that_detached_itself_cannot_act_as_the_operator_either() {
     assert!(text.contains("rc=1") && text.contains("refused: process"), "{text}");
     assert_eq!(console(&s.socket(), &["mode"]).await.stdout.trim(), "supervised");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_shows_the_code_it_came_with_and_a_code_reset_drops_it() {
+    let s = Setup::supervised(Duration::from_secs(600)).await;
+    let mut watcher = s.subscribed().await;
+    let old = s.daemon.code().to_string();
+    let call = s.exec("echo never");
+    queued(&mut watcher).await;
+    let listed = console(&s.socket(), &["approvals"]).await.stdout;
+    let masked = format!("AIC-****-****-{}", &old[old.len() - 4..]);
+    assert!(listed.contains(&format!("with code {masked}")), "{listed}");
+    assert!(!listed.contains(&old), "the code itself is not shown: {listed}");
+    let json = console(&s.socket(), &["--json", "approvals"]).await.stdout;
+    assert!(json.contains(&format!("\"code\":\"{masked}\"")), "{json}");
+
+    assert_eq!(console(&s.socket(), &["code", "reset", "--yes"]).await.code, 0);
+    let (status, body) = within("the queued caller's answer", call).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reset its code"), "{body}");
+    let listed = console(&s.socket(), &["approvals"]).await.stdout;
+    assert_eq!(listed.trim(), "No commands are waiting for approval.");
+}

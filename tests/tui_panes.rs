@@ -52,6 +52,7 @@ fn approval(n: u8, command: &str) -> Approval {
         cwd: (n == 10).then(|| "/var/www".into()),
         timeout_ms: 300_000,
         expires_at_ms: NOW + 570_000,
+        code: "AIC-****-****-RTBN".into(),
     }
 }
 

@@ -222,7 +222,8 @@ impl Commands {
     async fn await_approval(&self, req: &ExecRequest, cancel: &CancellationToken) -> Decision {
         let (answer, mut decided) = oneshot::channel();
         let wait = self.0.daemon.config().approval_timeout;
-        let approval = approval(req, now_ms(), wait);
+        let code = self.0.daemon.credentials().map(|c| c.code.masked()).unwrap_or_default();
+        let approval = approval(req, now_ms(), wait, code);
         self.0.approvals.lock().unwrap().insert(req.id, Waiting { approval: approval.clone(), answer });
         self.0.daemon.emit(Event::ApprovalQueued(approval));
 
@@ -265,6 +266,17 @@ impl Commands {
     pub fn cancel_where(&self, matches: impl Fn(&Requester) -> bool) -> usize {
         let live = self.0.live.lock().unwrap();
         live.values().filter(|l| matches(&l.requester)).map(|l| l.cancel.cancel()).count()
+    }
+
+    /// Withdraws every waiting command that came with another code than
+    /// `current` (masked): after a code reset, nothing sent with the old code
+    /// may still be approved. Returns how many.
+    pub fn withdraw_other_codes(&self, current: &str) -> usize {
+        let ids: Vec<Uuid> = {
+            let approvals = self.0.approvals.lock().unwrap();
+            approvals.values().filter(|w| w.approval.code != current).map(|w| w.approval.id).collect()
+        };
+        ids.into_iter().filter(|&id| self.cancel(id)).count()
     }
 
     /// The process groups of the commands that started and still have a
@@ -334,8 +346,8 @@ fn refused_state(reason: Refusal) -> CommandState {
     }
 }
 
-/// What the operator is shown of a command waiting since `now`.
-fn approval(req: &ExecRequest, now: u64, wait: Duration) -> Approval {
+/// What the operator is shown of a command waiting since `now`, sent with `code` (masked).
+fn approval(req: &ExecRequest, now: u64, wait: Duration, code: String) -> Approval {
     Approval {
         id: req.id,
         at_ms: now,
@@ -345,6 +357,7 @@ fn approval(req: &ExecRequest, now: u64, wait: Duration) -> Approval {
         cwd: req.cwd.clone(),
         timeout_ms: req.timeout_ms,
         expires_at_ms: now + wait.as_millis() as u64,
+        code,
     }
 }
 

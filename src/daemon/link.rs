@@ -320,6 +320,8 @@ impl Link<'_> {
         {
             self.daemon.set_credentials(Some(Credentials { code: *code, token: creds.token }))?;
             announce(self.daemon, &code.to_string());
+            // The relay cancels them too; this holds even if it did not.
+            self.commands.withdraw_other_codes(&code.masked());
         }
         if let Some(reply) = self.waiting.remove(&req) {
             let _ = reply.send(outcome);

@@ -43,6 +43,13 @@ impl SessionCode {
     pub fn canonical(&self) -> String {
         self.to_string()
     }
+
+    /// Only the last group shown (`AIC-****-****-RTBN`): enough to tell
+    /// which of a machine's codes something came with, not enough to use it.
+    pub fn masked(&self) -> String {
+        let last = std::str::from_utf8(&self.0[8..12]).unwrap_or("");
+        format!("{PREFIX}-****-****-{last}")
+    }
 }
 
 impl FromStr for SessionCode {
@@ -107,6 +114,12 @@ impl<'de> serde::Deserialize<'de> for SessionCode {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn masked_shows_only_the_last_group() {
+        let code: SessionCode = "AIC-7K3P-WX9M-RTBN".parse().unwrap();
+        assert_eq!(code.masked(), "AIC-****-****-RTBN");
+    }
 
     #[test]
     fn parses_loose_forms() {

@@ -432,6 +432,10 @@ pub struct Approval {
     pub timeout_ms: u64,
     /// When it is refused if nobody decides (Unix ms).
     pub expires_at_ms: u64,
+    /// The code it came with, masked (`AIC-****-****-RTBN`); a code reset
+    /// drops every entry that came with the old code. Empty from older daemons.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub code: String,
 }
 
 /// The link to the relay, as the operator watches it.

@@ -238,10 +238,11 @@ pub fn approvals_text(list: &[Approval], now_ms: u64) -> String {
     for a in list {
         let cwd = a.cwd.as_deref().map(sanitize::line).unwrap_or_else(|| "(daemon's directory)".into());
         text.push_str(&format!(
-            "{}  from {} ({}), {} ago, expires in {}\n  cwd:     {cwd}\n  command: {}\n",
+            "{}  from {} ({}){}, {} ago, expires in {}\n  cwd:     {cwd}\n  command: {}\n",
             short(a.id),
             sanitize::line(&a.who),
             a.ip,
+            came_with(&a.code),
             duration(now_ms.saturating_sub(a.at_ms)),
             duration(a.expires_at_ms.saturating_sub(now_ms)),
             sanitize::line(&a.command),
@@ -249,6 +250,14 @@ pub fn approvals_text(list: &[Approval], now_ms: u64) -> String {
     }
     text.push_str("Answer with `aic-console approve ID` or `aic-console deny ID`.");
     text
+}
+
+/// `, with code AIC-****-****-RTBN` when the daemon said which code a command came with.
+fn came_with(code: &str) -> String {
+    match code {
+        "" => String::new(),
+        code => format!(", with code {}", sanitize::line(code)),
+    }
 }
 
 /// Linked accounts, numbered; blocked ones in their own section.
@@ -354,6 +363,7 @@ mod tests {
             cwd: Some("/srv".into()),
             timeout_ms: 1000,
             expires_at_ms: 601_000,
+            code: String::new(),
         };
         let text = approvals_text(&[a], 31_000);
         assert!(text.contains("00000000  from anonymous (127.0.0.1), 30s ago, expires in 9m 30s"), "{text}");

@@ -74,6 +74,7 @@ fn details(frame: &mut Frame, area: Rect, app: &App, a: &Approval) {
     };
     let mut lines = vec![
         Line::from(vec![label("From"), Span::raw(format!("{} ({})", sanitize::line(&a.who), sanitize::line(&a.ip)))]),
+        Line::from(vec![label("Code"), Span::raw(code_shown(&a.code))]),
         Line::from(vec![
             label("Arrived"),
             Span::raw(format!("{} ({} ago)", clock(a.at_ms), duration(now.saturating_sub(a.at_ms)))),
@@ -108,4 +109,12 @@ fn details(frame: &mut Frame, area: Rect, app: &App, a: &Approval) {
     let title = format!(" Waiting command {} of {} ", app.approval_index() + 1, app.approvals.len());
     let block = pane_block(app, title).title_bottom(Line::from(keys).right_aligned());
     frame.render_widget(paragraph.scroll((scroll as u16, 0)).block(block), area);
+}
+
+/// The code a command came with; a reset drops it from the queue.
+fn code_shown(code: &str) -> String {
+    match code {
+        "" => "(the daemon did not say)".into(),
+        code => format!("{} (a code reset drops it)", sanitize::line(code)),
+    }
 }
