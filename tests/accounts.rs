@@ -333,3 +333,23 @@ async fn session_status_and_agent_registration_count_against_the_limit() {
         other => panic!("expected HTTP 429, got {other}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_lookup_is_not_a_use_the_operator_sees() {
+    let site = Site::new(Duration::from_secs(3600)).await;
+    let key = site.relay.account("looker@example.com").await;
+    // What the operator's list shows, with the uses noted so far written (the relay does it every few seconds).
+    let last_used = || async {
+        site.relay.state.usage.flush(&site.relay.state.store).await.unwrap();
+        site.admins().await[0]["last_used_ms"].as_u64().unwrap()
+    };
+    assert_eq!(site.exec(Some(&key), &site.code(), "true").await.0, 200);
+    let used = last_used().await;
+    // The clock moves on, so that a lookup noted as a use would show.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(site.status(&key, &site.code()).await.0, 200);
+    assert_eq!(last_used().await, used, "a lookup is not a use");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(site.exec(Some(&key), &site.code(), "true").await.0, 200);
+    assert!(last_used().await > used, "a command is");
+}

@@ -111,7 +111,8 @@ pub enum Purpose {
 /// Admits `caller` to the machine `code` names, or refuses, by the access
 /// rules (DESIGN.md, "Access rules"). Admitting has side effects: an
 /// account's first use ([`Purpose::Use`]) links it to the machine, and every
-/// admission through an existing link is noted as its last use.
+/// use through an existing link is noted as its last use (a lookup only as
+/// the key's).
 pub async fn admit(state: &AppState, caller: &Caller, code: &str, purpose: Purpose) -> Result<Target, ApiError> {
     match &caller.account {
         None => admit_anonymous(state, code).await,
@@ -209,7 +210,11 @@ async fn admit_account(
         }
         LinkState::Active => {}
     }
-    state.usage.note(&account.key_id, link.id, super::now_ms());
+    match purpose {
+        Purpose::Use => state.usage.note(&account.key_id, link.id, super::now_ms()),
+        // Looking the machine up is not using it: the operator's "last used" stays.
+        Purpose::Look => state.usage.note_key(&account.key_id, super::now_ms()),
+    }
     Ok(target(state, label, &code_hash, record))
 }
 

@@ -350,8 +350,13 @@ pub struct Usage {
 impl Usage {
     /// Notes that a key and a link were used now.
     pub fn note(&self, key_id: &str, link_id: i64, now: i64) {
-        self.keys.lock().unwrap().insert(key_id.to_owned(), now);
+        self.note_key(key_id, now);
         self.links.lock().unwrap().insert(link_id, now);
+    }
+
+    /// Notes that a key was used now, for a request that used no link.
+    pub fn note_key(&self, key_id: &str, now: i64) {
+        self.keys.lock().unwrap().insert(key_id.to_owned(), now);
     }
 
     /// Writes what has been noted since the last flush.
