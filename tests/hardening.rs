@@ -71,6 +71,22 @@ async fn a_command_the_machine_never_finishes_ends_at_its_timeout_plus_grace() {
 }
 
 #[tokio::test]
+async fn a_command_the_machine_never_starts_ends_at_the_start_allowance_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
+    config.start_allowance = Duration::from_millis(300);
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (mut ws, creds) = fake_agent(&relay).await;
+    // A long timeout: it only counts once the machine starts the command, which this one never does.
+    let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "true", "timeout_ms": 600_000}));
+    let req = next_exec(&mut ws).await;
+    let answered = tokio::time::timeout(Duration::from_secs(10), caller).await;
+    let (status, body) = answered.expect("answered at the start allowance, not after the timeout too").unwrap();
+    assert_eq!((status, body["reason"].as_str()), (504, Some("machine_timeout")), "{body}");
+    assert_eq!(recv(&mut ws).await, Some(RelayMessage::Cancel { id: req.id }), "the machine is told to drop it");
+}
+
+#[tokio::test]
 async fn commands_in_flight_on_one_link_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = aic::relay::Config::new(dir.path().to_path_buf());

@@ -97,6 +97,9 @@ pub struct LinkLimits {
     /// How long past its timeout a started command may go without an exit
     /// before the relay answers for the machine (504) and cancels it.
     pub grace: Duration,
+    /// How long a command may wait for the daemon's `started` (normally
+    /// [`START_ALLOWANCE`]); its timeout only counts once it started.
+    pub start_allowance: Duration,
 }
 
 /// Longest a command may wait for the daemon's `started` (the operator's
@@ -126,7 +129,7 @@ pub enum ExecEvent {
     /// It never ran.
     Refused(Refusal, String),
     /// The machine did not finish it within its timeout plus the grace (or
-    /// did not start it within [`START_ALLOWANCE`]); the relay stopped
+    /// did not start it within the link's start allowance); the relay stopped
     /// waiting and cancels it.
     Unanswered {
         /// The command's timeout.
@@ -238,7 +241,8 @@ impl AgentConn {
             self.pending.lock().unwrap().remove(&id);
             return Err(StartError::Offline);
         }
-        let deadline = tokio::time::Instant::now() + START_ALLOWANCE + timeout + self.limits.grace;
+        // The timeout counts from `started` (see `Exec::note`), not before.
+        let deadline = tokio::time::Instant::now() + self.limits.start_allowance;
         Ok(Exec { id, rx, conn: Arc::clone(self), finished: false, timeout, deadline, started: Instant::now() })
     }
 
@@ -324,7 +328,7 @@ pub struct Exec {
     finished: bool,
     /// The command's timeout, as sent to the daemon.
     timeout: Duration,
-    /// When the relay stops waiting: [`START_ALLOWANCE`] until the daemon
+    /// When the relay stops waiting: the start allowance until the daemon
     /// says it started, then the timeout plus the link's grace from then.
     deadline: tokio::time::Instant,
     /// When it was handed to the daemon, for the latency metric.

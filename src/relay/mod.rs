@@ -72,6 +72,9 @@ pub struct Config {
     /// How long past its timeout a started command may run without an exit
     /// before the relay answers 504 for the machine and cancels it.
     pub exec_grace: Duration,
+    /// How long a command may wait for its machine to start it (the
+    /// operator's approval, a busy machine) before the relay answers 504.
+    pub start_allowance: Duration,
     /// Commands in flight per agent link at once; more are refused with 429.
     pub max_in_flight: usize,
     /// Output bytes held per agent link for all its commands in flight.
@@ -105,6 +108,7 @@ impl Config {
             mcp_output_max: 32 * 1024,
             mcp_sessions_per_client: 100,
             exec_grace: Duration::from_secs(10),
+            start_allowance: hub::START_ALLOWANCE,
             max_in_flight: 64,
             max_link_buffer: 32 * 1024 * 1024,
             connections: listen::ConnLimits {
@@ -126,6 +130,7 @@ impl Config {
             max_in_flight: self.max_in_flight,
             max_buffered: self.max_link_buffer,
             grace: self.exec_grace,
+            start_allowance: self.start_allowance,
         }
     }
 }
