@@ -240,6 +240,30 @@ async fn closing_the_session_kills_the_command_at_once() {
     assert_eq!(session.post(json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})).await.status, 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_session_kills_at_once_even_a_call_the_cancel_notice_misses() {
+    let (dir, relay, daemon) = pair_with(|_| {}).await;
+    let session = RawSession::initialize(&relay).await;
+    // Two calls under one JSON-RPC id: a careless client's. The cancel notice
+    // for id 7 reaches only one of them; the session's close must stop both.
+    let mut calls = Vec::new();
+    let mut pids = Vec::new();
+    for n in 0..2 {
+        let pid_file = dir.path().join(format!("pid{n}"));
+        let command = format!("echo $$ > {}; exec sleep 100", pid_file.display());
+        let args = json!({"code": daemon.code().to_string(), "command": command});
+        calls.push(tokio::spawn(session.post(tool_call(7, "remote_exec", args))));
+        pids.push(pid_in(&pid_file).await);
+    }
+    // Timed from the request: the close itself must not wait before it kills.
+    let delete = tokio::spawn(session.request(reqwest::Method::DELETE).send());
+    for pid in pids {
+        gone_within(pid, Duration::from_secs(1)).await;
+    }
+    assert_eq!(within("DELETE", delete).await.unwrap().unwrap().status(), 204);
+    calls.into_iter().for_each(|call| call.abort());
+}
+
 /// Fails unless process `pid` is gone within `limit` (the bound for a kill).
 async fn gone_within(pid: i32, limit: Duration) {
     let started = std::time::Instant::now();

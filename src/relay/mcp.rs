@@ -347,7 +347,9 @@ impl Endpoint {
     /// rmcp alone would wait up to 5 s for running calls before cancelling
     /// them, and log an error for each answer it then cannot send. So each
     /// running call is first cancelled as a client cancels one (rmcp then
-    /// drops its answer quietly), and the session is closed once they are done.
+    /// drops its answer quietly) and by the session's own token (which kills
+    /// its command at once, even if the notice missed it), and the session is
+    /// closed once they are done.
     async fn close(self, request: Request) -> Response {
         let Some(id) = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return self.sessions.handle(request).await.map(Body::new);
@@ -364,7 +366,7 @@ impl Endpoint {
             }
         }
         drop(handle);
-        self.ours.settle(&id).await;
+        // At once, also a call the notice missed; then wait until they have handed back.
         self.ours.close(&id).await;
         let response = self.sessions.handle(request).await.map(Body::new);
         if response.status() == StatusCode::ACCEPTED { StatusCode::NO_CONTENT.into_response() } else { response }

@@ -68,7 +68,7 @@ impl Sessions {
     }
 
     /// Waits (a bounded time) until no call runs in session `id`.
-    pub async fn settle(&self, id: &str) {
+    async fn settle(&self, id: &str) {
         let Some(mut count) = self.running.lock().unwrap().get(id).map(|r| r.count.subscribe()) else { return };
         // An error means the entry is gone: no call is left.
         let _ = tokio::time::timeout(CLOSE_WAIT, count.wait_for(|n| *n == 0)).await;
