@@ -1,5 +1,6 @@
-//! Faults an operator meets: the relay killed outright and started again, and
-//! a damaged state file. Each side says what happened and loses nothing.
+//! Faults an operator meets: the relay killed outright and started again, a
+//! damaged state file, a stalled link, and the relay's data disk full. Each
+//! side says what happened and loses nothing.
 
 mod common;
 
@@ -128,6 +129,112 @@ async fn a_link_that_stalls_without_closing_is_noticed_by_both_ends() {
     })
     .await;
     stall.cancel();
+    daemon.stop().await;
+    relay.stop().await;
+}
+
+/// A tiny tmpfs mounted over a directory for one test, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts it, or says why not (this needs root).
+    fn mount(at: &std::path::Path) -> Result<Self, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("mounting a tmpfs needs root".into());
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mount: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(Self(at.to_path_buf()))
+    }
+
+    /// Writes to a filler file until the disk is full (again: a write that
+    /// failed may have given back what it took).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::OpenOptions::new().create(true).append(true).open(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            match filler.write(&block) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        // The last bytes that fit, so not one more page is free.
+        while filler.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
+    }
+
+    fn make_room(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A fake agent's hello with no credentials: the relay's answer.
+async fn register(relay: &common::TestRelay) -> Option<aic::protocol::agent::RelayMessage> {
+    use aic::protocol::agent::{AgentInfo, AgentMessage, PROTOCOL_VERSION};
+    let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
+    let agent = AgentInfo { hostname: "new".into(), ..Default::default() };
+    common::send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
+    common::recv(&mut ws).await
+}
+
+async fn exec_as(relay: &common::TestRelay, key: Option<&str>, code: &str) -> (u16, serde_json::Value) {
+    let mut request =
+        client().post(format!("{}/api/v1/exec", relay.http())).json(&json!({"code": code, "command": "echo ok"}));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let resp = within("exec", request.send()).await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_disk_is_named_what_needs_no_write_still_works_and_nothing_is_lost() {
+    use aic::protocol::agent::RelayMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match SmallDisk::mount(&dir.path().join("relay")) {
+        Ok(disk) => disk,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let relay = common::TestRelay::start(&dir.path().join("relay")).await;
+    let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let code = daemon.code().to_string();
+    let linked = relay.account("linked@example.com").await;
+    let newcomer = relay.account("newcomer@example.com").await;
+    assert_eq!(exec_as(&relay, Some(&linked), &code).await.0, 200, "the first account links before the disk fills");
+
+    disk.fill();
+    // What needs no write goes on: anonymous use, an account already linked, a known machine coming back.
+    let (status, body) = exec_as(&relay, None, &code).await;
+    assert_eq!((status, body["stdout"].as_str()), (200, Some("ok\n")), "{body}");
+    assert_eq!(exec_as(&relay, Some(&linked), &code).await.0, 200);
+    daemon.stop().await;
+    let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    assert_eq!(daemon.code().to_string(), code, "the machine is back with its code");
+    // What needs one is refused in words that say why.
+    disk.fill();
+    let (status, body) = exec_as(&relay, Some(&newcomer), &code).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("disk holding its data directory is full"), "{body}");
+    disk.make_room();
+    let (status, body) = exec_as(&relay, Some(&newcomer), &code).await;
+    assert_eq!((status, body["stdout"].as_str()), (200, Some("ok\n")), "{body}");
+    assert!(matches!(register(&relay).await, Some(RelayMessage::Registered { .. })));
+    assert_eq!(exec_as(&relay, Some(&linked), &code).await.0, 200, "the first link is still there");
     daemon.stop().await;
     relay.stop().await;
 }

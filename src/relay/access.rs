@@ -67,7 +67,10 @@ fn unauthorized() -> ApiError {
 
 fn internal(e: anyhow::Error) -> ApiError {
     tracing::error!("access check: {e:#}");
-    ApiError::internal()
+    match super::store::StorageFault::of(&e) {
+        Some(fault) => ApiError::storage(fault),
+        None => ApiError::internal(),
+    }
 }
 
 /// A machine the caller may use.

@@ -174,7 +174,7 @@ async fn accept(
                 ),
             )));
         }
-        return register(state, info, now).await.map(Ok);
+        return register(state, info, now).await.map(Ok).or_else(storage_refusal);
     };
     let code_hash = state.keys.code_hash(&code);
     let record = state.store.agent_by_code(&code_hash).await?;
@@ -191,20 +191,35 @@ async fn accept(
     let Some(record) = record.filter(|_| current || previous) else {
         return Ok(Err((HelloRefusal::UnknownCode, NOT_ACCEPTED.into())));
     };
-    state.store.touch_agent(record.id, now, info).await?;
-    state.store.mark_returned(record.id, now).await?;
+    // A store that cannot be written (a full or read-only disk) does not keep
+    // a known machine out: what is not written now waits for its next link.
+    let written = |what: &str, result: anyhow::Result<()>| {
+        result.map_err(|e| tracing::warn!(agent = record.id, "{what}: {e:#}")).is_ok()
+    };
+    written("recording the agent's return", state.store.touch_agent(record.id, now, info).await);
+    written("recording the agent's return", state.store.mark_returned(record.id, now).await);
     // A new token on every connection, while nothing runs. The one just used
     // stays valid until the new one is used, so a daemon that dies before
     // saving the new token still gets back in; once it is used, any older
-    // token is dead.
+    // token is dead. If it cannot be saved, the daemon keeps the one it has.
     let token = keys::new_token();
-    state.store.rotate_token(record.id, &state.keys.token_hash(&token), &presented).await?;
+    let rotated = state.store.rotate_token(record.id, &state.keys.token_hash(&token), &presented).await;
+    let token = written("rotating the agent's token (it keeps its old one)", rotated).then_some(token);
     Ok(Ok(Accepted {
         agent_id: record.id,
         code_hash,
         code_created_ms: record.code_created_ms,
-        reply: RelayMessage::Registered { code, token: Some(token), code_created_ms: record.code_created_ms as u64 },
+        reply: RelayMessage::Registered { code, token, code_created_ms: record.code_created_ms as u64 },
     }))
+}
+
+/// A registration the store could not save, refused in words that say why
+/// (the daemon retries with backoff); any other error stays an error.
+fn storage_refusal(e: anyhow::Error) -> anyhow::Result<Result<Accepted, Refused>> {
+    let Some(fault) = super::store::StorageFault::of(&e) else { return Err(e) };
+    tracing::error!("registering an agent: {e:#}");
+    let message = format!("the relay cannot register new machines right now: {}; its daemon retries", fault.says());
+    Ok(Err((HelloRefusal::RateLimited, message)))
 }
 
 async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Result<Accepted> {

@@ -168,6 +168,19 @@ impl ApiError {
         )
     }
 
+    /// 503: the request needed a write the relay's database refuses (`fault`).
+    pub fn storage(fault: crate::relay::store::StorageFault) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Internal,
+            format!(
+                "The relay cannot save this right now: {}. What is already set up (linked accounts, connected \
+                 machines) keeps working; try again later, and tell the relay's operator.",
+                fault.says()
+            ),
+        )
+    }
+
     /// The answer for a command the daemon would not run. Its words are the
     /// machine's: cleaned, bounded, and framed as coming from the machine.
     pub fn from_refusal(refusal: Refusal, message: String) -> Self {

@@ -92,6 +92,47 @@ pub struct AgentRecord {
     pub agent_info: AgentInfo,
 }
 
+/// Why the relay's database refuses writes, when that is what went wrong:
+/// the relay then says so, and keeps serving what needs no write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// The disk (or file system) holding the data directory is full.
+    Full,
+    /// The data directory or its file system is read-only.
+    ReadOnly,
+}
+
+impl StorageFault {
+    /// The fault behind `e`, if it is one: SQLite's "full" or "read-only"
+    /// result, or the file system's ENOSPC, EDQUOT or EROFS.
+    pub fn of(e: &anyhow::Error) -> Option<Self> {
+        e.chain().find_map(|cause| {
+            if let Some(sqlx::Error::Database(db)) = cause.downcast_ref::<sqlx::Error>() {
+                // SQLite's primary result codes are the low byte of the extended ones.
+                let code = db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
+                return match code {
+                    Some(13) => Some(Self::Full),
+                    Some(8) => Some(Self::ReadOnly),
+                    _ => None,
+                };
+            }
+            match cause.downcast_ref::<std::io::Error>()?.raw_os_error()? {
+                libc::ENOSPC | libc::EDQUOT => Some(Self::Full),
+                libc::EROFS => Some(Self::ReadOnly),
+                _ => None,
+            }
+        })
+    }
+
+    /// What is wrong, in words for callers and the log.
+    pub fn says(self) -> &'static str {
+        match self {
+            Self::Full => "the disk holding its data directory is full",
+            Self::ReadOnly => "its data directory is read-only",
+        }
+    }
+}
+
 fn agent_record(r: &sqlx::sqlite::SqliteRow) -> AgentRecord {
     AgentRecord {
         id: r.get(0),
