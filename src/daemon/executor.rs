@@ -1,6 +1,7 @@
-//! Runs one command: `sh -c` in its own process group, stdin from
-//! /dev/null, a non-interactive environment, output streamed in chunks, the
-//! whole group killed on timeout, on the output cap, or when its caller goes.
+//! Runs one command: `sh -c` in its own process group under a reaper of its
+//! own (`contain`), stdin from /dev/null, a non-interactive environment,
+//! output streamed in chunks; everything it started is killed on timeout, on
+//! the output cap, or when its caller goes.
 
 use std::future::Future;
 use std::path::Path;
@@ -101,8 +102,7 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken) {
         }
     };
     if events.send(ProcessEvent::Started { pgid: running.pgid }).await.is_err() {
-        kill_group(running.pgid, rustix::process::Signal::KILL);
-        running.cell.kill();
+        signal_all(running.pgid, &running.cell, rustix::process::Signal::KILL);
         return;
     }
     let mut exit = supervise(&req, running, &events, cancel).await;
@@ -125,9 +125,7 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
     let mut gone = false;
     let term = |kill_at: &mut Option<tokio::time::Instant>| {
         if kill_at.is_none() {
-            kill_group(p.pgid, rustix::process::Signal::TERM);
-            // Also what left the group (`setsid`): it is still the command's.
-            p.cell.signal(rustix::process::Signal::TERM);
+            signal_all(p.pgid, &p.cell, rustix::process::Signal::TERM);
             *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
         }
     };
@@ -151,9 +149,7 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
                     }
                 }
             },
-            status = &mut p.exit, if exit.is_none() => {
-                exit = Some(status.unwrap_or(-1));
-            }
+            status = &mut p.exit, if exit.is_none() => exit = Some(status.unwrap_or(-1)),
             () = &mut p.gone, if !gone => gone = true,
             _ = tokio::time::sleep_until(deadline), if !timed_out => {
                 timed_out = true;
@@ -161,8 +157,7 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
             }
             _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at),
             _ = tokio::time::sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && !killed => {
-                p.cell.kill();
-                kill_group(p.pgid, rustix::process::Signal::KILL);
+                signal_all(p.pgid, &p.cell, rustix::process::Signal::KILL);
                 killed = true;
             }
         }
@@ -173,6 +168,18 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
         }
     }
     ExitStatus { exit_code: exit.unwrap_or(-1), duration_ms: 0, truncated, timed_out }
+}
+
+/// Signals the command's process group and what left it (`setsid`, a double
+/// fork): all of it is still the command's.
+fn signal_all(pgid: i32, cell: &contain::Cell, signal: rustix::process::Signal) {
+    // The cell first: killing the group kills the reaper, and what is below it is then no longer found by ancestry.
+    if signal == rustix::process::Signal::KILL {
+        cell.kill()
+    } else {
+        cell.signal(signal)
+    }
+    kill_group(pgid, signal);
 }
 
 fn kill_group(pgid: i32, signal: rustix::process::Signal) {
