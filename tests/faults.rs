@@ -238,3 +238,37 @@ async fn a_full_data_disk_is_named_what_needs_no_write_still_works_and_nothing_i
     daemon.stop().await;
     relay.stop().await;
 }
+
+/// `mount` with `args`, as root; the reason when it cannot.
+fn mount(args: &[&str], at: &std::path::Path) -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("mounting needs root".into());
+    }
+    let out = std::process::Command::new("mount").args(args).arg(at).arg(at).output().map_err(|e| e.to_string())?;
+    out.status.success().then_some(()).ok_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_dir_is_named_and_the_relay_starts_with_its_data_once_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    RelayProcess::start(&data, &[], &[]).await.stop().await;
+    let before = std::fs::read(data.join("secret.key")).unwrap();
+    if let Err(why) = mount(&["--bind"], &data).and_then(|()| mount(&["-o", "remount,bind,ro"], &data)) {
+        let _ = std::process::Command::new("umount").arg(&data).status();
+        return eprintln!("skipped: {why}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("umount").arg(&data).status();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&data.display().to_string()) && stderr.contains("Read-only file system"), "{stderr}");
+    // Writable again: the same secret, so every code and token it issued still holds.
+    let relay = RelayProcess::start(&data, &[], &[]).await;
+    assert_eq!(std::fs::read(data.join("secret.key")).unwrap(), before);
+    relay.stop().await;
+}
