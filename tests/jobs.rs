@@ -285,3 +285,54 @@ async fn one_idempotency_key_runs_the_command_once_even_across_a_relay_restart()
     daemon.stop().await;
     relay.stop().await;
 }
+
+/// Runs the real `aic-console` with `args`: exit code and stdout.
+async fn console(socket: &Path, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-console"))
+        .args(args)
+        .env("AIC_SOCKET", socket)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = within("aic-console", out).await.unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervised_job_waits_for_approval_and_the_console_lists_and_cancels_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let config = daemon_config(&relay.ws(), &dir.path().join("daemon"));
+    let socket = config.socket.clone();
+    let mut daemon = TestDaemon::start_with(config).await;
+    let code = daemon.online().await.to_string();
+    let http = relay.http();
+    let (status, body) =
+        start(&http, None, None, json!({"code": code, "command": "echo approved; exec sleep 60"})).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
+    let id = body["jobId"].as_str().unwrap().to_owned();
+
+    let (exit, listed) = console(&socket, &["jobs", "--json"]).await;
+    assert_eq!(exit, 0, "{listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!((listed[0]["id"].as_str(), listed[0]["state"].as_str()), (Some(id.as_str()), Some("pending")));
+    let (exit, said) = console(&socket, &["approve", &id[..8]]).await;
+    assert_eq!(exit, 0, "{said}");
+    for _ in 0..500 {
+        let page = get(format!("{http}/api/v1/jobs/{code}/{id}/output?offset=0")).await;
+        if page["text"] == "approved\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (exit, text) = console(&socket, &["jobs"]).await;
+    assert!(
+        exit == 0 && text.contains(&id[..8]) && text.contains("running") && text.contains("exec sleep 60"),
+        "{text}"
+    );
+    let (exit, said) = console(&socket, &["jobs", "cancel", &id[..8]]).await;
+    assert_eq!(exit, 0, "{said}");
+    let job = ended(&http, &code, &id).await;
+    assert_eq!((job["state"].as_str(), job["exitCode"].as_i64()), (Some("cancelled"), Some(143)), "{job}");
+    daemon.stop().await;
+    relay.stop().await;
+}

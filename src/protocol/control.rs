@@ -145,13 +145,20 @@ pub enum Op {
     },
     /// Push [`Event`]s on this connection from now on.
     Subscribe,
+    /// Every job on this machine, newest first: `Vec<JobInfo>`.
+    Jobs,
+    /// Cancel a job: `JobInfo`.
+    JobCancel {
+        /// The job's id.
+        job: Uuid,
+    },
 }
 
 impl Op {
     /// Whether the request acts as the operator (changes the mode, decides a
     /// command, changes an account's link, resets the code) rather than looks.
     pub fn is_operator_action(&self) -> bool {
-        !matches!(self, Op::Status | Op::Traffic | Op::Approvals | Op::Code | Op::Admins | Op::Subscribe)
+        !matches!(self, Op::Status | Op::Traffic | Op::Approvals | Op::Code | Op::Admins | Op::Subscribe | Op::Jobs)
     }
 }
 
@@ -172,6 +179,8 @@ impl Op {
                 Reply::Account(read(result)?)
             }
             Self::Subscribe => Reply::Subscribed(read(result)?),
+            Self::Jobs => Reply::Jobs(read(result)?),
+            Self::JobCancel { .. } => Reply::Job(read(result)?),
         })
     }
 }
@@ -199,6 +208,10 @@ pub enum Reply {
     Account(AccountChanged),
     /// To `subscribe`.
     Subscribed(Subscribed),
+    /// To `jobs`: every job, newest first.
+    Jobs(Vec<super::jobs::JobInfo>),
+    /// To `job_cancel`: the job as it is now.
+    Job(super::jobs::JobInfo),
 }
 
 /// Wraps each kind of reply's content in a [`Reply`], and takes it out again
@@ -233,6 +246,8 @@ reply_content!(
     Accounts(Vec<LinkedAccount>),
     Account(AccountChanged),
     Subscribed(Subscribed),
+    Jobs(Vec<super::jobs::JobInfo>),
+    Job(super::jobs::JobInfo),
 );
 
 /// A waiting command the operator has just decided.
