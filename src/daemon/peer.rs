@@ -11,6 +11,8 @@
 //! - it shares this daemon's cgroup, when that cgroup is a systemd service
 //!   (a terminal's console lives in the user's session scope). This one also
 //!   catches a command that detached itself with `setsid` and a double fork.
+//!   A job's processes (and whatever they detach) are in the job's own
+//!   systemd scope, `aic-job-….scope`, which counts the same way.
 
 use rustix::process::getpid;
 
@@ -36,7 +38,11 @@ pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
         return Some(format!("process {peer} runs in this daemon's session"));
     }
     let own = cgroup(me)?;
-    (own.ends_with(".service") && cgroup(peer).as_deref() == Some(own.as_str()))
+    let theirs = cgroup(peer);
+    if let Some(scope) = theirs.as_deref().and_then(job_scope) {
+        return Some(format!("process {peer} runs in the scope of a job this daemon started ({scope})"));
+    }
+    (own.ends_with(".service") && theirs.as_deref() == Some(own.as_str()))
         .then(|| format!("process {peer} runs in this daemon's service ({own})"))
 }
 
@@ -77,6 +83,12 @@ fn same_session(peer: i32, me: i32) -> bool {
     stat(peer).is_some_and(|(_, _, session)| session == me)
 }
 
+/// The job scope a cgroup path ends in (`aic-job-<id>.scope`), if any.
+fn job_scope(path: &str) -> Option<&str> {
+    let last = path.rsplit('/').next()?;
+    (last.starts_with("aic-job-") && last.ends_with(".scope")).then_some(last)
+}
+
 /// The cgroup `pid` is in: the unified hierarchy's path, else systemd's named one.
 fn cgroup(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -87,6 +99,13 @@ fn cgroup(pid: i32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_scope_is_told_from_other_cgroups() {
+        assert_eq!(job_scope("/system.slice/aic-job-1f2e.scope"), Some("aic-job-1f2e.scope"));
+        assert_eq!(job_scope("/system.slice/aic-daemon.service"), None);
+        assert_eq!(job_scope("/user.slice/session-3.scope"), None);
+    }
 
     #[test]
     fn this_process_and_processes_outside_command_groups_are_not_commands() {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -40,13 +40,16 @@ With `Idempotency-Key`, a repeated request of the same caller within 10 minutes 
     params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters, e.g. a UUID")),
     responses(
         (status = 200, description = "The job (started, or found by its key)", body = JobStarted),
-        (status = 400, description = "`bad_request`: bad JSON, an empty command, a bad timeout or key, or a `cwd` that does not exist", body = ErrorBody),
+        (status = 400, description = "`bad_request`: bad JSON, an empty command, a bad timeout or key, a malformed code, or a `cwd` that does not exist", body = ErrorBody),
         (status = 401, description = "`unauthorized`: the API key is not valid", body = ErrorBody),
         (status = 403, description = "`anonymous_expired`, `approval_required`, `blocked`, or `forbidden` (the machine's mode is disabled)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such machine for this account", body = ErrorBody),
         (status = 409, description = "`conflict`: the Idempotency-Key was used for another command", body = ErrorBody),
+        (status = 413, description = "`too_large`: the request body is over the relay's limit", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the request did not say `Content-Type: application/json`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests, or the machine runs its maximum of jobs (32 by default)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
         (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
     )
 )]
@@ -74,8 +77,14 @@ started with this code), newest first, until the machine's retention deletes the
     params(("code" = String, Path, description = "Session code or alias")),
     responses(
         (status = 200, description = "The jobs", body = JobList),
-        (status = 403, description = "Access refused (as for exec)", body = ErrorBody),
-        (status = 503, description = "`agent_offline`", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
+        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
     )
 )]
 pub async fn list(
@@ -98,8 +107,14 @@ pub async fn list(
     params(("code" = String, Path, description = "Session code or alias"), ("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = JobBody),
-        (status = 404, description = "`not_found`: no such job of this caller (another caller's job is not shown)", body = ErrorBody),
-        (status = 503, description = "`agent_offline`", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
+        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
     )
 )]
 pub async fn status(
@@ -123,8 +138,14 @@ The answer shows the job as it is at once; its end follows in its status.",
     params(("code" = String, Path, description = "Session code or alias"), ("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = JobBody),
-        (status = 404, description = "`not_found`: no such job of this caller", body = ErrorBody),
-        (status = 503, description = "`agent_offline`", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
+        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
     )
 )]
 pub async fn cancel(
@@ -164,8 +185,14 @@ pub struct OutputQuery {
     ),
     responses(
         (status = 200, description = "A page of output, or the event stream", content((JobOutput = "application/json"), (String = "text/event-stream"))),
-        (status = 404, description = "`not_found`: no such job of this caller", body = ErrorBody),
-        (status = 503, description = "`agent_offline`", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
+        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
+        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
     )
 )]
 pub async fn output(
@@ -173,8 +200,11 @@ pub async fn output(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((code, id)): Path<(String, String)>,
-    Query(query): Query<OutputQuery>,
+    query: Result<Query<OutputQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        ApiError::bad_request("offset and limit must be whole numbers of bytes, e.g. ?offset=0&limit=65536")
+    })?;
     let caller = access::authenticate(&state, &headers, peer).await?;
     let id = jobs::job_id(&id)?;
     let reached = jobs::reach(&state, &caller, &code, Purpose::Look).await?;
