@@ -88,8 +88,8 @@ async fn start(
         }
         return JobReply::Started { job: jobs.info(&first), existing: true };
     }
-    if let Err(reply) = admissible(commands, &request) {
-        return reply;
+    if let Err((reason, message)) = admissible(commands, &request) {
+        return refused(reason, message);
     }
     let record = Record {
         id: request.id,
@@ -121,28 +121,24 @@ async fn start(
 }
 
 /// The mode and the machine's cap on jobs; the directory must exist.
-fn admissible(commands: &Commands, request: &ExecRequest) -> Result<(), JobReply> {
+fn admissible(commands: &Commands, request: &ExecRequest) -> Result<(), (JobRefusal, String)> {
     let jobs = commands.jobs();
     if commands.daemon().mode() == Mode::Disabled {
-        return Err(refused(
-            JobRefusal::Disabled,
-            "this machine's operator has disabled remote commands (aic-console mode disabled)",
-        ));
+        let message = "this machine's operator has disabled remote commands (aic-console mode disabled)";
+        return Err((JobRefusal::Disabled, message.into()));
     }
     let max = jobs.settings().max_running;
     if jobs.active() >= max {
-        return Err(refused(
-            JobRefusal::Busy,
-            format!("this machine already runs {max} jobs, as many as its operator allows; retry when one has ended"),
-        ));
+        let message =
+            format!("this machine already runs {max} jobs, as many as its operator allows; retry when one has ended");
+        return Err((JobRefusal::Busy, message));
     }
     if let Some(cwd) = &request.cwd
         && !std::path::Path::new(cwd).is_dir()
     {
-        return Err(refused(
-            JobRefusal::BadRequest,
-            format!("cwd {cwd:?} does not exist on this machine (or is not a directory); pick an existing directory"),
-        ));
+        let message =
+            format!("cwd {cwd:?} does not exist on this machine (or is not a directory); pick an existing directory");
+        return Err((JobRefusal::BadRequest, message));
     }
     Ok(())
 }
