@@ -347,6 +347,10 @@ async fn handle(daemon: &Daemon, commands: &Commands, op: Op) -> Result<Reply, S
             jobs.cancel(job);
             Reply::Job(jobs.info(&record))
         }
+        Op::JobTail { job } => {
+            let tail = commands.jobs().tail(job).ok_or_else(|| format!("no job {job} on this machine"))?;
+            Reply::JobTail(crate::protocol::control::JobTail { job, tail })
+        }
     })
 }
 

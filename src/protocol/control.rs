@@ -152,13 +152,28 @@ pub enum Op {
         /// The job's id.
         job: Uuid,
     },
+    /// The end of a job's output: [`JobTail`].
+    JobTail {
+        /// The job's id.
+        job: Uuid,
+    },
 }
 
 impl Op {
     /// Whether the request acts as the operator (changes the mode, decides a
     /// command, changes an account's link, resets the code) rather than looks.
     pub fn is_operator_action(&self) -> bool {
-        !matches!(self, Op::Status | Op::Traffic | Op::Approvals | Op::Code | Op::Admins | Op::Subscribe | Op::Jobs)
+        !matches!(
+            self,
+            Op::Status
+                | Op::Traffic
+                | Op::Approvals
+                | Op::Code
+                | Op::Admins
+                | Op::Subscribe
+                | Op::Jobs
+                | Op::JobTail { .. }
+        )
     }
 }
 
@@ -181,6 +196,7 @@ impl Op {
             Self::Subscribe => Reply::Subscribed(read(result)?),
             Self::Jobs => Reply::Jobs(read(result)?),
             Self::JobCancel { .. } => Reply::Job(read(result)?),
+            Self::JobTail { .. } => Reply::JobTail(read(result)?),
         })
     }
 }
@@ -212,6 +228,8 @@ pub enum Reply {
     Jobs(Vec<super::jobs::JobInfo>),
     /// To `job_cancel`: the job as it is now.
     Job(super::jobs::JobInfo),
+    /// To `job_tail`.
+    JobTail(JobTail),
 }
 
 /// Wraps each kind of reply's content in a [`Reply`], and takes it out again
@@ -248,7 +266,17 @@ reply_content!(
     Subscribed(Subscribed),
     Jobs(Vec<super::jobs::JobInfo>),
     Job(super::jobs::JobInfo),
+    JobTail(JobTail),
 );
+
+/// The end of a job's output, for the console's Jobs pane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTail {
+    /// The job's id.
+    pub job: Uuid,
+    /// Its last [`TAIL_BYTES`] bytes of output as text (invalid UTF-8 replaced).
+    pub tail: String,
+}
 
 /// A waiting command the operator has just decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

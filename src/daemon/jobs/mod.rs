@@ -324,6 +324,16 @@ impl Jobs {
         self.0.index.lock().unwrap().remove(&id);
     }
 
+    /// The end of job `id`'s output as text, for consoles.
+    pub fn tail(&self, id: Uuid) -> Option<String> {
+        self.record(id, None)?;
+        let dir = self.dir(id);
+        let bytes = crate::protocol::control::TAIL_BYTES as u64;
+        let end = spool::extent(&dir).end;
+        let (_, data) = spool::read(&dir, end.saturating_sub(bytes), bytes);
+        Some(crate::daemon::traffic::tail_text(&data))
+    }
+
     /// The directory jobs live in.
     pub fn root(&self) -> &Path {
         &self.0.settings.dir

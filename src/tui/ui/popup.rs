@@ -43,6 +43,21 @@ fn contents(app: &App, popup: &Popup) -> (&'static str, u16, Vec<Line<'static>>)
             ],
         ),
         Popup::Resetting => (" Reset the code ", 44, vec![Line::raw("Asking the relay for a new code…")]),
+        Popup::ConfirmCancel(job) => (
+            " Cancel the job? ",
+            56,
+            vec![
+                Line::raw(format!("Cancel job {}?", super::super::app::short(*job))),
+                Line::raw(""),
+                Line::raw("Its processes get SIGTERM, then SIGKILL after 2 s."),
+                Line::raw(""),
+                Line::from(vec![
+                    key("y"),
+                    Span::raw(" cancel it    "),
+                    Span::styled("any other key keeps it running (N)", t.dim()),
+                ]),
+            ],
+        ),
         Popup::NewCode(code) => (
             " New session code ",
             48,
