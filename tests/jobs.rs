@@ -336,3 +336,76 @@ async fn a_supervised_job_waits_for_approval_and_the_console_lists_and_cancels_i
     daemon.stop().await;
     relay.stop().await;
 }
+
+/// One JSON-RPC request on an MCP session (`None`: opens one); the session and the response.
+async fn mcp(http: &str, session: Option<&str>, body: Value) -> (Option<String>, Value) {
+    let mut req = client()
+        .post(format!("{http}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json");
+    if let Some(session) = session {
+        req = req.header("mcp-session-id", session);
+    }
+    let resp = within("POST /mcp", req.json(&body).send()).await.unwrap();
+    let session = resp.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
+    let text = within("the /mcp body", resp.text()).await.unwrap();
+    let data = text.lines().filter_map(|l| l.strip_prefix("data:")).find(|d| !d.trim().is_empty());
+    (session, data.map_or(Value::Null, |d| serde_json::from_str(d.trim()).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_declares_mcp_tasks_gets_remote_exec_as_a_task_backed_by_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let mut daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let code = daemon.online().await.to_string();
+    let http = relay.http();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+        "clientInfo": {"name": "tasks-test", "version": "0"}
+    }});
+    let (session, _) = mcp(&http, None, init).await;
+    let session = session.expect("a session");
+    mcp(&http, Some(&session), json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    let call = |id: u64, command: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "remote_exec", "arguments": {"code": code, "command": command}}})
+    };
+    let (_, answer) = mcp(&http, Some(&session), call(2, "sleep 0.3; echo task-out")).await;
+    let result = &answer["result"];
+    assert_eq!(result["resultType"], "task", "{answer}");
+    let task = result["task"]["taskId"].as_str().or(result["taskId"].as_str()).expect("a task id").to_owned();
+    let get =
+        |id: u64, task: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tasks/get", "params": {"taskId": task}});
+    let mut done = Value::Null;
+    for n in 0..500 {
+        let (_, answer) = mcp(&http, Some(&session), get(10 + n, &task)).await;
+        if answer["result"]["status"] != "working" {
+            done = answer;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert_eq!(done["result"]["result"]["structuredContent"]["stdout"], "task-out\n", "{done}");
+
+    // tasks/cancel stops the job.
+    let (_, answer) = mcp(&http, Some(&session), call(3, "exec sleep 60")).await;
+    let task = answer["result"]["task"]["taskId"].as_str().or(answer["result"]["taskId"].as_str()).unwrap().to_owned();
+    let cancel = json!({"jsonrpc": "2.0", "id": 4, "method": "tasks/cancel", "params": {"taskId": task}});
+    let (_, answer) = mcp(&http, Some(&session), cancel).await;
+    assert!(answer["error"].is_null(), "{answer}");
+    let mut status = Value::Null;
+    for n in 0..500 {
+        let (_, answer) = mcp(&http, Some(&session), get(1000 + n, &task)).await;
+        status = answer["result"]["status"].clone();
+        if status != "working" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "cancelled");
+    daemon.stop().await;
+    relay.stop().await;
+}

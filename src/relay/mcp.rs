@@ -12,6 +12,7 @@ mod args;
 mod jobs;
 mod output;
 mod sessions;
+mod tasks;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,8 +26,8 @@ use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, JsonObject, ProgressNotificationParam, ServerCapabilities,
-    ServerConfig,
+    CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ProgressNotificationParam,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -70,13 +71,15 @@ pub struct Mcp {
     tool_router: Arc<ToolRouter<Mcp>>,
     /// Running calls by session, so a closed session's commands are killed at once.
     sessions: Sessions,
+    /// Tasks (MCP Tasks extension) and the machines their jobs run on.
+    tasks: tasks::Tasks,
 }
 
 #[tool_router]
 impl Mcp {
     /// A server over the relay's state, sharing `tools` and `sessions` with every other.
-    fn new(state: AppState, tools: Arc<ToolRouter<Mcp>>, sessions: Sessions) -> Self {
-        Self { state, tool_router: tools, sessions }
+    fn new(state: AppState, tools: Arc<ToolRouter<Mcp>>, sessions: Sessions, tasks: tasks::Tasks) -> Self {
+        Self { state, tool_router: tools, sessions, tasks }
     }
 
     #[tool(
@@ -109,40 +112,14 @@ to make a retry safe: the same key within 10 minutes returns the first call's re
         &self,
         Parameters(raw): Parameters<JsonObject>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, McpError> {
-        let args = match RemoteExecArgs::parse(&raw) {
-            Ok(args) => args,
-            Err(err) => return Ok(refusal(&err)),
-        };
-        let caller = match caller(&self.state, &ctx).await {
-            Ok(caller) => caller,
-            Err(err) => return Ok(refusal(&err)),
-        };
-        let params = ExecParams {
-            code: args.code,
-            command: args.command,
-            cwd: args.cwd,
-            timeout_ms: args.timeout_ms,
-            pty: false,
-        };
-        if let Some(key) = &args.idempotency_key {
-            return Ok(self.exec_keyed(&caller, &params, key, &ctx).await);
+    ) -> Result<CallToolResponse, McpError> {
+        if tasks::declared(&ctx) {
+            return Ok(match self.exec_task(&raw, &ctx).await {
+                Ok(task) => CallToolResponse::Task(task),
+                Err(err) => refusal(&err).into(),
+            });
         }
-        // Registered before it starts and while it runs, so closing its session kills it at once.
-        let request = serde_json::to_value(&ctx.id).unwrap_or_default();
-        let call = session_id(&ctx).map(|id| self.sessions.enter(id, request));
-        let closed = call.as_ref().map_or_else(CancellationToken::new, |c| c.closed.clone());
-        let running = match exec::begin(&self.state, &caller, &params).await {
-            Ok(running) => running,
-            Err(err) => return Ok(refusal(&err)),
-        };
-        Ok(match self.follow(running, &ctx, &closed).await {
-            Some(Ok(outcome)) => ToolResult::new(&outcome, self.state.config.mcp_output_max).into_call_result(),
-            Some(Err(err)) => refusal(&err),
-            None => CallToolResult::error(vec![ContentBlock::text(
-                "The request was cancelled, and the command was stopped on the machine.",
-            )]),
-        })
+        self.run_exec(raw, ctx).await.map(Into::into)
     }
 
     #[tool(
@@ -182,6 +159,61 @@ remote_exec says the machine is offline. It runs nothing on the machine.",
 }
 
 impl Mcp {
+    /// `remote_exec`, answered when it has finished.
+    async fn run_exec(&self, raw: JsonObject, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, McpError> {
+        let args = match RemoteExecArgs::parse(&raw) {
+            Ok(args) => args,
+            Err(err) => return Ok(refusal(&err)),
+        };
+        let caller = match caller(&self.state, &ctx).await {
+            Ok(caller) => caller,
+            Err(err) => return Ok(refusal(&err)),
+        };
+        let params = ExecParams {
+            code: args.code,
+            command: args.command,
+            cwd: args.cwd,
+            timeout_ms: args.timeout_ms,
+            pty: false,
+        };
+        if let Some(key) = &args.idempotency_key {
+            return Ok(self.exec_keyed(&caller, &params, key, &ctx).await);
+        }
+        // Registered before it starts and while it runs, so closing its session kills it at once.
+        let request = serde_json::to_value(&ctx.id).unwrap_or_default();
+        let call = session_id(&ctx).map(|id| self.sessions.enter(id, request));
+        let closed = call.as_ref().map_or_else(CancellationToken::new, |c| c.closed.clone());
+        let running = match exec::begin(&self.state, &caller, &params).await {
+            Ok(running) => running,
+            Err(err) => return Ok(refusal(&err)),
+        };
+        Ok(match self.follow(running, &ctx, &closed).await {
+            Some(Ok(outcome)) => ToolResult::new(&outcome, self.state.config.mcp_output_max).into_call_result(),
+            Some(Err(err)) => refusal(&err),
+            None => CallToolResult::error(vec![ContentBlock::text(
+                "The request was cancelled, and the command was stopped on the machine.",
+            )]),
+        })
+    }
+
+    /// `remote_exec` as a task, for a client that declared the tasks extension.
+    async fn exec_task(
+        &self,
+        raw: &JsonObject,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CreateTaskResult, ApiError> {
+        let args = RemoteExecArgs::parse(raw)?;
+        let caller = caller(&self.state, ctx).await?;
+        let params = ExecParams {
+            code: args.code,
+            command: args.command,
+            cwd: args.cwd,
+            timeout_ms: args.timeout_ms,
+            pty: false,
+        };
+        self.exec_as_task(&caller, &params).await
+    }
+
     /// Gathers the command's outcome, telling a client that asked for progress
     /// how long it has run. `None` when the request was cancelled or its
     /// session `closed`; the command is then killed as `exec` is dropped.
@@ -225,9 +257,25 @@ impl Mcp {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Mcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tasks().build())
             .with_server_info(Implementation::new("aic-relay", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, McpError> {
+        self.task_get(&request.task_id, &context).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.task_cancel(&request.task_id, &context).await
     }
 }
 
@@ -294,9 +342,10 @@ impl Endpoint {
         state.metrics.count_mcp_sessions_with(Box::new(move || counted.sessions.try_read().ok().map(|s| s.len())));
         let tools = Arc::new(Mcp::tool_router() + Mcp::job_tools());
         let ours = Sessions::default();
+        let tasks = tasks::Tasks::default();
         let make = {
             let (state, tools, ours) = (state.clone(), tools, ours.clone());
-            move || Ok(Mcp::new(state.clone(), Arc::clone(&tools), ours.clone()))
+            move || Ok(Mcp::new(state.clone(), Arc::clone(&tools), ours.clone(), tasks.clone()))
         };
         let sessions =
             StreamableHttpService::new(make.clone(), Arc::clone(&manager), base.clone().with_legacy_session_mode(true));
