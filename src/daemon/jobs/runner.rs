@@ -125,6 +125,12 @@ fn supervise(dir: &Path) -> anyhow::Result<()> {
     let _ = rustix::process::setsid();
     let job: Record = record::read_json(dir, record::RECORD).context("reading job.json")?;
     let spool = Writer::create(dir, job.cap, job.kind == JobKind::Exec).context("creating the spool")?;
+    if dir.join(record::CANCEL).exists() {
+        // Cancelled while its supervisor was on its way: it never runs.
+        record::write_json(dir, record::END, &End { ended_ms: now_ms(), cancelled: true, ..End::default() })?;
+        ready();
+        return Ok(());
+    }
     let started = match Started::spawn(&job) {
         Ok(started) => started,
         Err(e) => {
