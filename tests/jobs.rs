@@ -409,3 +409,86 @@ async fn a_client_that_declares_mcp_tasks_gets_remote_exec_as_a_task_backed_by_a
     daemon.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_machines_maximum_a_job_start_is_refused_and_a_job_cannot_act_as_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let mut config = daemon_config(&relay.ws(), &dir.path().join("daemon"));
+    config.mode = Some(aic::daemon::Mode::Auto);
+    config.max_jobs = 1;
+    let socket = config.socket.clone();
+    let mut daemon = TestDaemon::start_with(config).await;
+    let code = daemon.online().await.to_string();
+    let http = relay.http();
+    // The one job tries to switch supervision off through the control socket.
+    let console = env!("CARGO_BIN_EXE_aic-console");
+    let command = format!("'{console}' --socket '{}' mode disabled; echo rc=$?; exec sleep 60", socket.display());
+    let (status, body) = start(&http, None, None, json!({"code": code, "command": command})).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["jobId"].as_str().unwrap().to_owned();
+
+    let (status, body) = start(&http, None, None, json!({"code": code, "command": "true"})).await;
+    assert_eq!((status, body["reason"].as_str()), (429, Some("rate_limited")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already runs 1 jobs"), "{body}");
+
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = get(format!("{http}/api/v1/jobs/{code}/{id}/output")).await["text"].as_str().unwrap().to_owned();
+        if text.contains("rc=") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(text.contains("refused") && text.contains("rc=1"), "{text}");
+    assert_eq!(console_mode(&socket).await, "auto");
+    call(reqwest::Method::DELETE, format!("{http}/api/v1/jobs/{code}/{id}"), None).await;
+    ended(&http, &code, &id).await;
+    daemon.stop().await;
+    relay.stop().await;
+}
+
+async fn console_mode(socket: &Path) -> String {
+    let (exit, out) = console(socket, &["mode"]).await;
+    assert_eq!(exit, 0, "{out}");
+    out.trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_under_the_same_key_attaches_to_the_live_output_of_the_first_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let mut daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let code = daemon.online().await.to_string();
+    let (go, count) = (dir.path().join("go"), dir.path().join("count"));
+    let command = format!("echo ran >> '{}'; echo first; {}; echo second", count.display(), until(&go));
+    let body = json!({"code": code, "command": command});
+    let send = || {
+        client()
+            .post(format!("{}/api/v1/exec", relay.http()))
+            .header("idempotency-key", "attach-1")
+            .header("accept", "text/event-stream")
+            .json(&body)
+            .send()
+    };
+    // The first caller sees the first line, then its connection breaks.
+    let mut first = within("first request", send()).await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("first") {
+        let chunk = within("first output", first.chunk()).await.unwrap().expect("more of the stream");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(first);
+
+    // The retry attaches: the output so far, the rest as it comes, one result.
+    let second = within("retry", send()).await.unwrap();
+    std::fs::write(&go, "").unwrap();
+    let events = events(second).await;
+    let text: String = events.iter().filter(|(e, _)| e == "output").map(|(_, d)| d["text"].as_str().unwrap()).collect();
+    assert_eq!(text, "first\nsecond\n");
+    let (last, result) = events.last().unwrap();
+    assert_eq!((last.as_str(), result["exitCode"].as_i64()), ("result", Some(0)), "{result}");
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "ran\n", "the command ran once");
+    daemon.stop().await;
+    relay.stop().await;
+}
