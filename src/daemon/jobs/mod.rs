@@ -288,26 +288,30 @@ impl Jobs {
         let now = now_ms();
         let mut ended = Vec::new();
         for (r, seen) in records {
-            let info = self.info(&r);
-            if !info.state.is_final() {
-                continue;
-            }
-            if !seen {
+            // A job already seen to have ended needs only its end read again.
+            let ended_ms = if seen {
+                record::read_json::<End>(&self.dir(r.id), record::END).map(|e| e.ended_ms)
+            } else {
+                let info = self.info(&r);
+                if !info.state.is_final() {
+                    continue;
+                }
                 if let Some(e) = self.0.index.lock().unwrap().get_mut(&r.id) {
                     e.ended = true;
                 }
-                ended.push(info.clone());
-            }
-            if now >= self.expires(&r, &info) {
+                let at = info.ended_ms;
+                ended.push(info);
+                at
+            };
+            if now >= self.expires(&r, ended_ms.unwrap_or(now)) {
                 self.delete(r.id);
             }
         }
         ended
     }
 
-    /// When an ended job is deleted (Unix ms).
-    fn expires(&self, r: &Record, info: &JobInfo) -> u64 {
-        let ended = info.ended_ms.unwrap_or(now_ms());
+    /// When a job that ended at `ended` is deleted (Unix ms).
+    fn expires(&self, r: &Record, ended: u64) -> u64 {
         match r.kind {
             JobKind::Job => ended.saturating_add(self.0.settings.retention.as_millis() as u64),
             JobKind::Exec => (r.created_ms + KEY_WINDOW.as_millis() as u64).max(ended),
