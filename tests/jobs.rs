@@ -492,3 +492,25 @@ async fn a_retry_under_the_same_key_attaches_to_the_live_output_of_the_first_req
     daemon.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_supervisor_is_killed_is_reported_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let mut daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let code = daemon.online().await.to_string();
+    let http = relay.http();
+    let (_, body) = start(&http, None, None, json!({"code": code, "command": "exec sleep 60"})).await;
+    let id = body["jobId"].as_str().unwrap().to_owned();
+    let pids: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("daemon/jobs").join(&id).join("pid")).unwrap()).unwrap();
+    let (supervisor, group) = (pids["supervisor"].as_i64().unwrap() as i32, pids["group"].as_i64().unwrap() as i32);
+    let kill = rustix::process::Signal::KILL;
+    rustix::process::kill_process(rustix::process::Pid::from_raw(supervisor).unwrap(), kill).unwrap();
+    rustix::process::kill_process_group(rustix::process::Pid::from_raw(group).unwrap(), kill).unwrap();
+    let job = ended(&http, &code, &id).await;
+    assert_eq!(job["state"], "lost", "{job}");
+    assert!(job["message"].as_str().unwrap().contains("supervisor ended"), "{job}");
+    daemon.stop().await;
+    relay.stop().await;
+}

@@ -110,9 +110,15 @@ pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Opti
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Whether process `pid` exists.
+/// Whether process `pid` exists and has not exited (a zombie nobody reaped,
+/// as under a container's init that does not reap, counts as gone).
 pub fn alive(pid: i32) -> bool {
-    rustix::process::Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    let exists = rustix::process::Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 /// Sends `signal` to process group `group`; a group that is gone is fine.
