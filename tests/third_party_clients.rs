@@ -78,6 +78,9 @@ async fn the_official_python_sdk_uses_every_tool_and_closes_cleanly() {
     // DELETE answered 200 or 204: the SDK warned about nothing.
     assert_eq!(all(&steps, "warnings")[0]["warnings"], json!([]), "{stdout}");
 
+    // Each connection mode's keyed remote_exec ran once, though it was sent twice.
+    let count = std::fs::read_to_string(format!("{}.count", pid_file.display())).unwrap();
+    assert_eq!(count, "once\nonce\n");
     check_connections(&steps);
     check_tools(all(&steps, "tools"));
     check_calls(&steps);
@@ -102,7 +105,7 @@ fn check_tools(lists: &[Value]) {
     const FORMATS: [&str; 5] = ["uint", "int32", "int64", "uint32", "uint64"];
     for list in lists {
         let tools = list["tools"].as_array().unwrap();
-        assert_eq!(tools.len(), 2, "{list}");
+        assert_eq!(tools.len(), 7, "{list}");
         for tool in tools {
             for hint in ["readOnlyHint", "destructiveHint", "openWorldHint", "idempotentHint"] {
                 assert!(tool["annotations"][hint].is_boolean(), "{} lacks {hint}", tool["name"]);
@@ -158,5 +161,29 @@ fn check_calls(steps: &HashMap<String, Vec<Value>>) {
     }
     for report in all(steps, "status") {
         assert_eq!((&report["is_error"], &report["structured"]["online"]), (&json!(false), &json!(true)));
+    }
+    check_jobs(steps);
+}
+
+/// A job started and read to its end by offset; a keyed remote_exec sent twice gives one result.
+fn check_jobs(steps: &HashMap<String, Vec<Value>>) {
+    for report in all(steps, "job_started") {
+        assert_eq!(
+            (&report["is_error"], &report["structured"]["state"]),
+            (&json!(false), &json!("running")),
+            "{report}"
+        );
+    }
+    for report in all(steps, "job_output") {
+        assert_eq!(
+            (&report["text"], &report["state"], &report["exit_code"]),
+            (&json!("job-out\njob-end\n"), &json!("exited"), &json!(0))
+        );
+    }
+    let (first, again) = (all(steps, "keyed_first"), all(steps, "keyed_again"));
+    assert_eq!(first.len(), 2);
+    for (first, again) in first.iter().zip(again) {
+        assert_eq!(first["structured"]["stdout"], "ran\n", "{first}");
+        assert_eq!(first["structured"], again["structured"]);
     }
 }

@@ -5,9 +5,10 @@
 
 use aic::protocol::agent::Stream;
 use aic::protocol::control::{
-    AccountChanged, Approval, CodeInfo, CommandState, Decided, Decision, Event as DaemonEvent, LinkState,
+    AccountChanged, Approval, CodeInfo, CommandState, Decided, Decision, Event as DaemonEvent, JobTail, LinkState,
     LinkedAccount, Mode, Op, RelayHealth, Reply, StatusInfo, TrafficEntry,
 };
+use aic::protocol::jobs::{JobInfo, JobKind, JobState};
 use aic::tui::app::{Accounts, App, Link, Pane, Popup};
 use aic::tui::event::{Action, DaemonMsg, Event, Snapshot};
 use aic::tui::theme::Theme;
@@ -383,6 +384,9 @@ fn keys_switch_panes_copy_and_quit() {
     key(&mut app, KeyCode::Tab);
     assert_eq!(app.pane, Pane::Approvals);
     key(&mut app, KeyCode::BackTab);
+    // Going to the Jobs pane asks for the jobs at once.
+    assert_eq!(key(&mut app, KeyCode::BackTab), vec![Action::Send(Op::Jobs)]);
+    assert_eq!(app.pane, Pane::Jobs);
     key(&mut app, KeyCode::BackTab);
     assert_eq!(app.pane, Pane::Relay);
     assert_eq!(press(&mut app, 'c'), vec![Action::Copy("AIC-7K3P-WX9M-RTBN".into())]);
@@ -459,4 +463,49 @@ fn the_ring_stays_bounded() {
         }));
     }
     assert!(app.traffic.back().unwrap().tail.len() <= 4096);
+}
+
+fn job(n: u8, state: JobState, exit: Option<i32>, command: &str) -> JobInfo {
+    JobInfo {
+        id: id(n),
+        state,
+        kind: JobKind::Job,
+        command: command.into(),
+        cwd: None,
+        who: if n.is_multiple_of(2) { "lu****@wear****.com".into() } else { "anonymous".into() },
+        created_ms: NOW - 600_000,
+        ended_ms: exit.map(|_| NOW - 60_000),
+        duration_ms: 540_000 / u64::from(n),
+        exit_code: exit,
+        output_bytes: 70_000 * u64::from(n),
+        dropped_bytes: if n == 1 { 4096 } else { 0 },
+        truncated: false,
+        refusal: None,
+        message: None,
+    }
+}
+
+#[test]
+fn jobs_show_state_runtime_size_and_the_selected_tail_and_x_cancels_after_y() {
+    let mut app = connected(Vec::new(), Vec::new());
+    assert_eq!(press(&mut app, '5'), vec![Action::Send(Op::Jobs)]);
+    let jobs = vec![job(1, JobState::Running, None, "make -j8 2>&1"), job(2, JobState::Exited, Some(0), "cargo test")];
+    app.apply(DaemonMsg::Reply { op: Op::Jobs, result: Ok(Reply::Jobs(jobs)) });
+    // Each tick asks again, for the list and the selected job's tail.
+    assert_eq!(app.on_event(Event::Tick), vec![Action::Send(Op::Jobs), Action::Send(Op::JobTail { job: id(1) })]);
+    let tail = JobTail { job: id(1), tail: "CC foo.o\nCC bar.o\n\u{1b}[31mLD app\n".into() };
+    app.apply(DaemonMsg::Reply { op: Op::JobTail { job: id(1) }, result: Ok(Reply::JobTail(tail)) });
+    assert_snapshot!("jobs_running", screen(&app, 80, 24).backend());
+
+    press(&mut app, 'x');
+    assert_eq!(app.popup, Some(Popup::ConfirmCancel(id(1))));
+    assert_snapshot!("jobs_cancel_confirm", screen(&app, 80, 24).backend());
+    assert_eq!(press(&mut app, 'n'), vec![]);
+    assert_eq!(app.popup, None);
+    press(&mut app, 'x');
+    assert_eq!(press(&mut app, 'y'), vec![Action::Send(Op::JobCancel { job: id(1) })]);
+    // An ended job cannot be cancelled.
+    key(&mut app, KeyCode::Down);
+    assert_eq!(press(&mut app, 'x'), vec![]);
+    assert_eq!(app.popup, None);
 }

@@ -77,9 +77,23 @@ enum Sub {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Detached jobs on this machine (state, exit, runtime, output size, who, command); `jobs cancel ID` stops one.
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobAction>,
+    },
     /// Shell completions or the man page, for packagers.
     #[command(subcommand, hide = true)]
     Generate(aic::generate::Generate),
+}
+
+#[derive(Subcommand, Debug)]
+enum JobAction {
+    /// Cancel a job: SIGTERM to its processes, SIGKILL after 2 s (ID from `jobs`; a unique prefix is enough).
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +139,8 @@ fn command(sub: Option<Sub>) -> Command {
         Some(Sub::Deny { id }) => Command::Deny(id),
         Some(Sub::Mode { mode }) => Command::Mode(mode),
         Some(Sub::Traffic { follow }) => Command::Traffic { follow },
+        Some(Sub::Jobs { action: None }) => Command::Jobs,
+        Some(Sub::Jobs { action: Some(JobAction::Cancel { id }) }) => Command::JobCancel(id),
         Some(Sub::Generate(_)) => unreachable!("main answers `generate` before any command"),
     }
 }

@@ -73,6 +73,19 @@ struct RunArgs {
     #[arg(long, env = "AIC_APPROVAL_TIMEOUT", value_parser = aic::duration::parse)]
     approval_timeout: Option<Duration>,
 
+    /// Detached jobs running or waiting for approval at once; past it a job start is refused [default: 32].
+    #[arg(long, env = "AIC_MAX_JOBS")]
+    max_jobs: Option<usize>,
+
+    /// Output bytes kept on disk per job; past it the oldest output is dropped and the job runs on
+    /// [default: 16777216].
+    #[arg(long, env = "AIC_JOB_OUTPUT_CAP")]
+    job_output_cap: Option<u64>,
+
+    /// How long an ended job's record and output are kept in the state dir, e.g. 7d, 12h [default: 7d].
+    #[arg(long, env = "AIC_JOB_RETENTION", value_parser = aic::duration::parse)]
+    job_retention: Option<Duration>,
+
     #[command(flatten)]
     log: aic::logging::LogArgs,
 
@@ -83,8 +96,19 @@ struct RunArgs {
 }
 
 /// The keys a daemon config file may hold.
-const FILE_KEYS: &[&str] =
-    &["relay", "state_dir", "socket", "mode", "insecure_relay", "ca_cert", "max_concurrent", "approval_timeout"];
+const FILE_KEYS: &[&str] = &[
+    "relay",
+    "state_dir",
+    "socket",
+    "mode",
+    "insecure_relay",
+    "ca_cert",
+    "max_concurrent",
+    "approval_timeout",
+    "max_jobs",
+    "job_output_cap",
+    "job_retention",
+];
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -135,7 +159,29 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     if let Some(d) = args.approval_timeout.or(timeout) {
         config.approval_timeout = d;
     }
+    jobs_config(&mut config, &file, args.max_jobs, args.job_output_cap, args.job_retention)?;
     Ok(config)
+}
+
+/// The job settings, from flags, then the file.
+fn jobs_config(
+    config: &mut daemon::Config,
+    file: &ConfigFile,
+    max_jobs: Option<usize>,
+    cap: Option<u64>,
+    retention: Option<Duration>,
+) -> anyhow::Result<()> {
+    if let Some(n) = max_jobs.or(file.integer("max_jobs", "a whole number of jobs, at least 1")?) {
+        config.max_jobs = n.max(1);
+    }
+    if let Some(n) = cap.or(file.integer("job_output_cap", "a whole number of bytes, such as 16777216")?) {
+        config.job_output_cap = n.max(2);
+    }
+    let kept = file.parsed("job_retention", "a duration such as \"7d\" or \"12h\"", aic::duration::parse)?;
+    if let Some(d) = retention.or(kept) {
+        config.job_retention = d;
+    }
+    Ok(())
 }
 
 /// `aic-daemon doctor`: the config, then the daemon's own checks.
@@ -156,6 +202,11 @@ async fn doctor(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    // The job supervisor: the daemon re-executes itself for each job (hidden; no runtime, no logging).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(daemon::jobs::runner::SUBCOMMAND) {
+        return daemon::jobs::runner::main(&args[2..]);
+    }
     aic::shutdown::run_main("aic-daemon", run())
 }
 

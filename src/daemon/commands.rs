@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::executor::{self, ProcessEvent};
+use super::jobs::Jobs;
 use super::shared::Daemon;
 use super::traffic::{self, Traffic};
 use crate::clock::now_ms;
@@ -48,6 +49,8 @@ struct Inner {
     /// is left in them: a background process a command left behind is still
     /// that command's, for the control socket's operator check.
     groups: Mutex<Vec<i32>>,
+    /// Detached jobs, admitted through the same mode, queue and ring.
+    jobs: Jobs,
 }
 
 /// A command in the approval queue.
@@ -70,7 +73,9 @@ impl Commands {
     /// No commands yet; the permits are `daemon`'s `max_concurrent`.
     pub fn new(daemon: Daemon) -> Self {
         let limit = Arc::new(Semaphore::new(daemon.config().max_concurrent));
+        let jobs = Jobs::open(daemon.config().job_settings());
         Self(Arc::new(Inner {
+            jobs,
             daemon,
             limit,
             tasks: TaskTracker::new(),
@@ -286,7 +291,65 @@ impl Commands {
         groups.retain(|&g| {
             rustix::process::Pid::from_raw(g).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
         });
-        groups.clone()
+        let mut all = groups.clone();
+        drop(groups);
+        all.extend(self.0.jobs.process_groups());
+        all
+    }
+
+    /// The daemon's jobs.
+    pub fn jobs(&self) -> &Jobs {
+        &self.0.jobs
+    }
+
+    /// Mode, settings and the event bus.
+    pub fn daemon(&self) -> &Daemon {
+        &self.0.daemon
+    }
+
+    /// Answers a relay's call about jobs on a task of its own (an `output`
+    /// call may wait for output); the reply goes to `out`.
+    pub fn job_call(&self, req: u64, call: crate::protocol::jobs::JobCall, out: Outbox) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let reply = super::jobs::calls::answer(&this, call).await;
+            let _ = out.send(AgentMessage::JobReply { req, reply }).await;
+        });
+    }
+
+    /// Shows a job that has just been asked for in the traffic ring.
+    pub fn job_arrived(&self, req: &ExecRequest, state: CommandState) {
+        self.record(req, state);
+    }
+
+    /// Waits for the operator's decision on a job, as for a command.
+    pub async fn job_approval(&self, req: &ExecRequest, withdrawn: &CancellationToken) -> Decision {
+        self.await_approval(req, withdrawn).await
+    }
+
+    /// Shows a job's state (started, or ended) in the traffic ring.
+    pub fn job_ended_or_running(&self, job: &crate::protocol::jobs::JobInfo) {
+        use crate::protocol::jobs::JobState;
+        let state = match job.state {
+            JobState::Pending => CommandState::Pending,
+            JobState::Running => CommandState::Running,
+            JobState::Exited => CommandState::Exited,
+            JobState::TimedOut => CommandState::TimedOut,
+            JobState::Cancelled | JobState::Lost => CommandState::Cancelled,
+            JobState::Refused => job.refusal.map_or(CommandState::Refused, refused_state),
+        };
+        self.update(job.id, |e| {
+            e.state = state;
+            e.exit_code = job.exit_code;
+            e.duration_ms = job.state.is_final().then_some(job.duration_ms);
+            e.bytes = job.output_bytes;
+            e.truncated = job.truncated || job.dropped_bytes > 0;
+        });
+    }
+
+    /// Shows a job's end in the traffic ring.
+    pub fn job_ended(&self, job: &crate::protocol::jobs::JobInfo) {
+        self.job_ended_or_running(job);
     }
 
     /// The traffic ring, oldest first.

@@ -340,6 +340,17 @@ async fn handle(daemon: &Daemon, commands: &Commands, op: Op) -> Result<Reply, S
         }
         // Answered where the connection is, which is what subscribes.
         Op::Subscribe => Reply::Subscribed(Subscribed { subscribed: true }),
+        Op::Jobs => Reply::Jobs(commands.jobs().list(None)),
+        Op::JobCancel { job } => {
+            let jobs = commands.jobs();
+            let record = jobs.record(job, None).ok_or_else(|| format!("no job {job} on this machine"))?;
+            jobs.cancel(job);
+            Reply::Job(jobs.info(&record))
+        }
+        Op::JobTail { job } => {
+            let tail = commands.jobs().tail(job).ok_or_else(|| format!("no job {job} on this machine"))?;
+            Reply::JobTail(crate::protocol::control::JobTail { job, tail })
+        }
     })
 }
 

@@ -293,6 +293,7 @@ impl Link<'_> {
     async fn dispatch(&mut self, text: &str) -> anyhow::Result<()> {
         match agent::decode::<RelayMessage>(text) {
             Ok(RelayMessage::Exec(req)) => self.commands.submit(req, self.out.clone(), &self.gone),
+            Ok(RelayMessage::Job { req, call }) => self.commands.job_call(req, call, self.out.clone()),
             Ok(RelayMessage::Cancel { id }) => {
                 self.commands.cancel(id);
             }
@@ -337,7 +338,7 @@ pub fn agent_info() -> AgentInfo {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        capabilities: vec!["pty".into()],
+        capabilities: vec!["pty".into(), "jobs".into()],
     }
 }
 

@@ -6,6 +6,7 @@ pub mod contain;
 pub mod control;
 pub mod doctor;
 pub mod executor;
+pub mod jobs;
 pub mod link;
 pub mod notify;
 pub mod peer;
@@ -49,6 +50,15 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Silence from the relay after which the link counts as dead and is dialled again.
     pub link_timeout: Duration,
+    /// Jobs running or waiting for approval at once, at most.
+    pub max_jobs: usize,
+    /// Output bytes kept per job on disk; past it the oldest are dropped.
+    pub job_output_cap: u64,
+    /// How long an ended job's record and output are kept.
+    pub job_retention: Duration,
+    /// The program that supervises jobs (this daemon's binary, re-executed);
+    /// `None`: the running executable.
+    pub job_runner: Option<PathBuf>,
 }
 
 impl Config {
@@ -65,6 +75,21 @@ impl Config {
             approval_timeout: Duration::from_secs(600),
             ping_interval: crate::protocol::agent::PING_INTERVAL,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
+            max_jobs: 32,
+            job_output_cap: 16 * 1024 * 1024,
+            job_retention: Duration::from_secs(7 * 86_400),
+            job_runner: None,
+        }
+    }
+
+    /// What the job store is told.
+    pub fn job_settings(&self) -> jobs::Settings {
+        jobs::Settings {
+            dir: self.state_dir.join("jobs"),
+            runner: self.job_runner.clone().or_else(jobs::runner::default_runner),
+            max_running: self.max_jobs.max(1),
+            cap: self.job_output_cap.max(2),
+            retention: self.job_retention,
         }
     }
 }
@@ -94,8 +119,10 @@ pub async fn run(config: Config, status: watch::Sender<LinkStatus>, shutdown: Ca
     tracing::info!(mode = %daemon.mode(), socket = %socket.path().display(), "aic-daemon started");
     contain::init();
     let commands = Commands::new(daemon.clone());
+    let sweeper = tokio::spawn(jobs::calls::sweep(commands.clone(), shutdown.clone()));
     let server = tokio::spawn(control::serve(socket, daemon.clone(), commands.clone(), shutdown.clone()));
     link::run(daemon, commands, calls, shutdown).await;
     server.await?;
+    sweeper.await?;
     Ok(())
 }

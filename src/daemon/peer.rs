@@ -9,7 +9,9 @@
 //! - it shares this daemon's session, when the daemon leads one (under
 //!   systemd it does; in a terminal, the console shares the terminal's);
 //! - it is in this daemon's cgroup or below it, when that cgroup is a systemd
-//!   service (a terminal's console lives in the user's session scope).
+//!   service (a terminal's console lives in the user's session scope);
+//! - it is in the systemd scope of a job this daemon started
+//!   (`aic-job-….scope`), where a job's processes and whatever they detach live.
 //!
 //! A command that detached itself with `setsid` and a double fork is still a
 //! descendant of its reaper (see `contain`), which leads the command's group.
@@ -38,11 +40,15 @@ pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
         return Some(format!("process {peer} runs in this daemon's session"));
     }
     let own = cgroup(me)?;
+    let theirs = cgroup(peer);
+    if let Some(scope) = theirs.as_deref().and_then(job_scope) {
+        return Some(format!("process {peer} runs in the scope of a job this daemon started ({scope})"));
+    }
     // With a delegated cgroup the daemon lives in a leaf of its service's
     // cgroup, and each command in a cgroup beside it.
     let service = own.strip_suffix(&format!("/{}", super::contain::LEAF)).unwrap_or(&own);
     let inside = |path: &str| path == service || path.strip_prefix(service).is_some_and(|rest| rest.starts_with('/'));
-    (service.ends_with(".service") && cgroup(peer).is_some_and(|path| inside(&path)))
+    (service.ends_with(".service") && theirs.is_some_and(|path| inside(&path)))
         .then(|| format!("process {peer} runs in this daemon's service ({service})"))
 }
 
@@ -83,6 +89,12 @@ fn same_session(peer: i32, me: i32) -> bool {
     stat(peer).is_some_and(|(_, _, session)| session == me)
 }
 
+/// The job scope a cgroup path ends in (`aic-job-<id>.scope`), if any.
+fn job_scope(path: &str) -> Option<&str> {
+    let last = path.rsplit('/').next()?;
+    (last.starts_with("aic-job-") && last.ends_with(".scope")).then_some(last)
+}
+
 /// The cgroup `pid` is in: the unified hierarchy's path, else systemd's named one.
 fn cgroup(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -93,6 +105,13 @@ fn cgroup(pid: i32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_scope_is_told_from_other_cgroups() {
+        assert_eq!(job_scope("/system.slice/aic-job-1f2e.scope"), Some("aic-job-1f2e.scope"));
+        assert_eq!(job_scope("/system.slice/aic-daemon.service"), None);
+        assert_eq!(job_scope("/user.slice/session-3.scope"), None);
+    }
 
     #[test]
     fn this_process_and_processes_outside_command_groups_are_not_commands() {

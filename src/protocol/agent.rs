@@ -167,6 +167,13 @@ pub enum AgentMessage {
     },
     /// The token from [`RelayMessage::Registered`] is saved: the relay may forget the one before it.
     TokenSaved,
+    /// The answer to a [`RelayMessage::Job`] call.
+    JobReply {
+        /// The call's `req`.
+        req: u64,
+        /// What came of it.
+        reply: super::jobs::JobReply,
+    },
     /// The operator asks the relay for something; answered by [`RelayMessage::OperatorReply`].
     Operator {
         /// Chosen by the daemon; echoed in the reply.
@@ -270,6 +277,13 @@ pub enum RelayMessage {
     },
     /// Run a command.
     Exec(ExecRequest),
+    /// A call about detached jobs; answered by [`AgentMessage::JobReply`] with the same `req`.
+    Job {
+        /// Chosen by the relay; echoed in the reply.
+        req: u64,
+        /// What is asked.
+        call: super::jobs::JobCall,
+    },
     /// Stop a command: its caller has gone.
     Cancel {
         /// The command's id.
@@ -325,6 +339,7 @@ impl RelayMessage {
             Self::Registered { .. } => "registered",
             Self::HelloRefused { .. } => "hello_refused",
             Self::Exec(_) => "exec",
+            Self::Job { .. } => "job",
             Self::Cancel { .. } => "cancel",
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
@@ -415,7 +430,25 @@ pub fn version_mismatch(theirs: Option<u32>) -> String {
     }
 }
 
-mod base64_bytes {
+pub(crate) mod base64_opt {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => s.serialize_some(&STANDARD.encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+pub(crate) mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};

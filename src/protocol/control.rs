@@ -145,13 +145,35 @@ pub enum Op {
     },
     /// Push [`Event`]s on this connection from now on.
     Subscribe,
+    /// Every job on this machine, newest first: `Vec<JobInfo>`.
+    Jobs,
+    /// Cancel a job: `JobInfo`.
+    JobCancel {
+        /// The job's id.
+        job: Uuid,
+    },
+    /// The end of a job's output: [`JobTail`].
+    JobTail {
+        /// The job's id.
+        job: Uuid,
+    },
 }
 
 impl Op {
     /// Whether the request acts as the operator (changes the mode, decides a
     /// command, changes an account's link, resets the code) rather than looks.
     pub fn is_operator_action(&self) -> bool {
-        !matches!(self, Op::Status | Op::Traffic | Op::Approvals | Op::Code | Op::Admins | Op::Subscribe)
+        !matches!(
+            self,
+            Op::Status
+                | Op::Traffic
+                | Op::Approvals
+                | Op::Code
+                | Op::Admins
+                | Op::Subscribe
+                | Op::Jobs
+                | Op::JobTail { .. }
+        )
     }
 }
 
@@ -172,6 +194,9 @@ impl Op {
                 Reply::Account(read(result)?)
             }
             Self::Subscribe => Reply::Subscribed(read(result)?),
+            Self::Jobs => Reply::Jobs(read(result)?),
+            Self::JobCancel { .. } => Reply::Job(read(result)?),
+            Self::JobTail { .. } => Reply::JobTail(read(result)?),
         })
     }
 }
@@ -199,6 +224,12 @@ pub enum Reply {
     Account(AccountChanged),
     /// To `subscribe`.
     Subscribed(Subscribed),
+    /// To `jobs`: every job, newest first.
+    Jobs(Vec<super::jobs::JobInfo>),
+    /// To `job_cancel`: the job as it is now.
+    Job(super::jobs::JobInfo),
+    /// To `job_tail`.
+    JobTail(JobTail),
 }
 
 /// Wraps each kind of reply's content in a [`Reply`], and takes it out again
@@ -233,7 +264,19 @@ reply_content!(
     Accounts(Vec<LinkedAccount>),
     Account(AccountChanged),
     Subscribed(Subscribed),
+    Jobs(Vec<super::jobs::JobInfo>),
+    Job(super::jobs::JobInfo),
+    JobTail(JobTail),
 );
+
+/// The end of a job's output, for the console's Jobs pane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTail {
+    /// The job's id.
+    pub job: Uuid,
+    /// Its last [`TAIL_BYTES`] bytes of output as text (invalid UTF-8 replaced).
+    pub tail: String,
+}
 
 /// A waiting command the operator has just decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,9 +31,16 @@ use crate::protocol::agent::Stream;
     description = "Runs `command` with `sh -c` on the machine whose daemon holds `code`. Buffered by default; with \
 `Accept: text/event-stream` the answer streams: `: heartbeat` comments while it runs, `output` events \
 (`OutputEvent`) as output arrives, then one `result` event whose data is the `ExecResult` (or the `ErrorBody` of a \
-refusal that came after the stream opened). A caller that disconnects has its command killed.",
+refusal that came after the stream opened). A caller that disconnects has its command killed. \
+With `Idempotency-Key`, the command runs as the daemon's job under that key instead: it is not killed when the \
+caller goes away, and a retry of the same caller with the same key within 10 minutes (even through a restarted \
+relay) gets the first request's result, waiting for it or following its live output, without running it again. \
+Its output is then spooled on the machine until the key is forgotten. The same key with another command is a 409.",
     request_body(content = ExecParams, content_type = "application/json"),
-    params(("Accept" = Option<String>, Header, description = "`text/event-stream` to stream live output")),
+    params(
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` to stream live output"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters, e.g. a UUID: a retry with the same key never runs the command twice"),
+    ),
     responses(
         (status = 200, description = "The command ran, whatever its exit code. On the event stream, `output` events carry an `OutputEvent` and the `result` event the same JSON object as the buffered body.",
             content((ExecResult = "application/json"), (String = "text/event-stream"))),
@@ -41,6 +48,7 @@ refusal that came after the stream opened). A caller that disconnects has its co
         (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid (mistyped or revoked)", body = ErrorBody),
         (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour (one identical answer for both); `approval_required`: the account's link waits for the operator; `blocked`: the operator blocked the account; `denied`, `approval_timeout`, `forbidden`: the machine's operator or mode refused the command", body = ErrorBody),
         (status = 404, description = "`not_found`: with an account, no machine has this code and none of the account's has this alias; or no such route", body = ErrorBody),
+        (status = 409, description = "`conflict`: the Idempotency-Key was already used for another command", body = ErrorBody),
         (status = 413, description = "`too_large`: the request body is over the relay's limit (256 KiB by default)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the request did not say `Content-Type: application/json`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this address, or the machine already runs its maximum of commands (the daemon's, or the relay's per-machine cap)", body = ErrorBody,
@@ -58,7 +66,11 @@ pub async fn exec(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let params: ExecParams = parse_json(body)?;
+    let key = super::jobs::idempotency_key(&headers)?;
     let caller = access::authenticate(&state, &headers, peer).await?;
+    if let Some(key) = key {
+        return super::jobs_rest::exec_keyed(&state, &caller, &params, key, wants_event_stream(&headers)).await;
+    }
     let running = exec::begin(&state, &caller, &params).await?;
     let max_output = state.config.max_output;
     if wants_event_stream(&headers) {
@@ -127,7 +139,7 @@ pub async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         super::error::Reason::NotFound,
-        "No such route. The API is POST /api/v1/exec, GET /api/v1/status/{code} and GET /api/health \
+        "No such route. The API is POST /api/v1/exec, GET /api/v1/status/{code}, /api/v1/jobs… and GET /api/health \
          (described at GET /openapi.json); MCP clients use /mcp, and GET /skill/SKILL.md explains both to a model.",
     )
 }
@@ -136,7 +148,7 @@ pub async fn not_found() -> ApiError {
 /// send a "simple" cross-site POST only as form data or text/plain; asking
 /// for `application/json` makes the browser ask first (a preflight), which
 /// the relay does not allow.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let declared = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = declared.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
@@ -156,7 +168,7 @@ pub async fn preflight() -> Response {
     (StatusCode::NO_CONTENT, [(header::ALLOW, "GET, POST, OPTIONS"), (header::VARY, "Origin")]).into_response()
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large()
@@ -183,7 +195,7 @@ fn body_error(e: &serde_json::Error) -> String {
     format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
-fn wants_event_stream(headers: &HeaderMap) -> bool {
+pub(super) fn wants_event_stream(headers: &HeaderMap) -> bool {
     headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"))
 }
 
@@ -234,7 +246,7 @@ fn event_stream(exec: Exec, max_output: u64) -> impl FuturesStream<Item = Result
     })
 }
 
-fn output_event(carry: &mut [Vec<u8>; 2], stream: Stream, data: &[u8]) -> Option<Event> {
+pub(super) fn output_event(carry: &mut [Vec<u8>; 2], stream: Stream, data: &[u8]) -> Option<Event> {
     let buf = &mut carry[stream as usize];
     buf.extend_from_slice(data);
     let keep = exec::incomplete_utf8_tail(buf);

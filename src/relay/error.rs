@@ -44,6 +44,8 @@ pub enum Reason {
     /// The machine did not finish the command within its timeout plus a
     /// grace period; the relay stopped waiting and cancelled it.
     MachineTimeout,
+    /// The `Idempotency-Key` was already used for another command.
+    Conflict,
 }
 
 /// An error response.

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::keys::Digest;
 use super::metrics::{ExecOutcome, Metrics};
 use crate::protocol::agent::{AgentInfo, AgentMessage, ExecRequest, ExitStatus, Refusal, RelayMessage, Stream};
+use crate::protocol::jobs::{JobCall, JobReply};
 
 // The maps below are only touched for a moment (insert, remove, lookup) and
 // never across an `.await`, so a std Mutex is cheaper than tokio's.
@@ -48,6 +49,10 @@ pub struct AgentConn {
     pub replaced: CancellationToken,
     /// The hub's counters, for the commands run over this connection.
     metrics: Arc<Metrics>,
+    /// Calls about jobs waiting for the daemon's reply, by request number.
+    job_calls: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<JobReply>>>,
+    /// The last job call's request number.
+    next_job: AtomicU64,
 }
 
 /// A caller waiting on one command.
@@ -169,6 +174,8 @@ impl Hub {
             limits,
             replaced: CancellationToken::new(),
             metrics: Arc::clone(&self.metrics),
+            job_calls: Mutex::default(),
+            next_job: AtomicU64::new(0),
         })
     }
 
@@ -251,10 +258,31 @@ impl AgentConn {
         self.tx.send(msg).is_ok()
     }
 
+    /// Asks the daemon about jobs. `None` when the link went away, or no
+    /// reply came `within`.
+    pub async fn job(&self, call: JobCall, within: Duration) -> Option<JobReply> {
+        let req = self.next_job.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.job_calls.lock().unwrap().insert(req, tx);
+        let reply = if self.send(RelayMessage::Job { req, call }) {
+            tokio::time::timeout(within, rx).await.ok().and_then(Result::ok)
+        } else {
+            None
+        };
+        self.job_calls.lock().unwrap().remove(&req);
+        reply
+    }
+
     /// Routes a command's event from the daemon to its caller. Events for
     /// commands nobody waits for any more are dropped.
     pub fn dispatch(&self, msg: AgentMessage) {
         let (id, event, last) = match msg {
+            AgentMessage::JobReply { req, reply } => {
+                if let Some(waiter) = self.job_calls.lock().unwrap().remove(&req) {
+                    let _ = waiter.send(reply);
+                }
+                return;
+            }
             AgentMessage::Started { id } => (id, ExecEvent::Started, false),
             AgentMessage::Output { id, stream, data } => (id, ExecEvent::Output(stream, data), false),
             AgentMessage::Exit { id, exit } => (id, ExecEvent::Exit(exit), true),
@@ -317,6 +345,7 @@ impl AgentConn {
     /// of the channel, which they report as the agent going offline.
     fn fail_all(&self) {
         self.pending.lock().unwrap().clear();
+        self.job_calls.lock().unwrap().clear();
     }
 }
 

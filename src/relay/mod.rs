@@ -13,6 +13,8 @@ pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod hub;
+pub mod jobs;
+mod jobs_rest;
 pub mod keys;
 pub mod limit;
 pub mod listen;
@@ -221,6 +223,10 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     let limited = Router::new()
         .route("/api/v1/exec", post(api::exec).options(api::preflight))
         .route("/api/v1/status/{code}", get(api::status).options(api::preflight))
+        .route("/api/v1/jobs", post(jobs_rest::start).options(api::preflight))
+        .route("/api/v1/jobs/{code}", get(jobs_rest::list).options(api::preflight))
+        .route("/api/v1/jobs/{code}/{id}", get(jobs_rest::status).delete(jobs_rest::cancel).options(api::preflight))
+        .route("/api/v1/jobs/{code}/{id}/output", get(jobs_rest::output).options(api::preflight))
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));

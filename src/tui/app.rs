@@ -10,9 +10,10 @@ use super::event::{Action, DaemonMsg, Event, Snapshot};
 use super::sanitize;
 use super::theme::Theme;
 use crate::protocol::control::{
-    self, AccountChanged, Approval, CodeInfo, CommandState, Decision, LinkState, LinkedAccount, Mode, Op, RING_LEN,
-    RelayHealth, Reply, TrafficEntry, append_tail,
+    self, AccountChanged, Approval, CodeInfo, CommandState, Decision, JobTail, LinkState, LinkedAccount, Mode, Op,
+    RING_LEN, RelayHealth, Reply, TrafficEntry, append_tail,
 };
+use crate::protocol::jobs::JobInfo;
 
 /// How long a notice stays in view.
 pub const NOTICE_MS: u64 = 6_000;
@@ -28,11 +29,13 @@ pub enum Pane {
     Accounts,
     /// The relay link's health.
     Relay,
+    /// Detached jobs and the selected one's output tail.
+    Jobs,
 }
 
 impl Pane {
     /// All panes in tab order.
-    pub const ALL: [Pane; 4] = [Pane::Traffic, Pane::Approvals, Pane::Accounts, Pane::Relay];
+    pub const ALL: [Pane; 5] = [Pane::Traffic, Pane::Approvals, Pane::Accounts, Pane::Relay, Pane::Jobs];
 
     /// The pane's name on its tab.
     pub fn title(self) -> &'static str {
@@ -41,6 +44,7 @@ impl Pane {
             Pane::Approvals => "Approvals",
             Pane::Accounts => "Accounts",
             Pane::Relay => "Relay",
+            Pane::Jobs => "Jobs",
         }
     }
 
@@ -92,6 +96,8 @@ pub enum Popup {
     NewCode(String),
     /// Choose supervised, auto or disabled.
     ModePicker,
+    /// "Cancel job …? y/N".
+    ConfirmCancel(Uuid),
 }
 
 /// A one-line message about the last thing that happened.
@@ -147,6 +153,12 @@ pub struct App {
     pub detail_scroll: u16,
     /// The selected account's position in the list.
     pub sel_account: usize,
+    /// The machine's jobs, newest first, as last asked for (while the Jobs pane is in view).
+    pub jobs: Vec<JobInfo>,
+    /// The selected job; `None` means the newest.
+    pub sel_job: Option<Uuid>,
+    /// The end of the selected job's output, as last asked for.
+    pub job_tail: Option<JobTail>,
     /// The open dialog.
     pub popup: Option<Popup>,
     /// The last message.
@@ -175,6 +187,9 @@ impl App {
             approval_hold: false,
             detail_scroll: 0,
             sel_account: 0,
+            jobs: Vec::new(),
+            sel_job: None,
+            job_tail: None,
             popup: None,
             notice: None,
         }
@@ -188,7 +203,7 @@ impl App {
                 if self.notice.as_ref().is_some_and(|n| n.until_ms <= self.now_ms) {
                     self.notice = None;
                 }
-                Vec::new()
+                self.refresh_jobs()
             }
             Event::Input(crossterm::event::Event::Key(key)) => self.handle_key(key),
             Event::Input(_) => Vec::new(),
@@ -227,6 +242,27 @@ impl App {
     /// The selected waiting command, if any.
     pub fn selected_approval(&self) -> Option<&Approval> {
         self.approvals.get(self.approval_index())
+    }
+
+    /// Position of the selected job.
+    pub fn job_index(&self) -> usize {
+        self.sel_job.and_then(|id| self.jobs.iter().position(|j| j.id == id)).unwrap_or(0)
+    }
+
+    /// The selected job, if any.
+    pub fn selected_job(&self) -> Option<&JobInfo> {
+        self.jobs.get(self.job_index())
+    }
+
+    /// While the Jobs pane is in view, the jobs and the selected one's tail
+    /// are asked for again (each tick): jobs send no events of their own.
+    pub fn refresh_jobs(&self) -> Vec<Action> {
+        if self.pane != Pane::Jobs || self.link != Link::Up {
+            return Vec::new();
+        }
+        let mut ask = vec![Action::Send(Op::Jobs)];
+        ask.extend(self.selected_job().map(|j| Action::Send(Op::JobTail { job: j.id })));
+        ask
     }
 
     /// The accounts as listed, when known.
@@ -373,6 +409,11 @@ impl App {
             }
             (Op::CodeReset, Ok(_)) => self.reset_failed("the daemon's answer had no code".into()),
             (Op::CodeReset, Err(e)) => self.reset_failed(e),
+            (Op::Jobs, Ok(Reply::Jobs(list))) => self.jobs = list,
+            (Op::JobTail { .. }, Ok(Reply::JobTail(tail))) => self.job_tail = Some(tail),
+            (Op::JobCancel { job }, Ok(_)) => {
+                self.notify(format!("Cancelling job {}: SIGTERM, then SIGKILL after 2 s.", short(job)), false)
+            }
             (_, Ok(Reply::Account(AccountChanged { account, state }))) => {
                 let who =
                     self.account_list().iter().find(|a| a.id == account).map(|a| sanitize::line(&a.shown_email()));

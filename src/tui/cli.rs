@@ -13,6 +13,7 @@ use crate::protocol::control::{
     AccountChanged, Approval, CodeInfo, CommandState, Event, LinkState, LinkedAccount, Mode, ModeInfo, Op, Reply,
     StatusInfo, TrafficEntry,
 };
+use crate::protocol::jobs::JobInfo;
 
 /// One subcommand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,10 @@ pub enum Command {
         /// Keep printing events.
         follow: bool,
     },
+    /// List the machine's jobs.
+    Jobs,
+    /// Cancel a job (id or unique prefix).
+    JobCancel(String),
 }
 
 /// What `code` says before the relay has given one.
@@ -101,6 +106,13 @@ pub async fn run(
         Command::Approvals => {
             let words = |a: &Vec<Approval>| approvals_text(a, crate::clock::now_ms());
             read(&mut client, Op::Approvals, words).await?
+        }
+        Command::Jobs => read(&mut client, Op::Jobs, |j: &Vec<JobInfo>| jobs_text(j)).await?,
+        Command::JobCancel(id) => {
+            let job = resolve_job(&mut client, &id).await?;
+            let info: JobInfo = client.ask_for(Op::JobCancel { job }).await?;
+            let text = format!("Cancelled job {job}: its processes get SIGTERM, then SIGKILL after 2 s.");
+            (Reply::Job(info), text)
         }
     };
     let text = if json { reply_json(&reply) } else { human };
@@ -177,6 +189,45 @@ async fn resolve_approval(client: &mut Client, prefix: &str) -> Result<Uuid, Cli
         ))),
         _ => Err(ClientError::Daemon(format!("{prefix:?} matches several waiting commands; give more of the id"))),
     }
+}
+
+/// The job whose id is or starts with `prefix`.
+async fn resolve_job(client: &mut Client, prefix: &str) -> Result<Uuid, ClientError> {
+    if let Ok(id) = prefix.parse::<Uuid>() {
+        return Ok(id);
+    }
+    let jobs: Vec<JobInfo> = client.ask_for(Op::Jobs).await?;
+    let wanted = prefix.to_ascii_lowercase();
+    let matches: Vec<_> = jobs.iter().filter(|j| j.id.to_string().starts_with(&wanted)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.id),
+        [] => Err(ClientError::Daemon(format!(
+            "no job has an id starting with {prefix:?}; list them with `aic-console jobs`"
+        ))),
+        _ => Err(ClientError::Daemon(format!("{prefix:?} matches several jobs; give more of the id"))),
+    }
+}
+
+/// Jobs, one per line: id, state, exit, runtime, output size, who, command.
+pub fn jobs_text(jobs: &[JobInfo]) -> String {
+    if jobs.is_empty() {
+        return "No jobs on this machine.".into();
+    }
+    let mut text = String::new();
+    for j in jobs {
+        let state = serde_json::to_value(j.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let exit = j.exit_code.map_or_else(|| "-".into(), |c| c.to_string());
+        text.push_str(&format!(
+            "{}  {state:<9} exit {exit:<4} {:>8}  {:>9} B  {}  {}\n",
+            short(j.id),
+            duration(j.duration_ms),
+            j.output_bytes,
+            sanitize::line(&j.who),
+            sanitize::line(&j.command),
+        ));
+    }
+    text.push_str("Cancel one with `aic-console jobs cancel ID`.");
+    text
 }
 
 /// Finds account `n` (its number in `aic-console admins`, or its id) and applies `op`.

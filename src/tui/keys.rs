@@ -14,7 +14,7 @@ const PAGE: isize = 10;
 pub const HELP: &[(&str, &str)] = &[
     ("", "Everywhere"),
     ("Tab / Shift-Tab", "next / previous pane"),
-    ("1 2 3 4", "Traffic, Approvals, Accounts, Relay"),
+    ("1 2 3 4 5", "Traffic, Approvals, Accounts, Relay, Jobs"),
     ("A", "jump to Approvals"),
     ("↑ ↓  j k", "move the selection"),
     ("PgUp PgDn  g G", "move by a page, to the newest / oldest"),
@@ -30,6 +30,8 @@ pub const HELP: &[(&str, &str)] = &[
     ("", "Accounts"),
     ("b / u", "block / unblock the selected account"),
     ("a", "approve its pending link"),
+    ("", "Jobs"),
+    ("x", "cancel the selected job (asks first)"),
 ];
 
 /// The keys that work in `pane`, for the footer.
@@ -39,6 +41,7 @@ pub fn footer_keys(pane: Pane) -> &'static [(&'static str, &'static str)] {
         Pane::Approvals => &[("y", "approve"), ("n", "deny"), ("↑↓", "select"), ("m", "mode")],
         Pane::Accounts => &[("b", "block"), ("u", "unblock"), ("a", "approve link"), ("↑↓", "select")],
         Pane::Relay => &[("m", "mode"), ("c", "copy code"), ("R", "reset code")],
+        Pane::Jobs => &[("↑↓", "select"), ("x", "cancel job"), ("m", "mode")],
     }
 }
 
@@ -57,9 +60,18 @@ impl App {
         match key.code {
             KeyCode::Char('q') => return vec![Action::Quit],
             KeyCode::Char('?') => self.popup = Some(Popup::Help),
-            KeyCode::Tab => self.pane = self.pane.step(1),
-            KeyCode::BackTab => self.pane = self.pane.step(-1),
-            KeyCode::Char(c @ '1'..='4') => self.pane = Pane::ALL[c as usize - '1' as usize],
+            KeyCode::Tab => {
+                self.pane = self.pane.step(1);
+                return self.refresh_jobs();
+            }
+            KeyCode::BackTab => {
+                self.pane = self.pane.step(-1);
+                return self.refresh_jobs();
+            }
+            KeyCode::Char(c @ '1'..='5') => {
+                self.pane = Pane::ALL[c as usize - '1' as usize];
+                return self.refresh_jobs();
+            }
             KeyCode::Char('A') => self.pane = Pane::Approvals,
             KeyCode::Char('m') => self.popup = Some(Popup::ModePicker),
             KeyCode::Char('R') => self.popup = Some(Popup::ConfirmReset),
@@ -96,6 +108,13 @@ impl App {
             }
             // The relay answers within seconds; until then keys wait (Ctrl-C still quits).
             Popup::Resetting => {}
+            Popup::ConfirmCancel(job) => {
+                self.popup = None;
+                if matches!(code, KeyCode::Char('y' | 'Y')) {
+                    return vec![Action::Send(Op::JobCancel { job })];
+                }
+                self.notify(format!("Job {} was not cancelled.", short(job)), false);
+            }
             Popup::ModePicker => {
                 self.popup = None;
                 let mode = match code {
@@ -117,6 +136,13 @@ impl App {
         match (self.pane, c) {
             (Pane::Approvals, 'y' | 'n') => self.decide(c == 'y'),
             (Pane::Accounts, 'b' | 'u' | 'a') => self.account_key(c),
+            (Pane::Jobs, 'x') => {
+                match self.selected_job().filter(|j| !j.state.is_final()) {
+                    Some(job) => self.popup = Some(Popup::ConfirmCancel(job.id)),
+                    None => self.notify("No running or waiting job is selected.", false),
+                }
+                Vec::new()
+            }
             (_, 'y' | 'n') if self.pending() > 0 => {
                 self.notify("y and n answer in the Approvals pane: press A to go there.", false);
                 Vec::new()
@@ -202,6 +228,10 @@ impl App {
                 self.approval_hold = false;
             }
             Pane::Accounts => self.sel_account = moved(self.sel_account, self.account_list().len()),
+            Pane::Jobs => {
+                let at = moved(self.job_index(), self.jobs.len());
+                self.sel_job = self.jobs.get(at).map(|j| j.id);
+            }
             Pane::Relay => {}
         }
     }

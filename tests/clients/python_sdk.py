@@ -55,6 +55,24 @@ async def calls(mode):
         big = {"code": CODE, "command": "head -c 3000000 /dev/zero | base64"}
         result("truncated", await client.call_tool("remote_exec", big))
         result("status", await client.call_tool("session_status", {"code": CODE}))
+        await job(client)
+        once = {"code": CODE, "command": f"echo once >> {PID_FILE}.count; echo ran", "idempotency_key": f"key-{mode}"}
+        result("keyed_first", await client.call_tool("remote_exec", once))
+        result("keyed_again", await client.call_tool("remote_exec", once))
+
+
+async def job(client):
+    """Starts a job and reads its output by offset until it is done."""
+    started = await client.call_tool("remote_job_start", {"code": CODE, "command": "echo job-out; sleep 0.3; echo job-end"})
+    result("job_started", started)
+    job_id, offset, text, page = started.structured_content["jobId"], 0, "", {}
+    for _ in range(100):
+        args = {"code": CODE, "job_id": job_id, "offset": offset, "wait_ms": 2000}
+        page = (await client.call_tool("remote_job_output", args)).structured_content
+        text, offset = text + page["text"], page["nextOffset"]
+        if page["done"]:
+            break
+    say("job_output", text=text, state=page["job"]["state"], exit_code=page["job"].get("exitCode"))
 
 
 async def close_during_sleep():

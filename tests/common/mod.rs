@@ -124,7 +124,10 @@ impl TestDaemon {
 
 /// Daemon settings for tests: state and socket in `state_dir`, mode left to the saved one.
 pub fn daemon_config(relay_ws: &str, state_dir: &Path) -> daemon::Config {
-    daemon::Config::new(relay_ws, state_dir.to_path_buf(), state_dir.join("aic.sock"))
+    let mut config = daemon::Config::new(relay_ws, state_dir.to_path_buf(), state_dir.join("aic.sock"));
+    // Jobs are supervised by the daemon's binary, which this test process is not.
+    config.job_runner = Some(env!("CARGO_BIN_EXE_aic-daemon").into());
+    config
 }
 
 /// A real `aic-daemon` process; its stderr is collected.

@@ -140,6 +140,34 @@ console_refuses_others() {
   echo "$out" | grep -qi 'permission\|not allowed\|denied' || { say "  $out"; return 1; }
 }
 
+# A job started through the relay runs in a transient scope of its own, out of
+# the daemon's service, so that restarting the service leaves it running.
+job_id=""
+a_job_runs_in_a_scope_of_its_own() {
+  local body
+  body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' \
+    -d "{\"code\":\"$code\",\"command\":\"echo begun; while [ ! -e /tmp/job.go ]; do sleep 0.1; done; echo finished\"}" \
+    "http://127.0.0.1:$relay_port/api/v1/jobs")
+  job_id=$(echo "$body" | grep -o '"jobId":"[^"]*"' | cut -d'"' -f4)
+  [ -n "$job_id" ] || { say "  $body"; return 1; }
+  until_ok 50 inside systemctl is-active --quiet "aic-job-${job_id//-/}.scope" \
+    || { say "  no scope aic-job-${job_id//-/}.scope"; return 1; }
+}
+
+# After `systemctl restart aic-daemon` (restart_keeps_the_code) the job still
+# runs, and the restarted daemon reports its end.
+a_job_outlives_systemctl_restart() {
+  local url="http://127.0.0.1:$relay_port/api/v1/jobs/$code/$job_id"
+  [ -n "$job_id" ] || return 1
+  curl -sS --max-time 20 "$url" | grep -q '"state":"running"' || { say "  $(curl -sS "$url")"; return 1; }
+  inside touch /tmp/job.go
+  until_ok 100 sh -c "curl -sS --max-time 5 '$url' | grep -q '\"state\":\"exited\"'" \
+    || { say "  $(curl -sS "$url")"; return 1; }
+  curl -sS --max-time 5 "$url" | grep -q '"exitCode":0' || return 1
+  curl -sS --max-time 5 "$url/output" | grep -q '"text":"begun\\nfinished\\n"' \
+    || { say "  $(curl -sS "$url/output")"; return 1; }
+}
+
 restart_keeps_the_code() {
   inside systemctl restart aic-daemon || return 1
   until_ok 100 session_line 2 >/dev/null || return 1
@@ -253,7 +281,9 @@ run_checks() {
   check "aic-console status is refused to a user outside group aic" console_refuses_others
   check "a command that detaches itself cannot change the mode" a_detached_command_cannot_change_the_mode
   check "a command runs in a cgroup of its own; what it detached dies at its timeout" a_detached_command_dies_at_the_timeout
+  check "a job runs in a systemd scope of its own" a_job_runs_in_a_scope_of_its_own
   check "systemctl restart aic-daemon keeps the code" restart_keeps_the_code
+  check "a job outlives systemctl restart aic-daemon and its end is reported" a_job_outlives_systemctl_restart
   check "kill -9 of the daemon: systemd restarts it, same code" restarts_after_a_crash
   check "with the relay down, systemctl restart aic-daemon returns and it links when the relay is back" \
     boot_never_waits_on_the_relay

@@ -26,6 +26,8 @@ pub struct RemoteExecArgs {
     /// Kill the command after this many milliseconds: a whole number from 1000 to 3600000, default 300000. A value outside that range is refused.
     #[schemars(range(min = 1000, max = 3_600_000), extend("default" = 300_000))]
     pub timeout_ms: Option<u64>,
+    /// A key of your choosing (e.g. a UUID) that makes a retry safe: the same call with the same key within 10 minutes returns the first call's result instead of running the command again.
+    pub idempotency_key: Option<String>,
 }
 
 /// Arguments of `session_status`.
@@ -43,6 +45,7 @@ impl RemoteExecArgs {
             command: required_string(args, "command", "the shell text to run, e.g. \"uname -a\"")?,
             cwd: optional_string(args, "cwd", "an absolute directory on the machine, e.g. \"/var/log\"")?,
             timeout_ms: timeout_ms(args)?,
+            idempotency_key: optional_string(args, "idempotency_key", "a key such as a UUID")?,
         })
     }
 }
@@ -55,7 +58,7 @@ impl SessionStatusArgs {
 }
 
 /// What a `code` looks like, for refusals.
-const CODE_HINT: &str =
+pub(super) const CODE_HINT: &str =
     "the machine's session code as a string, e.g. \"AIC-7K3P-WX9M-RTBN\", or a linked machine's alias";
 
 /// The JSON type of `value` in words.
@@ -70,7 +73,7 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn required_string(args: &JsonObject, field: &str, what: &str) -> Result<String, ApiError> {
+pub(super) fn required_string(args: &JsonObject, field: &str, what: &str) -> Result<String, ApiError> {
     match args.get(field) {
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) => Err(ApiError::bad_request(format!("{field} is missing; send {what}."))),
@@ -80,7 +83,7 @@ fn required_string(args: &JsonObject, field: &str, what: &str) -> Result<String,
     }
 }
 
-fn optional_string(args: &JsonObject, field: &str, what: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn optional_string(args: &JsonObject, field: &str, what: &str) -> Result<Option<String>, ApiError> {
     match args.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -95,16 +98,26 @@ fn optional_string(args: &JsonObject, field: &str, what: &str) -> Result<Option<
 /// a JSON number or as a numeric string (some clients send every CLI value as
 /// a string).
 fn timeout_ms(args: &JsonObject) -> Result<Option<u64>, ApiError> {
+    let range = (MIN_TIMEOUT.as_millis() as u64, MAX_TIMEOUT.as_millis() as u64);
+    whole_in(args, "timeout_ms", range, DEFAULT_TIMEOUT.as_millis() as u64)
+}
+
+/// Field `field`: absent, or a whole number from `min` to `max`, sent as a
+/// JSON number or a numeric string.
+pub(super) fn whole_in(
+    args: &JsonObject,
+    field: &str,
+    (min, max): (u64, u64),
+    default: u64,
+) -> Result<Option<u64>, ApiError> {
+    let unit = if field.ends_with("_ms") { " of milliseconds" } else { "" };
     let refuse = |sent: &str| {
         ApiError::bad_request(format!(
-            "timeout_ms must be a whole number of milliseconds from {} to {} (default {}); {sent}. \
-Send e.g. \"timeout_ms\": 60000, or leave it out.",
-            MIN_TIMEOUT.as_millis(),
-            MAX_TIMEOUT.as_millis(),
-            DEFAULT_TIMEOUT.as_millis()
+            "{field} must be a whole number{unit} from {min} to {max} (default {default}); {sent}. \
+Send e.g. \"{field}\": {default}, or leave it out."
         ))
     };
-    let millis = match args.get("timeout_ms") {
+    let millis = match args.get(field) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => whole(n.as_u64(), n.as_f64()),
         Some(Value::String(s)) => match s.trim().parse::<serde_json::Number>() {
@@ -113,7 +126,7 @@ Send e.g. \"timeout_ms\": 60000, or leave it out.",
         },
         Some(other) => return Err(refuse(&format!("it was {}", kind(other)))),
     };
-    let in_range = |ms: &u64| (MIN_TIMEOUT.as_millis()..=MAX_TIMEOUT.as_millis()).contains(&u128::from(*ms));
+    let in_range = |ms: &u64| (min..=max).contains(ms);
     match millis {
         Some(ms) if in_range(&ms) => Ok(Some(ms)),
         Some(ms) => Err(refuse(&format!("{ms} is out of range"))),
@@ -276,7 +289,7 @@ mod tests {
         assert_eq!(schema["required"], json!(["code", "command"]));
         // Every property the schema names is one the parser reads.
         let names: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
-        assert_eq!(names, ["code", "command", "cwd", "timeout_ms"]);
+        assert_eq!(names, ["code", "command", "cwd", "idempotency_key", "timeout_ms"]);
     }
 
     #[test]

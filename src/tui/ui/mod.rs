@@ -6,6 +6,7 @@
 mod accounts;
 mod approvals;
 mod header;
+mod jobs;
 mod popup;
 mod relay;
 mod traffic;
@@ -43,6 +44,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Pane::Approvals => approvals::draw(frame, body, app),
         Pane::Accounts => accounts::draw(frame, body, app),
         Pane::Relay => relay::draw(frame, body, app),
+        Pane::Jobs => jobs::draw(frame, body, app),
     }
     notice(frame, body, app);
     footer(frame, foot, app);

@@ -21,6 +21,22 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(paragraph.block(pane_block(app, title).padding(ratatui::widgets::Padding::horizontal(1))), at);
 }
 
+/// The question before a job is cancelled.
+fn cancel_lines(app: &App, job: uuid::Uuid) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    vec![
+        Line::raw(format!("Cancel job {}?", super::super::app::short(job))),
+        Line::raw(""),
+        Line::raw("Its processes get SIGTERM, then SIGKILL after 2 s."),
+        Line::raw(""),
+        Line::from(vec![
+            Span::styled(" y ", t.alert()),
+            Span::raw(" cancel it    "),
+            Span::styled("any other key keeps it running (N)", t.dim()),
+        ]),
+    ]
+}
+
 /// A dialog's title, width and lines.
 fn contents(app: &App, popup: &Popup) -> (&'static str, u16, Vec<Line<'static>>) {
     let t = &app.theme;
@@ -43,6 +59,7 @@ fn contents(app: &App, popup: &Popup) -> (&'static str, u16, Vec<Line<'static>>)
             ],
         ),
         Popup::Resetting => (" Reset the code ", 44, vec![Line::raw("Asking the relay for a new code…")]),
+        Popup::ConfirmCancel(job) => (" Cancel the job? ", 56, cancel_lines(app, *job)),
         Popup::NewCode(code) => (
             " New session code ",
             48,
