@@ -5,6 +5,7 @@ pub mod commands;
 pub mod control;
 pub mod doctor;
 pub mod executor;
+pub mod files;
 pub mod link;
 pub mod notify;
 pub mod peer;
@@ -48,6 +49,8 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Silence from the relay after which the link counts as dead and is dialled again.
     pub link_timeout: Duration,
+    /// Largest file a pull or push moves, in bytes (the relay has its own cap too).
+    pub max_file: u64,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             approval_timeout: Duration::from_secs(600),
             ping_interval: crate::protocol::agent::PING_INTERVAL,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
+            max_file: crate::protocol::files::DEFAULT_MAX_FILE,
         }
     }
 }

@@ -3,5 +3,6 @@
 pub mod agent;
 mod code;
 pub mod control;
+pub mod files;
 
 pub use code::{ALPHABET, CodeError, SessionCode};

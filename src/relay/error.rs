@@ -44,6 +44,10 @@ pub enum Reason {
     /// The machine did not finish the command within its timeout plus a
     /// grace period; the relay stopped waiting and cancelled it.
     MachineTimeout,
+    /// A push's path already holds a file and `overwrite` was not given.
+    Exists,
+    /// A push's bytes did not have the SHA-256 the caller sent.
+    ChecksumMismatch,
 }
 
 /// An error response.

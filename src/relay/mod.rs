@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod doctor;
 pub mod error;
 pub mod exec;
+pub mod files;
 pub mod hub;
 pub mod keys;
 pub mod limit;
@@ -24,6 +25,7 @@ pub mod origin;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +89,8 @@ pub struct Config {
     pub metrics_separate: bool,
     /// Silence from a daemon after which its link counts as dead and is closed.
     pub link_timeout: Duration,
+    /// Largest file a pull or push moves, in bytes (the daemon has its own cap too).
+    pub max_file: u64,
 }
 
 impl Config {
@@ -116,6 +120,7 @@ impl Config {
             tls: None,
             metrics_separate: false,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
+            max_file: crate::protocol::files::DEFAULT_MAX_FILE,
         }
     }
 
@@ -203,6 +208,10 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     let limited = Router::new()
         .route("/api/v1/exec", post(api::exec).options(api::preflight))
         .route("/api/v1/status/{code}", get(api::status).options(api::preflight))
+        .route(
+            "/api/v1/files/{code}",
+            get(files::pull).put(files::push).options(api::preflight).layer(DefaultBodyLimit::disable()),
+        )
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
