@@ -213,3 +213,51 @@ async fn a_supervised_push_waits_for_the_operator() {
     assert_eq!(shown, [(described.as_str(), None), (described.as_str(), Some(0))]);
     assert!(entries.iter().all(|e| !e.tail.contains("xxxx")));
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_round_trips_and_a_slow_reader_keeps_the_relay_small() {
+    const SIZE: usize = 200 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let cap = (SIZE + 1).to_string();
+    let relay = RelayProcess::start(&dir.path().join("relay"), &["--max-file", &cap, "--rate-limit", "0"], &[]).await;
+    let mut config = daemon_config(&relay.ws(), &dir.path().join("daemon"));
+    config.mode = Some(Mode::Auto);
+    config.max_file = SIZE as u64 + 1;
+    let daemon = TestDaemon::start_with(config).await;
+    let bytes: Vec<u8> = (0..SIZE as u64).map(|i| (i ^ (i >> 11) ^ (i >> 23)) as u8).collect();
+    let want = sha256(&bytes);
+    let path = dir.path().join("release.tar");
+    let url = format!("{}/api/v1/files/{}?path={}", relay.http(), daemon.code(), path.display());
+
+    let req = client().put(&url).header("x-content-sha256", &want).body(bytes);
+    let (status, _, body) = send(req).await;
+    assert_eq!((status, json(&body)["sha256"].as_str()), (201, Some(want.as_str())));
+
+    let pid = relay.child.id().unwrap();
+    let before = rss(pid);
+    let mut resp = within("the pull", client().get(&url).send()).await.unwrap();
+    assert_eq!(resp.headers()["x-content-sha256"], want.as_str());
+    let (mut hasher, mut got, mut peak) = (Sha256::new(), 0usize, before);
+    while let Some(chunk) = within("a chunk", resp.chunk()).await.unwrap() {
+        hasher.update(&chunk);
+        got += chunk.len();
+        // A slow reader: a pause every MiB, while the daemon could send far faster.
+        if got % (1024 * 1024) < chunk.len() {
+            tokio::time::sleep(std::time::Duration::from_millis(4)).await;
+            peak = peak.max(rss(pid));
+        }
+    }
+    assert_eq!(got, SIZE);
+    assert_eq!(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>(), want);
+    let growth = peak.saturating_sub(before);
+    assert!(growth < 64 * 1024 * 1024, "the relay grew by {} MiB while a slow reader pulled", growth >> 20);
+    daemon.stop().await;
+    relay.stop().await;
+}

@@ -73,6 +73,10 @@ struct RunArgs {
     #[arg(long, env = "AIC_APPROVAL_TIMEOUT", value_parser = aic::duration::parse)]
     approval_timeout: Option<Duration>,
 
+    /// Largest file a pull or push moves, in bytes; the relay has its own cap [default: 104857600, 100 MiB].
+    #[arg(long, env = "AIC_MAX_FILE")]
+    max_file: Option<u64>,
+
     #[command(flatten)]
     log: aic::logging::LogArgs,
 
@@ -83,8 +87,17 @@ struct RunArgs {
 }
 
 /// The keys a daemon config file may hold.
-const FILE_KEYS: &[&str] =
-    &["relay", "state_dir", "socket", "mode", "insecure_relay", "ca_cert", "max_concurrent", "approval_timeout"];
+const FILE_KEYS: &[&str] = &[
+    "relay",
+    "state_dir",
+    "socket",
+    "mode",
+    "insecure_relay",
+    "ca_cert",
+    "max_concurrent",
+    "approval_timeout",
+    "max_file",
+];
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -134,6 +147,9 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     let timeout = file.parsed("approval_timeout", "a duration such as \"90s\" or \"10m\"", aic::duration::parse)?;
     if let Some(d) = args.approval_timeout.or(timeout) {
         config.approval_timeout = d;
+    }
+    if let Some(n) = args.max_file.or(file.integer("max_file", "a number of bytes such as 104857600")?) {
+        config.max_file = n;
     }
     Ok(config)
 }

@@ -46,6 +46,10 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_MCP_OUTPUT_MAX", default_value_t = 32 * 1024)]
     mcp_output_max: usize,
 
+    /// Largest file a pull or push moves through the relay, in bytes (413 past it); each daemon has its own cap too.
+    #[arg(long, env = "AIC_RELAY_MAX_FILE", default_value_t = aic::protocol::files::DEFAULT_MAX_FILE)]
+    max_file: u64,
+
     /// MCP sessions one client address (IPv4, or IPv6 /64) may hold open; past it, its new clients are served
     /// without a session.
     #[arg(long, env = "AIC_RELAY_MCP_SESSIONS_PER_CLIENT", default_value_t = 100)]
@@ -347,6 +351,7 @@ const FILE_KEYS: &[&str] = &[
     "registrations_per_day",
     "mcp_output_max",
     "mcp_sessions_per_client",
+    "max_file",
 ];
 
 /// `value` (from the config file) into `slot`, unless the flag or its variable was given.
@@ -431,6 +436,8 @@ impl Args {
         fill(&mut self.mcp_output_max, bytes, given("mcp_output_max"));
         let sessions = file.integer("mcp_sessions_per_client", count)?;
         fill(&mut self.mcp_sessions_per_client, sessions, given("mcp_sessions_per_client"));
+        let max_file = file.integer("max_file", "a number of bytes such as 104857600")?;
+        fill(&mut self.max_file, max_file, given("max_file"));
         Ok(())
     }
 }
@@ -477,6 +484,7 @@ async fn run() -> anyhow::Result<()> {
     let mut config = relay::Config::new(data_dir);
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
+    config.max_file = args.max_file;
     config.mcp_output_max = args.mcp_output_max;
     config.mcp_sessions_per_client = args.mcp_sessions_per_client;
     config.public_url = args.public_url.clone();
