@@ -84,7 +84,7 @@ async fn client_lists_both_tools_with_schemas_and_runs_a_command() {
     let tools = within("tools/list", client.list_all_tools()).await.unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     names.sort();
-    assert_eq!(names, ["remote_exec", "session_status"]);
+    assert_eq!(names, ["list_machines", "remote_exec", "remote_pull", "remote_push", "session_status"]);
 
     let exec = tools.iter().find(|t| t.name == "remote_exec").unwrap();
     let input = Value::Object((*exec.input_schema).clone());
@@ -417,7 +417,7 @@ async fn raw_json_rpc_without_a_session() {
     assert!(answer.session.is_none());
     assert!(answer.content_type.starts_with("application/json"), "{}", answer.content_type);
     let tools = answer.response()["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 2);
+    assert_eq!(tools.len(), 5);
 
     let args = json!({"code": daemon.code().to_string(), "command": "echo stateless; exit 4"});
     let answer = mcp_post(relay.http(), None, tool_call(2, "remote_exec", args)).await;
@@ -630,7 +630,7 @@ async fn one_address_holds_at_most_its_share_of_sessions() {
     assert!(answer.session.is_none(), "no third session for one address");
     assert_eq!(answer.response()["result"]["serverInfo"]["name"], "aic-relay");
     let answer = mcp_post(relay.http(), None, json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).await;
-    assert_eq!(answer.response()["result"]["tools"].as_array().unwrap().len(), 2);
+    assert_eq!(answer.response()["result"]["tools"].as_array().unwrap().len(), 5);
 
     // Closing one makes room again.
     let resp = within("DELETE", first.request(reqwest::Method::DELETE).send()).await.unwrap();

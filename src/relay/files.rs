@@ -23,6 +23,18 @@ use crate::protocol::files::{
     human_size, is_sha256_hex,
 };
 
+/// The files and machines routes of the OpenAPI document, merged into the relay's.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(pull, push, super::machines::get_machines, super::machines::patch_machine),
+    components(schemas(PushResult, super::machines::Machine, super::machines::MachineList, super::machines::RenameParams)),
+    tags(
+        (name = "files", description = "Pull and push files"),
+        (name = "machines", description = "An account's machines"),
+    )
+)]
+pub struct FilesDoc;
+
 /// The header a push's checksum comes in, and a pull's goes out in.
 pub const SHA256_HEADER: &str = "x-content-sha256";
 
@@ -120,7 +132,7 @@ pub fn from_failure(failure: FileFailure, message: &str) -> ApiError {
 }
 
 /// The error for an event that is not the one a transfer waits for.
-fn unexpected(event: Option<FileEvent>) -> ApiError {
+pub fn unexpected(event: Option<FileEvent>) -> ApiError {
     match event {
         None => ApiError::agent_offline(),
         Some(FileEvent::Failed(failure, message)) => from_failure(failure, &message),
@@ -175,6 +187,7 @@ pub async fn begin_pull(
     code: &str,
     path: &str,
     range: Option<ByteRange>,
+    window: u32,
 ) -> Result<(FileOpened, Transfer), ApiError> {
     let path = check_path(path)?;
     let conn = machine(state, caller, code).await?;
@@ -183,7 +196,7 @@ pub async fn begin_pull(
         path,
         range,
         max_size: state.config.max_file,
-        window: FILE_WINDOW,
+        window,
         requester: caller.requester(&state.keys),
     };
     let mut transfer = Transfer::pull(&conn, req, state.config.max_in_flight).map_err(open_error)?;
@@ -267,12 +280,12 @@ pub async fn pull(
     let caller = access::authenticate(&state, &headers, peer).await?;
     // An unreadable Range is ignored, as HTTP says: the whole file comes back.
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(ByteRange::parse);
-    let (opened, transfer) = begin_pull(&state, &caller, &code, &query.path, range).await?;
+    let (opened, transfer) = begin_pull(&state, &caller, &code, &query.path, range, FILE_WINDOW).await?;
     Ok(pull_response(&opened, range, transfer))
 }
 
 /// The response of a pull: headers from what the daemon found, then its bytes as they come.
-fn pull_response(opened: &FileOpened, range: Option<ByteRange>, transfer: Transfer) -> Response {
+pub fn pull_response(opened: &FileOpened, range: Option<ByteRange>, transfer: Transfer) -> Response {
     let size = opened.size;
     let picked = match range {
         None => Some((0, size)),
@@ -358,18 +371,19 @@ pub async fn push(
 ) -> Result<Response, ApiError> {
     let caller = access::authenticate(&state, &headers, peer).await?;
     let spec = push_spec(&headers, &query)?;
-    let mut transfer = begin_push(&state, &caller, &code, &spec).await?;
-    // Nothing of the body is read until the machine is ready for it.
-    transfer.ready().await.map_err(unexpected)?;
-    stream_body(&mut transfer, body, spec.size).await?;
-    let (size, sha256) = finish_push(transfer).await?;
-    Ok((StatusCode::CREATED, Json(PushResult { ok: true, path: spec.path, size, sha256 })).into_response())
+    push_body(&state, &caller, &code, spec, body).await
 }
 
 /// A push's parameters from its query and headers.
-fn push_spec(headers: &HeaderMap, query: &FileQuery) -> Result<PushSpec, ApiError> {
+pub fn push_spec(headers: &HeaderMap, query: &FileQuery) -> Result<PushSpec, ApiError> {
     let path = check_path(&query.path)?;
     let mode = query.mode.as_deref().map(parse_mode).transpose()?;
+    let (size, sha256) = body_facts(headers)?;
+    Ok(PushSpec { path, size, mode, overwrite: query.overwrite.unwrap_or(false), sha256 })
+}
+
+/// A push body's size (`Content-Length`) and the checksum it must have, from its headers.
+pub fn body_facts(headers: &HeaderMap) -> Result<(u64, Option<String>), ApiError> {
     // Without Content-Length or Transfer-Encoding, HTTP/1.1 says the body is empty.
     let empty = (!headers.contains_key(header::TRANSFER_ENCODING)).then_some(0);
     let size = headers
@@ -392,7 +406,23 @@ fn push_spec(headers: &HeaderMap, query: &FileQuery) -> Result<PushSpec, ApiErro
             }
         },
     };
-    Ok(PushSpec { path, size, mode, overwrite: query.overwrite.unwrap_or(false), sha256 })
+    Ok((size, sha256))
+}
+
+/// A whole push from a request body: access, the operator, the bytes, the rename. 201 with [`PushResult`].
+pub async fn push_body(
+    state: &AppState,
+    caller: &Caller,
+    code: &str,
+    spec: PushSpec,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut transfer = begin_push(state, caller, code, &spec).await?;
+    // Nothing of the body is read until the machine is ready for it.
+    transfer.ready().await.map_err(unexpected)?;
+    stream_body(&mut transfer, body, spec.size).await?;
+    let (size, sha256) = finish_push(transfer).await?;
+    Ok((StatusCode::CREATED, Json(PushResult { ok: true, path: spec.path, size, sha256 })).into_response())
 }
 
 /// Streams the request body to the daemon in chunks, each waiting for credit.

@@ -8,6 +8,7 @@
 //! or (stateless) its HTTP response is dropped.
 
 mod args;
+mod files;
 mod output;
 mod sessions;
 
@@ -283,7 +284,7 @@ impl Endpoint {
         let manager = Arc::new(manager);
         let counted = Arc::clone(&manager);
         state.metrics.count_mcp_sessions_with(Box::new(move || counted.sessions.try_read().ok().map(|s| s.len())));
-        let tools = Arc::new(Mcp::tool_router());
+        let tools = Arc::new(Mcp::tool_router() + Mcp::files_tools());
         let ours = Sessions::default();
         let make = {
             let (state, tools, ours) = (state.clone(), tools, ours.clone());

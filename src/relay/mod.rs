@@ -16,7 +16,9 @@ pub mod files;
 pub mod hub;
 pub mod keys;
 pub mod limit;
+pub mod links;
 pub mod listen;
+pub mod machines;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;
@@ -34,7 +36,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, patch, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +93,11 @@ pub struct Config {
     pub link_timeout: Duration,
     /// Largest file a pull or push moves, in bytes (the daemon has its own cap too).
     pub max_file: u64,
+    /// Largest file MCP `remote_pull` returns in its result (as text, or an
+    /// embedded resource); larger ones come as a download link.
+    pub mcp_inline_max: usize,
+    /// How long an MCP download or upload link works (once).
+    pub file_link_ttl: Duration,
 }
 
 impl Config {
@@ -121,6 +128,8 @@ impl Config {
             metrics_separate: false,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
             max_file: crate::protocol::files::DEFAULT_MAX_FILE,
+            mcp_inline_max: 256 * 1024,
+            file_link_ttl: Duration::from_secs(3600),
         }
     }
 
@@ -159,6 +168,8 @@ pub struct Inner {
     pub registrations: limit::DailyCap,
     /// Counters for `/metrics`; the hub holds the same.
     pub metrics: Arc<metrics::Metrics>,
+    /// MCP download and upload links not yet used.
+    pub file_links: links::FileLinks,
 }
 
 impl std::ops::Deref for AppState {
@@ -178,7 +189,8 @@ impl AppState {
         let usage = accounts::Usage::default();
         let metrics = Arc::new(metrics::Metrics::default());
         let hub = Hub::with_metrics(Arc::clone(&metrics));
-        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics };
+        let file_links = links::FileLinks::default();
+        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics, file_links };
         Ok(Self(Arc::new(inner)))
     }
 }
@@ -212,6 +224,9 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
             "/api/v1/files/{code}",
             get(files::pull).put(files::push).options(api::preflight).layer(DefaultBodyLimit::disable()),
         )
+        .route("/api/v1/files/link/{token}", get(links::download).put(links::upload).layer(DefaultBodyLimit::disable()))
+        .route("/api/v1/machines", get(machines::get_machines).options(api::preflight))
+        .route("/api/v1/machines/{alias}", patch(machines::patch_machine).options(api::preflight))
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
@@ -272,6 +287,7 @@ async fn housekeeping(state: AppState) {
             _ = tokio::time::sleep(USAGE_FLUSH) => false,
             _ = state.shutdown.cancelled() => true,
         };
+        state.file_links.sweep();
         if let Err(e) = state.usage.flush(&state.store).await {
             tracing::warn!("recording last-used times: {e:#}");
         }

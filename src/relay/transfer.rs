@@ -205,6 +205,14 @@ impl Transfer {
         Self { id, conn: Arc::clone(conn), events, credit, consumed: 0, seq: 0, finished: false }
     }
 
+    /// Lets the daemon start sending a pull asked for with no window (one
+    /// parked behind a download link until it is used).
+    pub fn start(&mut self) {
+        if self.conn.files.grant(self.id, FILE_WINDOW) {
+            self.conn.send(RelayMessage::FileCredit { id: self.id, chunks: FILE_WINDOW });
+        }
+    }
+
     /// The next event; `None` when the link went away. Taking a data chunk
     /// grants the daemon credit for more, half a window at a time.
     pub async fn next(&mut self) -> Option<FileEvent> {

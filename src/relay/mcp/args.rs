@@ -55,11 +55,11 @@ impl SessionStatusArgs {
 }
 
 /// What a `code` looks like, for refusals.
-const CODE_HINT: &str =
+pub(super) const CODE_HINT: &str =
     "the machine's session code as a string, e.g. \"AIC-7K3P-WX9M-RTBN\", or a linked machine's alias";
 
 /// The JSON type of `value` in words.
-fn kind(value: &Value) -> &'static str {
+pub(super) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -70,7 +70,7 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn required_string(args: &JsonObject, field: &str, what: &str) -> Result<String, ApiError> {
+pub(super) fn required_string(args: &JsonObject, field: &str, what: &str) -> Result<String, ApiError> {
     match args.get(field) {
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) => Err(ApiError::bad_request(format!("{field} is missing; send {what}."))),
@@ -80,7 +80,7 @@ fn required_string(args: &JsonObject, field: &str, what: &str) -> Result<String,
     }
 }
 
-fn optional_string(args: &JsonObject, field: &str, what: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn optional_string(args: &JsonObject, field: &str, what: &str) -> Result<Option<String>, ApiError> {
     match args.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
