@@ -48,7 +48,9 @@ pub struct Machine {
     pub link: LinkState,
     /// When the account was linked to it (Unix ms).
     pub linked_ms: i64,
-    /// When the account last used it (Unix ms); written in batches, so up to a minute behind.
+    /// When the account last used it (Unix ms), absent if never; written in batches, so up to a minute behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub last_used_ms: Option<i64>,
 }
 
