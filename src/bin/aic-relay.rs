@@ -50,6 +50,14 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_MAX_FILE", default_value_t = aic::protocol::files::DEFAULT_MAX_FILE)]
     max_file: u64,
 
+    /// Largest file MCP remote_pull returns inside its result, in bytes; larger ones come as a one-use download link.
+    #[arg(long, env = "AIC_RELAY_MCP_INLINE_MAX", default_value_t = 256 * 1024)]
+    mcp_inline_max: usize,
+
+    /// How long an MCP download or upload link works (once), e.g. 10m, 1h.
+    #[arg(long, env = "AIC_RELAY_FILE_LINK_TTL", default_value = "1h", value_parser = aic::duration::parse)]
+    file_link_ttl: Duration,
+
     /// MCP sessions one client address (IPv4, or IPv6 /64) may hold open; past it, its new clients are served
     /// without a session.
     #[arg(long, env = "AIC_RELAY_MCP_SESSIONS_PER_CLIENT", default_value_t = 100)]
@@ -485,6 +493,8 @@ async fn run() -> anyhow::Result<()> {
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
     config.max_file = args.max_file;
+    config.mcp_inline_max = args.mcp_inline_max;
+    config.file_link_ttl = args.file_link_ttl;
     config.mcp_output_max = args.mcp_output_max;
     config.mcp_sessions_per_client = args.mcp_sessions_per_client;
     config.public_url = args.public_url.clone();

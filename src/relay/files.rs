@@ -136,6 +136,7 @@ pub fn unexpected(event: Option<FileEvent>) -> ApiError {
     match event {
         None => ApiError::agent_offline(),
         Some(FileEvent::Failed(failure, message)) => from_failure(failure, &message),
+        Some(FileEvent::Revoked(why)) => ApiError::revoked(why),
         Some(_) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             Reason::Internal,
@@ -199,7 +200,8 @@ pub async fn begin_pull(
         window,
         requester: caller.requester(&state.keys),
     };
-    let mut transfer = Transfer::pull(&conn, req, state.config.max_in_flight).map_err(open_error)?;
+    let account = caller.account.as_ref().map(|a| a.id);
+    let mut transfer = Transfer::pull(&conn, req, state.config.max_in_flight, account).map_err(open_error)?;
     match transfer.next().await {
         Some(FileEvent::Opened(opened)) => Ok((opened, transfer)),
         other => Err(unexpected(other)),
@@ -222,7 +224,8 @@ pub async fn begin_push(state: &AppState, caller: &Caller, code: &str, spec: &Pu
         max_size: state.config.max_file,
         requester: caller.requester(&state.keys),
     };
-    Transfer::push(&conn, req, state.config.max_in_flight).map_err(open_error)
+    let account = caller.account.as_ref().map(|a| a.id);
+    Transfer::push(&conn, req, state.config.max_in_flight, account).map_err(open_error)
 }
 
 /// Sends `bytes` (all of a small push) and waits for the file to be in place.

@@ -328,7 +328,7 @@ impl AgentConn {
             self.send(RelayMessage::Cancel { id: *id });
             let _ = waiter.tx.send(ExecEvent::Revoked(why));
         }
-        ids.len()
+        ids.len() + self.files.revoke(self, why, account)
     }
 
     /// Ends every caller's wait: the link is gone. Their receivers see the end

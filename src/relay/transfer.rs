@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 
-use super::hub::AgentConn;
+use super::hub::{AgentConn, Revocation};
 use crate::protocol::agent::{AgentMessage, RelayMessage};
 use crate::protocol::files::{
     FILE_CHUNK, FILE_WINDOW, FileFailure, FileOpened, FrameError, FrameKind, PullRequest, PushRequest, decode_frame,
@@ -33,6 +33,8 @@ pub enum FileEvent {
     },
     /// The transfer did not happen, or stopped.
     Failed(FileFailure, String),
+    /// The operator's decision (a block, a code reset) stopped it.
+    Revoked(Revocation),
 }
 
 /// The transfers of one link. The map is touched for a moment per message,
@@ -51,6 +53,8 @@ struct Route {
     allowance: u64,
     /// The sequence number the next data frame of a pull must carry.
     next_seq: u64,
+    /// The account that asked, if any: blocking it stops the transfer.
+    account: Option<i64>,
 }
 
 /// Why a transfer could not be handed to the daemon.
@@ -121,20 +125,36 @@ impl Transfers {
         Ok(())
     }
 
+    /// Stops the transfers of `account` (all when `None`): each caller hears
+    /// why, and the daemon is told to cancel. How many were stopped.
+    pub fn revoke(&self, conn: &AgentConn, why: Revocation, account: Option<i64>) -> usize {
+        let stopped: Vec<(Uuid, Route)> = {
+            let mut routes = self.routes.lock().unwrap();
+            let ids: Vec<Uuid> =
+                routes.iter().filter(|(_, r)| account.is_none() || r.account == account).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| routes.remove(&id).map(|r| (id, r))).collect()
+        };
+        for (id, route) in &stopped {
+            conn.send(RelayMessage::Cancel { id: *id });
+            let _ = route.events.send(FileEvent::Revoked(why));
+        }
+        stopped.len()
+    }
+
     /// Ends every caller's wait: the link is gone.
     pub fn fail_all(&self) {
         self.routes.lock().unwrap().clear();
     }
 
     /// Registers a transfer; a pull may be sent `allowance` data frames at first.
-    fn open(&self, id: Uuid, allowance: u64, max: usize) -> Result<Route2, OpenError> {
+    fn open(&self, id: Uuid, allowance: u64, max: usize, account: Option<i64>) -> Result<Route2, OpenError> {
         let (events, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(0));
         let mut routes = self.routes.lock().unwrap();
         if routes.len() >= max {
             return Err(OpenError::Busy(max));
         }
-        routes.insert(id, Route { events, credit: Arc::clone(&credit), allowance, next_seq: 0 });
+        routes.insert(id, Route { events, credit: Arc::clone(&credit), allowance, next_seq: 0, account });
         Ok((rx, credit))
     }
 
@@ -175,9 +195,9 @@ pub struct Transfer {
 
 impl Transfer {
     /// Asks the daemon for a file.
-    pub fn pull(conn: &Arc<AgentConn>, req: PullRequest, max: usize) -> Result<Self, OpenError> {
+    pub fn pull(conn: &Arc<AgentConn>, req: PullRequest, max: usize, account: Option<i64>) -> Result<Self, OpenError> {
         let id = req.id;
-        let (events, credit) = conn.files.open(id, u64::from(req.window), max)?;
+        let (events, credit) = conn.files.open(id, u64::from(req.window), max, account)?;
         let this = Self::new(conn, id, events, credit);
         if !conn.send(RelayMessage::FilePull(req)) {
             return Err(OpenError::Offline);
@@ -186,9 +206,9 @@ impl Transfer {
     }
 
     /// Asks the daemon to write a file; its bytes go with [`Self::send`].
-    pub fn push(conn: &Arc<AgentConn>, req: PushRequest, max: usize) -> Result<Self, OpenError> {
+    pub fn push(conn: &Arc<AgentConn>, req: PushRequest, max: usize, account: Option<i64>) -> Result<Self, OpenError> {
         let id = req.id;
-        let (events, credit) = conn.files.open(id, 0, max)?;
+        let (events, credit) = conn.files.open(id, 0, max, account)?;
         let this = Self::new(conn, id, events, credit);
         if !conn.send(RelayMessage::FilePush(req)) {
             return Err(OpenError::Offline);
