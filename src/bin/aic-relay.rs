@@ -450,6 +450,13 @@ impl Args {
     }
 }
 
+/// The file transfer settings: size cap, what MCP returns inline, link lifetime.
+fn file_settings(config: &mut relay::Config, args: &Args) {
+    config.max_file = args.max_file;
+    config.mcp_inline_max = args.mcp_inline_max;
+    config.file_link_ttl = args.file_link_ttl;
+}
+
 /// Binds `--metrics-listen`, when given, and serves `/metrics` there until the relay stops.
 async fn spawn_metrics(addr: Option<SocketAddr>, state: &AppState) -> anyhow::Result<()> {
     let Some(addr) = addr else { return Ok(()) };
@@ -492,9 +499,7 @@ async fn run() -> anyhow::Result<()> {
     let mut config = relay::Config::new(data_dir);
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
-    config.max_file = args.max_file;
-    config.mcp_inline_max = args.mcp_inline_max;
-    config.file_link_ttl = args.file_link_ttl;
+    file_settings(&mut config, &args);
     config.mcp_output_max = args.mcp_output_max;
     config.mcp_sessions_per_client = args.mcp_sessions_per_client;
     config.public_url = args.public_url.clone();
