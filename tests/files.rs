@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aic::daemon::Mode;
-use aic::protocol::control::{Event, Op};
+use aic::protocol::control::{Decision, Event, Op};
 use aic::tui::client::Client;
 use common::*;
 use serde_json::Value;
@@ -260,4 +260,30 @@ async fn a_200_mib_file_round_trips_and_a_slow_reader_keeps_the_relay_small() {
     assert!(growth < 64 * 1024 * 1024, "the relay grew by {} MiB while a slow reader pulled", growth >> 20);
     daemon.stop().await;
     relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_reset_stops_a_waiting_pull_and_withdraws_it() {
+    let site = Site::start(Mode::Supervised, aic::protocol::files::DEFAULT_MAX_FILE).await;
+    let mut watcher = Client::connect(&site.socket()).await.unwrap();
+    watcher.call(Op::Subscribe).await.unwrap();
+    let path = site.path("secret.key");
+    std::fs::write(&path, b"k").unwrap();
+    let waiting = tokio::spawn(send(client().get(site.url(&path))));
+    let approval = queued(&mut watcher).await;
+    assert_eq!(approval.command, format!("pull 1 B from {}", path.display()));
+
+    watcher.call(Op::CodeReset).await.unwrap();
+    let (status, _, body) = within("the stopped pull", waiting).await.unwrap();
+    assert_eq!((status, json(&body)["reason"].as_str()), (403, Some("forbidden")), "{}", json(&body));
+    within("the approval withdrawn", async {
+        loop {
+            if let Event::ApprovalDecided { command, decision } = watcher.next_event().await.unwrap()
+                && command == approval.id
+            {
+                return assert_eq!(decision, Decision::Withdrawn);
+            }
+        }
+    })
+    .await;
 }
