@@ -287,3 +287,21 @@ async fn a_code_reset_stops_a_waiting_pull_and_withdraws_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_mid_push_leaves_nothing_behind() {
+    let site = Site::auto().await;
+    let path = site.path("half");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let push = tokio::spawn(site.push(&path, "", Vec::new()).header("content-length", "1000000").body(body).send());
+    tx.send(Ok(vec![7u8; 300_000])).await.unwrap();
+    // The daemon has the temporary file open once the first bytes are written.
+    eventually("the temporary file", || std::fs::read_dir(site.path("")).unwrap().count() == 1).await;
+    push.abort();
+    drop(tx);
+    eventually("the temporary file removed", || std::fs::read_dir(site.path("")).unwrap().count() == 0).await;
+    assert!(!path.exists());
+}
