@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -104,6 +105,15 @@ pub fn parse_mode(text: &str) -> Result<u32, ApiError> {
         .ok()
         .filter(|m| *m <= 0o7777)
         .ok_or_else(|| ApiError::bad_request("mode must be permission bits in octal, such as 0644 or 0755"))
+}
+
+/// The query, or a 400 in JSON that says what it takes (without quoting what was sent).
+fn read_query(query: Result<Query<FileQuery>, QueryRejection>) -> Result<FileQuery, ApiError> {
+    query.map(|Query(q)| q).map_err(|_| {
+        ApiError::bad_request(
+            "the query must be ?path=<the machine's path>, with &mode=<octal, e.g. 0644> and &overwrite=true or false              on a push",
+        )
+    })
 }
 
 /// The error a daemon's failure becomes; its words are the machine's, framed so.
@@ -278,8 +288,9 @@ pub async fn pull(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(code): Path<String>,
-    Query(query): Query<FileQuery>,
+    query: Result<Query<FileQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let query = read_query(query)?;
     let caller = access::authenticate(&state, &headers, peer).await?;
     // An unreadable Range is ignored, as HTTP says: the whole file comes back.
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(ByteRange::parse);
@@ -369,9 +380,10 @@ pub async fn push(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(code): Path<String>,
-    Query(query): Query<FileQuery>,
+    query: Result<Query<FileQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let query = read_query(query)?;
     let caller = access::authenticate(&state, &headers, peer).await?;
     let spec = push_spec(&headers, &query)?;
     push_body(&state, &caller, &code, spec, body).await
