@@ -398,10 +398,19 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// Notes `bytes` more moved (the traffic pane shows the count, never the bytes).
+    /// Notes `bytes` more moved (the traffic pane shows the count, never the
+    /// bytes); consoles hear of it at every 4 MiB.
     pub fn progress(&self, bytes: u64) {
-        if let Some(entry) = self.commands.0.traffic.lock().unwrap().get_mut(self.id) {
-            entry.bytes += bytes;
+        let crossed = match self.commands.0.traffic.lock().unwrap().get_mut(self.id) {
+            Some(entry) => {
+                let before = entry.bytes;
+                entry.bytes += bytes;
+                before >> 22 != entry.bytes >> 22
+            }
+            None => false,
+        };
+        if crossed {
+            self.commands.update(self.id, |_| {});
         }
     }
 

@@ -132,7 +132,7 @@ impl Files {
         credit: &Semaphore,
         scope: &CancellationToken,
     ) -> Result<(), Failure> {
-        let size = tokio::fs::metadata(&req.path).await.map(|m| m.len()).ok();
+        let size = tokio::fs::metadata(&req.path).await.ok().filter(|m| m.is_file()).map(|m| m.len());
         let what = match size {
             Some(size) => format!("pull {} from {}", human_size(size), req.path),
             None => format!("pull {}", req.path),

@@ -147,7 +147,7 @@ impl Transfers {
     }
 
     /// Registers a transfer; a pull may be sent `allowance` data frames at first.
-    fn open(&self, id: Uuid, allowance: u64, max: usize, account: Option<i64>) -> Result<Route2, OpenError> {
+    fn open(&self, id: Uuid, allowance: u64, max: usize, account: Option<i64>) -> Result<RouteEnds, OpenError> {
         let (events, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(0));
         let mut routes = self.routes.lock().unwrap();
@@ -175,7 +175,8 @@ impl Transfers {
     }
 }
 
-type Route2 = (mpsc::UnboundedReceiver<FileEvent>, Arc<Semaphore>);
+/// What a caller keeps of a new route: its events and (push) the daemon's credit.
+type RouteEnds = (mpsc::UnboundedReceiver<FileEvent>, Arc<Semaphore>);
 
 /// A transfer in flight, seen from the caller's side. Dropping it before it
 /// ends cancels it on the machine (a push's temporary file is removed).
