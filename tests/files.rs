@@ -236,12 +236,14 @@ async fn a_200_mib_file_round_trips_and_a_slow_reader_keeps_the_relay_small() {
     let path = dir.path().join("release.tar");
     let url = format!("{}/api/v1/files/{}?path={}", relay.http(), daemon.code(), path.display());
 
+    let pid = relay.child.id().unwrap();
+    let before = rss(pid);
     let req = client().put(&url).header("x-content-sha256", &want).body(bytes);
     let (status, _, body) = send(req).await;
     assert_eq!((status, json(&body)["sha256"].as_str()), (201, Some(want.as_str())));
+    let pushed = rss(pid).saturating_sub(before);
+    assert!(pushed < 64 * 1024 * 1024, "the relay grew by {} MiB during a 200 MiB push", pushed >> 20);
 
-    let pid = relay.child.id().unwrap();
-    let before = rss(pid);
     let mut resp = within("the pull", client().get(&url).send()).await.unwrap();
     assert_eq!(resp.headers()["x-content-sha256"], want.as_str());
     let (mut hasher, mut got, mut peak) = (Sha256::new(), 0usize, before);
@@ -258,6 +260,12 @@ async fn a_200_mib_file_round_trips_and_a_slow_reader_keeps_the_relay_small() {
     assert_eq!(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>(), want);
     let growth = peak.saturating_sub(before);
     assert!(growth < 64 * 1024 * 1024, "the relay grew by {} MiB while a slow reader pulled", growth >> 20);
+    eprintln!(
+        "relay RSS: {} MiB at start, +{} MiB after the push, +{} MiB at most during the pull",
+        before >> 20,
+        pushed >> 20,
+        growth >> 20
+    );
     daemon.stop().await;
     relay.stop().await;
 }
