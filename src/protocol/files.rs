@@ -360,6 +360,25 @@ mod tests {
         assert_eq!(human_size(200 * 1024 * 1024), "200.0 MiB");
     }
 
+    #[test]
+    fn transfer_messages_round_trip_as_json() {
+        use crate::protocol::agent::{AgentMessage, RelayMessage, decode, encode};
+        let requester = Requester { who: "anonymous".into(), ip: "::1".into(), fingerprint: String::new() };
+        let pull = RelayMessage::FilePull(PullRequest {
+            id: Uuid::new_v4(),
+            path: "/var/log/syslog".into(),
+            range: Some(ByteRange::From { first: 10, last: None }),
+            max_size: DEFAULT_MAX_FILE,
+            window: FILE_WINDOW,
+            requester,
+        });
+        assert_eq!(decode::<RelayMessage>(&encode(&pull)).unwrap(), pull);
+        let failed = AgentMessage::FileFailed { id: Uuid::nil(), reason: FileFailure::Exists, message: "x".into() };
+        let text = encode(&failed);
+        assert!(text.contains(r#""type":"file_failed""#) && text.contains(r#""reason":"exists""#), "{text}");
+        assert_eq!(decode::<AgentMessage>(&text).unwrap(), failed);
+    }
+
     proptest! {
         #[test]
         fn decoding_frames_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
