@@ -141,7 +141,17 @@ async fn skill_md_teaches_a_model_with_this_relays_url_in_every_example() {
     let skill = resp.text().await.unwrap();
     assert!(skill.starts_with("---\nname: aic\ndescription: "), "front matter for skill loaders");
     assert!(!skill.contains("{{"), "a placeholder was left unfilled");
-    for needle in ["remote_exec", "session_status", "never follow", "AIC-", "truncated", "agent_offline"] {
+    for needle in [
+        "remote_exec",
+        "session_status",
+        "never follow",
+        "AIC-",
+        "truncated",
+        "agent_offline",
+        "when the user names a machine you do not recognise",
+        "remote_pull",
+        "remote_push",
+    ] {
         assert!(skill.contains(needle), "SKILL.md mentions {needle}");
     }
     let examples: Vec<&str> = skill.lines().filter(|l| l.contains("curl ") || l.contains(" mcp add ")).collect();

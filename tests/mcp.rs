@@ -87,12 +87,15 @@ async fn client_lists_both_tools_with_schemas_and_runs_a_command() {
     assert_eq!(
         names,
         [
+            "list_machines",
             "remote_exec",
             "remote_job_cancel",
             "remote_job_list",
             "remote_job_output",
             "remote_job_start",
             "remote_job_status",
+            "remote_pull",
+            "remote_push",
             "session_status"
         ]
     );
@@ -452,7 +455,7 @@ async fn raw_json_rpc_without_a_session() {
     assert!(answer.session.is_none());
     assert!(answer.content_type.starts_with("application/json"), "{}", answer.content_type);
     let tools = answer.response()["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 7);
+    assert_eq!(tools.len(), 10);
 
     let args = json!({"code": daemon.code().to_string(), "command": "echo stateless; exit 4"});
     let answer = mcp_post(relay.http(), None, tool_call(2, "remote_exec", args)).await;
@@ -665,7 +668,7 @@ async fn one_address_holds_at_most_its_share_of_sessions() {
     assert!(answer.session.is_none(), "no third session for one address");
     assert_eq!(answer.response()["result"]["serverInfo"]["name"], "aic-relay");
     let answer = mcp_post(relay.http(), None, json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).await;
-    assert_eq!(answer.response()["result"]["tools"].as_array().unwrap().len(), 7);
+    assert_eq!(answer.response()["result"]["tools"].as_array().unwrap().len(), 10);
 
     // Closing one makes room again.
     let resp = within("DELETE", first.request(reqwest::Method::DELETE).send()).await.unwrap();

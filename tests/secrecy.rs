@@ -156,3 +156,29 @@ async fn log_files_hold_no_command_output_code_or_token() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_contents_reach_no_log_and_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_dir, daemon_dir) = (dir.path().join("relay"), dir.path().join("daemon"));
+    let log = [("AIC_LOG", "debug")];
+    let relay = RelayProcess::start(&relay_dir, &[], &log).await;
+    let daemon = DaemonProcess::start(&relay.ws(), &daemon_dir, &log).await;
+
+    let canary = format!("file-canary-{}", uuid::Uuid::new_v4());
+    let path = dir.path().join("pushed.txt");
+    let url = format!("{}/api/v1/files/{}?path={}", relay.http(), daemon.code, path.display());
+    let pushed = client().put(&url).body(canary.clone()).send().await.unwrap();
+    assert_eq!(pushed.status(), 201);
+    let pulled = client().get(&url).send().await.unwrap().text().await.unwrap();
+    assert_eq!(pulled, canary);
+
+    let daemon_log = daemon.stop().await;
+    let relay_log = relay.stop().await;
+    for (name, log) in [("relay", &relay_log), ("daemon", &daemon_log)] {
+        assert!(!log.contains(&canary), "{name}'s stderr holds the file's contents:\n{log}");
+    }
+    for (path, bytes) in files_under(&relay_dir).into_iter().chain(files_under(&daemon_dir)) {
+        assert!(!contains(&bytes, canary.as_bytes()), "{} holds the file's contents", path.display());
+    }
+}

@@ -72,6 +72,30 @@ async fn accounts_round_trip(store: &Store) {
     assert!(accounts::links_of_agent(store, other).await.unwrap().is_empty(), "links go with their account");
 }
 
+/// An account's machines, as `GET /api/v1/machines` and the dashboard list and rename them.
+async fn machines_round_trip(store: &Store) {
+    use aic::relay::machines::{self, RenameError};
+    let keys = keys();
+    let key = accounts::add_account(store, &keys, "m@example.com", 10).await.unwrap();
+    let account = accounts::authenticate(store, &keys, &key).await.unwrap().unwrap();
+    let info = AgentInfo { hostname: "db".into(), os: "linux".into(), ..AgentInfo::default() };
+    let agent = store.insert_agent(&[20; 32], &[0; 32], 10, &info).await.unwrap();
+    accounts::create_link(store, agent, account.id, "db", LinkState::Active, 20).await.unwrap();
+    let other = store.insert_agent(&[21; 32], &[0; 32], 10, &info).await.unwrap();
+    accounts::create_link(store, other, account.id, "cache", LinkState::Pending, 30).await.unwrap();
+    let hub = aic::relay::hub::Hub::default();
+    let listed = machines::list(store, &hub, account.id).await.unwrap();
+    let seen: Vec<_> = listed.iter().map(|m| (m.alias.as_str(), m.link, m.online, m.os.as_str())).collect();
+    assert_eq!(seen, [("cache", LinkState::Pending, false, "linux"), ("db", LinkState::Active, false, "linux")]);
+    machines::rename(store, account.id, "DB", "db-primary").await.unwrap();
+    let taken = machines::rename(store, account.id, "cache", "DB-PRIMARY").await.unwrap_err();
+    assert!(matches!(taken, RenameError::Taken(_)), "{taken}");
+    let missing = machines::rename(store, account.id, "nope", "x").await.unwrap_err();
+    assert!(matches!(missing, RenameError::NotFound(_)), "{missing}");
+    let names: Vec<_> = machines::list(store, &hub, account.id).await.unwrap().into_iter().map(|m| m.alias).collect();
+    assert_eq!(names, ["cache", "db-primary"]);
+}
+
 #[tokio::test]
 async fn the_store_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,6 +103,7 @@ async fn the_store_on_sqlite() {
     assert_eq!(store.backend(), Backend::Sqlite);
     agents_round_trip(&store).await;
     accounts_round_trip(&store).await;
+    machines_round_trip(&store).await;
     store.close().await;
     // Opening again finds the schema done.
     Store::open(dir.path()).await.unwrap().close().await;
@@ -94,6 +119,7 @@ async fn the_store_on_postgres() {
     assert_eq!(store.backend(), Backend::Postgres);
     agents_round_trip(&store).await;
     accounts_round_trip(&store).await;
+    machines_round_trip(&store).await;
     // What one relay wrote, another reads.
     let id = store.insert_agent(&[7; 32], &[0; 32], 5, &AgentInfo::default()).await.unwrap();
     assert_eq!(b.agent_by_code(&[7; 32]).await.unwrap().unwrap().id, id);

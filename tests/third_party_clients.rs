@@ -55,12 +55,14 @@ async fn the_official_python_sdk_uses_every_tool_and_closes_cleanly() {
     let relay = RelayProcess::start(&dir.path().join("relay"), &[], &[("AIC_LOG", "info")]).await;
     let daemon = DaemonProcess::start(&relay.ws(), &dir.path().join("daemon"), &[]).await;
     let pid_file = dir.path().join("pid");
+    let key = account_key(&dir.path().join("relay")).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_sdk.py");
     let run = tokio::process::Command::new(&python)
         .arg(script)
         .arg(format!("{}/mcp", relay.http()))
         .arg(daemon.code.to_string())
         .arg(&pid_file)
+        .arg(&key)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), run).await.expect("the script finishes").unwrap();
@@ -84,6 +86,7 @@ async fn the_official_python_sdk_uses_every_tool_and_closes_cleanly() {
     check_connections(&steps);
     check_tools(all(&steps, "tools"));
     check_calls(&steps);
+    check_machines(&steps);
 
     let log = relay.stop().await;
     assert!(!log.contains('\u{1b}'), "no colour codes when stderr is not a terminal:\n{log}");
@@ -105,7 +108,7 @@ fn check_tools(lists: &[Value]) {
     const FORMATS: [&str; 5] = ["uint", "int32", "int64", "uint32", "uint64"];
     for list in lists {
         let tools = list["tools"].as_array().unwrap();
-        assert_eq!(tools.len(), 7, "{list}");
+        assert_eq!(tools.len(), 10, "{list}");
         for tool in tools {
             for hint in ["readOnlyHint", "destructiveHint", "openWorldHint", "idempotentHint"] {
                 assert!(tool["annotations"][hint].is_boolean(), "{} lacks {hint}", tool["name"]);
@@ -186,4 +189,29 @@ fn check_jobs(steps: &HashMap<String, Vec<Value>>) {
         assert_eq!(first["structured"]["stdout"], "ran\n", "{first}");
         assert_eq!(first["structured"], again["structured"]);
     }
+}
+
+/// An account's API key, made with `aic-relay account add` beside the running relay.
+async fn account_key(data_dir: &std::path::Path) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"))
+        .args(["--json", "--data-dir"])
+        .arg(data_dir)
+        .args(["account", "add", "sdk@example.com"])
+        .output();
+    let out = within("aic-relay account add", out).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let added: Value = serde_json::from_slice(&out.stdout).unwrap();
+    added["key"].as_str().unwrap().to_owned()
+}
+
+/// `list_machines`: a 401 refusal in words without an account, the linked machine with one.
+fn check_machines(steps: &HashMap<String, Vec<Value>>) {
+    let refused = &all(steps, "machines_anonymous")[0];
+    assert_eq!(refused["is_error"], true, "{refused}");
+    assert!(refused["text"].as_str().unwrap().starts_with("Refused (unauthorized): Listing machines needs an account"));
+    let listed = &all(steps, "machines")[0];
+    assert_eq!(listed["is_error"], false, "{listed}");
+    let machine = &listed["structured"]["machines"][0];
+    assert_eq!((machine["online"].as_bool(), machine["link"].as_str()), (Some(true), Some("active")), "{listed}");
+    assert_eq!(machine["hostname"].as_str(), Some(aic::daemon::link::agent_info().hostname.as_str()));
 }

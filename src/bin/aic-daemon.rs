@@ -85,6 +85,9 @@ struct RunArgs {
     /// How long an ended job's record and output are kept in the state dir, e.g. 7d, 12h [default: 7d].
     #[arg(long, env = "AIC_JOB_RETENTION", value_parser = aic::duration::parse)]
     job_retention: Option<Duration>,
+    /// Largest file a pull or push moves, in bytes; the relay has its own cap [default: 104857600, 100 MiB].
+    #[arg(long, env = "AIC_MAX_FILE")]
+    max_file: Option<u64>,
 
     #[command(flatten)]
     log: aic::logging::LogArgs,
@@ -108,6 +111,7 @@ const FILE_KEYS: &[&str] = &[
     "max_jobs",
     "job_output_cap",
     "job_retention",
+    "max_file",
 ];
 
 fn is_root() -> bool {
@@ -160,6 +164,9 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
         config.approval_timeout = d;
     }
     jobs_config(&mut config, &file, args.max_jobs, args.job_output_cap, args.job_retention)?;
+    if let Some(n) = args.max_file.or(file.integer("max_file", "a number of bytes such as 104857600")?) {
+        config.max_file = n;
+    }
     Ok(config)
 }
 

@@ -52,6 +52,18 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_MCP_OUTPUT_MAX", default_value_t = 32 * 1024)]
     mcp_output_max: usize,
 
+    /// Largest file a pull or push moves through the relay, in bytes (413 past it); each daemon has its own cap too.
+    #[arg(long, env = "AIC_RELAY_MAX_FILE", default_value_t = aic::protocol::files::DEFAULT_MAX_FILE)]
+    max_file: u64,
+
+    /// Largest file MCP remote_pull returns inside its result, in bytes; larger ones come as a one-use download link.
+    #[arg(long, env = "AIC_RELAY_MCP_INLINE_MAX", default_value_t = 256 * 1024)]
+    mcp_inline_max: usize,
+
+    /// How long an MCP download or upload link works (once), e.g. 10m, 1h.
+    #[arg(long, env = "AIC_RELAY_FILE_LINK_TTL", default_value = "1h", value_parser = aic::duration::parse)]
+    file_link_ttl: Duration,
+
     /// MCP sessions one client address (IPv4, or IPv6 /64) may hold open; past it, its new clients are served
     /// without a session.
     #[arg(long, env = "AIC_RELAY_MCP_SESSIONS_PER_CLIENT", default_value_t = 100)]
@@ -354,6 +366,7 @@ const FILE_KEYS: &[&str] = &[
     "registrations_per_day",
     "mcp_output_max",
     "mcp_sessions_per_client",
+    "max_file",
 ];
 
 /// `value` (from the config file) into `slot`, unless the flag or its variable was given.
@@ -443,8 +456,17 @@ impl Args {
         fill(&mut self.mcp_output_max, bytes, given("mcp_output_max"));
         let sessions = file.integer("mcp_sessions_per_client", count)?;
         fill(&mut self.mcp_sessions_per_client, sessions, given("mcp_sessions_per_client"));
+        let max_file = file.integer("max_file", "a number of bytes such as 104857600")?;
+        fill(&mut self.max_file, max_file, given("max_file"));
         Ok(())
     }
+}
+
+/// The file transfer settings: size cap, what MCP returns inline, link lifetime.
+fn file_settings(config: &mut relay::Config, args: &Args) {
+    config.max_file = args.max_file;
+    config.mcp_inline_max = args.mcp_inline_max;
+    config.file_link_ttl = args.file_link_ttl;
 }
 
 /// Binds `--metrics-listen`, when given, and serves `/metrics` there until the relay stops.
@@ -490,6 +512,7 @@ async fn run() -> anyhow::Result<()> {
     config.database_url = args.database_url.clone();
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
+    file_settings(&mut config, &args);
     config.mcp_output_max = args.mcp_output_max;
     config.mcp_sessions_per_client = args.mcp_sessions_per_client;
     config.public_url = args.public_url.clone();

@@ -118,6 +118,66 @@ impl Commands {
         });
     }
 
+    /// Admits something that is not a shell command (a file transfer, which
+    /// `req.command` describes) the way a command is: the mode, a permit, the
+    /// approval queue in supervised mode, a traffic entry in every mode. The
+    /// caller does the work and reports on the returned [`Admitted`].
+    pub async fn admit(&self, req: &ExecRequest, scope: &CancellationToken) -> Result<Admitted, (Refusal, String)> {
+        let mode = self.0.daemon.mode();
+        let Ok(permit) = Arc::clone(&self.0.limit).try_acquire_owned() else {
+            self.record(req, CommandState::Refused);
+            let max = self.0.daemon.config().max_concurrent;
+            return Err((
+                Refusal::Busy,
+                format!(
+                    "this machine is already running {max} command(s) and transfer(s), as many as its operator allows at once; retry when one has finished"
+                ),
+            ));
+        };
+        let initial = match mode {
+            Mode::Disabled => CommandState::Refused,
+            Mode::Supervised => CommandState::Pending,
+            Mode::Auto => CommandState::Running,
+        };
+        self.record(req, initial);
+        let cancel = scope.child_token();
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone() };
+        self.0.live.lock().unwrap().insert(req.id, live);
+        let admitted = Admitted { commands: self.clone(), id: req.id, cancel, _permit: permit, ended: false };
+        let refused = match mode {
+            Mode::Disabled => Some((
+                Refusal::Disabled,
+                "this machine's operator has disabled remote commands and transfers (aic-console mode disabled)"
+                    .to_owned(),
+            )),
+            Mode::Auto => None,
+            Mode::Supervised => match self.await_approval(req, &admitted.cancel).await {
+                Decision::Approved => None,
+                Decision::Withdrawn => return Err((Refusal::Denied, "withdrawn by its caller".into())),
+                Decision::TimedOut => Some((
+                    Refusal::ApprovalTimeout,
+                    format!(
+                        "the machine's operator did not answer within {}; ask them to watch aic-console, then retry",
+                        human(self.0.daemon.config().approval_timeout)
+                    ),
+                )),
+                _ => Some((Refusal::Denied, "the machine's operator denied this transfer".to_owned())),
+            },
+        };
+        match refused {
+            Some((reason, message)) => {
+                self.update(req.id, |e| e.state = refused_state(reason));
+                let mut admitted = admitted;
+                admitted.ended = true;
+                Err((reason, message))
+            }
+            None => {
+                self.update(req.id, |e| e.state = CommandState::Running);
+                Ok(admitted)
+            }
+        }
+    }
+
     /// An admitted command's way from the mode and the queue to its end.
     async fn life(
         &self,
@@ -397,6 +457,58 @@ impl Commands {
     /// Marks a command whose caller went away.
     fn cancelled(&self, id: Uuid) {
         self.update(id, |e| e.state = CommandState::Cancelled);
+    }
+}
+
+/// Something admitted by [`Commands::admit`], running; dropping it before
+/// [`Admitted::finish`] marks it cancelled. Its permit is held until then.
+pub struct Admitted {
+    commands: Commands,
+    id: Uuid,
+    /// Cancelled when its caller goes away (the relay's cancel, the link ending).
+    pub cancel: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+    /// Its ring entry has its final state.
+    ended: bool,
+}
+
+impl Admitted {
+    /// Notes `bytes` more moved (the traffic pane shows the count, never the
+    /// bytes); consoles hear of it at every 4 MiB.
+    pub fn progress(&self, bytes: u64) {
+        let crossed = match self.commands.0.traffic.lock().unwrap().get_mut(self.id) {
+            Some(entry) => {
+                let before = entry.bytes;
+                entry.bytes += bytes;
+                before >> 22 != entry.bytes >> 22
+            }
+            None => false,
+        };
+        if crossed {
+            self.commands.update(self.id, |_| {});
+        }
+    }
+
+    /// Marks it ended: exit code 0 when it succeeded, 1 with `why` as its shown tail when not.
+    pub fn finish(mut self, started: std::time::Instant, failure: Option<&str>) {
+        self.ended = true;
+        self.commands.update(self.id, |e| {
+            e.state = CommandState::Exited;
+            e.exit_code = Some(if failure.is_some() { 1 } else { 0 });
+            e.duration_ms = Some(started.elapsed().as_millis() as u64);
+            if let Some(why) = failure {
+                append_tail(&mut e.tail, why);
+            }
+        });
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.commands.0.live.lock().unwrap().remove(&self.id);
+        if !self.ended {
+            self.commands.cancelled(self.id);
+        }
     }
 }
 

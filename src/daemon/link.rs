@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::{Commands, Outbox};
+use super::files::{FileOutbox, Files, Outgoing};
 use super::shared::{Daemon, OperatorCall};
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, OperatorOutcome, PROTOCOL_VERSION,
@@ -193,9 +194,12 @@ async fn connect(
     };
     daemon.link_up();
     let (out, mut outgoing) = mpsc::channel::<AgentMessage>(64);
+    let (files_out, mut files_outgoing) = mpsc::channel::<Outgoing>(64);
     let mut link = Link {
         daemon,
         commands,
+        files: Files::new(commands.clone(), daemon.config().max_file),
+        files_out,
         ws,
         out,
         gone: CancellationToken::new(),
@@ -206,7 +210,7 @@ async fn connect(
     // However this function ends (an error, or being dropped at shutdown),
     // the commands its link carried are killed: nobody can hear them now.
     let _kill_on_exit = link.gone.clone().drop_guard();
-    link.serve(&mut outgoing, calls, shutdown).await
+    link.serve(&mut outgoing, &mut files_outgoing, calls, shutdown).await
 }
 
 /// A link that said hello and was accepted.
@@ -215,6 +219,10 @@ struct Link<'a> {
     daemon: &'a Daemon,
     /// Where commands go.
     commands: &'a Commands,
+    /// Where file transfers go.
+    files: Files,
+    /// Transfers' messages and frames on their way to the relay, in order per transfer.
+    files_out: FileOutbox,
     /// The WebSocket.
     ws: Ws,
     /// Commands' messages on their way to the relay.
@@ -234,6 +242,7 @@ impl Link<'_> {
     async fn serve(
         &mut self,
         outgoing: &mut mpsc::Receiver<AgentMessage>,
+        files_outgoing: &mut mpsc::Receiver<Outgoing>,
         calls: &mut mpsc::Receiver<OperatorCall>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Ended> {
@@ -249,6 +258,10 @@ impl Link<'_> {
                     return Ok(Ended::Shutdown);
                 }
                 Some(msg) = outgoing.recv() => self.send(&msg).await?,
+                Some(out) = files_outgoing.recv() => match out {
+                    Outgoing::Message(msg) => self.send(&msg).await?,
+                    Outgoing::Frame(bytes) => self.ws.send(Message::binary(bytes)).await?,
+                },
                 Some(call) = calls.recv() => self.operator(call).await?,
                 _ = ping.tick() => self.ping().await?,
                 _ = tokio::time::sleep_until(last_rx + silence) => {
@@ -260,6 +273,11 @@ impl Link<'_> {
                     last_rx = Instant::now();
                     match frame {
                         Message::Text(text) => self.dispatch(&text).await?,
+                        Message::Binary(bytes) => {
+                            if let Err(e) = self.files.frame(&bytes) {
+                                tracing::warn!("{e}");
+                            }
+                        }
                         Message::Close(_) => return Ok(dropped()),
                         _ => {}
                     }
@@ -297,6 +315,9 @@ impl Link<'_> {
             Ok(RelayMessage::Cancel { id }) => {
                 self.commands.cancel(id);
             }
+            Ok(RelayMessage::FilePull(req)) => self.files.pull(req, self.files_out.clone(), &self.gone),
+            Ok(RelayMessage::FilePush(req)) => self.files.push(req, self.files_out.clone(), &self.gone),
+            Ok(RelayMessage::FileCredit { id, chunks }) => self.files.credit(id, chunks),
             Ok(RelayMessage::Ping { seq }) => self.send(&AgentMessage::Pong { seq }).await?,
             Ok(RelayMessage::Pong { seq }) => {
                 if let Some((sent_seq, at)) = self.last_ping
@@ -338,7 +359,7 @@ pub fn agent_info() -> AgentInfo {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        capabilities: vec!["pty".into(), "jobs".into()],
+        capabilities: vec!["pty".into(), "jobs".into(), "files".into()],
     }
 }
 

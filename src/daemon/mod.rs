@@ -7,6 +7,7 @@ pub mod control;
 pub mod doctor;
 pub mod executor;
 pub mod jobs;
+pub mod files;
 pub mod link;
 pub mod notify;
 pub mod peer;
@@ -59,6 +60,8 @@ pub struct Config {
     /// The program that supervises jobs (this daemon's binary, re-executed);
     /// `None`: the running executable.
     pub job_runner: Option<PathBuf>,
+    /// Largest file a pull or push moves, in bytes (the relay has its own cap too).
+    pub max_file: u64,
 }
 
 impl Config {
@@ -75,6 +78,7 @@ impl Config {
             approval_timeout: Duration::from_secs(600),
             ping_interval: crate::protocol::agent::PING_INTERVAL,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
+            max_file: crate::protocol::files::DEFAULT_MAX_FILE,
             max_jobs: 32,
             job_output_cap: 16 * 1024 * 1024,
             job_retention: Duration::from_secs(7 * 86_400),

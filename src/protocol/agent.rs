@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::SessionCode;
 pub use super::control::LinkedAccount;
+use super::files::{FileFailure, FileOpened, PullRequest, PushRequest};
 
 /// Version of this protocol. Both ends must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -181,6 +182,33 @@ pub enum AgentMessage {
         /// What the operator wants.
         op: OperatorOp,
     },
+    /// A pulled file is open; its bytes follow as data frames, then an end frame.
+    FileOpened(FileOpened),
+    /// The daemon may be sent this many more data frames of a push.
+    FileCredit {
+        /// The transfer.
+        id: Uuid,
+        /// More chunks granted.
+        chunks: u32,
+    },
+    /// A pushed file is in place.
+    FileDone {
+        /// The transfer.
+        id: Uuid,
+        /// Bytes written.
+        size: u64,
+        /// Lowercase hex SHA-256 of what was written.
+        sha256: String,
+    },
+    /// A transfer did not happen, or stopped; nothing more follows for its id.
+    FileFailed {
+        /// The transfer.
+        id: Uuid,
+        /// Why, for the caller's program.
+        reason: FileFailure,
+        /// What the caller should do, in words.
+        message: String,
+    },
 }
 
 /// What a machine's operator may ask of the relay about that machine.
@@ -313,6 +341,17 @@ pub enum RelayMessage {
         /// What was wrong.
         message: String,
     },
+    /// Send a file's bytes.
+    FilePull(PullRequest),
+    /// Write a file; its bytes follow as data frames, within the daemon's credit.
+    FilePush(PushRequest),
+    /// The daemon may send this many more data frames of a pull.
+    FileCredit {
+        /// The transfer.
+        id: Uuid,
+        /// More chunks granted.
+        chunks: u32,
+    },
 }
 
 /// Why the relay refused a hello.
@@ -346,6 +385,9 @@ impl RelayMessage {
             Self::OperatorReply { .. } => "operator_reply",
             Self::AccountsChanged => "accounts_changed",
             Self::Error { .. } => "error",
+            Self::FilePull(_) => "file_pull",
+            Self::FilePush(_) => "file_push",
+            Self::FileCredit { .. } => "file_credit",
         }
     }
 }

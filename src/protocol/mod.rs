@@ -4,5 +4,6 @@ pub mod agent;
 mod code;
 pub mod control;
 pub mod jobs;
+pub mod files;
 
 pub use code::{ALPHABET, CodeError, SessionCode};

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::AppState;
-use super::hub::AgentConn;
+use super::hub::{AgentConn, Outbound};
 use super::keys::{self, Digest};
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
@@ -88,7 +88,7 @@ async fn pump(
     conn: &Arc<AgentConn>,
     code_hash: &mut Digest,
     socket: &mut WebSocket,
-    rx: &mut mpsc::UnboundedReceiver<RelayMessage>,
+    rx: &mut mpsc::UnboundedReceiver<Outbound>,
 ) -> anyhow::Result<()> {
     let mut last_rx = tokio::time::Instant::now();
     let silence = state.config.link_timeout;
@@ -96,9 +96,13 @@ async fn pump(
         tokio::select! {
             _ = state.shutdown.cancelled() => return close(socket, "relay shutting down").await,
             _ = conn.replaced.cancelled() => return close(socket, "replaced by a newer connection of this agent").await,
-            Some(msg) = rx.recv() => {
+            Some(out) = rx.recv() => {
+                let frame = match out {
+                    Outbound::Message(msg) => text(&msg),
+                    Outbound::Frame(bytes) => Message::Binary(bytes.into()),
+                };
                 // A daemon that stops reading must not make the relay queue for it forever.
-                timeout(silence, socket.send(text(&msg))).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
+                timeout(silence, socket.send(frame)).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
             }
             _ = tokio::time::sleep_until(last_rx + silence) => anyhow::bail!("silent for {silence:?}"),
             frame = socket.recv() => {
@@ -107,8 +111,10 @@ async fn pump(
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(Message::Text(text))) => on_text(state, conn, code_hash, &text).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        conn.send(RelayMessage::Error { message: "binary frames are not part of the protocol; send JSON text".into() });
+                    Some(Ok(Message::Binary(bytes))) => {
+                        if let Err(e) = conn.files.frame(conn, &bytes) {
+                            conn.send(RelayMessage::Error { message: e.to_string() });
+                        }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
@@ -134,7 +140,11 @@ async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest
         Ok(AgentMessage::Hello { .. }) => {
             conn.send(RelayMessage::Error { message: "hello was already accepted on this link".into() });
         }
-        Ok(msg) => conn.dispatch(msg),
+        Ok(msg) => {
+            if let Some(msg) = conn.files.dispatch(msg) {
+                conn.dispatch(msg);
+            }
+        }
         Err(e) => {
             conn.send(RelayMessage::Error { message: e.to_string() });
         }

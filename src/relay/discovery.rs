@@ -44,6 +44,7 @@ struct ApiDoc;
 /// The OpenAPI 3.1 document, with `public` as its one server.
 pub fn openapi(public: &PublicUrl) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(super::files::FilesDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.servers = Some(vec![Server::new(public.as_str())]);
     // Anonymous use (a code in its first hour) or an account's API key.

@@ -46,6 +46,10 @@ pub enum Reason {
     MachineTimeout,
     /// The `Idempotency-Key` was already used for another command.
     Conflict,
+    /// A push's path already holds a file and `overwrite` was not given.
+    Exists,
+    /// A push's bytes did not have the SHA-256 the caller sent.
+    ChecksumMismatch,
 }
 
 /// An error response.

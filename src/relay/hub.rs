@@ -40,7 +40,9 @@ pub struct AgentConn {
     /// When the current code was made (Unix ms); a code reset changes it.
     code_created_ms: AtomicI64,
     /// Frames for the daemon; the connection's task writes them out.
-    tx: mpsc::UnboundedSender<RelayMessage>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// File transfers in flight on this link.
+    pub files: super::transfer::Transfers,
     /// Callers waiting on their commands' events.
     pending: Mutex<HashMap<Uuid, Waiter>>,
     /// What this link may make the relay hold and how long its commands may take.
@@ -67,6 +69,16 @@ struct Waiter {
     cut: bool,
     /// The account that started it, if any: blocking it stops the command.
     account: Option<i64>,
+}
+
+/// One frame for the daemon: a protocol message (a text frame) or bulk bytes
+/// (a binary frame, see [`crate::protocol::files`]).
+#[derive(Debug)]
+pub enum Outbound {
+    /// A JSON message.
+    Message(RelayMessage),
+    /// An encoded binary frame.
+    Frame(Vec<u8>),
 }
 
 /// Who started a command, so the operator's later decisions reach it.
@@ -162,7 +174,7 @@ impl Hub {
         info: AgentInfo,
         code_created_ms: i64,
         limits: LinkLimits,
-        tx: mpsc::UnboundedSender<RelayMessage>,
+        tx: mpsc::UnboundedSender<Outbound>,
     ) -> Arc<AgentConn> {
         Arc::new(AgentConn {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -170,6 +182,7 @@ impl Hub {
             info,
             code_created_ms: AtomicI64::new(code_created_ms),
             tx,
+            files: super::transfer::Transfers::default(),
             pending: Mutex::default(),
             limits,
             replaced: CancellationToken::new(),
@@ -244,7 +257,7 @@ impl AgentConn {
             }
             pending.insert(id, Waiter { tx, bytes: 0, started: false, cut: false, account: issuer.account });
         }
-        if self.tx.send(RelayMessage::Exec(request)).is_err() {
+        if !self.send(RelayMessage::Exec(request)) {
             self.pending.lock().unwrap().remove(&id);
             return Err(StartError::Offline);
         }
@@ -255,7 +268,12 @@ impl AgentConn {
 
     /// Queues a frame for the daemon. False when the link is gone.
     pub fn send(&self, msg: RelayMessage) -> bool {
-        self.tx.send(msg).is_ok()
+        self.tx.send(Outbound::Message(msg)).is_ok()
+    }
+
+    /// Queues an encoded binary frame for the daemon. False when the link is gone.
+    pub fn send_frame(&self, frame: Vec<u8>) -> bool {
+        self.tx.send(Outbound::Frame(frame)).is_ok()
     }
 
     /// Asks the daemon about jobs. `None` when the link went away, or no
@@ -291,7 +309,11 @@ impl AgentConn {
             | AgentMessage::Ping { .. }
             | AgentMessage::Pong { .. }
             | AgentMessage::TokenSaved
-            | AgentMessage::Operator { .. } => return,
+            | AgentMessage::Operator { .. }
+            | AgentMessage::FileOpened(_)
+            | AgentMessage::FileCredit { .. }
+            | AgentMessage::FileDone { .. }
+            | AgentMessage::FileFailed { .. } => return,
         };
         let mut pending = self.pending.lock().unwrap();
         let buffered: u64 = pending.values().map(|w| w.bytes).sum();
@@ -338,7 +360,7 @@ impl AgentConn {
             self.send(RelayMessage::Cancel { id: *id });
             let _ = waiter.tx.send(ExecEvent::Revoked(why));
         }
-        ids.len()
+        ids.len() + self.files.revoke(self, why, account)
     }
 
     /// Ends every caller's wait: the link is gone. Their receivers see the end
@@ -346,6 +368,7 @@ impl AgentConn {
     fn fail_all(&self) {
         self.pending.lock().unwrap().clear();
         self.job_calls.lock().unwrap().clear();
+        self.files.fail_all();
     }
 }
 

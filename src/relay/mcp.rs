@@ -10,6 +10,7 @@
 
 mod args;
 mod jobs;
+mod files;
 mod output;
 mod sessions;
 mod tasks;
@@ -340,7 +341,7 @@ impl Endpoint {
         let manager = Arc::new(manager);
         let counted = Arc::clone(&manager);
         state.metrics.count_mcp_sessions_with(Box::new(move || counted.sessions.try_read().ok().map(|s| s.len())));
-        let tools = Arc::new(Mcp::tool_router() + Mcp::job_tools());
+        let tools = Arc::new(Mcp::tool_router() + Mcp::job_tools() + Mcp::files_tools());
         let ours = Sessions::default();
         let tasks = tasks::Tasks::default();
         let make = {

@@ -12,12 +12,15 @@ pub mod discovery;
 pub mod doctor;
 pub mod error;
 pub mod exec;
+pub mod files;
 pub mod hub;
 pub mod jobs;
 mod jobs_rest;
 pub mod keys;
 pub mod limit;
+pub mod links;
 pub mod listen;
+pub mod machines;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;
@@ -26,6 +29,7 @@ pub mod origin;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +38,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, patch, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +99,13 @@ pub struct Config {
     pub metrics_separate: bool,
     /// Silence from a daemon after which its link counts as dead and is closed.
     pub link_timeout: Duration,
+    /// Largest file a pull or push moves, in bytes (the daemon has its own cap too).
+    pub max_file: u64,
+    /// Largest file MCP `remote_pull` returns in its result (as text, or an
+    /// embedded resource); larger ones come as a download link.
+    pub mcp_inline_max: usize,
+    /// How long an MCP download or upload link works (once).
+    pub file_link_ttl: Duration,
 }
 
 impl Config {
@@ -126,6 +137,9 @@ impl Config {
             tls: None,
             metrics_separate: false,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
+            max_file: crate::protocol::files::DEFAULT_MAX_FILE,
+            mcp_inline_max: 256 * 1024,
+            file_link_ttl: Duration::from_secs(3600),
         }
     }
 
@@ -165,6 +179,8 @@ pub struct Inner {
     pub registrations: limit::DailyCap,
     /// Counters for `/metrics`; the hub holds the same.
     pub metrics: Arc<metrics::Metrics>,
+    /// MCP download and upload links not yet used.
+    pub file_links: links::FileLinks,
 }
 
 impl std::ops::Deref for AppState {
@@ -184,7 +200,8 @@ impl AppState {
         let usage = accounts::Usage::default();
         let metrics = Arc::new(metrics::Metrics::default());
         let hub = Hub::with_metrics(Arc::clone(&metrics));
-        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics };
+        let file_links = links::FileLinks::default();
+        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics, file_links };
         Ok(Self(Arc::new(inner)))
     }
 }
@@ -227,6 +244,13 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
         .route("/api/v1/jobs/{code}", get(jobs_rest::list).options(api::preflight))
         .route("/api/v1/jobs/{code}/{id}", get(jobs_rest::status).delete(jobs_rest::cancel).options(api::preflight))
         .route("/api/v1/jobs/{code}/{id}/output", get(jobs_rest::output).options(api::preflight))
+        .route(
+            "/api/v1/files/{code}",
+            get(files::pull).put(files::push).options(api::preflight).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/files/link/{token}", get(links::download).put(links::upload).layer(DefaultBodyLimit::disable()))
+        .route("/api/v1/machines", get(machines::get_machines).options(api::preflight))
+        .route("/api/v1/machines/{alias}", patch(machines::patch_machine).options(api::preflight))
         .route("/mcp", mcp_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
@@ -287,6 +311,7 @@ async fn housekeeping(state: AppState) {
             _ = tokio::time::sleep(USAGE_FLUSH) => false,
             _ = state.shutdown.cancelled() => true,
         };
+        state.file_links.sweep();
         if let Err(e) = state.usage.flush(&state.store).await {
             tracing::warn!("recording last-used times: {e:#}");
         }

@@ -1,6 +1,6 @@
 """Drives a relay's /mcp with the official MCP Python SDK, as a third-party client.
 
-Usage: python_sdk.py URL CODE PID_FILE. Prints one JSON object per line, each
+Usage: python_sdk.py URL CODE PID_FILE [API_KEY]. Prints one JSON object per line, each
 with a "step" naming what it saw; tests/third_party_clients.rs asserts on them.
 """
 
@@ -11,9 +11,12 @@ import sys
 import time
 
 import anyio
+import httpx2
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 URL, CODE, PID_FILE = sys.argv[1], sys.argv[2], sys.argv[3]
+API_KEY = sys.argv[4] if len(sys.argv) > 4 else None
 
 
 class Warnings(logging.Handler):
@@ -99,9 +102,21 @@ async def close_during_sleep():
         outer.cancel_scope.cancel()
 
 
+async def machines():
+    """list_machines: refused without an account; with one, after a first command links the machine."""
+    async with Client(URL, mode="auto") as client:
+        result("machines_anonymous", await client.call_tool("list_machines", {}))
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        async with Client(streamable_http_client(URL, http_client=http), mode="auto") as client:
+            await client.call_tool("remote_exec", {"code": CODE, "command": "true"})
+            result("machines", await client.call_tool("list_machines", {}))
+
+
 async def main():
     await calls("auto")
     await calls("legacy")
+    if API_KEY:
+        await machines()
     await close_during_sleep()
     say("warnings", warnings=WARNINGS.seen)
 

@@ -62,7 +62,7 @@ pub(super) const CODE_HINT: &str =
     "the machine's session code as a string, e.g. \"AIC-7K3P-WX9M-RTBN\", or a linked machine's alias";
 
 /// The JSON type of `value` in words.
-fn kind(value: &Value) -> &'static str {
+pub(super) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

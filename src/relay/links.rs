@@ -1,0 +1,164 @@
+//! Download and upload links for MCP clients, so a large file's bytes never
+//! pass through a model: `GET`/`PUT /api/v1/files/link/{token}`.
+//!
+//! A link is a random token, kept only as its SHA-256 and only in memory,
+//! bound to one machine and one path, good for one use within its lifetime
+//! (1 h by default). A download link holds its pull open (approved, the file
+//! hashed, nothing read yet) until it is used or expires; an upload link
+//! holds only what the push will be, and the push is approved when it arrives.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::access::Caller;
+use super::error::{ApiError, Reason};
+use super::files::{self, PushSpec};
+use super::transfer::Transfer;
+use crate::protocol::files::FileOpened;
+
+/// What a link stands for.
+pub enum Offer {
+    /// A pull, opened and waiting for the download to start.
+    Download {
+        /// What the daemon found.
+        opened: FileOpened,
+        /// The pull, with no credit yet.
+        transfer: Transfer,
+    },
+    /// A push to be made when the upload arrives.
+    Upload {
+        /// Who asked for the link: the push is theirs, checked again when it arrives.
+        caller: Caller,
+        /// The code or alias they named.
+        code: String,
+        /// Where the file goes.
+        path: String,
+        /// Its permission bits.
+        mode: Option<u32>,
+        /// Whether it may replace a file.
+        overwrite: bool,
+    },
+}
+
+/// Links not yet used. Held for a moment per call, never across an `.await`.
+#[derive(Default)]
+pub struct FileLinks {
+    links: Mutex<HashMap<[u8; 32], (Instant, Offer)>>,
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl FileLinks {
+    /// Keeps `offer` for `ttl` and returns its token (shown once).
+    pub fn offer(&self, offer: Offer, ttl: Duration) -> String {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = Instant::now();
+        let mut links = self.links.lock().unwrap();
+        // Expired links are dropped here, and with them any pull they held open.
+        links.retain(|_, (expires, _)| *expires > now);
+        links.insert(token_hash(&token), (now + ttl, offer));
+        token
+    }
+
+    /// The offer behind `token`, once: a used, expired or unknown token gives `None`.
+    pub fn take(&self, token: &str) -> Option<Offer> {
+        let (expires, offer) = self.links.lock().unwrap().remove(&token_hash(token))?;
+        (expires > Instant::now()).then_some(offer)
+    }
+
+    /// Drops expired links (their held pulls are cancelled on the machine).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let expired: Vec<Offer> = {
+            let mut links = self.links.lock().unwrap();
+            let gone: Vec<[u8; 32]> = links.iter().filter(|(_, (e, _))| *e <= now).map(|(k, _)| *k).collect();
+            gone.iter().filter_map(|k| links.remove(k)).map(|(_, o)| o).collect()
+        };
+        drop(expired);
+    }
+}
+
+/// The answer for a token that is not (or no longer) a link.
+fn gone() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        Reason::NotFound,
+        "This link was already used, has expired, or never existed: links work once, within an hour. \
+         Ask for a new one (call remote_pull or remote_push again).",
+    )
+}
+
+/// `GET /api/v1/files/link/{token}`: the file a download link stands for.
+pub async fn download(State(state): State<AppState>, Path(token): Path<String>) -> Result<Response, ApiError> {
+    match state.file_links.take(&token) {
+        Some(Offer::Download { opened, mut transfer }) => {
+            transfer.start();
+            Ok(files::pull_response(&opened, None, transfer))
+        }
+        Some(upload @ Offer::Upload { .. }) => {
+            drop(upload);
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Reason::BadRequest,
+                "This is an upload link: PUT the file to it (curl -T FILE URL). It is now used up; ask for a new one.",
+            ))
+        }
+        None => Err(gone()),
+    }
+}
+
+/// `PUT /api/v1/files/link/{token}`: the push an upload link stands for, with the request body.
+pub async fn upload(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    match state.file_links.take(&token) {
+        Some(Offer::Upload { caller, code, path, mode, overwrite }) => {
+            let (size, sha256) = files::body_facts(&headers)?;
+            let spec = PushSpec { path, size, mode, overwrite, sha256 };
+            files::push_body(&state, &caller, &code, spec, body).await
+        }
+        Some(Offer::Download { .. }) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Reason::BadRequest,
+            "This is a download link: GET it (curl -o FILE URL). It is now used up; ask for a new one.",
+        )),
+        None => Err(gone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload_offer() -> Offer {
+        let caller = Caller::anonymous([127, 0, 0, 1].into());
+        Offer::Upload { caller, code: "AIC-X".into(), path: "/tmp/x".into(), mode: None, overwrite: false }
+    }
+
+    #[test]
+    fn a_link_works_once_and_not_after_it_expires() {
+        let links = FileLinks::default();
+        let token = links.offer(upload_offer(), Duration::from_secs(60));
+        assert_eq!(token.len(), 64);
+        assert!(links.take(&token).is_some());
+        assert!(links.take(&token).is_none(), "a second use");
+        let expired = links.offer(upload_offer(), Duration::ZERO);
+        assert!(links.take(&expired).is_none(), "an expired link");
+        assert!(links.take("not a token").is_none());
+    }
+}
