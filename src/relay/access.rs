@@ -53,7 +53,28 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap, peer: SocketAdd
         .map(str::trim)
         .ok_or_else(unauthorized)?;
     let account = accounts::authenticate(&state.store, &state.keys, key).await.map_err(internal)?;
-    Ok(Caller { ip, account: Some(account.ok_or_else(unauthorized)?) })
+    let account = account.ok_or_else(unauthorized)?;
+    if account.active_until.is_some_and(|until| super::now_ms() >= until) {
+        return Err(reactivation_required(state));
+    }
+    Ok(Caller { ip, account: Some(account) })
+}
+
+/// 403 for an account whose keys are dormant: its owner has not signed in on
+/// the web within the last day, and daily re-activation is on.
+pub fn reactivation_required(state: &AppState) -> ApiError {
+    let login_url = state.public.get().map_or_else(|| "/login".to_owned(), |p| p.join("/login"));
+    let mut err = ApiError::new(
+        StatusCode::FORBIDDEN,
+        Reason::ReactivationRequired,
+        format!(
+            "This account's API keys and tokens act only within 24 hours of a web sign-in (daily re-activation), \
+             and its owner has not signed in since. Ask the user to sign in at {login_url}, then retry; \
+             or they can turn daily re-activation off on their dashboard."
+        ),
+    );
+    err.login_url = Some(login_url);
+    err
 }
 
 fn unauthorized() -> ApiError {

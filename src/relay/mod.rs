@@ -16,14 +16,17 @@ pub mod hub;
 pub mod keys;
 pub mod limit;
 pub mod listen;
+pub mod mail;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;
 mod operator;
 pub mod origin;
+pub mod signin;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +90,9 @@ pub struct Config {
     pub metrics_separate: bool,
     /// Silence from a daemon after which its link counts as dead and is closed.
     pub link_timeout: Duration,
+    /// The SMTP server that sign-in links go out through; none: no mail
+    /// (the operator prints links with `aic-relay login-link`).
+    pub mail: Option<mail::MailConfig>,
 }
 
 impl Config {
@@ -116,6 +122,7 @@ impl Config {
             tls: None,
             metrics_separate: false,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
+            mail: None,
         }
     }
 
@@ -154,6 +161,12 @@ pub struct Inner {
     pub registrations: limit::DailyCap,
     /// Counters for `/metrics`; the hub holds the same.
     pub metrics: Arc<metrics::Metrics>,
+    /// The queue sign-in mail goes out from.
+    pub mailer: mail::Mailer,
+    /// Sign-in links asked for, per client address and in all.
+    pub signin_limits: web::Limits,
+    /// The address clients reach the relay at, once it serves (refusals name its sign-in page).
+    pub public: std::sync::OnceLock<PublicUrl>,
 }
 
 impl std::ops::Deref for AppState {
@@ -173,7 +186,22 @@ impl AppState {
         let usage = accounts::Usage::default();
         let metrics = Arc::new(metrics::Metrics::default());
         let hub = Hub::with_metrics(Arc::clone(&metrics));
-        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics };
+        let mailer = mail::Mailer::start(config.mail.as_ref(), shutdown.clone())?;
+        let (signin_limits, public) = (web::Limits::default(), std::sync::OnceLock::new());
+        let inner = Inner {
+            config,
+            keys,
+            store,
+            hub,
+            shutdown,
+            usage,
+            limiter,
+            registrations,
+            metrics,
+            mailer,
+            signin_limits,
+            public,
+        };
         Ok(Self(Arc::new(inner)))
     }
 }
@@ -192,6 +220,8 @@ pub async fn open_store(data_dir: &std::path::Path, secret: Option<Keys>) -> any
 /// The HTTP routes, for a relay reached at `public`.
 pub fn router(state: AppState, public: PublicUrl) -> Router {
     let max_body = state.config.max_body;
+    let _ = state.public.set(public.clone());
+    let pages = web::router(state.clone(), public.clone());
     let documents = discovery::Documents::new(&public);
     let skill = documents.clone();
     let allowed = Arc::new(AllowedHosts { hosts: public.allowed_hosts(), public });
@@ -213,6 +243,7 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     Router::new()
         .merge(limited)
         .merge(open)
+        .merge(pages)
         .route("/openapi.json", get(move || async move { documents.openapi_response() }))
         .route("/skill/SKILL.md", get(move || async move { skill.skill_response() }))
         .fallback(api::not_found)
@@ -295,6 +326,11 @@ async fn forget_stale(state: &AppState) {
             UNRETURNED_AGENT.as_secs() / 3600
         ),
         Err(e) => tracing::warn!("forgetting registrations that never came back: {e:#}"),
+    }
+    match signin::sweep(&state.store, now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} expired web sessions and old sign-in links"),
+        Err(e) => tracing::warn!("deleting expired web sessions and sign-in links: {e:#}"),
     }
 }
 
