@@ -52,12 +52,29 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap, peer: SocketAdd
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(unauthorized)?;
-    let account = accounts::authenticate(&state.store, &state.keys, key).await.map_err(internal)?;
+    let account = if key.starts_with(super::oauth::grants::ACCESS_PREFIX) {
+        oauth_account(state, key).await?
+    } else {
+        accounts::authenticate(&state.store, &state.keys, key).await.map_err(internal)?
+    };
     let account = account.ok_or_else(unauthorized)?;
     if account.active_until.is_some_and(|until| super::now_ms() >= until) {
         return Err(reactivation_required(state));
     }
     Ok(Caller { ip, account: Some(account) })
+}
+
+/// The account behind an OAuth access token issued for this relay's MCP resource.
+async fn oauth_account(state: &AppState, token: &str) -> Result<Option<Account>, ApiError> {
+    let found =
+        super::oauth::grants::bearer(&state.store, &state.keys, token, super::now_ms()).await.map_err(internal)?;
+    let resource = state.public.get().map(super::oauth::resource);
+    Ok(found.filter(|b| Some(&b.resource) == resource.as_ref()).map(|b| Account {
+        id: b.account_id,
+        email: b.email,
+        key_id: format!("oauth:{}", b.client_id),
+        active_until: accounts::active_until(b.daily_reactivation, b.last_sign_in_at),
+    }))
 }
 
 /// 403 for an account whose keys are dormant: its owner has not signed in on

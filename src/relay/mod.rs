@@ -20,6 +20,7 @@ pub mod mail;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 mod operator;
 pub mod origin;
 pub mod signin;
@@ -93,6 +94,8 @@ pub struct Config {
     /// The SMTP server that sign-in links go out through; none: no mail
     /// (the operator prints links with `aic-relay login-link`).
     pub mail: Option<mail::MailConfig>,
+    /// Where Client ID Metadata Documents may be fetched from.
+    pub cimd: oauth::cimd::CimdPolicy,
 }
 
 impl Config {
@@ -123,6 +126,7 @@ impl Config {
             metrics_separate: false,
             link_timeout: crate::protocol::agent::LINK_TIMEOUT,
             mail: None,
+            cimd: oauth::cimd::CimdPolicy::default(),
         }
     }
 
@@ -221,12 +225,18 @@ pub async fn open_store(data_dir: &std::path::Path, secret: Option<Keys>) -> any
 pub fn router(state: AppState, public: PublicUrl) -> Router {
     let max_body = state.config.max_body;
     let _ = state.public.set(public.clone());
-    let pages = web::router(state.clone(), public.clone());
+    let web = Arc::new(web::Web { state: state.clone(), public: public.clone() });
+    let pages = web::router(Arc::clone(&web)).merge(oauth::router(web, state.config.cimd.clone()));
+    let guard = oauth::Guard { state: state.clone(), public: public.clone() };
     let documents = discovery::Documents::new(&public);
     let skill = documents.clone();
     let allowed = Arc::new(AllowedHosts { hosts: public.allowed_hosts(), public });
     let endpoint = mcp::Endpoint::new(&state);
+    let oauth_endpoint = endpoint.clone();
     let mcp_route = any(move |request| endpoint.clone().handle(request))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&allowed), origin::check_host));
+    let mcp_oauth_route = any(move |request| oauth_endpoint.clone().handle(request))
+        .layer(axum::middleware::from_fn_with_state(guard, oauth::require_token))
         .layer(axum::middleware::from_fn_with_state(allowed, origin::check_host));
     // Everything that touches a code (or registers one) counts against the
     // caller's budget: status and MCP too, or they are a code-guessing oracle.
@@ -234,6 +244,7 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
         .route("/api/v1/exec", post(api::exec).options(api::preflight))
         .route("/api/v1/status/{code}", get(api::status).options(api::preflight))
         .route("/mcp", mcp_route)
+        .route(oauth::MCP_PATH, mcp_oauth_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
     let mut open = Router::new().route("/api/health", get(api::health));
@@ -331,6 +342,11 @@ async fn forget_stale(state: &AppState) {
         Ok(0) => {}
         Ok(n) => tracing::info!("deleted {n} expired web sessions and old sign-in links"),
         Err(e) => tracing::warn!("deleting expired web sessions and sign-in links: {e:#}"),
+    }
+    match oauth::grants::sweep(&state.store, now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} expired OAuth codes and tokens and unused client registrations"),
+        Err(e) => tracing::warn!("deleting expired OAuth codes, tokens and registrations: {e:#}"),
     }
 }
 

@@ -98,6 +98,44 @@ const MIGRATIONS: &[(i64, &str)] = &[
         )",
     ),
     (103, "CREATE INDEX magic_links_email ON magic_links (email, created_at)"),
+    // OAuth 2.1: clients registered by DCR (CIMD clients are fetched, not
+    // stored), one-use authorization codes, and access and refresh tokens,
+    // each bound to its client, account and resource.
+    (
+        104,
+        "CREATE TABLE oauth_clients (
+            client_id TEXT PRIMARY KEY,
+            client_name TEXT NOT NULL,
+            redirect_uris TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            last_used_at BIGINT
+        )",
+    ),
+    (
+        105,
+        "CREATE TABLE oauth_codes (
+            code_hash BLOB PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            redirect_uri TEXT NOT NULL,
+            code_challenge TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT
+        )",
+    ),
+    (
+        106,
+        "CREATE TABLE oauth_tokens (
+            token_hash BLOB PRIMARY KEY,
+            kind TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            resource TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT
+        )",
+    ),
 ];
 
 /// A handle on the store; cheap to clone.

@@ -7,6 +7,8 @@ mod dashboard;
 mod login;
 pub mod page;
 
+pub use login::{SESSION_COOKIE, internal};
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,8 +81,7 @@ impl Web {
 }
 
 /// The web routes, with their headers and the CSRF check.
-pub fn router(state: AppState, public: PublicUrl) -> Router<AppState> {
-    let web = Arc::new(Web { state, public });
+pub fn router(web: Arc<Web>) -> Router<AppState> {
     Router::new()
         .route("/login", get(login::form).post(login::ask))
         .route("/login/link", get(login::link_page).post(login::redeem))
@@ -98,7 +99,7 @@ pub fn router(state: AppState, public: PublicUrl) -> Router<AppState> {
 
 /// Refuses a POST that did not come from one of this relay's own pages, and
 /// puts the security headers on every answer.
-async fn guard(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
+pub async fn guard(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
     if request.method() == Method::POST && !same_origin(request.headers(), web.origin()) {
         let page = page::Page::new("Refused").para(
             "This form was sent from another site, so it was refused. Open the page on this relay and send it again.",

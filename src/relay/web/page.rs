@@ -23,13 +23,14 @@ pub fn esc(text: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Page {
     title: String,
+    head: String,
     body: String,
 }
 
 impl Page {
     /// An empty page titled `title`.
     pub fn new(title: &str) -> Self {
-        Self { title: title.to_owned(), body: String::new() }
+        Self { title: title.to_owned(), head: String::new(), body: String::new() }
     }
 
     /// A paragraph of plain text.
@@ -45,6 +46,14 @@ impl Page {
         self
     }
 
+    /// Makes the browser go on to `url` as soon as the page shows (a page
+    /// that continues, where a 302 after a form would be stopped by the
+    /// `form-action` policy).
+    pub fn continue_to(mut self, url: &str) -> Self {
+        self.head.push_str(&format!("<meta http-equiv=\"refresh\" content=\"0;url={}\">\n", esc(url)));
+        self
+    }
+
     /// A form that POSTs `fields` (hidden, escaped) to `action`, with one button.
     pub fn button(self, action: &str, fields: &[(&str, &str)], label: &str, class: &str) -> Self {
         let html = form(action, fields, label, class);
@@ -56,10 +65,11 @@ impl Page {
         Html(format!(
             "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-             <title>{title} · aic</title>\n<link rel=\"stylesheet\" href=\"/static/aic.css\">\n</head>\n\
+             <title>{title} · aic</title>\n<link rel=\"stylesheet\" href=\"/static/aic.css\">\n{head}</head>\n\
              <body>\n<header><a class=\"brand\" href=\"/dashboard\">aic</a></header>\n<main>\n<h1>{title}</h1>\n\
              {body}</main>\n</body>\n</html>\n",
             title = esc(&self.title),
+            head = self.head,
             body = self.body,
         ))
     }
