@@ -4,13 +4,15 @@
 //! per-address limit, expired links, the dashboard, CSRF, and daily
 //! re-activation of the keys made there.
 
+#[path = "signin/browser.rs"]
+mod browser;
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use aic::relay::{self, signin};
+use browser::Browser;
 use common::{TestRelay, within};
 use reqwest::header;
 use tokio::io::AsyncBufReadExt;
@@ -82,86 +84,13 @@ fn link_in(mail: &str) -> String {
     link.expect("a link in the mail").to_owned()
 }
 
-/// `form` as a browser sends it.
-fn urlencoded(form: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                b' ' => "+".to_owned(),
-                b => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    form.iter().map(|(n, v)| format!("{}={}", enc(n), enc(v))).collect::<Vec<_>>().join("&")
-}
-
-/// A browser: its cookies, and the `Origin` and `Sec-Fetch-Site` it sends.
-struct Browser {
-    base: String,
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
-}
-
-impl Browser {
-    fn new(relay: &TestRelay) -> Self {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Self { base: relay.http(), http, cookies: HashMap::new() }
-    }
-
-    fn keep_cookies(&mut self, response: &reqwest::Response) {
-        for value in response.headers().get_all(header::SET_COOKIE) {
-            let pair = value.to_str().unwrap().split(';').next().unwrap();
-            let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty() {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ")
-    }
-
-    async fn get(&mut self, url: &str) -> (u16, String) {
-        let url = if url.starts_with("http") { url.to_owned() } else { format!("{}{url}", self.base) };
-        let response = self.http.get(url).header(header::COOKIE, self.cookie_header()).send().await.unwrap();
-        self.keep_cookies(&response);
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    /// A form POST from one of the relay's own pages.
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        let origin = self.base.clone();
-        self.post_from(path, form, &origin, "same-origin").await
-    }
-
-    async fn post_from(&mut self, path: &str, form: &[(&str, &str)], origin: &str, site: &str) -> reqwest::Response {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header(header::COOKIE, self.cookie_header())
-            .header(header::ORIGIN, origin)
-            .header("sec-fetch-site", site)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(urlencoded(form))
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&response);
-        response
-    }
-
-    /// Asks for a link, reads the `n`th mail, and redeems the link here.
-    async fn sign_in(&mut self, sink: &Sink, email: &str, n: usize) -> reqwest::Response {
-        let asked = self.post("/login", &[("email", email)]).await;
-        assert_eq!(asked.status(), 200);
-        let link = link_in(&sink.mail(n).await);
-        let token = link.split("t=").nth(1).unwrap().to_owned();
-        self.post("/login/link", &[("t", &token)]).await
-    }
+/// Asks for a link, reads the `n`th mail, and redeems the link here.
+async fn sign_in(browser: &mut Browser, sink: &Sink, email: &str, n: usize) -> reqwest::Response {
+    let asked = browser.post("/login", &[("email", email)]).await;
+    assert_eq!(asked.status(), 200);
+    let link = link_in(&sink.mail(n).await);
+    let token = link.split("t=").nth(1).unwrap().to_owned();
+    browser.post("/login/link", &[("t", &token)]).await
 }
 
 async fn relay_with_mail(dir: &Path, sink: &Sink) -> TestRelay {
@@ -178,7 +107,7 @@ async fn a_mailed_link_signs_its_browser_in_once_and_opens_the_dashboard() {
     let Some(sink) = Sink::start().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let relay = relay_with_mail(dir.path(), &sink).await;
-    let mut browser = Browser::new(&relay);
+    let mut browser = Browser::new(relay.http());
 
     let (status, page) = browser.get("/login").await;
     assert_eq!(status, 200);
@@ -225,11 +154,11 @@ async fn another_device_is_shown_a_code_for_the_browser_that_asked() {
     let Some(sink) = Sink::start().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let relay = relay_with_mail(dir.path(), &sink).await;
-    let mut laptop = Browser::new(&relay);
+    let mut laptop = Browser::new(relay.http());
     assert_eq!(laptop.post("/login", &[("email", "bo@example.com")]).await.status(), 200);
     let token = link_in(&sink.mail(1).await).split("t=").nth(1).unwrap().to_owned();
 
-    let mut phone = Browser::new(&relay);
+    let mut phone = Browser::new(relay.http());
     let shown = phone.post("/login/link", &[("t", &token)]).await;
     assert_eq!(shown.status(), 200, "the phone is not signed in");
     assert!(phone.cookies.is_empty(), "{:?}", phone.cookies);
@@ -256,7 +185,7 @@ async fn links_past_the_per_address_limit_are_refused_and_expired_ones_say_what_
     let Some(sink) = Sink::start().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let relay = relay_with_mail(dir.path(), &sink).await;
-    let mut browser = Browser::new(&relay);
+    let mut browser = Browser::new(relay.http());
     for _ in 0..3 {
         assert_eq!(browser.post("/login", &[("email", "cy@example.com")]).await.status(), 200);
     }
@@ -304,8 +233,8 @@ async fn keys_made_on_the_dashboard_act_within_a_day_of_signing_in() {
     let Some(sink) = Sink::start().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let relay = relay_with_mail(dir.path(), &sink).await;
-    let mut browser = Browser::new(&relay);
-    assert_eq!(browser.sign_in(&sink, "ed@example.com", 1).await.status(), 303);
+    let mut browser = Browser::new(relay.http());
+    assert_eq!(sign_in(&mut browser, &sink, "ed@example.com", 1).await.status(), 303);
 
     // A POST from another site is refused and changes nothing.
     let forged = browser.post_from("/dashboard/keys", &[], "https://evil.example", "cross-site").await;
@@ -354,7 +283,7 @@ async fn keys_made_on_the_dashboard_act_within_a_day_of_signing_in() {
 async fn the_operator_prints_a_link_when_the_relay_sends_no_mail() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut browser = Browser::new(&relay);
+    let mut browser = Browser::new(relay.http());
     let asked = browser.post("/login", &[("email", "fi@example.com")]).await;
     assert!(asked.text().await.unwrap().contains("aic-relay login-link"));
 
@@ -368,7 +297,7 @@ async fn the_operator_prints_a_link_when_the_relay_sends_no_mail() {
     assert!(text.starts_with("Sign-in link for fi@example.com"), "{text}");
     let token = link_in(&text).split("t=").nth(1).unwrap().to_owned();
     // Not bound to any browser: whoever opens it signs in.
-    let mut other = Browser::new(&relay);
+    let mut other = Browser::new(relay.http());
     assert_eq!(other.post("/login/link", &[("t", &token)]).await.status(), 303);
     assert_eq!(other.get("/dashboard").await.0, 200);
 
