@@ -92,6 +92,10 @@ pub struct Account {
 /// How long after a web sign-in an account's keys and tokens act, with daily re-activation on.
 pub const REACTIVATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// `a.daily_reactivation` as a number a row can carry through the `Any`
+/// driver (SQLite's BOOLEAN cannot): 1 on, 0 off.
+pub const REACTIVATION_FLAG: &str = "CASE WHEN a.daily_reactivation THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END";
+
 /// Until when an account's keys act: `None` with daily re-activation off.
 pub fn active_until(daily_reactivation: bool, last_sign_in_at: Option<i64>) -> Option<i64> {
     daily_reactivation.then(|| last_sign_in_at.map_or(0, |t| t + REACTIVATION_WINDOW.as_millis() as i64))
@@ -224,20 +228,18 @@ pub async fn revoke_key(store: &Store, key_id: &str, now: i64) -> anyhow::Result
 /// The account a bearer key belongs to, if the key is valid and not revoked.
 pub async fn authenticate(store: &Store, keys: &Keys, key: &str) -> anyhow::Result<Option<Account>> {
     let Some((key_id, secret)) = parse_key(key) else { return Ok(None) };
-    let row = sqlx::query(
-        "SELECT k.secret_hash, k.revoked_at, a.id, a.email, a.daily_reactivation, a.last_sign_in_at
-         FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1",
-    )
-    .bind(key_id)
-    .fetch_optional(store.pool())
-    .await?;
+    let sql = format!(
+        "SELECT k.secret_hash, k.revoked_at, a.id, a.email, {REACTIVATION_FLAG}, a.last_sign_in_at
+         FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key_id).fetch_optional(store.pool()).await?;
     let Some(row) = row else { return Ok(None) };
     let stored: Vec<u8> = row.get(0);
     let revoked: Option<i64> = row.get(1);
     if revoked.is_some() || !keys::digest_eq(&key_hash(keys, key_id, secret), &stored) {
         return Ok(None);
     }
-    let active_until = active_until(row.get(4), row.get(5));
+    let active_until = active_until(row.get::<i64, _>(4) != 0, row.get(5));
     Ok(Some(Account { id: row.get(2), email: row.get(3), key_id: key_id.to_owned(), active_until }))
 }
 
@@ -368,15 +370,14 @@ pub struct Profile {
 
 /// An account by row id.
 pub async fn profile(store: &Store, account_id: i64) -> anyhow::Result<Option<Profile>> {
-    let row = sqlx::query("SELECT email, created_at, last_sign_in_at, daily_reactivation FROM accounts WHERE id = $1")
-        .bind(account_id)
-        .fetch_optional(store.pool())
-        .await?;
+    let sql =
+        format!("SELECT a.email, a.created_at, a.last_sign_in_at, {REACTIVATION_FLAG} FROM accounts a WHERE a.id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id).fetch_optional(store.pool()).await?;
     Ok(row.map(|r| Profile {
         email: r.get(0),
         created_at: r.get(1),
         last_sign_in_at: r.get(2),
-        daily_reactivation: r.get(3),
+        daily_reactivation: r.get::<i64, _>(3) != 0,
     }))
 }
 

@@ -223,21 +223,23 @@ pub struct Bearer {
 
 /// The account behind a current access token.
 pub async fn bearer(store: &Store, keys: &Keys, token: &str, now: i64) -> anyhow::Result<Option<Bearer>> {
-    let row = sqlx::query(
-        "SELECT t.account_id, a.email, t.resource, t.client_id, a.daily_reactivation, a.last_sign_in_at
+    let sql = format!(
+        "SELECT t.account_id, a.email, t.resource, t.client_id, {}, a.last_sign_in_at
          FROM oauth_tokens t JOIN accounts a ON a.id = t.account_id
          WHERE t.token_hash = $1 AND t.kind = 'access' AND t.expires_at > $2",
-    )
-    .bind(&keys.web_hash("oauth token", token)[..])
-    .bind(now)
-    .fetch_optional(store.pool())
-    .await?;
+        crate::relay::accounts::REACTIVATION_FLAG
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&keys.web_hash("oauth token", token)[..])
+        .bind(now)
+        .fetch_optional(store.pool())
+        .await?;
     Ok(row.map(|r| Bearer {
         account_id: r.get(0),
         email: r.get(1),
         resource: r.get(2),
         client_id: r.get(3),
-        daily_reactivation: r.get(4),
+        daily_reactivation: r.get::<i64, _>(4) != 0,
         last_sign_in_at: r.get(5),
     }))
 }
