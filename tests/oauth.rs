@@ -229,6 +229,80 @@ async fn an_oauth_client_registers_signs_in_and_runs_a_command_with_rotating_ref
     relay.stop().await;
 }
 
+/// Serves one client metadata document over HTTPS on loopback, with a
+/// certificate from a CA of its own; returns its URL and the CA to trust.
+async fn serve_document(
+    document: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> (String, rustls_pki_types::CertificateDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}/client.json", listener.local_addr().unwrap().port());
+    let body = document(&url);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+            let mut buf = vec![0u8; 4096];
+            let _ = tls.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = tls.write_all(format!("{head}{body}").as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (url, ca.der().clone())
+}
+
+#[tokio::test]
+async fn a_client_described_by_its_metadata_document_connects() {
+    let (url, ca) = serve_document(|url| {
+        json!({"client_id": url, "client_name": "Doc Client", "redirect_uris": [REDIRECT]}).to_string()
+    })
+    .await;
+    let wrong =
+        |_: &str| json!({"client_id": "https://elsewhere.example/c.json", "redirect_uris": [REDIRECT]}).to_string();
+    let (other, other_ca) = serve_document(wrong).await;
+    let (_dir, relay, daemon) = setup(|config| {
+        config.anonymous_window = Duration::from_secs(3600);
+        config.cimd = relay::oauth::cimd::CimdPolicy { allow_loopback: true, extra_roots: vec![ca, other_ca] };
+    })
+    .await;
+    let mut browser = signed_in(&relay, "ida@example.com").await;
+    let request = AuthorizationRequest::new(REDIRECT).with_client_metadata_url(url.as_str());
+    let manager = authorize(&relay, &mut browser, request, "Doc Client").await;
+    assert_eq!(manager.get_credentials().await.unwrap().0, url, "the document's URL is the client_id");
+    let (result, _) = exec_through(&relay, manager, &daemon.code().canonical()).await;
+    assert_eq!(result["structuredContent"]["stdout"], "via-oauth\n", "{result}");
+
+    // A document that names another client_id is refused, and nothing is sent to its redirect.
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let (status, page) = browser
+        .get(&format!(
+            "/authorize?response_type=code&client_id={}&redirect_uri={}&code_challenge={challenge}&code_challenge_method=S256",
+            urlenc(&other),
+            urlenc(REDIRECT)
+        ))
+        .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("names another client_id"), "{page}");
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn a_stale_token_and_a_foreign_redirect_are_refused() {
     let (_dir, relay, _daemon) = setup(|_| {}).await;
