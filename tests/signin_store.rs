@@ -67,6 +67,11 @@ async fn dashboard_round_trip(store: &Store) {
     let key_id = accounts::parse_key(&key).unwrap().0.to_owned();
     assert!(!accounts::revoke_own_key(store, account + 1, &key_id, 30).await.unwrap(), "not another's key");
     assert!(accounts::revoke_own_key(store, account, &key_id, 30).await.unwrap());
+    let kept = 30 + signin::REVOKED_KEY_KEPT.as_millis() as i64;
+    signin::sweep(store, kept).await.unwrap();
+    assert_eq!(accounts::list_keys(store, "bo@example.com").await.unwrap().len(), 1, "revoked, still listed");
+    signin::sweep(store, kept + 1).await.unwrap();
+    assert!(accounts::list_keys(store, "bo@example.com").await.unwrap().is_empty(), "long revoked: deleted");
 }
 
 /// OAuth clients, codes and tokens.

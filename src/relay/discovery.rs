@@ -143,7 +143,16 @@ mod tests {
         let public: PublicUrl = "https://relay.example.com".parse().unwrap();
         let text = connect_lines(&public);
         let lines: Vec<&str> = text.lines().collect();
-        for client in ["Claude Code", "Codex", "Gemini CLI", "VS Code", "Cursor", "opencode", "claude.ai", "Any client, with curl"] {
+        for client in [
+            "Claude Code",
+            "Codex",
+            "Gemini CLI",
+            "VS Code",
+            "Cursor",
+            "opencode",
+            "claude.ai",
+            "Any client, with curl",
+        ] {
             let at = lines.iter().position(|l| l.starts_with(client)).unwrap_or_else(|| panic!("no {client}"));
             let body = &lines[at + 1..(at + 3).min(lines.len())];
             assert!(body.iter().any(|l| l.contains("https://relay.example.com/")), "{client}: {body:?}");

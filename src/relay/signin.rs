@@ -275,8 +275,11 @@ pub async fn close_session(store: &Store, keys: &Keys, token: &str) -> anyhow::R
     Ok(())
 }
 
-/// Deletes expired sessions and links past a day old (kept that long for the
-/// per-address daily limit). Returns how many rows went.
+/// How long a revoked API key is kept (listed as revoked) before it is deleted.
+pub const REVOKED_KEY_KEPT: Duration = Duration::from_secs(30 * 86_400);
+
+/// Deletes expired sessions, links past a day old (kept that long for the
+/// per-address daily limit) and keys revoked long ago. Returns how many rows went.
 pub async fn sweep(store: &Store, now: i64) -> anyhow::Result<u64> {
     let sessions =
         sqlx::query("DELETE FROM web_sessions WHERE expires_at <= $1").bind(now).execute(store.pool()).await?;
@@ -284,7 +287,11 @@ pub async fn sweep(store: &Store, now: i64) -> anyhow::Result<u64> {
         .bind(now - 86_400_000)
         .execute(store.pool())
         .await?;
-    Ok(sessions.rows_affected() + links.rows_affected())
+    let keys = sqlx::query("DELETE FROM api_keys WHERE revoked_at < $1")
+        .bind(now - ms(REVOKED_KEY_KEPT))
+        .execute(store.pool())
+        .await?;
+    Ok(sessions.rows_affected() + links.rows_affected() + keys.rows_affected())
 }
 
 #[cfg(test)]
