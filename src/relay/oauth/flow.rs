@@ -215,8 +215,8 @@ fn consent_page(c: &Checked, p: &AuthorizeParams, email: &str) -> Page {
         "<section><p><strong>{name}</strong> ({vouch}) asks to act as <strong>{email}</strong> on this relay: \
          run commands on the machines your account is linked to, and look them up, exactly as your API keys can. \
          Machines' operators still approve, block and see everything it does.</p>\
-         <p>It gets a token for an hour that it renews itself until you revoke it by signing out everywhere or \
-         removing the account. If you allow it, your browser goes back to <strong>{host}</strong>.</p>\
+         <p>It gets tokens that last an hour and that it renews for up to 30 days of use; with daily \
+         re-activation on, they act only within a day of your last sign-in here. If you allow it, your browser goes back to <strong>{host}</strong>.</p>\
          <form method=\"post\" action=\"/authorize\" class=\"inline\">{fields}\
          <button type=\"submit\" name=\"decision\" value=\"allow\" class=\"primary\">Allow</button> \
          <button type=\"submit\" name=\"decision\" value=\"deny\" class=\"secondary\">Deny</button></form></section>",

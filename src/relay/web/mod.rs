@@ -110,17 +110,16 @@ pub async fn guard(State(web): State<Arc<Web>>, request: Request, next: Next) ->
     secure_headers(&web, response)
 }
 
-/// Whether a request comes from this relay's own pages: `Sec-Fetch-Site`
-/// (sent by every current browser) says so, and `Origin`, when sent, is ours.
-/// A request with neither is refused too.
+/// Whether a request comes from this relay's own pages. `Sec-Fetch-Site`
+/// (sent by every current browser, and not settable by a page) decides when
+/// present; `Origin` is then not needed (a page with `no-referrer`, as ours,
+/// makes Chrome send `Origin: null`). Without it, `Origin` must be ours.
+/// A request with neither is refused.
 pub fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
     let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    let site_ok = text("sec-fetch-site").map(|s| matches!(s, "same-origin" | "none"));
-    let origin_ok = text(header::ORIGIN.as_str()).map(|o| o.eq_ignore_ascii_case(origin));
-    match (site_ok, origin_ok) {
-        (Some(site), Some(origin)) => site && origin,
-        (Some(site), None) => site,
-        (None, Some(origin)) => origin,
+    match (text("sec-fetch-site"), text(header::ORIGIN.as_str())) {
+        (Some(site), _) => matches!(site, "same-origin" | "none"),
+        (None, Some(given)) => given.eq_ignore_ascii_case(origin),
         (None, None) => false,
     }
 }
@@ -236,7 +235,8 @@ mod tests {
         ));
         assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")]), origin));
         assert!(!same_origin(&headers(&[("origin", "https://evil.example")]), origin));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-origin"), ("origin", "null")]), origin));
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin"), ("origin", "null")]), origin));
+        assert!(!same_origin(&headers(&[("origin", "null")]), origin));
         assert!(!same_origin(&headers(&[]), origin));
     }
 
