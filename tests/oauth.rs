@@ -341,3 +341,20 @@ async fn a_stale_token_and_a_foreign_redirect_are_refused() {
     assert_eq!(bad.status(), 400);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn registrations_count_against_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = relay::Config::new(dir.path().to_path_buf());
+    config.rate_limit = 2;
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let register = || {
+        common::client().post(format!("{}/register", relay.http())).json(&json!({"redirect_uris": [REDIRECT]})).send()
+    };
+    assert_eq!(register().await.unwrap().status(), 201);
+    assert_eq!(register().await.unwrap().status(), 201);
+    let refused = register().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    relay.stop().await;
+}

@@ -67,22 +67,27 @@ pub fn resource_metadata_url(public: &PublicUrl) -> String {
     format!("{}/.well-known/oauth-protected-resource{path}{MCP_PATH}", origin(public))
 }
 
-/// The metadata and OAuth routes (the guarded MCP route is added by the caller).
+/// The metadata and OAuth routes (the guarded MCP route is added by the
+/// caller). Authorizing (which may fetch a client's document), token requests
+/// and registrations count against the caller's rate limit.
 pub fn router(web: Arc<Web>, policy: cimd::CimdPolicy) -> Router<AppState> {
+    let limit = axum::middleware::from_fn_with_state(web.state.clone(), super::limit::middleware);
     let oauth = Arc::new(OAuth { web: Arc::clone(&web), documents: cimd::Fetcher::new(policy) });
     let pages = Router::new()
         .route("/authorize", get(flow::authorize).post(flow::consent))
         .layer(axum::middleware::from_fn_with_state(web, super::web::guard))
+        .with_state(Arc::clone(&oauth));
+    let endpoints = Router::new()
+        .route("/token", axum::routing::post(flow::token))
+        .route("/register", axum::routing::post(flow::register))
         .with_state(Arc::clone(&oauth));
     Router::new()
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/{*path}", get(protected_resource))
         .route("/.well-known/oauth-authorization-server", get(authorization_server))
         .route("/.well-known/oauth-authorization-server/{*path}", get(authorization_server))
-        .route("/token", axum::routing::post(flow::token))
-        .route("/register", axum::routing::post(flow::register))
         .with_state(oauth)
-        .merge(pages)
+        .merge(pages.merge(endpoints).layer(limit))
 }
 
 /// RFC 9728: the resource, and who issues its tokens.
