@@ -313,3 +313,39 @@ async fn the_operator_prints_a_link_when_the_relay_sends_no_mail() {
     assert!(page.contains("Daily re-activation: off"), "{page}");
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_link_code_session_key_or_full_email_reaches_a_log_or_the_database() {
+    let Some(sink) = Sink::start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = format!("smtp://127.0.0.1:{}", sink.port);
+    let args = ["--smtp-url", smtp.as_str(), "--mail-from", "relay@example.com"];
+    let relay = common::RelayProcess::start(dir.path(), &args, &[("AIC_LOG", "debug")]).await;
+    let mut laptop = Browser::new(relay.http());
+    assert_eq!(laptop.post("/login", &[("email", "Secret.Person@example.com")]).await.status(), 200);
+    let token = link_in(&sink.mail(1).await).split("t=").nth(1).unwrap().to_owned();
+    let mut phone = Browser::new(relay.http());
+    let page = phone.post("/login/link", &[("t", &token)]).await.text().await.unwrap();
+    let code = page.split("<p class=\"code\">").nth(1).unwrap()[..6].to_owned();
+    assert_eq!(laptop.post("/login/code", &[("code", &code)]).await.status(), 303);
+    let made = laptop.post("/dashboard/keys", &[]).await.text().await.unwrap();
+    let key = made.split("id=\"new-key\">").nth(1).unwrap().split('<').next().unwrap().to_owned();
+    let secret = aic::relay::accounts::parse_key(&key).unwrap().1.to_owned();
+    let session = laptop.cookies["aic-session"].clone();
+    let browser_cookie = laptop.cookies.get("aic-signin").cloned();
+    assert!(browser_cookie.is_none(), "the sign-in cookie is cleared once used");
+
+    let log = relay.stop().await;
+    assert!(log.contains("signed in on the web"), "{log}");
+    let secrets = [("link", token.as_str()), ("session", session.as_str()), ("key", secret.as_str())];
+    for (what, value) in secrets.iter().chain([("full email", "secret.person@example.com")].iter()) {
+        assert!(!log.to_lowercase().contains(&value.to_lowercase()), "the log holds the {what}:\n{log}");
+    }
+    assert!(!log.contains(&format!("code={code}")) && !log.contains(&format!("\"{code}\"")), "{log}");
+    for (path, bytes) in common::files_under(dir.path()) {
+        for (what, value) in secrets {
+            let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
+            assert!(!found, "{} holds the {what}", path.display());
+        }
+    }
+}
