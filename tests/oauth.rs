@@ -322,6 +322,28 @@ async fn a_stale_token_and_a_foreign_redirect_are_refused() {
         .await
         .unwrap();
     let client_id = registered["client_id"].as_str().unwrap();
+
+    // Not signed in: /authorize sends the browser to sign in, and back to itself after.
+    let query = format!(
+        "response_type=code&client_id={client_id}&redirect_uri={}&code_challenge={}&code_challenge_method=S256&state=s",
+        urlenc(REDIRECT),
+        "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    );
+    let mut stranger = Browser::new(relay.http());
+    let response = stranger.http.get(format!("{}/authorize?{query}", relay.http())).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/login?next=%2Fauthorize%3Fresponse_type%3Dcode"), "{location}");
+    let (_, login) = stranger.get(&location).await;
+    let next = format!("/authorize?{query}");
+    assert!(login.contains(&format!("name=\"next\" value=\"{}\"", next.replace('&', "&amp;"))), "{login}");
+    let (store, keys) = (&relay.state.store, &relay.state.keys);
+    let token = signin::create_link(store, keys, "hal@example.com", None, &next, relay::now_ms()).await.unwrap();
+    let signed = stranger.post("/login/link", &[("t", &token)]).await;
+    assert_eq!(signed.headers()["location"].to_str().unwrap(), next);
+    let (status, page) = stranger.get(&next).await;
+    assert!(status == 200 && page.contains("asks to act as"), "{page}");
+
     let mut browser = signed_in(&relay, "hal@example.com").await;
     let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
     let (status, page) = browser
