@@ -111,6 +111,16 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
+    /// SMTP server that sign-in links are mailed through: smtps://user:password@mail.example.com:465, or
+    /// smtp://host:25 (add ?tls=required for STARTTLS). Without it no mail goes out, and `aic-relay
+    /// login-link EMAIL` prints links. Prefer the environment variable: it holds a password.
+    #[arg(long, env = "AIC_RELAY_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+
+    /// The sender of sign-in mail, e.g. "aic relay <relay@example.com>" (needed with --smtp-url).
+    #[arg(long, env = "AIC_RELAY_MAIL_FROM")]
+    mail_from: Option<String>,
+
     #[command(flatten)]
     log: aic::logging::LogArgs,
 
@@ -136,6 +146,12 @@ enum Command {
     /// API keys of accounts (works while the relay runs).
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Print a one-time sign-in link for EMAIL (valid 15 minutes; opening it signs that browser in,
+    /// making the account if it is new), for a relay that sends no mail. It is printed here only, never logged.
+    LoginLink {
+        /// The address to sign in as.
+        email: String,
+    },
     /// Check the config, the data dir, the secret, the database, the listen address and the clock, each
     /// printed as ok or problem with what to do; exits non-zero when any check fails.
     Doctor,
@@ -153,6 +169,14 @@ enum AccountCmd {
     },
     /// List accounts.
     List,
+    /// Change an account's settings.
+    Set {
+        /// The account's email.
+        email: String,
+        /// Whether its API keys and OAuth tokens act only within 24 h of a web sign-in.
+        #[arg(long, value_parser = ["on", "off"])]
+        daily_reactivation: String,
+    },
     /// Remove an account with its keys and links.
     Remove {
         /// The account's email.
@@ -200,6 +224,24 @@ async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Res
             show_key(&accounts::normalize_email(email)?, &key);
         }
         Command::Account(AccountCmd::List) => print_accounts(&accounts::list_accounts(&store).await?, json)?,
+        Command::Account(AccountCmd::Set { email, daily_reactivation }) => {
+            accounts::set_daily_reactivation(&store, email, daily_reactivation == "on").await?;
+            if !json {
+                println!("Daily re-activation is {daily_reactivation} for {email}.");
+            }
+        }
+        Command::LoginLink { email } => {
+            let email = accounts::normalize_email(email)?;
+            let token = relay::signin::create_link(&store, &keys, &email, None, "/dashboard", now).await?;
+            let url = args.public_url()?.join(&format!("/login/link?t={token}"));
+            if json {
+                println!("{}", serde_json::json!({"email": email, "url": url}));
+            } else {
+                println!(
+                    "Sign-in link for {email} (works once, for 15 minutes; whoever opens it signs in):\n\n  {url}\n"
+                );
+            }
+        }
         Command::Account(AccountCmd::Remove { email }) => {
             accounts::remove_account(&store, email).await?;
             if !json {
@@ -469,6 +511,20 @@ fn file_settings(config: &mut relay::Config, args: &Args) {
     config.file_link_ttl = args.file_link_ttl;
 }
 
+/// `--smtp-url` and `--mail-from`, which go together.
+fn mail_config(args: &Args) -> anyhow::Result<Option<relay::mail::MailConfig>> {
+    match (&args.smtp_url, &args.mail_from) {
+        (Some(smtp_url), Some(from)) => {
+            Ok(Some(relay::mail::MailConfig { smtp_url: smtp_url.clone(), from: from.clone() }))
+        }
+        (None, None) => Ok(None),
+        (Some(_), None) => {
+            anyhow::bail!("--smtp-url needs --mail-from, the sender of sign-in mail (relay@example.com)")
+        }
+        (None, Some(_)) => anyhow::bail!("--mail-from needs --smtp-url, the server sign-in mail goes through"),
+    }
+}
+
 /// Binds `--metrics-listen`, when given, and serves `/metrics` there until the relay stops.
 async fn spawn_metrics(addr: Option<SocketAddr>, state: &AppState) -> anyhow::Result<()> {
     let Some(addr) = addr else { return Ok(()) };
@@ -529,6 +585,7 @@ async fn run() -> anyhow::Result<()> {
         anyhow::bail!("--header-timeout 0s would cut every connection off at once; give a time such as 30s");
     }
     config.metrics_separate = args.metrics_listen.is_some();
+    config.mail = mail_config(&args)?;
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;

@@ -52,8 +52,46 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap, peer: SocketAdd
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(unauthorized)?;
-    let account = accounts::authenticate(&state.store, &state.keys, key).await.map_err(internal)?;
-    Ok(Caller { ip, account: Some(account.ok_or_else(unauthorized)?) })
+    let account = if key.starts_with(super::oauth::grants::ACCESS_PREFIX) {
+        oauth_account(state, key).await?
+    } else {
+        accounts::authenticate(&state.store, &state.keys, key).await.map_err(internal)?
+    };
+    let account = account.ok_or_else(unauthorized)?;
+    if account.active_until.is_some_and(|until| super::now_ms() >= until) {
+        return Err(reactivation_required(state));
+    }
+    Ok(Caller { ip, account: Some(account) })
+}
+
+/// The account behind an OAuth access token issued for this relay's MCP resource.
+async fn oauth_account(state: &AppState, token: &str) -> Result<Option<Account>, ApiError> {
+    let found =
+        super::oauth::grants::bearer(&state.store, &state.keys, token, super::now_ms()).await.map_err(internal)?;
+    let resource = state.public.get().map(super::oauth::resource);
+    Ok(found.filter(|b| Some(&b.resource) == resource.as_ref()).map(|b| Account {
+        id: b.account_id,
+        email: b.email,
+        key_id: format!("oauth:{}", b.client_id),
+        active_until: accounts::active_until(b.daily_reactivation, b.last_sign_in_at),
+    }))
+}
+
+/// 403 for an account whose keys are dormant: its owner has not signed in on
+/// the web within the last day, and daily re-activation is on.
+pub fn reactivation_required(state: &AppState) -> ApiError {
+    let login_url = state.public.get().map_or_else(|| "/login".to_owned(), |p| p.join("/login"));
+    let mut err = ApiError::new(
+        StatusCode::FORBIDDEN,
+        Reason::ReactivationRequired,
+        format!(
+            "This account's API keys and tokens act only within 24 hours of a web sign-in (daily re-activation), \
+             and its owner has not signed in since. Ask the user to sign in at {login_url}, then retry; \
+             or they can turn daily re-activation off on their dashboard."
+        ),
+    );
+    err.login_url = Some(login_url);
+    err
 }
 
 fn unauthorized() -> ApiError {

@@ -84,6 +84,21 @@ pub struct Account {
     pub email: String,
     /// The key it used, for `last_used_at`.
     pub key_id: String,
+    /// With daily re-activation on: until when (Unix ms) its keys act, a day
+    /// after its last web sign-in (0 if it never signed in). None: always.
+    pub active_until: Option<i64>,
+}
+
+/// How long after a web sign-in an account's keys and tokens act, with daily re-activation on.
+pub const REACTIVATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `a.daily_reactivation` as a number a row can carry through the `Any`
+/// driver (SQLite's BOOLEAN cannot): 1 on, 0 off.
+pub const REACTIVATION_FLAG: &str = "CASE WHEN a.daily_reactivation THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END";
+
+/// Until when an account's keys act: `None` with daily re-activation off.
+pub fn active_until(daily_reactivation: bool, last_sign_in_at: Option<i64>) -> Option<i64> {
+    daily_reactivation.then(|| last_sign_in_at.map_or(0, |t| t + REACTIVATION_WINDOW.as_millis() as i64))
 }
 
 /// Normalises and checks an email address.
@@ -113,15 +128,17 @@ fn key_hash(keys: &Keys, key_id: &str, secret: &str) -> [u8; 32] {
     keys.token_hash(&format!("api key\0{key_id}\0{secret}"))
 }
 
-/// Adds an account with its first key; returns the key (shown once).
+/// Adds an account with its first key; returns the key (shown once). The
+/// operator vouches for it, so daily re-activation starts off.
 pub async fn add_account(store: &Store, keys: &Keys, email: &str, now: i64) -> anyhow::Result<String> {
     let email = normalize_email(email)?;
-    let created =
-        sqlx::query("INSERT INTO accounts (email, created_at) VALUES ($1, $2) ON CONFLICT (email) DO NOTHING")
-            .bind(&email)
-            .bind(now)
-            .execute(store.pool())
-            .await?;
+    let created = sqlx::query(
+        "INSERT INTO accounts (email, created_at, daily_reactivation) VALUES ($1, $2, FALSE) ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(&email)
+    .bind(now)
+    .execute(store.pool())
+    .await?;
     if created.rows_affected() == 0 {
         bail!("an account for {email} already exists; make it another key with `aic-relay key create {email}`");
     }
@@ -211,20 +228,19 @@ pub async fn revoke_key(store: &Store, key_id: &str, now: i64) -> anyhow::Result
 /// The account a bearer key belongs to, if the key is valid and not revoked.
 pub async fn authenticate(store: &Store, keys: &Keys, key: &str) -> anyhow::Result<Option<Account>> {
     let Some((key_id, secret)) = parse_key(key) else { return Ok(None) };
-    let row = sqlx::query(
-        "SELECT k.secret_hash, k.revoked_at, a.id, a.email FROM api_keys k JOIN accounts a ON a.id = k.account_id
-         WHERE k.key_id = $1",
-    )
-    .bind(key_id)
-    .fetch_optional(store.pool())
-    .await?;
+    let sql = format!(
+        "SELECT k.secret_hash, k.revoked_at, a.id, a.email, {REACTIVATION_FLAG}, a.last_sign_in_at
+         FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key_id).fetch_optional(store.pool()).await?;
     let Some(row) = row else { return Ok(None) };
     let stored: Vec<u8> = row.get(0);
     let revoked: Option<i64> = row.get(1);
     if revoked.is_some() || !keys::digest_eq(&key_hash(keys, key_id, secret), &stored) {
         return Ok(None);
     }
-    Ok(Some(Account { id: row.get(2), email: row.get(3), key_id: key_id.to_owned() }))
+    let active_until = active_until(row.get::<i64, _>(4) != 0, row.get(5));
+    Ok(Some(Account { id: row.get(2), email: row.get(3), key_id: key_id.to_owned(), active_until }))
 }
 
 const LINK_COLUMNS: &str = "id, agent_id, account_id, alias, state, linked_at, last_used_at";
@@ -337,6 +353,135 @@ pub async fn set_link_state(
         .execute(store.pool())
         .await?;
     Ok(true)
+}
+
+/// An account as its own dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Full email (shown only to the account itself).
+    pub email: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of the last web sign-in, if any.
+    pub last_sign_in_at: Option<i64>,
+    /// Whether its keys and tokens act only within a day of a web sign-in.
+    pub daily_reactivation: bool,
+}
+
+/// An account by row id.
+pub async fn profile(store: &Store, account_id: i64) -> anyhow::Result<Option<Profile>> {
+    let sql =
+        format!("SELECT a.email, a.created_at, a.last_sign_in_at, {REACTIVATION_FLAG} FROM accounts a WHERE a.id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id).fetch_optional(store.pool()).await?;
+    Ok(row.map(|r| Profile {
+        email: r.get(0),
+        created_at: r.get(1),
+        last_sign_in_at: r.get(2),
+        daily_reactivation: r.get::<i64, _>(3) != 0,
+    }))
+}
+
+/// Turns daily re-activation on or off for an account (by email).
+pub async fn set_daily_reactivation(store: &Store, email: &str, on: bool) -> anyhow::Result<()> {
+    let account = account_id(store, email).await?;
+    set_daily_reactivation_of(store, account, on).await
+}
+
+/// Turns daily re-activation on or off for an account (by id).
+pub async fn set_daily_reactivation_of(store: &Store, account_id: i64, on: bool) -> anyhow::Result<()> {
+    sqlx::query("UPDATE accounts SET daily_reactivation = $1 WHERE id = $2")
+        .bind(on)
+        .bind(account_id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Revokes one of an account's own keys; false if it has no such active key.
+pub async fn revoke_own_key(store: &Store, account_id: i64, key_id: &str, now: i64) -> anyhow::Result<bool> {
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2 AND account_id = $3 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(key_id)
+            .bind(account_id)
+            .execute(store.pool())
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A machine an account is linked to, as its dashboard lists it.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// The link.
+    pub link: Link,
+    /// The keyed hash of the machine's code, to ask the hub whether it is online.
+    pub code_hash: Vec<u8>,
+    /// What its daemon last said about it (JSON).
+    pub agent_info: String,
+}
+
+/// An account's machines, by alias.
+pub async fn machines_of_account(store: &Store, account_id: i64) -> anyhow::Result<Vec<Machine>> {
+    let rows = sqlx::query(
+        "SELECT l.id, l.agent_id, l.account_id, l.alias, l.state, l.linked_at, l.last_used_at, g.code_hash, g.agent_info
+         FROM links l JOIN agents g ON g.id = l.agent_id WHERE l.account_id = $1 ORDER BY LOWER(l.alias)",
+    )
+    .bind(account_id)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows.iter().map(|r| Machine { link: link(r), code_hash: r.get(7), agent_info: r.get(8) }).collect())
+}
+
+/// Why an alias cannot be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RenameError {
+    /// Not 1 to 48 letters, digits, `.`, `_` or `-`, or shaped like a session code.
+    #[error("an alias is 1 to 48 letters, digits, dots, dashes or underscores, and not shaped like a code")]
+    Invalid,
+    /// Another of the account's machines has it.
+    #[error("another of your machines already has that alias")]
+    Taken,
+    /// The account has no such link.
+    #[error("no such machine")]
+    NotFound,
+}
+
+/// Renames one of an account's links.
+pub async fn rename_link(
+    store: &Store,
+    account_id: i64,
+    link_id: i64,
+    alias: &str,
+) -> anyhow::Result<Result<(), RenameError>> {
+    let alias = alias.trim();
+    let valid = (1..=48).contains(&alias.len())
+        && alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && alias.parse::<crate::protocol::SessionCode>().is_err();
+    if !valid {
+        return Ok(Err(RenameError::Invalid));
+    }
+    let clash = sqlx::query("SELECT id FROM links WHERE account_id = $1 AND LOWER(alias) = LOWER($2) AND id <> $3")
+        .bind(account_id)
+        .bind(alias)
+        .bind(link_id)
+        .fetch_optional(store.pool())
+        .await?;
+    if clash.is_some() {
+        return Ok(Err(RenameError::Taken));
+    }
+    let done = sqlx::query("UPDATE links SET alias = $1 WHERE id = $2 AND account_id = $3")
+        .bind(alias)
+        .bind(link_id)
+        .bind(account_id)
+        .execute(store.pool())
+        .await;
+    match done {
+        Ok(done) if done.rows_affected() == 1 => Ok(Ok(())),
+        Ok(_) => Ok(Err(RenameError::NotFound)),
+        // A concurrent rename took the alias between the check and the update.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Err(RenameError::Taken)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Last-used times noted in memory and written in batches, so the exec path

@@ -124,11 +124,17 @@ Cursor (open the link, or put the JSON in ~/.cursor/mcp.json):
   {cursor_file}
 opencode (put in opencode.json):
   {opencode}
+claude.ai, ChatGPT and other clients that connect only with OAuth (they sign you in by email and ask you to allow them;
+use this URL wherever a client offers to sign in, /mcp above where it does not):
+  {mcp_oauth}
 Any client, with curl (replace the code with your machine's):
   curl -s {exec} -H 'content-type: application/json' -d '{{\"code\":\"AIC-XXXX-XXXX-XXXX\",\"command\":\"uname -a\"}}'
 
 REST API: {openapi}   Instructions for models: {skill}
+Sign in, make API keys, see your machines: {dashboard}
 ",
+        mcp_oauth = public.join("/mcp/oauth"),
+        dashboard = public.join("/dashboard"),
         openapi = public.join("/openapi.json"),
         skill = public.join("/skill/SKILL.md"),
     )
@@ -143,7 +149,16 @@ mod tests {
         let public: PublicUrl = "https://relay.example.com".parse().unwrap();
         let text = connect_lines(&public);
         let lines: Vec<&str> = text.lines().collect();
-        for client in ["Claude Code", "Codex", "Gemini CLI", "VS Code", "Cursor", "opencode", "Any client, with curl"] {
+        for client in [
+            "Claude Code",
+            "Codex",
+            "Gemini CLI",
+            "VS Code",
+            "Cursor",
+            "opencode",
+            "claude.ai",
+            "Any client, with curl",
+        ] {
             let at = lines.iter().position(|l| l.starts_with(client)).unwrap_or_else(|| panic!("no {client}"));
             let body = &lines[at + 1..(at + 3).min(lines.len())];
             assert!(body.iter().any(|l| l.contains("https://relay.example.com/")), "{client}: {body:?}");
@@ -151,6 +166,7 @@ mod tests {
         assert!(text.contains("\n  claude mcp add --transport http aic https://relay.example.com/mcp\n"));
         assert!(text.contains("\n  codex mcp add aic --url https://relay.example.com/mcp\n"));
         assert!(text.contains("Gemini CLI (it shows the server Disabled in a folder it does not trust"), "{text}");
+        assert!(text.contains("\n  https://relay.example.com/mcp/oauth\n"), "{text}");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After`, with 429.
     pub retry_after: Option<u64>,
+    /// Where the user signs in, with `reactivation_required`.
+    pub login_url: Option<String>,
 }
 
 /// The JSON body of every error.
@@ -75,12 +77,15 @@ pub struct ErrorBody<'a> {
     pub error: &'a str,
     /// Machine word.
     pub reason: Reason,
+    /// With `reactivation_required`: the page where the account's owner signs in.
+    #[serde(rename = "login_url", skip_serializing_if = "Option::is_none")]
+    pub login_url: Option<&'a str>,
 }
 
 impl ApiError {
     /// An error with the given parts.
     pub fn new(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
-        Self { status, reason, message: message.into(), retry_after: None }
+        Self { status, reason, message: message.into(), retry_after: None, login_url: None }
     }
 
     /// 400 with a message.
@@ -211,7 +216,7 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> ErrorBody<'_> {
-        ErrorBody { ok: false, error: &self.message, reason: self.reason }
+        ErrorBody { ok: false, error: &self.message, reason: self.reason, login_url: self.login_url.as_deref() }
     }
 
     /// The `reason` word, as the JSON body spells it.

@@ -75,6 +75,13 @@ impl Keys {
         hex(&self.mac(b"aic account fingerprint v1\0", &account_id.to_be_bytes())[..4])
     }
 
+    /// What a web secret (a magic link, its short code, a browser's or a
+    /// session's cookie, an OAuth code or token) is stored as; `kind` keeps
+    /// one kind's hash from matching another's.
+    pub fn web_hash(&self, kind: &str, secret: &str) -> Digest {
+        self.mac(format!("aic web v1\0{kind}\0").as_bytes(), secret.as_bytes())
+    }
+
     /// What an agent token is stored as.
     pub fn token_hash(&self, token: &str) -> Digest {
         self.mac(b"aic agent token v1\0", token.as_bytes())

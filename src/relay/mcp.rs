@@ -307,6 +307,9 @@ pub fn refusal(err: &ApiError) -> CallToolResult {
     if let Some(secs) = err.retry_after {
         text.push_str(&format!(" Retry in {secs} s."));
     }
+    if let Some(url) = &err.login_url {
+        text.push_str(&format!(" Sign in: {url}"));
+    }
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
 

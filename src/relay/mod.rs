@@ -21,15 +21,19 @@ pub mod limit;
 pub mod links;
 pub mod listen;
 pub mod machines;
+pub mod mail;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 mod operator;
 pub mod origin;
+pub mod signin;
 pub mod status;
 pub mod store;
 pub mod tls;
 pub mod transfer;
+pub mod web;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,6 +110,11 @@ pub struct Config {
     pub mcp_inline_max: usize,
     /// How long an MCP download or upload link works (once).
     pub file_link_ttl: Duration,
+    /// The SMTP server that sign-in links go out through; none: no mail
+    /// (the operator prints links with `aic-relay login-link`).
+    pub mail: Option<mail::MailConfig>,
+    /// Where Client ID Metadata Documents may be fetched from.
+    pub cimd: oauth::cimd::CimdPolicy,
 }
 
 impl Config {
@@ -140,6 +149,8 @@ impl Config {
             max_file: crate::protocol::files::DEFAULT_MAX_FILE,
             mcp_inline_max: 256 * 1024,
             file_link_ttl: Duration::from_secs(3600),
+            mail: None,
+            cimd: oauth::cimd::CimdPolicy::default(),
         }
     }
 
@@ -179,8 +190,24 @@ pub struct Inner {
     pub registrations: limit::DailyCap,
     /// Counters for `/metrics`; the hub holds the same.
     pub metrics: Arc<metrics::Metrics>,
-    /// MCP download and upload links not yet used.
-    pub file_links: links::FileLinks,
+        let file_links = links::FileLinks::default();
+        let mailer = mail::Mailer::start(config.mail.as_ref(), shutdown.clone())?;
+        let (signin_limits, public) = (web::Limits::default(), std::sync::OnceLock::new());
+        let inner = Inner {
+            config,
+            keys,
+            store,
+            hub,
+            shutdown,
+            usage,
+            limiter,
+            registrations,
+            metrics,
+            file_links,
+            mailer,
+            signin_limits,
+            public,
+        };
 }
 
 impl std::ops::Deref for AppState {
@@ -202,6 +229,22 @@ impl AppState {
         let hub = Hub::with_metrics(Arc::clone(&metrics));
         let file_links = links::FileLinks::default();
         let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics, file_links };
+        let mailer = mail::Mailer::start(config.mail.as_ref(), shutdown.clone())?;
+        let (signin_limits, public) = (web::Limits::default(), std::sync::OnceLock::new());
+        let inner = Inner {
+            config,
+            keys,
+            store,
+            hub,
+            shutdown,
+            usage,
+            limiter,
+            registrations,
+            metrics,
+            mailer,
+            signin_limits,
+            public,
+        };
         Ok(Self(Arc::new(inner)))
     }
 }
@@ -229,11 +272,19 @@ pub async fn open_store(
 /// The HTTP routes, for a relay reached at `public`.
 pub fn router(state: AppState, public: PublicUrl) -> Router {
     let max_body = state.config.max_body;
+    let _ = state.public.set(public.clone());
+    let web = Arc::new(web::Web { state: state.clone(), public: public.clone() });
+    let pages = web::router(Arc::clone(&web)).merge(oauth::router(web, state.config.cimd.clone()));
+    let guard = oauth::Guard { state: state.clone(), public: public.clone() };
     let documents = discovery::Documents::new(&public);
     let skill = documents.clone();
     let allowed = Arc::new(AllowedHosts { hosts: public.allowed_hosts(), public });
     let endpoint = mcp::Endpoint::new(&state);
+    let oauth_endpoint = endpoint.clone();
     let mcp_route = any(move |request| endpoint.clone().handle(request))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&allowed), origin::check_host));
+    let mcp_oauth_route = any(move |request| oauth_endpoint.clone().handle(request))
+        .layer(axum::middleware::from_fn_with_state(guard, oauth::require_token))
         .layer(axum::middleware::from_fn_with_state(allowed, origin::check_host));
     // Everything that touches a code (or registers one) counts against the
     // caller's budget: status and MCP too, or they are a code-guessing oracle.
@@ -252,6 +303,7 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
         .route("/api/v1/machines", get(machines::get_machines).options(api::preflight))
         .route("/api/v1/machines/{alias}", patch(machines::patch_machine).options(api::preflight))
         .route("/mcp", mcp_route)
+        .route(oauth::MCP_PATH, mcp_oauth_route)
         .route("/agent/ws", get(agent_ws::upgrade))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware));
     let mut open = Router::new().route("/api/health", get(api::health));
@@ -261,6 +313,7 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     Router::new()
         .merge(limited)
         .merge(open)
+        .merge(pages)
         .route("/openapi.json", get(move || async move { documents.openapi_response() }))
         .route("/skill/SKILL.md", get(move || async move { skill.skill_response() }))
         .fallback(api::not_found)
@@ -344,6 +397,16 @@ async fn forget_stale(state: &AppState) {
             UNRETURNED_AGENT.as_secs() / 3600
         ),
         Err(e) => tracing::warn!("forgetting registrations that never came back: {e:#}"),
+    }
+    match signin::sweep(&state.store, now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} expired web sessions and old sign-in links"),
+        Err(e) => tracing::warn!("deleting expired web sessions and sign-in links: {e:#}"),
+    }
+    match oauth::grants::sweep(&state.store, now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} expired OAuth codes and tokens and unused client registrations"),
+        Err(e) => tracing::warn!("deleting expired OAuth codes, tokens and registrations: {e:#}"),
     }
 }
 

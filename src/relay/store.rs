@@ -91,6 +91,73 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // When an agent first came back with its code and token; NULL for one
     // that only ever registered, which is forgotten after a few hours.
     (5, "ALTER TABLE agents ADD COLUMN returned_ms BIGINT"),
+    // Web sign-in (versions from 101, so that other branches' next numbers
+    // do not collide). A magic link: stored by its hash, bound to the browser
+    // that asked by the hash of that browser's cookie (NULL for a link the
+    // operator printed), with the hash of the short code another device is
+    // shown, and the page to go on to.
+    (
+        101,
+        "CREATE TABLE magic_links (
+            token_hash BLOB PRIMARY KEY,
+            email TEXT NOT NULL,
+            browser_hash BLOB,
+            code_hash BLOB,
+            code_tries BIGINT NOT NULL DEFAULT 0,
+            next_path TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT
+        )",
+    ),
+    (
+        102,
+        "CREATE TABLE web_sessions (
+            token_hash BLOB PRIMARY KEY,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )",
+    ),
+    (103, "CREATE INDEX magic_links_email ON magic_links (email, created_at)"),
+    // OAuth 2.1: clients registered by DCR (CIMD clients are fetched, not
+    // stored), one-use authorization codes, and access and refresh tokens,
+    // each bound to its client, account and resource.
+    (
+        104,
+        "CREATE TABLE oauth_clients (
+            client_id TEXT PRIMARY KEY,
+            client_name TEXT NOT NULL,
+            redirect_uris TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            last_used_at BIGINT
+        )",
+    ),
+    (
+        105,
+        "CREATE TABLE oauth_codes (
+            code_hash BLOB PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            redirect_uri TEXT NOT NULL,
+            code_challenge TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT
+        )",
+    ),
+    (
+        106,
+        "CREATE TABLE oauth_tokens (
+            token_hash BLOB PRIMARY KEY,
+            kind TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            resource TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT
+        )",
+    ),
 ];
 
 /// Which database engine a store is on.
