@@ -47,6 +47,8 @@ pub struct Plan {
     pub bin: PathBuf,
     /// OpenSSH client config with a host `bench` (from `scripts/sshd-bench`).
     pub ssh_config: Option<PathBuf>,
+    /// Only these scenarios (`--only exec,stream`); all when empty.
+    pub only: Vec<String>,
 }
 
 impl Plan {
@@ -59,13 +61,17 @@ impl Plan {
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{arg} needs a value"));
             match arg.as_str() {
-                "--quick" => plan = Self { bin: plan.bin, ssh_config: plan.ssh_config, ..Self::quick() },
+                "--quick" => {
+                    plan = Self { bin: plan.bin, ssh_config: plan.ssh_config, only: plan.only, ..Self::quick() }
+                }
                 "--agents" => plan.agents = value()?.parse()?,
                 "--bin" => plan.bin = value()?.into(),
                 "--ssh-config" => plan.ssh_config = Some(value()?.into()),
-                other => {
-                    anyhow::bail!("unknown argument {other}; use --quick, --agents N, --bin DIR, --ssh-config FILE")
-                }
+                "--only" => plan.only = value()?.split(',').map(str::to_owned).collect(),
+                other => anyhow::bail!(
+                    "unknown argument {other}; use --quick, --agents N, --bin DIR, --ssh-config FILE, --only {}",
+                    SCENARIOS.join(",")
+                ),
             }
         }
         Ok(plan)
@@ -86,7 +92,13 @@ impl Plan {
             idle: std::time::Duration::from_secs(10),
             bin,
             ssh_config: None,
+            only: Vec::new(),
         }
+    }
+
+    /// Whether scenario `name` is to run.
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
 
     fn quick() -> Self {
@@ -107,6 +119,9 @@ impl Plan {
     }
 }
 
+/// The scenarios `--only` picks from.
+pub const SCENARIOS: &[&str] = &["exec", "callers", "stream", "alone", "flood", "held", "ssh"];
+
 /// Lets this process hold as many sockets as the machine allows it.
 fn raise_nofile() {
     use rustix::process::{Resource, getrlimit, setrlimit};
@@ -120,6 +135,9 @@ fn raise_nofile() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let plan = Plan::from_args()?;
+    if let Some(unknown) = plan.only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+        anyhow::bail!("--only {unknown}: the scenarios are {}", SCENARIOS.join(","));
+    }
     raise_nofile();
     let table = scenarios::run_all(&plan).await?;
     report::progress_done();

@@ -64,10 +64,14 @@ pub async fn run_all(plan: &Plan) -> anyhow::Result<Table> {
     (f.spawn, f.spawn32) = spawn_floor(plan).await?;
     let (part, whole) = output_files(dir.path(), plan)?;
     main_relay(plan, dir.path(), &part, &mut f).await?;
-    f.flood = flood(plan, dir.path()).await?;
-    f.flood_sent = plan.flood / 8 * 8;
-    f.held = agents_held(plan, dir.path()).await?;
-    if let Some(config) = &plan.ssh_config {
+    if plan.wants("flood") {
+        f.flood = flood(plan, dir.path()).await?;
+        f.flood_sent = plan.flood / 8 * 8;
+    }
+    if plan.wants("held") {
+        f.held = agents_held(plan, dir.path()).await?;
+    }
+    if let Some(config) = plan.ssh_config.as_ref().filter(|_| plan.wants("ssh")) {
         f.ssh = Some(ssh::measure(config, plan.runs.min(200), plan.batches, &whole).await?);
     }
     Ok(table(plan, &f))
@@ -95,14 +99,20 @@ async fn main_relay(plan: &Plan, dir: &Path, part: &Path, f: &mut Figures) -> an
     let (daemon, code) = procs::daemon(&plan.bin, addr, dir.join("d1"), 256).await?;
     let (daemon2, code2) = procs::daemon(&plan.bin, addr, dir.join("d2"), 256).await?;
     (f.daemon_kib, f.daemon_cpu) = daemon_idle(&daemon, plan).await;
-    f.exec = sequential(addr, &code, plan.runs).await?;
-    f.exec32 = parallel32(addr, &code, plan.batches).await?;
-    for callers in [32, 128] {
+    if plan.wants("exec") {
+        f.exec = sequential(addr, &code, plan.runs).await?;
+        f.exec32 = parallel32(addr, &code, plan.batches).await?;
+    }
+    for callers in [32, 128].into_iter().filter(|_| plan.wants("callers")) {
         let (samples, per_sec) = concurrent(addr, &[code.clone()], callers, plan.per_caller).await?;
         f.callers.push((callers, samples, per_sec));
     }
-    (f.stream1, f.stream2, f.ttfb) = streaming(addr, &[&code, &code2], part, plan).await?;
-    f.alone = relay_alone(addr, plan).await?;
+    if plan.wants("stream") {
+        (f.stream1, f.stream2, f.ttfb) = streaming(addr, &[&code, &code2], part, plan).await?;
+    }
+    if plan.wants("alone") {
+        f.alone = relay_alone(addr, plan).await?;
+    }
     daemon.stop().await;
     daemon2.stop().await;
     relay.stop().await;

@@ -10,11 +10,17 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::AppState;
-use super::hub::AgentConn;
+use super::hub::{AgentConn, Frame};
 use super::keys::{self, Digest};
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
 };
+
+/// What the WebSocket reads into at most per read, allocated per link when it
+/// opens and kept while it lives: the library's default (128 KiB) made an
+/// idle agent cost the relay 140 KiB. Longer frames (output) still arrive
+/// whole; they take more reads.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// How long a fresh connection has to say hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,7 +40,10 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let client = state.config.proxies.client_ip(peer.ip(), &headers);
-    ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| async move {
+    // Every frame is flushed as it is sent, so nothing gathers in a write buffer.
+    let ws =
+        ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).read_buffer_size(READ_BUFFER).write_buffer_size(0);
+    ws.on_upgrade(move |socket| async move {
         if let Err(e) = run(state, socket, client).await {
             tracing::info!(%peer, "agent link ended: {e:#}");
         }
@@ -55,11 +64,17 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
         Ok(_) => anyhow::bail!("closed before saying hello"),
         Err(_) => anyhow::bail!("no hello within {HELLO_TIMEOUT:?}"),
     };
-    let (info, credentials) = match parse_hello(&first) {
+    let hello = parse_hello(&first);
+    // The hello's bytes share the read buffer's allocation: held, they would
+    // keep it from being reused for the link's life.
+    drop(first);
+    let (info, credentials) = match hello {
         Ok(hello) => hello,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
-    let accepted = match accept(&state, &info, credentials, client).await? {
+    // Boxed, as is every step that waits on the store: a task is as large as
+    // the largest future it may await, and this one lives as long as the link.
+    let accepted = match Box::pin(accept(&state, &info, credentials, client)).await? {
         Ok(accepted) => accepted,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
@@ -75,7 +90,7 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     let result = pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await;
 
     state.hub.remove(&code_hash, &conn);
-    if let Err(e) = state.store.touch_agent(accepted.agent_id, super::now_ms(), &info).await {
+    if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &info)).await {
         tracing::warn!("recording agent disconnect: {e:#}");
     }
     tracing::info!(agent = accepted.agent_id, "agent disconnected");
@@ -88,7 +103,7 @@ async fn pump(
     conn: &Arc<AgentConn>,
     code_hash: &mut Digest,
     socket: &mut WebSocket,
-    rx: &mut mpsc::UnboundedReceiver<RelayMessage>,
+    rx: &mut mpsc::UnboundedReceiver<Frame>,
 ) -> anyhow::Result<()> {
     let mut last_rx = tokio::time::Instant::now();
     let silence = state.config.link_timeout;
@@ -96,9 +111,9 @@ async fn pump(
         tokio::select! {
             _ = state.shutdown.cancelled() => return close(socket, "relay shutting down").await,
             _ = conn.replaced.cancelled() => return close(socket, "replaced by a newer connection of this agent").await,
-            Some(msg) = rx.recv() => {
+            Some(frame) = rx.recv() => {
                 // A daemon that stops reading must not make the relay queue for it forever.
-                timeout(silence, socket.send(text(&msg))).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
+                timeout(silence, socket.send(Message::Text(frame.into()))).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
             }
             _ = tokio::time::sleep_until(last_rx + silence) => anyhow::bail!("silent for {silence:?}"),
             frame = socket.recv() => {
@@ -120,14 +135,15 @@ async fn pump(
 async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest, text: &str) {
     match agent::decode::<AgentMessage>(text) {
         Ok(AgentMessage::Operator { req, op }) => {
-            let outcome = super::operator::handle(state, conn, code_hash, op).await;
+            // Boxed like every wait on the store (see `run`): rare, and large.
+            let outcome = Box::pin(super::operator::handle(state, conn, code_hash, op)).await;
             conn.send(RelayMessage::OperatorReply { req, outcome });
         }
         Ok(AgentMessage::Ping { seq }) => {
             conn.send(RelayMessage::Pong { seq });
         }
         Ok(AgentMessage::TokenSaved) => {
-            if let Err(e) = state.store.forget_previous_token(conn.agent_id).await {
+            if let Err(e) = Box::pin(state.store.forget_previous_token(conn.agent_id)).await {
                 tracing::warn!(agent = conn.agent_id, "forgetting the previous token: {e:#}");
             }
         }
