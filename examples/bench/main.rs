@@ -120,7 +120,7 @@ impl Plan {
 }
 
 /// The scenarios `--only` picks from.
-pub const SCENARIOS: &[&str] = &["exec", "callers", "stream", "alone", "flood", "held", "ssh"];
+pub const SCENARIOS: &[&str] = &["exec", "callers", "stream", "alone", "idle", "flood", "held", "ssh"];
 
 /// Lets this process hold as many sockets as the machine allows it.
 fn raise_nofile() {

@@ -61,7 +61,9 @@ struct Held {
 pub async fn run_all(plan: &Plan) -> anyhow::Result<Table> {
     let dir = tempfile::tempdir()?;
     let mut f = Figures::default();
-    (f.spawn, f.spawn32) = spawn_floor(plan).await?;
+    if plan.wants("exec") {
+        (f.spawn, f.spawn32) = spawn_floor(plan).await?;
+    }
     let (part, whole) = output_files(dir.path(), plan)?;
     main_relay(plan, dir.path(), &part, &mut f).await?;
     if plan.wants("flood") {
@@ -98,7 +100,9 @@ async fn main_relay(plan: &Plan, dir: &Path, part: &Path, f: &mut Figures) -> an
     f.relay_empty_kib = relay.rss_kib();
     let (daemon, code) = procs::daemon(&plan.bin, addr, dir.join("d1"), 256).await?;
     let (daemon2, code2) = procs::daemon(&plan.bin, addr, dir.join("d2"), 256).await?;
-    (f.daemon_kib, f.daemon_cpu) = daemon_idle(&daemon, plan).await;
+    if plan.wants("idle") {
+        (f.daemon_kib, f.daemon_cpu) = daemon_idle(&daemon, plan).await;
+    }
     if plan.wants("exec") {
         f.exec = sequential(addr, &code, plan.runs).await?;
         f.exec32 = parallel32(addr, &code, plan.batches).await?;
@@ -278,10 +282,12 @@ async fn stream_reps(addr: SocketAddr, code: &str, command: &str, plan: &Plan) -
         let (mut exited, mut tail) = (false, Vec::new());
         let status = conn
             .stream(EXEC, &body, |chunk| {
-                if let Some(at) = chunk.windows(13).position(|w| w == b"event: result") {
-                    exited = chunk[at..].windows(12).take(200).any(|w| w == b"\"exitCode\":0");
+                // Each event comes in a chunk of its own; only the result's head is looked at.
+                if chunk.starts_with(b"event: result") {
+                    exited = chunk.windows(12).take(200).any(|w| w == b"\"exitCode\":0");
                 }
-                tail.extend_from_slice(chunk);
+                let end = &chunk[chunk.len().saturating_sub(200)..];
+                tail.extend_from_slice(end);
                 tail.drain(..tail.len().saturating_sub(200));
             })
             .await?;
