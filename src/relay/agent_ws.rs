@@ -18,8 +18,8 @@ use crate::protocol::agent::{
 
 /// What the WebSocket reads into at most per read, allocated per link when it
 /// opens and kept while it lives: the library's default (128 KiB) made an
-/// idle agent cost the relay 140 KiB (9 KiB now, all told). Longer frames (output) still arrive
-/// whole; they take more reads.
+/// idle agent cost the relay 140 KiB (9 KiB now, all told; BENCHMARKS.md).
+/// Longer frames (output) still arrive whole, in more reads.
 const READ_BUFFER: usize = 2 * 1024;
 
 /// How long a fresh connection has to say hello.
