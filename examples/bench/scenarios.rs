@@ -28,6 +28,8 @@ fn body(code: &str, command: &str) -> String {
 #[derive(Default)]
 struct Figures {
     spawn: Samples,
+    /// `sh -c true` spawned the daemon's way: own group, piped output read to its end.
+    spawn_piped: Samples,
     spawn32: Samples,
     exec: Samples,
     exec32: Samples,
@@ -63,6 +65,7 @@ pub async fn run_all(plan: &Plan) -> anyhow::Result<Table> {
     let mut f = Figures::default();
     if plan.wants("exec") {
         (f.spawn, f.spawn32) = spawn_floor(plan).await?;
+        f.spawn_piped = spawn_piped(plan).await?;
     }
     let (part, whole) = output_files(dir.path(), plan)?;
     main_relay(plan, dir.path(), &part, &mut f).await?;
@@ -146,6 +149,27 @@ async fn spawn_floor(plan: &Plan) -> anyhow::Result<(Samples, Samples)> {
         batch.0.push(started.elapsed());
     }
     Ok((one, batch))
+}
+
+/// `sh -c true` spawned as the daemon spawns it: its own process group,
+/// stdout and stderr piped and read to their end, then waited for.
+async fn spawn_piped(plan: &Plan) -> anyhow::Result<Samples> {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
+    let mut samples = Samples::default();
+    for i in 0..plan.runs {
+        progress("spawn floor, piped", &format!("{i}/{}", plan.runs));
+        let started = Instant::now();
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "true"]).process_group(0).stdin(Stdio::null());
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let (mut out, mut err) = (child.stdout.take().context("stdout")?, child.stderr.take().context("stderr")?);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        tokio::try_join!(out.read_to_end(&mut a), err.read_to_end(&mut b))?;
+        anyhow::ensure!(child.wait().await?.success(), "sh -c true failed");
+        samples.0.push(started.elapsed());
+    }
+    Ok(samples)
 }
 
 /// Writes the output the streaming measures read: a part (one command's
@@ -466,6 +490,8 @@ fn table(plan: &Plan, f: &Figures) -> Table {
     let ssh = f.ssh.as_ref();
     let (exec50, spawn50) = (secs(f.exec.p50()), secs(f.spawn.p50()));
     t.add("`true` round trip p50 vs bare spawn", ms(f.exec.p50()), ms(f.spawn.p50()), ratio(exec50, spawn50), "≤ 1.3x");
+    let (piped, what) = (secs(f.spawn_piped.p50()), "`true` p50 vs a spawn the daemon's way (own group, pipes read)");
+    t.add(what, ms(f.exec.p50()), ms(f.spawn_piped.p50()), ratio(exec50, piped), "");
     t.add(
         "`true` round trip p99 vs bare spawn",
         ms(f.exec.p99()),
