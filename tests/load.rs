@@ -133,3 +133,41 @@ async fn max_in_flight_caps_the_commands_one_link_carries() {
     first.abort();
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_works_the_moment_its_registration_is_answered() {
+    use aic::protocol::agent::{AgentMessage, ExitStatus, RelayMessage};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--rate-limit", "0", "--registrations-per-day", "0"];
+    let relay = RelayProcess::start(&dir.path().join("relay"), &args, &[]).await;
+    // The relay used to answer the hello before it put the link in its hub:
+    // a caller quick enough got 503 (agent offline). A race: the request is
+    // written on a connection opened beforehand, the moment the code is known.
+    for _ in 0..30 {
+        let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (mut ws, code) = idle_agent(&relay.ws()).await;
+        let body = json!({"code": code, "command": "true"}).to_string();
+        let request = format!(
+            "POST /api/v1/exec HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            relay.addr,
+            body.len()
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let id = tokio::select! {
+            msg = common::recv(&mut ws) => match msg {
+                Some(RelayMessage::Exec(req)) => req.id,
+                other => panic!("expected the command, got {other:?}"),
+            },
+            _ = tcp.read_to_string(&mut answer) => panic!("answered before the command reached the agent: {answer}"),
+        };
+        common::send(&mut ws, &AgentMessage::Exit { id, exit: ExitStatus::default() }).await;
+        let mut answer = String::new();
+        within("the answer", tcp.read_to_string(&mut answer)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    relay.stop().await;
+}

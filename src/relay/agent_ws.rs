@@ -78,16 +78,21 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
         Ok(accepted) => accepted,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
-    socket.send(text(&accepted.reply)).await?;
-
     let (tx, mut rx) = mpsc::unbounded_channel();
     let conn =
         state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.link_limits(), tx);
+    // In the hub before the daemon hears it is accepted: a caller that uses
+    // the code the moment the daemon shows it must find the link. What is
+    // queued for it meanwhile goes out after the reply.
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
-    tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
-
     let mut code_hash = accepted.code_hash;
-    let result = pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await;
+    let result = match socket.send(text(&accepted.reply)).await {
+        Ok(()) => {
+            tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
+            pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await
+        }
+        Err(e) => Err(e.into()),
+    };
 
     state.hub.remove(&code_hash, &conn);
     if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &info)).await {
