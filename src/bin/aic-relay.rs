@@ -33,6 +33,12 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 
+    /// Keep accounts, keys, links and machines in this PostgreSQL database (postgres://user:password@host/db)
+    /// instead of the SQLite file in the data dir: what several relays behind one load balancer share (give them
+    /// all the same --secret). Prefer the environment variable when the URL holds a password.
+    #[arg(long, env = "AIC_RELAY_DATABASE_URL", hide_env_values = true, global = true)]
+    database_url: Option<String>,
+
     /// How long after a code is made (or reset) it works without an account, e.g. 90s, 30m, 1h.
     #[arg(long, env = "AIC_RELAY_ANONYMOUS_WINDOW", default_value = "1h", value_parser = aic::duration::parse)]
     anonymous_window: Duration,
@@ -170,7 +176,7 @@ enum KeyCmd {
 async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Result<()> {
     use aic::relay::accounts;
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
-    let (store, keys) = relay::open_store(&data_dir, secret).await?;
+    let (store, keys) = relay::open_store(&data_dir, args.database_url.as_deref(), secret).await?;
     let now = relay::now_ms();
     let json = args.json;
     let show_key = |email: &str, key: &str| {
@@ -339,6 +345,7 @@ const FILE_KEYS: &[&str] = &[
     "listen",
     "public_url",
     "data_dir",
+    "database_url",
     "anonymous_window",
     "max_output",
     "rate_limit",
@@ -387,6 +394,11 @@ impl Args {
             && unset("data_dir")
         {
             self.data_dir = Some(v.into());
+        }
+        if let Some(v) = file.string("database_url", "a URL such as \"postgres://aic@db.example.com/aic\"")?
+            && unset("database_url")
+        {
+            self.database_url = Some(v);
         }
         let duration = "a duration such as \"90s\", \"30m\" or \"1h\"";
         if let Some(v) = file.parsed("anonymous_window", duration, aic::duration::parse)?
@@ -500,6 +512,7 @@ async fn run() -> anyhow::Result<()> {
     aic::logging::init_with("aic-relay", &args.log)?;
     raise_nofile();
     let mut config = relay::Config::new(data_dir);
+    config.database_url = args.database_url.clone();
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
     config.mcp_output_max = args.mcp_output_max;

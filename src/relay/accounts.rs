@@ -229,7 +229,7 @@ pub async fn authenticate(store: &Store, keys: &Keys, key: &str) -> anyhow::Resu
 
 const LINK_COLUMNS: &str = "id, agent_id, account_id, alias, state, linked_at, last_used_at";
 
-fn link(r: &sqlx::sqlite::SqliteRow) -> Link {
+fn link(r: &super::store::AnyRow) -> Link {
     Link {
         id: r.get(0),
         agent_id: r.get(1),

@@ -46,6 +46,9 @@ use store::Store;
 pub struct Config {
     /// Where the database and the server secret live.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database several relays share (`postgres://…`), instead
+    /// of the SQLite file in the data dir.
+    pub database_url: Option<String>,
     /// How long after a code is made it works without an account.
     pub anonymous_window: Duration,
     /// Output bytes per command before it is cut and killed.
@@ -94,6 +97,7 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            database_url: None,
             anonymous_window: Duration::from_secs(3600),
             max_output: 1024 * 1024,
             max_body: 256 * 1024,
@@ -167,7 +171,7 @@ impl AppState {
     /// Opens the data dir (creating it, mode 0700), its secret and its database.
     /// `secret` overrides the secret file (from `AIC_RELAY_SECRET`).
     pub async fn open(config: Config, secret: Option<Keys>, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let (store, keys) = open_store(&config.data_dir, secret).await?;
+        let (store, keys) = open_store(&config.data_dir, config.database_url.as_deref(), secret).await?;
         let limiter = limit::RateLimiter::new(config.rate_limit);
         let registrations = limit::DailyCap::new(config.registrations_per_day);
         let usage = accounts::Usage::default();
@@ -178,15 +182,24 @@ impl AppState {
     }
 }
 
-/// Opens the data dir (creating it, mode 0700), its secret and its database,
-/// for the server or for the account commands beside it.
-pub async fn open_store(data_dir: &std::path::Path, secret: Option<Keys>) -> anyhow::Result<(Store, Keys)> {
+/// Opens the data dir (creating it, mode 0700), its secret and its database
+/// (the SQLite file in it, or the PostgreSQL at `database_url`), for the
+/// server or for the account commands beside it.
+pub async fn open_store(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    secret: Option<Keys>,
+) -> anyhow::Result<(Store, Keys)> {
     create_private_dir(data_dir)?;
     let keys = match secret {
         Some(keys) => keys,
         None => Keys::load_or_create(data_dir)?,
     };
-    Ok((Store::open(data_dir).await?, keys))
+    let store = match database_url {
+        Some(url) => Store::connect(url).await?,
+        None => Store::open(data_dir).await?,
+    };
+    Ok((store, keys))
 }
 
 /// The HTTP routes, for a relay reached at `public`.
