@@ -111,7 +111,7 @@ async fn main_relay(plan: &Plan, dir: &Path, part: &Path, f: &mut Figures) -> an
         f.exec32 = parallel32(addr, &code, plan.batches).await?;
     }
     for callers in [32, 128].into_iter().filter(|_| plan.wants("callers")) {
-        let (samples, per_sec) = concurrent(addr, &[code.clone()], callers, plan.per_caller).await?;
+        let (samples, per_sec) = concurrent(addr, std::slice::from_ref(&code), callers, plan.per_caller).await?;
         f.callers.push((callers, samples, per_sec));
     }
     if plan.wants("stream") {

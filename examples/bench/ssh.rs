@@ -3,7 +3,7 @@
 //! `scripts/sshd-bench` starts the sshd and writes the client config naming
 //! the host `bench`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ async fn run_true(config: &Path, extra: &[&str]) -> anyhow::Result<Duration> {
 }
 
 /// Runs every OpenSSH measure against the host `bench` in `config`.
-pub async fn measure(config: &PathBuf, runs: usize, batches: usize, file: &Path) -> anyhow::Result<SshFigures> {
+pub async fn measure(config: &Path, runs: usize, batches: usize, file: &Path) -> anyhow::Result<SshFigures> {
     let cold_opts = ["-o", "ControlMaster=no", "-o", "ControlPath=none"];
     let mut cold = Samples::default();
     for i in 0..runs.min(20) {
