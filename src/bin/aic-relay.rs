@@ -107,6 +107,11 @@ struct Args {
     /// New machines one client address may register a day (machines coming back are not counted); 0: no cap.
     #[arg(long, env = "AIC_RELAY_REGISTRATIONS_PER_DAY", default_value_t = 50)]
     registrations_per_day: u32,
+
+    /// Commands in flight at once on one machine's link (429 past it); raise it with the daemon's --max-concurrent.
+    #[arg(long, env = "AIC_RELAY_MAX_IN_FLIGHT", default_value_t = 64)]
+    max_in_flight: usize,
+
     /// Serve GET /metrics (Prometheus text) on this address only, e.g. 127.0.0.1:9100, instead of beside the API.
     #[arg(long, env = "AIC_RELAY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -409,6 +414,7 @@ const FILE_KEYS: &[&str] = &[
     "mcp_output_max",
     "mcp_sessions_per_client",
     "max_file",
+    "max_in_flight",
 ];
 
 /// `value` (from the config file) into `slot`, unless the flag or its variable was given.
@@ -500,6 +506,7 @@ impl Args {
         fill(&mut self.mcp_sessions_per_client, sessions, given("mcp_sessions_per_client"));
         let max_file = file.integer("max_file", "a number of bytes such as 104857600")?;
         fill(&mut self.max_file, max_file, given("max_file"));
+        fill(&mut self.max_in_flight, file.integer("max_in_flight", count)?, given("max_in_flight"));
         Ok(())
     }
 }
@@ -539,6 +546,23 @@ async fn spawn_metrics(addr: Option<SocketAddr>, state: &AppState) -> anyhow::Re
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit: every agent holds a
+/// socket, and the soft limit (often 1 024) would cap them far below what the
+/// machine allows. `--max-connections` stays the relay's own cap.
+fn raise_nofile() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        limit.current = Some(hard);
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!("open files limit raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!("could not raise the open files limit from {soft} to {hard}: {e}"),
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     aic::shutdown::run_main("aic-relay", run())
 }
@@ -564,6 +588,7 @@ async fn run() -> anyhow::Result<()> {
         return admin(&args, data_dir, command).await;
     }
     aic::logging::init_with("aic-relay", &args.log)?;
+    raise_nofile();
     let mut config = relay::Config::new(data_dir);
     config.database_url = args.database_url.clone();
     config.anonymous_window = args.anonymous_window;
@@ -575,6 +600,7 @@ async fn run() -> anyhow::Result<()> {
     config.rate_limit = args.rate_limit;
     config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
     config.registrations_per_day = args.registrations_per_day;
+    config.max_in_flight = args.max_in_flight;
     config.connections = relay::listen::ConnLimits {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,

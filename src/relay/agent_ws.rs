@@ -10,11 +10,17 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::AppState;
-use super::hub::{AgentConn, Outbound};
+use super::hub::{AgentConn, Frame};
 use super::keys::{self, Digest};
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
 };
+
+/// What the WebSocket reads into at most per read, allocated per link when it
+/// opens and kept while it lives: the library's default (128 KiB) made an
+/// idle agent cost the relay 140 KiB (9 KiB now, all told; BENCHMARKS.md).
+/// Longer frames (output) still arrive whole, in more reads.
+const READ_BUFFER: usize = 2 * 1024;
 
 /// How long a fresh connection has to say hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,7 +40,10 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let client = state.config.proxies.client_ip(peer.ip(), &headers);
-    ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| async move {
+    // Every frame is flushed as it is sent, so nothing gathers in a write buffer.
+    let ws =
+        ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).read_buffer_size(READ_BUFFER).write_buffer_size(0);
+    ws.on_upgrade(move |socket| async move {
         if let Err(e) = run(state, socket, client).await {
             tracing::info!(%peer, "agent link ended: {e:#}");
         }
@@ -55,27 +64,38 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
         Ok(_) => anyhow::bail!("closed before saying hello"),
         Err(_) => anyhow::bail!("no hello within {HELLO_TIMEOUT:?}"),
     };
-    let (info, credentials) = match parse_hello(&first) {
+    let hello = parse_hello(&first);
+    // The hello's bytes share the read buffer's allocation: held, they would
+    // keep it from being reused for the link's life.
+    drop(first);
+    let (info, credentials) = match hello {
         Ok(hello) => hello,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
-    let accepted = match accept(&state, &info, credentials, client).await? {
+    // Boxed, as is every step that waits on the store: a task is as large as
+    // the largest future it may await, and this one lives as long as the link.
+    let accepted = match Box::pin(accept(&state, &info, credentials, client)).await? {
         Ok(accepted) => accepted,
         Err((reason, message)) => return refuse(socket, reason, message).await,
     };
-    socket.send(text(&accepted.reply)).await?;
-
     let (tx, mut rx) = mpsc::unbounded_channel();
     let conn =
         state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.link_limits(), tx);
+    // In the hub before the daemon hears it is accepted: a caller that uses
+    // the code the moment the daemon shows it must find the link. What is
+    // queued for it meanwhile goes out after the reply.
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
-    tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
-
     let mut code_hash = accepted.code_hash;
-    let result = pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await;
+    let result = match socket.send(text(&accepted.reply)).await {
+        Ok(()) => {
+            tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
+            pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await
+        }
+        Err(e) => Err(e.into()),
+    };
 
     state.hub.remove(&code_hash, &conn);
-    if let Err(e) = state.store.touch_agent(accepted.agent_id, super::now_ms(), &info).await {
+    if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &info)).await {
         tracing::warn!("recording agent disconnect: {e:#}");
     }
     tracing::info!(agent = accepted.agent_id, "agent disconnected");
@@ -88,7 +108,7 @@ async fn pump(
     conn: &Arc<AgentConn>,
     code_hash: &mut Digest,
     socket: &mut WebSocket,
-    rx: &mut mpsc::UnboundedReceiver<Outbound>,
+    rx: &mut mpsc::UnboundedReceiver<Frame>,
 ) -> anyhow::Result<()> {
     let mut last_rx = tokio::time::Instant::now();
     let silence = state.config.link_timeout;
@@ -96,10 +116,10 @@ async fn pump(
         tokio::select! {
             _ = state.shutdown.cancelled() => return close(socket, "relay shutting down").await,
             _ = conn.replaced.cancelled() => return close(socket, "replaced by a newer connection of this agent").await,
-            Some(out) = rx.recv() => {
-                let frame = match out {
-                    Outbound::Message(msg) => text(&msg),
-                    Outbound::Frame(bytes) => Message::Binary(bytes.into()),
+            Some(frame) = rx.recv() => {
+                let frame = match frame {
+                    Frame::Text(text) => Message::Text(text.into()),
+                    Frame::Binary(bytes) => Message::Binary(bytes.into()),
                 };
                 // A daemon that stops reading must not make the relay queue for it forever.
                 timeout(silence, socket.send(frame)).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
@@ -126,14 +146,15 @@ async fn pump(
 async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest, text: &str) {
     match agent::decode::<AgentMessage>(text) {
         Ok(AgentMessage::Operator { req, op }) => {
-            let outcome = super::operator::handle(state, conn, code_hash, op).await;
+            // Boxed like every wait on the store (see `run`): rare, and large.
+            let outcome = Box::pin(super::operator::handle(state, conn, code_hash, op)).await;
             conn.send(RelayMessage::OperatorReply { req, outcome });
         }
         Ok(AgentMessage::Ping { seq }) => {
             conn.send(RelayMessage::Pong { seq });
         }
         Ok(AgentMessage::TokenSaved) => {
-            if let Err(e) = state.store.forget_previous_token(conn.agent_id).await {
+            if let Err(e) = Box::pin(state.store.forget_previous_token(conn.agent_id)).await {
                 tracing::warn!(agent = conn.agent_id, "forgetting the previous token: {e:#}");
             }
         }

@@ -1,0 +1,115 @@
+//! A minimal HTTP/1.1 client over one kept-alive TCP connection: the least
+//! work a caller can do per request, so the figures are the relay's.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// One kept-alive connection to the relay.
+pub struct Conn {
+    /// The socket, buffered both ways.
+    io: BufStream<TcpStream>,
+    /// `Host` header value.
+    host: String,
+}
+
+/// A response: status and body.
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects to `to` from `from` (any loopback address: the relay counts
+    /// rate limits per address, so callers can stand for different clients).
+    pub async fn open(to: SocketAddr, from: IpAddr) -> anyhow::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = socket.connect(to).await.with_context(|| format!("connecting to {to}"))?;
+        tcp.set_nodelay(true)?;
+        Ok(Self { io: BufStream::new(tcp), host: to.to_string() })
+    }
+
+    /// Writes a POST of a JSON body.
+    async fn send(&mut self, path: &str, body: &str, accept: &str) -> anyhow::Result<()> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: {accept}\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        self.io.write_all(head.as_bytes()).await?;
+        self.io.write_all(body.as_bytes()).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Reads a status line and headers: status, content length, chunked.
+    async fn head(&mut self) -> anyhow::Result<(u16, Option<usize>, bool)> {
+        let mut line = String::new();
+        if self.io.read_line(&mut line).await? == 0 {
+            bail!("the relay closed the connection");
+        }
+        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("a status line")?;
+        let (mut length, mut chunked) = (None, false);
+        loop {
+            line.clear();
+            self.io.read_line(&mut line).await?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                return Ok((status, length, chunked));
+            }
+            let (name, value) = header.split_once(':').unwrap_or((header, ""));
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok();
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().contains("chunked");
+            }
+        }
+    }
+
+    /// POSTs `body` to `path` and reads the whole answer.
+    pub async fn post(&mut self, path: &str, body: &str) -> anyhow::Result<Response> {
+        self.send(path, body, "application/json").await?;
+        let (status, length, chunked) = self.head().await?;
+        let mut body = Vec::new();
+        if chunked {
+            while let Some(chunk) = self.chunk().await? {
+                body.extend_from_slice(&chunk);
+            }
+        } else {
+            body.resize(length.context("a content-length")?, 0);
+            self.io.read_exact(&mut body).await?;
+        }
+        Ok(Response { status, body })
+    }
+
+    /// POSTs `body` asking for an event stream; calls `each` with every chunk
+    /// of the stream as it arrives. The status.
+    pub async fn stream(&mut self, path: &str, body: &str, mut each: impl FnMut(&[u8])) -> anyhow::Result<u16> {
+        self.send(path, body, "text/event-stream").await?;
+        let (status, length, chunked) = self.head().await?;
+        if !chunked {
+            let mut rest = vec![0; length.unwrap_or(0)];
+            self.io.read_exact(&mut rest).await?;
+            each(&rest);
+            return Ok(status);
+        }
+        while let Some(chunk) = self.chunk().await? {
+            each(&chunk);
+        }
+        Ok(status)
+    }
+
+    /// One chunk of a chunked body; `None` at the last.
+    async fn chunk(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut line = String::new();
+        self.io.read_line(&mut line).await?;
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).context("a chunk size")?;
+        let mut data = vec![0; size + 2];
+        self.io.read_exact(&mut data).await?;
+        data.truncate(size);
+        Ok((size > 0).then_some(data))
+    }
+}
