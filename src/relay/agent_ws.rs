@@ -69,12 +69,18 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     let conn =
         state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.link_limits(), tx);
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
+    if let Some(cluster) = &state.cluster {
+        cluster.hold(accepted.code_hash, Arc::clone(&conn)).await;
+    }
     tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
 
     let mut code_hash = accepted.code_hash;
     let result = pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await;
 
     state.hub.remove(&code_hash, &conn);
+    if let Some(cluster) = &state.cluster {
+        cluster.release(&code_hash, conn.conn_id);
+    }
     if let Err(e) = state.store.touch_agent(accepted.agent_id, super::now_ms(), &info).await {
         tracing::warn!("recording agent disconnect: {e:#}");
     }

@@ -8,6 +8,7 @@ pub mod access;
 pub mod accounts;
 mod agent_ws;
 mod api;
+pub mod cluster;
 pub mod discovery;
 pub mod doctor;
 pub mod error;
@@ -49,6 +50,9 @@ pub struct Config {
     /// A PostgreSQL database several relays share (`postgres://…`), instead
     /// of the SQLite file in the data dir.
     pub database_url: Option<String>,
+    /// The NATS server relays sharing `database_url` route commands through
+    /// (`nats://…`); `None`: a relay on its own.
+    pub nats_url: Option<String>,
     /// How long after a code is made it works without an account.
     pub anonymous_window: Duration,
     /// Output bytes per command before it is cut and killed.
@@ -98,6 +102,7 @@ impl Config {
         Self {
             data_dir,
             database_url: None,
+            nats_url: None,
             anonymous_window: Duration::from_secs(3600),
             max_output: 1024 * 1024,
             max_body: 256 * 1024,
@@ -158,6 +163,8 @@ pub struct Inner {
     pub registrations: limit::DailyCap,
     /// Counters for `/metrics`; the hub holds the same.
     pub metrics: Arc<metrics::Metrics>,
+    /// Routing to the other relays of a cluster (`--nats-url`).
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -177,7 +184,16 @@ impl AppState {
         let usage = accounts::Usage::default();
         let metrics = Arc::new(metrics::Metrics::default());
         let hub = Hub::with_metrics(Arc::clone(&metrics));
-        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics };
+        let cluster = match (&config.nats_url, &config.database_url) {
+            (None, _) => None,
+            (Some(_), None) => anyhow::bail!(
+                "--nats-url makes this relay one of several, which must share one store: give --database-url postgres://… too"
+            ),
+            (Some(url), Some(_)) => {
+                Some(cluster::Cluster::connect(url, Arc::clone(&metrics), config.exec_grace).await?)
+            }
+        };
+        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics, cluster };
         Ok(Self(Arc::new(inner)))
     }
 }

@@ -1,0 +1,282 @@
+//! Several relays as one: three relays on one PostgreSQL and one NATS, each
+//! started by the test; a machine's daemon on one relay, its callers on the
+//! others. Skipped with a printed reason under `AIC_SKIP_CLUSTER=1`.
+
+mod common;
+#[path = "common/servers.rs"]
+mod servers;
+
+use std::time::{Duration, Instant};
+
+use aic::protocol::SessionCode;
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use servers::{Nats, Postgres};
+
+/// PostgreSQL, NATS and three relays on them (sharing one data dir, so one secret).
+struct Site {
+    dir: tempfile::TempDir,
+    pg: Postgres,
+    nats: Nats,
+    relays: Vec<TestRelay>,
+}
+
+impl Site {
+    /// The whole site, or `None` when the cluster tests are skipped.
+    async fn start(tune: impl Fn(&mut aic::relay::Config)) -> Option<Self> {
+        let pg = Postgres::start()?;
+        let nats = Nats::start()?;
+        let dir = tempfile::tempdir().unwrap();
+        let mut relays = Vec::new();
+        for _ in 0..3 {
+            let mut config = aic::relay::Config::new(dir.path().join("relay"));
+            config.database_url = Some(pg.url());
+            config.nats_url = Some(nats.url());
+            config.rate_limit = 0;
+            tune(&mut config);
+            relays.push(TestRelay::start_with(config, "127.0.0.1:0").await);
+        }
+        Some(Self { dir, pg, nats, relays })
+    }
+
+    /// A daemon (auto mode) linked to relay `n`.
+    async fn daemon_on(&self, n: usize) -> TestDaemon {
+        TestDaemon::start(&self.relays[n].ws(), &self.dir.path().join(format!("daemon-{n}"))).await
+    }
+}
+
+/// `GET /api/v1/status/{code}` on `relay`: whether it says the machine is online.
+async fn says_online(relay: &str, code: SessionCode) -> bool {
+    let resp = client().get(format!("{relay}/api/v1/status/{code}")).send().await.unwrap();
+    let body: Value = resp.json().await.unwrap();
+    body["online"] == true
+}
+
+/// Waits (bounded) until `relay` sees the machine as online, or as offline.
+async fn until_online(relay: &str, code: SessionCode, online: bool) {
+    for _ in 0..300 {
+        if says_online(relay, code).await == online {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{relay} never saw {code} as {}", if online { "online" } else { "offline" });
+}
+
+/// `POST /api/v1/exec` on `relay` as `key`.
+async fn exec_as(relay: &str, key: Option<&str>, code: &str, command: &str) -> (u16, Value) {
+    let mut request = client().post(format!("{relay}/api/v1/exec")).json(&json!({"code": code, "command": command}));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let resp = within("exec", request.send()).await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_reaches_a_machine_held_by_another_relay() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    for relay in &site.relays[1..] {
+        until_online(&relay.http(), code, true).await;
+        let body = run(&relay.http(), code, "echo via; echo err >&2; exit 3").await;
+        assert_eq!((body["stdout"].as_str(), body["stderr"].as_str()), (Some("via\n"), Some("err\n")), "{body}");
+        assert_eq!(body["exitCode"], 3);
+    }
+
+    // Live output (SSE) through relay B.
+    let resp = client()
+        .post(format!("{}/api/v1/exec", site.relays[1].http()))
+        .header("accept", "text/event-stream")
+        .json(&json!({"code": code.to_string(), "command": "echo one; sleep 0.2; echo two"}))
+        .send()
+        .await
+        .unwrap();
+    let text = within("the event stream", resp.text()).await.unwrap();
+    let outputs = text.lines().filter(|l| *l == "event: output").count();
+    assert!(outputs >= 2, "{text}");
+    assert!(text.contains(r#""stdout":"one\ntwo\n""#), "{text}");
+
+    // MCP (stateless) through relay C.
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "remote_exec",
+        "arguments": {"code": code.to_string(), "command": "echo mcp"}}});
+    let resp = client()
+        .post(format!("{}/mcp", site.relays[2].http()))
+        .header("accept", "application/json, text/event-stream")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    let text = within("the MCP answer", resp.text()).await.unwrap();
+    assert!(text.contains(r#""stdout":"mcp\n""#), "{text}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_machine_no_relay_holds_is_offline_at_once() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    daemon.stop().await;
+    until_online(&b, code, false).await;
+    let asked = Instant::now();
+    let (status, body) = exec_as(&b, None, &code.to_string(), "true").await;
+    assert_eq!((status, body["reason"].as_str()), (503, Some("agent_offline")), "{body}");
+    // The issue asks for 100 ms; bounded generously here, as a shared CI machine needs.
+    assert!(asked.elapsed() < Duration::from_secs(2), "took {:?}", asked.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_block_on_the_holding_relay_refuses_on_all_and_stops_the_command() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code().to_string();
+    let key = site.relays[0].account("ops@example.com").await;
+    let (b, c) = (site.relays[1].http(), site.relays[2].http());
+    until_online(&b, daemon.code(), true).await;
+    assert_eq!(exec_as(&b, Some(&key), &code, "true").await.0, 200, "the first use links the account");
+
+    let running = tokio::spawn({
+        let (b, key, code) = (b.clone(), key.clone(), code.clone());
+        async move { exec_as(&b, Some(&key), &code, "echo started; sleep 30").await }
+    });
+    // The command runs once its output is on the way; then the operator blocks the account.
+    let socket = site.dir.path().join("daemon-0/aic.sock");
+    let console = |args: &'static [&'static str]| {
+        let socket = socket.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-console"))
+                .args(args)
+                .env("AIC_SOCKET", socket)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    for _ in 0..300 {
+        if console(&["traffic"]).await.contains("sleep 30") || running.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    console(&["admins", "block", "1"]).await;
+    let (status, body) = within("the blocked command's answer", running).await.unwrap();
+    assert_eq!((status, body["reason"].as_str()), (403, Some("blocked")), "{body}");
+    for relay in [&site.relays[0].http(), &b, &c] {
+        let (status, body) = exec_as(relay, Some(&key), &code, "echo no").await;
+        assert_eq!((status, body["reason"].as_str()), (403, Some("blocked")), "{relay}: {body}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_megabytes_cross_relays_byte_for_byte() {
+    const BYTES: u64 = 50 * 1024 * 1024;
+    let Some(site) = Site::start(|c| {
+        c.max_output = 2 * BYTES;
+        c.max_link_buffer = 4 * BYTES;
+        c.max_body = 1024 * 1024;
+    })
+    .await
+    else {
+        return;
+    };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    // Numbered lines, so a lost, doubled or reordered chunk shows.
+    let command = format!("seq 1 100000000 | head -c {BYTES}");
+    let body = run(&b, code, &command).await;
+    let stdout = body["stdout"].as_str().unwrap();
+    let expected: String = (1..)
+        .map(|n| format!("{n}\n"))
+        .take_while({
+            let mut len = 0u64;
+            move |line| {
+                let fits = len < BYTES;
+                len += line.len() as u64;
+                fits
+            }
+        })
+        .collect();
+    assert_eq!(stdout.len() as u64, BYTES);
+    assert!(stdout.as_bytes() == &expected.as_bytes()[..BYTES as usize], "the output differs");
+    assert_eq!(body["truncated"], false);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_carries_no_code_and_command_text_only_in_exec_and_output() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let tap = async_nats::connect(site.nats.url()).await.unwrap();
+    let mut all = tap.subscribe(">").await.unwrap();
+    tap.flush().await.unwrap();
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    let canary = "CANARY-7f3a9c";
+    let body = run(&b, code, &format!("echo {canary}")).await;
+    assert_eq!(body["stdout"], format!("{canary}\n"));
+    tap.flush().await.unwrap();
+    let mut seen = 0;
+    let code_text = code.to_string();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), all.next()).await {
+        seen += 1;
+        let payload = String::from_utf8_lossy(&msg.payload);
+        assert!(!msg.subject.contains(&code_text) && !payload.contains(&code_text), "a code in {}", msg.subject);
+        assert!(!msg.subject.contains(canary), "the command in a subject: {}", msg.subject);
+        if payload.contains(canary) {
+            let exec_request = msg.subject.starts_with("aic.agent.") && payload.starts_with("{\"Exec\"");
+            let output = msg.payload.first() == Some(&b'o');
+            assert!(exec_request || output, "command text in another message on {}: {payload}", msg.subject);
+        }
+    }
+    assert!(seen > 0, "the tap saw the traffic");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routing_resumes_after_nats_restarts() {
+    let Some(mut site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    site.nats.restart();
+    until_online(&b, code, true).await;
+    assert_eq!(run(&b, code, "echo again").await["stdout"], "again\n");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_fail_cleanly_while_postgres_is_down_and_resume() {
+    let Some(mut site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    site.pg.stop();
+    let (status, body) = exec_as(&b, None, &code.to_string(), "echo down").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["ok"], false, "{body}");
+    site.pg.restart();
+    let mut answer = exec_as(&b, None, &code.to_string(), "echo up").await;
+    for _ in 0..100 {
+        if answer.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = exec_as(&b, None, &code.to_string(), "echo up").await;
+    }
+    assert_eq!(answer.1["stdout"], "up\n", "{}", answer.1);
+    daemon.stop().await;
+}
