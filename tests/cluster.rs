@@ -280,3 +280,113 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_resume() {
     assert_eq!(answer.1["stdout"], "up\n", "{}", answer.1);
     daemon.stop().await;
 }
+
+/// A load balancer stand-in: each connection goes to the first of `backends` that takes it.
+async fn balancer(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for backend in backends {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `aic-relay` as a process on the site's store, NATS and secret, so it can be killed outright.
+async fn relay_process(site: &Site) -> RelayProcess {
+    let (db, nats) = (site.pg.url(), site.nats.url());
+    let args = ["--database-url", &db, "--nats-url", &nats, "--rate-limit", "0"];
+    RelayProcess::start(&site.dir.path().join("relay"), &args, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holding_relay_killed_mid_stream_fails_the_caller_and_the_machine_moves_on() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let mut holder = relay_process(&site).await;
+    let lb = balancer(vec![holder.addr, site.relays[0].addr]).await;
+    let mut daemon = TestDaemon::start(&format!("ws://{lb}"), &site.dir.path().join("daemon-lb")).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+
+    let resp = client()
+        .post(format!("{b}/api/v1/exec"))
+        .header("accept", "text/event-stream")
+        .json(&json!({"code": code.to_string(), "command": "echo started; sleep 60"}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut said = String::new();
+    while !said.contains("event: output") {
+        let chunk = within("the first output", stream.next()).await.expect("the stream ended early").unwrap();
+        said.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    holder.child.start_kill().unwrap();
+    let killed = Instant::now();
+    while let Some(chunk) = within("the caller's error", stream.next()).await {
+        said.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(killed.elapsed() < Duration::from_secs(20), "the error took {:?}", killed.elapsed());
+    let result = said.split("event: result").nth(1).unwrap_or_else(|| panic!("no result in {said}"));
+    assert!(result.contains("agent_offline") && result.contains("stopped answering mid-command"), "{result}");
+
+    // The daemon comes back through the balancer to another relay, with the same code.
+    let other = &site.relays[0].state.hub;
+    for _ in 0..300 {
+        if other.online() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(other.online(), 1, "the daemon did not come back to the other relay");
+    assert_eq!(daemon.online().await, code);
+    let c = site.relays[2].http();
+    until_online(&c, code, true).await;
+    assert_eq!(run(&c, code, "echo moved").await["stdout"], "moved\n");
+    let _ = holder.child.wait().await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callers_relay_killed_gets_its_command_cancelled() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let mut caller = relay_process(&site).await;
+    until_online(&caller.http(), code, true).await;
+    let pid_file = site.dir.path().join("pid");
+    let command = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let url = caller.http();
+    let asked = tokio::spawn(async move { exec_as(&url, None, &code.to_string(), &command).await });
+    let mut pid = None;
+    for _ in 0..300 {
+        pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok());
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("the command started");
+    caller.child.start_kill().unwrap();
+    let _ = caller.child.wait().await;
+    let _ = asked.await;
+    // The holding relay hears no acknowledgements and cancels it within its silence limit.
+    for _ in 0..400 {
+        if !alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive(pid), "the command outlived its caller's relay");
+    daemon.stop().await;
+}
