@@ -390,3 +390,64 @@ async fn a_callers_relay_killed_gets_its_command_cancelled() {
     assert!(!alive(pid), "the command outlived its caller's relay");
     daemon.stop().await;
 }
+
+/// A POST on `/mcp` at `base`: status, the session id it gave, and the body.
+async fn mcp_post(base: &str, session: Option<&str>, body: Value) -> (u16, Option<String>, String) {
+    let mut request =
+        client().post(format!("{base}/mcp")).header("accept", "application/json, text/event-stream").json(&body);
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let resp = within("POST /mcp", request.send()).await.unwrap();
+    let status = resp.status().as_u16();
+    let id = resp.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
+    (status, id, within("the /mcp body", resp.text()).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mcp_sessions_stay_on_their_relay_behind_the_shipped_haproxy_config() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let shipped = std::fs::read_to_string("packaging/proxy/haproxy-cluster.cfg").unwrap();
+    let mut servers = site.relays.iter().map(|r| r.addr.to_string());
+    let config: String = shipped
+        .lines()
+        .filter(|l| !l.contains(" ssl crt "))
+        .map(|l| match l.trim() {
+            "bind :80" => "    bind 127.0.0.1:{port}".to_owned(),
+            "maxconn 20000" => "    maxconn 1000".to_owned(),
+            t if t.starts_with("server ") => l.replacen(t.split(' ').nth(2).unwrap(), &servers.next().unwrap(), 1),
+            _ => l.to_owned(),
+        })
+        .map(|l| l + "\n")
+        .collect();
+    let Some(lb) = servers::Haproxy::start(&config) else { return };
+    let lb = format!("http://127.0.0.1:{}", lb.port);
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code().to_string();
+
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "sticky", "version": "0"}}});
+    let (status, session, _) = mcp_post(&lb, None, init).await;
+    assert_eq!(status, 200);
+    let session = session.expect("a session id");
+    // The session lives on one relay: the others do not know it.
+    let mut knowing = 0;
+    for relay in &site.relays {
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        if mcp_post(&relay.http(), Some(&session), list).await.0 == 200 {
+            knowing += 1;
+        }
+    }
+    assert_eq!(knowing, 1, "exactly one relay holds the session");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(mcp_post(&lb, Some(&session), initialized).await.0, 202);
+    // Round robin would spread these over the three relays; the stick table keeps them on the session's.
+    for n in 0..6 {
+        let call = json!({"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call", "params": {"name": "remote_exec",
+            "arguments": {"code": code, "command": format!("echo call {n}")}}});
+        let (status, _, body) = mcp_post(&lb, Some(&session), call).await;
+        assert_eq!(status, 200, "call {n}: {body}");
+        assert!(body.contains(&format!(r#""stdout":"call {n}\n""#)), "call {n}: {body}");
+    }
+    daemon.stop().await;
+}
