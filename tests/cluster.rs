@@ -451,3 +451,24 @@ async fn mcp_sessions_stay_on_their_relay_behind_the_shipped_haproxy_config() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clients_rate_limit_holds_across_relays() {
+    let Some(site) = Site::start(|c| c.rate_limit = 10).await else { return };
+    let (a, b) = (site.relays[0].http(), site.relays[1].http());
+    let status = |relay: &str| client().get(format!("{relay}/api/v1/status/AIC-2345-6789-ABCD")).send();
+    for _ in 0..10 {
+        assert_ne!(within("status", status(&a)).await.unwrap().status().as_u16(), 429);
+    }
+    assert_eq!(within("status", status(&a)).await.unwrap().status().as_u16(), 429);
+    // Relay B hears within a moment what A let through; on its own it would allow 10 more.
+    let mut allowed = 0;
+    for _ in 0..9 {
+        match within("status", status(&b)).await.unwrap().status().as_u16() {
+            429 => break,
+            _ => allowed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(allowed < 9, "relay B let {allowed} more through: each relay counted alone");
+}

@@ -45,6 +45,21 @@ pub const SILENCE: Duration = Duration::from_secs(12);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The queue group all relays' agent subscriptions join.
 const QUEUE: &str = "aic-relays";
+/// Where relays tell each other the requests and registrations they let through.
+const LIMITS_SUBJECT: &str = "aic.limits";
+/// How often they do: the lag before a client's requests on one relay count on the others.
+pub const LIMITS_EVERY: Duration = Duration::from_millis(500);
+
+/// What one relay let through since it last said, per client network.
+#[derive(Serialize, Deserialize)]
+struct Spent {
+    /// The relay that says it, which ignores its own message.
+    from: String,
+    /// Requests on the rate-limited routes.
+    requests: Vec<(std::net::IpAddr, u32)>,
+    /// New agent registrations.
+    registrations: Vec<(std::net::IpAddr, u32)>,
+}
 
 /// What a caller's relay asks the relay holding a machine's link.
 #[derive(Serialize, Deserialize)]
@@ -115,6 +130,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     /// How long past its timeout a command may run (the links' grace).
     grace: Duration,
+    /// This relay among the others, for the limits it shares.
+    instance: String,
 }
 
 impl Cluster {
@@ -125,7 +142,8 @@ impl Cluster {
             .connect(url)
             .await
             .with_context(|| format!("connecting to NATS at {url}; is nats-server running there?"))?;
-        Ok(Arc::new(Self { client, held: Mutex::default(), metrics, grace }))
+        let instance = uuid::Uuid::new_v4().to_string();
+        Ok(Arc::new(Self { client, held: Mutex::default(), metrics, grace, instance }))
     }
 
     /// Answers for `conn` on its code's subject until [`Cluster::release`] (or a newer hold).
@@ -253,6 +271,44 @@ impl Cluster {
         match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
             Ok(Ok(reply)) => matches!(serde_json::from_slice(&reply.payload), Ok(Answer::Here)),
             _ => false,
+        }
+    }
+}
+
+/// Shares the rate limits and registration caps with the other relays until
+/// shutdown: what this relay let through goes out every [`LIMITS_EVERY`], and
+/// what the others did is charged here, so a client spread over N relays does
+/// not get N budgets.
+pub async fn share_limits(state: super::AppState) {
+    let Some(cluster) = state.cluster.clone() else { return };
+    state.limiter.share();
+    state.registrations.share();
+    let mut heard = match cluster.client.subscribe(LIMITS_SUBJECT).await {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("subscribing to the shared rate limits on NATS: {e}"),
+    };
+    let mut tick = tokio::time::interval(LIMITS_EVERY);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let requests = state.limiter.take_counts();
+                let registrations = state.registrations.take_counts();
+                if !requests.is_empty() || !registrations.is_empty() {
+                    let spent = Spent { from: cluster.instance.clone(), requests, registrations };
+                    cluster.publish(LIMITS_SUBJECT.into(), json(&spent)).await;
+                }
+            }
+            msg = heard.next() => {
+                let Some(msg) = msg else { return };
+                let Ok(spent) = serde_json::from_slice::<Spent>(&msg.payload) else { continue };
+                if spent.from == cluster.instance {
+                    continue;
+                }
+                let now = super::now_ms();
+                spent.requests.into_iter().for_each(|(ip, n)| state.limiter.charge(ip, n));
+                spent.registrations.into_iter().for_each(|(ip, n)| state.registrations.charge(ip, n, now));
+            }
         }
     }
 }

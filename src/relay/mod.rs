@@ -257,6 +257,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         .map_err(anyhow::Error::msg)?;
     let app = router(state.clone(), public);
     let housekeeper = tokio::spawn(housekeeping(state.clone()));
+    tokio::spawn(cluster::share_limits(state.clone()));
     let config = &state.config;
     listen::serve(listener, app, config.connections, config.proxies.clone(), config.tls.clone(), shutdown).await;
     let _ = housekeeper.await;
