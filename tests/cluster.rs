@@ -9,6 +9,7 @@ mod servers;
 use std::time::{Duration, Instant};
 
 use aic::protocol::SessionCode;
+use aic::protocol::control::{Event, Op};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -471,4 +472,29 @@ async fn a_clients_rate_limit_holds_across_relays() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(allowed < 9, "relay B let {allowed} more through: each relay counted alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_made_on_another_relay_reaches_the_operator_for_approval() {
+    let Some(site) = Site::start(|c| c.anonymous_window = Duration::ZERO).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code().to_string();
+    let key = site.relays[0].account("late@example.com").await;
+    let socket = site.dir.path().join("daemon-0/aic.sock");
+    let mut watcher = aic::tui::client::Client::connect(&socket).await.unwrap();
+    watcher.call(Op::Subscribe).await.unwrap();
+    let b = &site.relays[1];
+    let (cluster, code_hash) = (b.state.cluster.as_ref().unwrap(), b.state.keys.code_hash(&daemon.code()));
+    for _ in 0..300 {
+        if cluster.online(&code_hash).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = exec_as(&b.http(), Some(&key), &code, "echo hi").await;
+    assert_eq!((status, body["reason"].as_str()), (403, Some("approval_required")), "{body}");
+    // The operator, whose daemon is on relay A, hears of the link made on B.
+    within("the accounts event", async { while !matches!(watcher.next_event().await.unwrap(), Event::Accounts) {} })
+        .await;
+    daemon.stop().await;
 }

@@ -287,6 +287,8 @@ async fn first_link(
     tracing::info!(agent = agent_id, link = link.id, state = link.state.as_str(), "account linked");
     if let Some(conn) = state.hub.get(code_hash) {
         conn.send(RelayMessage::AccountsChanged);
+    } else if let Some(cluster) = &state.cluster {
+        cluster.accounts_changed(code_hash).await;
     }
     Ok(link)
 }

@@ -66,6 +66,8 @@ struct Spent {
 enum Ask {
     /// Is the machine's link held? (status)
     Probe,
+    /// An account was linked to the machine on another relay: tell its operator.
+    AccountsChanged,
     /// Run this command; send its frames to `frames`.
     Exec {
         /// The command, as the daemon is sent it.
@@ -186,10 +188,16 @@ impl Cluster {
 
     /// One ask from another relay, for the link `conn`.
     async fn answer(self: Arc<Self>, conn: Arc<AgentConn>, msg: async_nats::Message) {
-        let Some(reply) = msg.reply else { return };
         let Ok(ask) = serde_json::from_slice::<Ask>(&msg.payload) else { return };
+        let Some(reply) = msg.reply else {
+            if let Ask::AccountsChanged = ask {
+                conn.send(crate::protocol::agent::RelayMessage::AccountsChanged);
+            }
+            return;
+        };
         let (request, issuer, frames) = match ask {
             Ask::Probe => return self.publish(reply.to_string(), json(&Answer::Here)).await,
+            Ask::AccountsChanged => return,
             Ask::Exec { request, issuer, frames } => (request, issuer, frames),
         };
         let exec = match conn.start(*request, issuer) {
@@ -263,6 +271,11 @@ impl Cluster {
         tokio::spawn(receive(self.client.clone(), frames, acks, tx, cancel.clone()));
         let link = ExecLink::Remote(cancel.drop_guard());
         Ok(Exec::new(id, rx, timeout, self.grace, Arc::clone(&self.metrics), link))
+    }
+
+    /// Tells the relay holding the machine's link that its accounts changed (a new link).
+    pub async fn accounts_changed(&self, code_hash: &Digest) {
+        self.publish(subject(code_hash), json(&Ask::AccountsChanged)).await;
     }
 
     /// Whether some relay holds the link of the machine behind `code_hash`.
