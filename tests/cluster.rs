@@ -498,3 +498,31 @@ async fn a_link_made_on_another_relay_reaches_the_operator_for_approval() {
         .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn doctor_checks_postgres_and_nats() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let doctor = |db: String, nats: String| {
+        let data_dir = site.dir.path().join("relay");
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-relay"))
+                .args(["doctor", "--listen", "127.0.0.1:0", "--database-url", &db, "--nats-url", &nats, "--data-dir"])
+                .arg(data_dir)
+                .output()
+                .await
+                .unwrap();
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), said)
+        }
+    };
+    let (ok, said) = doctor(site.pg.url(), site.nats.url()).await;
+    assert!(ok, "{said}");
+    assert!(said.contains(&format!("PostgreSQL at {} answers", site.pg.url())), "{said}");
+    assert!(said.contains(&format!("{} answers", site.nats.url())), "{said}");
+    let port = servers::free_port();
+    let (ok, said) =
+        doctor(format!("postgres://aic:hunter2@127.0.0.1:{port}/x"), format!("nats://127.0.0.1:{port}")).await;
+    assert!(!ok, "{said}");
+    assert!(said.contains("check --database-url") && said.contains("check --nats-url"), "{said}");
+    assert!(!said.contains("hunter2"), "{said}");
+}

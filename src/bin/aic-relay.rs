@@ -41,7 +41,7 @@ struct Args {
 
     /// Route commands between relays through this NATS server (nats://host:4222): with --database-url, what
     /// makes this relay one of several behind a load balancer (see README, "Scaling out").
-    #[arg(long, env = "AIC_RELAY_NATS_URL")]
+    #[arg(long, env = "AIC_RELAY_NATS_URL", global = true)]
     nats_url: Option<String>,
 
     /// How long after a code is made (or reset) it works without an account, e.g. 90s, 30m, 1h.
@@ -322,7 +322,11 @@ async fn doctor(args: &Args, file: Result<PathBuf, ConfigError>) -> anyhow::Resu
     match checked {
         Ok((path, data_dir)) => {
             report.add("config", Ok(format!("{} (listen {})", path.display(), args.listen)));
-            relay::doctor::run(&data_dir, args.listen, args.secret.is_some(), &mut report).await;
+            let shared = relay::doctor::Shared {
+                database_url: args.database_url.as_deref(),
+                nats_url: args.nats_url.as_deref(),
+            };
+            relay::doctor::run(&data_dir, shared, args.listen, args.secret.is_some(), &mut report).await;
         }
         Err(problem) => report.add("config", Err(problem)),
     }
