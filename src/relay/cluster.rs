@@ -5,7 +5,7 @@
 //! The relay holding a link answers on `aic.agent.<hash>`, a subject derived
 //! from the code's keyed hash (never the code), as a queue subscription, so
 //! one relay answers even while a machine moves between relays. A caller's
-//! relay sends an [`Ask`] there as a NATS request: no responders means the
+//! relay sends an `Ask` there as a NATS request: no responders means the
 //! machine is offline, at once. Output comes back on the caller's own inbox
 //! in sequenced frames under NATS's payload limit, at most [`WINDOW`] frames
 //! ahead of the caller's acknowledgements (core NATS has no flow control and
