@@ -5,6 +5,14 @@
 //! ```sh
 //! cargo run --release --example exec_roundtrip -- 500
 //! ```
+//!
+//! With a PostgreSQL and a NATS URL after the count, two relays share them
+//! (README, "Scaling out"): the daemon on the first, and `true` timed through
+//! the first and, routed over NATS, through the second.
+//!
+//! ```sh
+//! cargo run --release --example exec_roundtrip -- 500 postgres://aic@127.0.0.1/aic nats://127.0.0.1:4222
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -21,16 +29,23 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(500);
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(500);
+    let cluster = args.get(2).cloned().zip(args.get(3).cloned());
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
 
-    let mut config = relay::Config::new(dir.path().join("relay"));
-    config.rate_limit = 0;
-    let state = AppState::open(config, None, shutdown.clone()).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let relay = tokio::spawn(relay::serve(listener, state));
+    let mut relays = Vec::new();
+    for _ in 0..if cluster.is_some() { 2 } else { 1 } {
+        let mut config = relay::Config::new(dir.path().join("relay"));
+        config.rate_limit = 0;
+        config.database_url = cluster.as_ref().map(|(db, _)| db.clone());
+        config.nats_url = cluster.as_ref().map(|(_, nats)| nats.clone());
+        let state = AppState::open(config, None, shutdown.clone()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        relays.push((listener.local_addr()?, tokio::spawn(relay::serve(listener, state))));
+    }
+    let addr = relays[0].0;
 
     let state_dir = dir.path().join("daemon");
     let mut config = daemon::Config::new(format!("ws://{addr}"), state_dir.clone(), state_dir.join("aic.sock"));
@@ -39,20 +54,12 @@ async fn main() -> anyhow::Result<()> {
     let daemon = tokio::spawn(daemon::run(config, tx, shutdown.clone()));
     let code = status.wait_for(|s| s.connected).await?.code.expect("a code");
 
-    let client = reqwest::Client::builder().no_proxy().build()?;
     let body = serde_json::json!({"code": code.to_string(), "command": "true"});
-    let url = format!("http://{addr}/api/v1/exec");
-    for _ in 0..20 {
-        client.post(&url).json(&body).send().await?.bytes().await?;
-    }
-    let mut through_relay = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let started = Instant::now();
-        let resp = client.post(&url).json(&body).send().await?;
-        assert!(resp.status().is_success());
-        resp.bytes().await?;
-        through_relay.push(started.elapsed());
-    }
+    let through_relay = time_exec(&format!("http://{addr}/api/v1/exec"), &body, runs).await?;
+    let through_two = match relays.get(1) {
+        Some((other, _)) => Some(time_exec(&format!("http://{other}/api/v1/exec"), &body, runs).await?),
+        None => None,
+    };
     let mut spawn_only = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
@@ -61,10 +68,32 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{runs} runs of `true`");
     println!("  through the relay:   {}", percentiles(through_relay));
+    if let Some(two) = through_two {
+        println!("  through two relays:  {}", percentiles(two));
+    }
     println!("  sh -c true directly: {}", percentiles(spawn_only));
 
     shutdown.cancel();
-    relay.await??;
+    for (_, relay) in relays {
+        relay.await??;
+    }
     daemon.await??;
     Ok(())
+}
+
+/// `body` posted to `url` `runs` times on one kept-alive connection, after 20 to warm up.
+async fn time_exec(url: &str, body: &serde_json::Value, runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    for _ in 0..20 {
+        client.post(url).json(body).send().await?.bytes().await?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let resp = client.post(url).json(body).send().await?;
+        assert!(resp.status().is_success());
+        resp.bytes().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
 }

@@ -68,7 +68,7 @@ fn relay_refuses_unknown_keys_and_bad_values() {
         stderr(&out).trim(),
         format!(
             "aic-relay: config file {typo}: unknown key `rate_limt`; expected one of listen, public_url, \
-             data_dir, database_url, anonymous_window, max_output, rate_limit, trusted_proxy, metrics_listen, tls_cert, tls_key, \
+             data_dir, database_url, nats_url, anonymous_window, max_output, rate_limit, trusted_proxy, metrics_listen, tls_cert, tls_key, \
              max_connections, max_connections_per_ip, header_timeout, registrations_per_day, mcp_output_max, \
              mcp_sessions_per_client, max_file"
         )

@@ -39,6 +39,11 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
 
+    /// Route commands between relays through this NATS server (nats://host:4222): with --database-url, what
+    /// makes this relay one of several behind a load balancer (see README, "Scaling out").
+    #[arg(long, env = "AIC_RELAY_NATS_URL", global = true)]
+    nats_url: Option<String>,
+
     /// How long after a code is made (or reset) it works without an account, e.g. 90s, 30m, 1h.
     #[arg(long, env = "AIC_RELAY_ANONYMOUS_WINDOW", default_value = "1h", value_parser = aic::duration::parse)]
     anonymous_window: Duration,
@@ -376,7 +381,11 @@ async fn doctor(args: &Args, file: Result<PathBuf, ConfigError>) -> anyhow::Resu
     match checked {
         Ok((path, data_dir)) => {
             report.add("config", Ok(format!("{} (listen {})", path.display(), args.listen)));
-            relay::doctor::run(&data_dir, args.listen, args.secret.is_some(), &mut report).await;
+            let shared = relay::doctor::Shared {
+                database_url: args.database_url.as_deref(),
+                nats_url: args.nats_url.as_deref(),
+            };
+            relay::doctor::run(&data_dir, shared, args.listen, args.secret.is_some(), &mut report).await;
         }
         Err(problem) => report.add("config", Err(problem)),
     }
@@ -400,6 +409,7 @@ const FILE_KEYS: &[&str] = &[
     "public_url",
     "data_dir",
     "database_url",
+    "nats_url",
     "anonymous_window",
     "max_output",
     "rate_limit",
@@ -454,6 +464,11 @@ impl Args {
             && unset("database_url")
         {
             self.database_url = Some(v);
+        }
+        if let Some(v) = file.string("nats_url", "a URL such as \"nats://127.0.0.1:4222\"")?
+            && unset("nats_url")
+        {
+            self.nats_url = Some(v);
         }
         let duration = "a duration such as \"90s\", \"30m\" or \"1h\"";
         if let Some(v) = file.parsed("anonymous_window", duration, aic::duration::parse)?
@@ -591,6 +606,7 @@ async fn run() -> anyhow::Result<()> {
     raise_nofile();
     let mut config = relay::Config::new(data_dir);
     config.database_url = args.database_url.clone();
+    config.nats_url = args.nats_url.clone();
     config.anonymous_window = args.anonymous_window;
     config.max_output = args.max_output;
     file_settings(&mut config, &args);

@@ -115,8 +115,10 @@ fn internal(e: anyhow::Error) -> ApiError {
 pub struct Target {
     /// What to call it in answers: its canonical code, or the alias the caller used.
     pub label: String,
-    /// Its live link, if its daemon is connected.
+    /// Its live link, if its daemon is connected to this relay.
     pub conn: Option<Arc<AgentConn>>,
+    /// Its code's keyed hash: in a cluster, how another relay's link to it is found.
+    pub code_hash: Digest,
     /// What its daemon last said about the machine.
     pub info: AgentInfo,
     /// When its code was made (Unix ms).
@@ -170,21 +172,31 @@ async fn admit_anonymous(state: &AppState, code: &str) -> Result<Target, ApiErro
     // Every refusal goes through the same store lookup, so that unknown and
     // expired codes cost the same time as well as giving the same bytes.
     let record = state.store.agent_by_code(&code_hash).await.map_err(internal)?;
-    fresh_offline(state, code.canonical(), record)
+    fresh_offline(state, code.canonical(), &code_hash, record)
 }
 
 /// The machine behind `code_hash`, if its daemon is connected and its code is in its first hour.
 fn fresh_online(state: &AppState, label: String, code_hash: &Digest) -> Option<Target> {
     let conn = state.hub.get(code_hash).filter(|conn| fresh(state, conn.code_created_ms()))?;
-    Some(Target { label, info: conn.info.clone(), code_created_ms: conn.code_created_ms(), conn: Some(conn) })
+    let code_created_ms = conn.code_created_ms();
+    Some(Target { label, info: conn.info.clone(), code_created_ms, conn: Some(conn), code_hash: *code_hash })
 }
 
 /// The anonymous rules for a machine that is not connected: known and in its first hour, or refused alike.
-fn fresh_offline(state: &AppState, label: String, record: Option<AgentRecord>) -> Result<Target, ApiError> {
+fn fresh_offline(
+    state: &AppState,
+    label: String,
+    code_hash: &Digest,
+    record: Option<AgentRecord>,
+) -> Result<Target, ApiError> {
     match record {
-        Some(record) if fresh(state, record.code_created_ms) => {
-            Ok(Target { label, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms })
-        }
+        Some(record) if fresh(state, record.code_created_ms) => Ok(Target {
+            label,
+            conn: None,
+            code_hash: *code_hash,
+            info: record.agent_info,
+            code_created_ms: record.code_created_ms,
+        }),
         _ => Err(ApiError::anonymous_refused()),
     }
 }
@@ -220,7 +232,8 @@ async fn admit_account(
                 // Looking a machine up is not using it: the anonymous rules answer...
                 None if purpose == Purpose::Look && fresh(state, record.code_created_ms) => {
                     let online = fresh_online(state, code.canonical(), &code_hash);
-                    return online.map_or_else(|| fresh_offline(state, code.canonical(), Some(record)), Ok);
+                    let offline = || fresh_offline(state, code.canonical(), &code_hash, Some(record));
+                    return online.map_or_else(offline, Ok);
                 }
                 // ...and past the first hour the code reads as unknown, with
                 // the same answer and the same lookups as an unknown code.
@@ -277,10 +290,20 @@ async fn by_alias(
 /// The machine, live if its daemon is connected, else as the store last saw it.
 fn target(state: &AppState, label: String, code_hash: &Digest, record: AgentRecord) -> Target {
     match state.hub.get(code_hash) {
-        Some(conn) => {
-            Target { label, info: conn.info.clone(), code_created_ms: conn.code_created_ms(), conn: Some(conn) }
-        }
-        None => Target { label, conn: None, info: record.agent_info, code_created_ms: record.code_created_ms },
+        Some(conn) => Target {
+            label,
+            info: conn.info.clone(),
+            code_created_ms: conn.code_created_ms(),
+            conn: Some(conn),
+            code_hash: *code_hash,
+        },
+        None => Target {
+            label,
+            conn: None,
+            code_hash: *code_hash,
+            info: record.agent_info,
+            code_created_ms: record.code_created_ms,
+        },
     }
 }
 
@@ -310,6 +333,8 @@ async fn first_link(
     tracing::info!(agent = agent_id, link = link.id, state = link.state.as_str(), "account linked");
     if let Some(conn) = state.hub.get(code_hash) {
         conn.send(RelayMessage::AccountsChanged);
+    } else if let Some(cluster) = &state.cluster {
+        cluster.accounts_changed(code_hash).await;
     }
     Ok(link)
 }

@@ -85,6 +85,10 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     // the code the moment the daemon shows it must find the link. What is
     // queued for it meanwhile goes out after the reply.
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
+    if let Some(cluster) = &state.cluster {
+        cluster.hold(accepted.code_hash, Arc::clone(&conn)).await;
+    }
+
     let mut code_hash = accepted.code_hash;
     let result = match socket.send(text(&accepted.reply)).await {
         Ok(()) => {
@@ -95,6 +99,9 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     };
 
     state.hub.remove(&code_hash, &conn);
+    if let Some(cluster) = &state.cluster {
+        cluster.release(&code_hash, conn.conn_id);
+    }
     if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &info)).await {
         tracing::warn!("recording agent disconnect: {e:#}");
     }

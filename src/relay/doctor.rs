@@ -11,9 +11,24 @@ use super::keys::SECRET_FILE;
 use super::store::DB_FILE;
 use crate::doctor::{self, Check, Problem, Report};
 
+/// Where a relay of a cluster keeps its store and routes its commands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shared<'a> {
+    /// `--database-url`: PostgreSQL instead of the SQLite file.
+    pub database_url: Option<&'a str>,
+    /// `--nats-url`.
+    pub nats_url: Option<&'a str>,
+}
+
 /// Runs every check after the config's, adding a line each to `report`.
 /// `secret_given`: the secret comes from `--secret`/`AIC_RELAY_SECRET`, not the file.
-pub async fn run<W: Write>(data_dir: &Path, listen: SocketAddr, secret_given: bool, report: &mut Report<W>) {
+pub async fn run<W: Write>(
+    data_dir: &Path,
+    shared: Shared<'_>,
+    listen: SocketAddr,
+    secret_given: bool,
+    report: &mut Report<W>,
+) {
     let dir = doctor::private(data_dir, false)
         .map(|d| d.unwrap_or_else(|| format!("{} not made yet (made at first start)", data_dir.display())));
     report.add("data dir", dir);
@@ -23,10 +38,43 @@ pub async fn run<W: Write>(data_dir: &Path, listen: SocketAddr, secret_given: bo
         doctor::private(&data_dir.join(SECRET_FILE), false)
     };
     report.add("secret", secret.map(|d| d.unwrap_or_else(|| "not made yet (made at first start)".into())));
-    let db = doctor::private(&data_dir.join(DB_FILE), false);
-    report.add("database", db.map(|d| d.unwrap_or_else(|| "not made yet (made at first start)".into())));
+    report.add("database", database(data_dir, shared.database_url).await);
+    if let Some(url) = shared.nats_url {
+        report.add("nats", nats(url).await);
+    }
     report.add("listen", listen_address(listen).await);
     report.add("clock", doctor::clock(None, Duration::ZERO));
+}
+
+/// The SQLite file in the data dir, or the PostgreSQL at `url`.
+async fn database(data_dir: &Path, url: Option<&str>) -> Check {
+    let Some(url) = url else {
+        let db = doctor::private(&data_dir.join(DB_FILE), false);
+        return db.map(|d| d.unwrap_or_else(|| "not made yet (made at first start)".into()));
+    };
+    match super::store::Store::ping(url).await {
+        Ok(shown) => Ok(format!("PostgreSQL at {shown} answers")),
+        Err(e) => {
+            Err(Problem::new(format!("{e:#}"), "check --database-url, and that PostgreSQL runs and lets this user in"))
+        }
+    }
+}
+
+/// The NATS server at `url` takes a connection.
+async fn nats(url: &str) -> Check {
+    // A URL with credentials is not repeated.
+    let url = if url.contains('@') { "the NATS server" } else { url };
+    match tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await {
+        Ok(Ok(_)) => Ok(format!("{url} answers")),
+        Ok(Err(e)) => Err(Problem::new(
+            format!("cannot connect to {url}: {e}"),
+            "check --nats-url, and that nats-server runs there",
+        )),
+        Err(_) => Err(Problem::new(
+            format!("{url} did not answer within 5 s"),
+            "check --nats-url, and that nats-server runs there",
+        )),
+    }
 }
 
 /// The listen address is free to bind, or a relay already answers there.

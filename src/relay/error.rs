@@ -123,6 +123,16 @@ impl ApiError {
         )
     }
 
+    /// 503: the relay holding the machine's link went silent mid-command.
+    pub fn relay_lost() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::AgentOffline,
+            "The relay holding the machine's connection stopped answering mid-command, so the command may or may not \
+             have finished. Its daemon reconnects to another relay within seconds: check with status, then retry if it is safe.",
+        )
+    }
+
     /// 504: the machine did not answer in time, whatever its daemon does.
     pub fn machine_timeout(timeout: std::time::Duration) -> Self {
         Self::new(

@@ -163,7 +163,7 @@ pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Re
         let request = request(params, caller.requester(&state.keys), state.config.max_output)?;
         let target = access::admit(state, caller, &params.code, access::Purpose::Use).await?;
         let issuer = Issuer { account: caller.account.as_ref().map(|a| a.id), code_created_ms: target.code_created_ms };
-        start(target, request, issuer)
+        start(state, target, request, issuer).await
     }
     .await;
     if begun.is_err() {
@@ -172,9 +172,14 @@ pub async fn begin(state: &AppState, caller: &Caller, params: &ExecParams) -> Re
     begun
 }
 
-/// Sends the command to the target's daemon.
-pub fn start(target: Target, request: ExecRequest, issuer: Issuer) -> Result<Exec, ApiError> {
-    target.online()?.start(request, issuer).map_err(|e| match e {
+/// Sends the command to the target's daemon: over its link when this relay
+/// holds it, else through the cluster to the relay that does.
+pub async fn start(state: &AppState, target: Target, request: ExecRequest, issuer: Issuer) -> Result<Exec, ApiError> {
+    let started = match (&target.conn, &state.cluster) {
+        (None, Some(cluster)) => cluster.start(&target.code_hash, request, issuer).await,
+        _ => target.online()?.start(request, issuer),
+    };
+    started.map_err(|e| match e {
         StartError::Offline => ApiError::agent_offline(),
         StartError::Busy(max) => ApiError::link_busy(max),
         StartError::CodeReset => ApiError::revoked(Revocation::CodeReset),
@@ -204,6 +209,7 @@ pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) 
         Some(ExecEvent::Refused(reason, message)) => Err(ApiError::from_refusal(reason, message)),
         Some(ExecEvent::Unanswered { timeout }) => Err(ApiError::machine_timeout(timeout)),
         Some(ExecEvent::Revoked(why)) => Err(ApiError::revoked(why)),
+        Some(ExecEvent::RelayLost) => Err(ApiError::relay_lost()),
     }
 }
 

@@ -83,7 +83,7 @@ struct Waiter {
 }
 
 /// Who started a command, so the operator's later decisions reach it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Issuer {
     /// The caller's account; `None` for anonymous callers.
     pub account: Option<i64>,
@@ -93,7 +93,7 @@ pub struct Issuer {
 }
 
 /// Why the relay stopped a command its daemon had not finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Revocation {
     /// The operator blocked the account that started it.
     Blocked,
@@ -125,7 +125,7 @@ pub struct LinkLimits {
 pub const START_ALLOWANCE: Duration = Duration::from_secs(3600);
 
 /// Why a command could not be handed to the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StartError {
     /// The link is gone.
     Offline,
@@ -155,6 +155,9 @@ pub enum ExecEvent {
     },
     /// The operator's decision stopped it; the daemon was told to cancel it.
     Revoked(Revocation),
+    /// The relay holding the machine's link (another relay of a cluster)
+    /// stopped answering mid-command.
+    RelayLost,
 }
 
 impl Hub {
@@ -263,8 +266,9 @@ impl AgentConn {
             return Err(StartError::Offline);
         }
         // The timeout counts from `started` (see `Exec::note`), not before.
-        let deadline = tokio::time::Instant::now() + self.limits.start_allowance;
-        Ok(Exec { id, rx, conn: Arc::clone(self), finished: false, timeout, deadline, started: Instant::now() })
+        let link = ExecLink::Local(Arc::clone(self));
+        let (allowance, grace) = (self.limits.start_allowance, self.limits.grace);
+        Ok(Exec::new(id, rx, timeout, allowance, grace, Arc::clone(&self.metrics), link))
     }
 
     /// Queues a frame for the daemon. False when the link is gone.
@@ -373,11 +377,24 @@ impl AgentConn {
     }
 }
 
+/// Where a command in flight runs.
+pub enum ExecLink {
+    /// On a link this relay holds.
+    Local(Arc<AgentConn>),
+    /// Through another relay of the cluster; dropping the guard tells it to cancel.
+    Remote(tokio_util::sync::DropGuard),
+}
+
 /// A command in flight, seen from the caller's side.
 pub struct Exec {
     id: Uuid,
     rx: mpsc::UnboundedReceiver<ExecEvent>,
-    conn: Arc<AgentConn>,
+    /// The link it runs on, to cancel it there.
+    link: ExecLink,
+    /// Where its outcome is counted.
+    metrics: Arc<Metrics>,
+    /// How long past its timeout the relay waits for its exit.
+    grace: Duration,
     finished: bool,
     /// The command's timeout, as sent to the daemon.
     timeout: Duration,
@@ -389,6 +406,21 @@ pub struct Exec {
 }
 
 impl Exec {
+    /// A command handed to `link`, whose events arrive on `rx`: the relay
+    /// waits `allowance` for it to start, then its `timeout` and `grace`.
+    pub fn new(
+        id: Uuid,
+        rx: mpsc::UnboundedReceiver<ExecEvent>,
+        timeout: Duration,
+        allowance: Duration,
+        grace: Duration,
+        metrics: Arc<Metrics>,
+        link: ExecLink,
+    ) -> Self {
+        let deadline = tokio::time::Instant::now() + allowance;
+        Self { id, rx, link, metrics, grace, finished: false, timeout, deadline, started: Instant::now() }
+    }
+
     /// The next event; `None` when the agent's link went away mid-command,
     /// [`ExecEvent::Unanswered`] once the deadline passes (the command is
     /// cancelled on the machine when this handle is dropped).
@@ -402,10 +434,10 @@ impl Exec {
 
     /// Moves the deadline when the command starts, marks its end, and counts both for `/metrics`.
     fn note(&mut self, event: Option<&ExecEvent>) {
-        let metrics = &self.conn.metrics;
+        let metrics = &self.metrics;
         match event {
             Some(ExecEvent::Started) => {
-                self.deadline = tokio::time::Instant::now() + self.timeout + self.conn.limits.grace;
+                self.deadline = tokio::time::Instant::now() + self.timeout + self.grace;
                 return;
             }
             Some(ExecEvent::Output(_, data)) => {
@@ -421,7 +453,7 @@ impl Exec {
             // Made by `next` at the deadline, never sent by the daemon: the
             // command is not over, so dropping the Exec cancels and counts it.
             Some(ExecEvent::Unanswered { .. }) => return,
-            None => metrics.exec_ended(ExecOutcome::Lost, None),
+            None | Some(ExecEvent::RelayLost) => metrics.exec_ended(ExecOutcome::Lost, None),
         }
         self.finished = true;
     }
@@ -430,9 +462,11 @@ impl Exec {
 impl Drop for Exec {
     fn drop(&mut self) {
         if !self.finished {
-            self.conn.metrics.exec_ended(ExecOutcome::Cancelled, None);
-            self.conn.pending.lock().unwrap().remove(&self.id);
-            self.conn.send(RelayMessage::Cancel { id: self.id });
+            self.metrics.exec_ended(ExecOutcome::Cancelled, None);
+            if let ExecLink::Local(conn) = &self.link {
+                conn.pending.lock().unwrap().remove(&self.id);
+                conn.send(RelayMessage::Cancel { id: self.id });
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -90,6 +91,14 @@ impl Bucket {
         Self { tokens: capacity, at: now }
     }
 
+    /// Takes `n` tokens spent elsewhere (on another relay), down to none.
+    fn charge(&mut self, capacity: f64, n: u32, now: Instant) {
+        let per_sec = capacity / 60.0;
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * per_sec).min(capacity);
+        self.at = now;
+        self.tokens = (self.tokens - f64::from(n)).max(0.0);
+    }
+
     /// Takes a token, or says how long until one is there.
     fn take(&mut self, capacity: f64, now: Instant) -> Result<(), Duration> {
         let per_sec = capacity / 60.0;
@@ -113,6 +122,30 @@ pub struct RateLimiter {
     per_ip: f64,
     global: f64,
     buckets: Mutex<(HashMap<IpAddr, Bucket>, Bucket)>,
+    /// Requests let through since the other relays were last told, per client;
+    /// counted only once [`RateLimiter::share`] is called (in a cluster).
+    counts: Counts,
+}
+
+/// Events per client noted for the other relays of a cluster.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Whether to note them at all (only relays in a cluster do).
+    on: AtomicBool,
+    /// Per client network, since the last [`Counts::take`].
+    by_client: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl Counts {
+    fn note(&self, key: IpAddr) {
+        if self.on.load(Ordering::Relaxed) {
+            *self.by_client.lock().unwrap().entry(key).or_default() += 1;
+        }
+    }
+
+    fn take(&self) -> Vec<(IpAddr, u32)> {
+        std::mem::take(&mut *self.by_client.lock().unwrap()).into_iter().collect()
+    }
 }
 
 impl RateLimiter {
@@ -120,7 +153,32 @@ impl RateLimiter {
     pub fn new(per_ip: u32) -> Self {
         let per_ip = f64::from(per_ip);
         let global = per_ip * 50.0;
-        Self { per_ip, global, buckets: Mutex::new((HashMap::new(), Bucket::full(global, Instant::now()))) }
+        let buckets = Mutex::new((HashMap::new(), Bucket::full(global, Instant::now())));
+        Self { per_ip, global, buckets, counts: Counts::default() }
+    }
+
+    /// Notes the requests let through from now on, for [`RateLimiter::take_counts`].
+    pub fn share(&self) {
+        self.counts.on.store(true, Ordering::Relaxed);
+    }
+
+    /// The requests let through per client since the last call, to tell the other relays.
+    pub fn take_counts(&self) -> Vec<(IpAddr, u32)> {
+        self.counts.take()
+    }
+
+    /// Counts `n` requests from `ip` that another relay let through against this relay's budgets.
+    pub fn charge(&self, ip: IpAddr, n: u32) {
+        if self.per_ip == 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut guard = self.buckets.lock().unwrap();
+        let (clients, global) = &mut *guard;
+        if clients.len() < MAX_TRACKED || clients.contains_key(&network(ip)) {
+            clients.entry(network(ip)).or_insert_with(|| Bucket::full(self.per_ip, now)).charge(self.per_ip, n, now);
+        }
+        global.charge(self.global, n, now);
     }
 
     /// Lets a request from `ip` through, or says after how many seconds to retry.
@@ -140,7 +198,9 @@ impl RateLimiter {
         let bucket = clients.entry(key).or_insert_with(|| Bucket::full(self.per_ip, now));
         let retry = |d: Duration| d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0);
         bucket.take(self.per_ip, now).map_err(retry)?;
-        global.take(self.global, now).map_err(retry)
+        global.take(self.global, now).map_err(retry)?;
+        self.counts.note(key);
+        Ok(())
     }
 }
 
@@ -150,12 +210,39 @@ pub struct DailyCap {
     max: u32,
     /// The day (days since the epoch) being counted, and the counts in it.
     counts: Mutex<(i64, HashMap<IpAddr, u32>)>,
+    /// Events counted since the other relays were last told (in a cluster).
+    shared: Counts,
 }
 
 impl DailyCap {
     /// At most `max` events a day per client (0: no cap).
     pub fn new(max: u32) -> Self {
-        Self { max, counts: Mutex::default() }
+        Self { max, counts: Mutex::default(), shared: Counts::default() }
+    }
+
+    /// Notes the events counted from now on, for [`DailyCap::take_counts`].
+    pub fn share(&self) {
+        self.shared.on.store(true, Ordering::Relaxed);
+    }
+
+    /// The events counted per client since the last call, to tell the other relays.
+    pub fn take_counts(&self) -> Vec<(IpAddr, u32)> {
+        self.shared.take()
+    }
+
+    /// Counts `n` events from `ip` that another relay counted at `now_ms`.
+    pub fn charge(&self, ip: IpAddr, n: u32, now_ms: i64) {
+        let day = now_ms.div_euclid(86_400_000);
+        let mut guard = self.counts.lock().unwrap();
+        let (counted_day, counts) = &mut *guard;
+        if *counted_day != day {
+            *counted_day = day;
+            counts.clear();
+        }
+        if counts.len() < MAX_TRACKED {
+            let count = counts.entry(network(ip)).or_default();
+            *count = count.saturating_add(n);
+        }
     }
 
     /// The cap per client.
@@ -180,6 +267,7 @@ impl DailyCap {
             return false;
         }
         *n += 1;
+        self.shared.note(network(ip));
         true
     }
 }
@@ -272,5 +360,24 @@ mod tests {
         }
         assert!(limiter.check(ip("2001:db8::ffff")).is_err());
         assert!(RateLimiter::new(0).check(ip("192.0.2.1")).is_ok());
+    }
+
+    #[test]
+    fn requests_let_through_elsewhere_count_here() {
+        let here = RateLimiter::new(60);
+        let there = RateLimiter::new(60);
+        there.share();
+        for _ in 0..59 {
+            there.check(ip("192.0.2.1")).unwrap();
+        }
+        for (client, n) in there.take_counts() {
+            here.charge(client, n);
+        }
+        assert!(there.take_counts().is_empty(), "counts are told once");
+        here.check(ip("192.0.2.1")).expect("one request left");
+        assert!(here.check(ip("192.0.2.1")).is_err());
+        let cap = DailyCap::new(2);
+        cap.charge(ip("192.0.2.1"), 2, 0);
+        assert!(!cap.take(ip("192.0.2.1"), 1), "registrations elsewhere count against the day's cap");
     }
 }

@@ -8,6 +8,7 @@ pub mod access;
 pub mod accounts;
 mod agent_ws;
 mod api;
+pub mod cluster;
 pub mod discovery;
 pub mod doctor;
 pub mod error;
@@ -59,6 +60,9 @@ pub struct Config {
     /// A PostgreSQL database several relays share (`postgres://…`), instead
     /// of the SQLite file in the data dir.
     pub database_url: Option<String>,
+    /// The NATS server relays sharing `database_url` route commands through
+    /// (`nats://…`); `None`: a relay on its own.
+    pub nats_url: Option<String>,
     /// How long after a code is made it works without an account.
     pub anonymous_window: Duration,
     /// Output bytes per command before it is cut and killed.
@@ -123,6 +127,7 @@ impl Config {
         Self {
             data_dir,
             database_url: None,
+            nats_url: None,
             anonymous_window: Duration::from_secs(3600),
             max_output: 1024 * 1024,
             max_body: 256 * 1024,
@@ -190,24 +195,16 @@ pub struct Inner {
     pub registrations: limit::DailyCap,
     /// Counters for `/metrics`; the hub holds the same.
     pub metrics: Arc<metrics::Metrics>,
-        let file_links = links::FileLinks::default();
-        let mailer = mail::Mailer::start(config.mail.as_ref(), shutdown.clone())?;
-        let (signin_limits, public) = (web::Limits::default(), std::sync::OnceLock::new());
-        let inner = Inner {
-            config,
-            keys,
-            store,
-            hub,
-            shutdown,
-            usage,
-            limiter,
-            registrations,
-            metrics,
-            file_links,
-            mailer,
-            signin_limits,
-            public,
-        };
+    /// MCP download and upload links not yet used.
+    pub file_links: links::FileLinks,
+    /// The queue sign-in mail goes out from.
+    pub mailer: mail::Mailer,
+    /// Sign-in links asked for, per client address and in all.
+    pub signin_limits: web::Limits,
+    /// The address clients reach the relay at, once it serves (refusals name its sign-in page).
+    pub public: std::sync::OnceLock<PublicUrl>,
+    /// Routing to the other relays of a cluster (`--nats-url`).
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -227,8 +224,16 @@ impl AppState {
         let usage = accounts::Usage::default();
         let metrics = Arc::new(metrics::Metrics::default());
         let hub = Hub::with_metrics(Arc::clone(&metrics));
+        let cluster = match (&config.nats_url, &config.database_url) {
+            (None, _) => None,
+            (Some(_), None) => anyhow::bail!(
+                "--nats-url makes this relay one of several, which must share one store: give --database-url postgres://… too"
+            ),
+            (Some(url), Some(_)) => {
+                Some(cluster::Cluster::connect(url, Arc::clone(&metrics), config.exec_grace).await?)
+            }
+        };
         let file_links = links::FileLinks::default();
-        let inner = Inner { config, keys, store, hub, shutdown, usage, limiter, registrations, metrics, file_links };
         let mailer = mail::Mailer::start(config.mail.as_ref(), shutdown.clone())?;
         let (signin_limits, public) = (web::Limits::default(), std::sync::OnceLock::new());
         let inner = Inner {
@@ -241,9 +246,11 @@ impl AppState {
             limiter,
             registrations,
             metrics,
+            file_links,
             mailer,
             signin_limits,
             public,
+            cluster,
         };
         Ok(Self(Arc::new(inner)))
     }
@@ -329,6 +336,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         .map_err(anyhow::Error::msg)?;
     let app = router(state.clone(), public);
     let housekeeper = tokio::spawn(housekeeping(state.clone()));
+    tokio::spawn(cluster::share_limits(state.clone()));
     let config = &state.config;
     listen::serve(listener, app, config.connections, config.proxies.clone(), config.tls.clone(), shutdown).await;
     let _ = housekeeper.await;

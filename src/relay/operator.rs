@@ -113,6 +113,10 @@ async fn reset_code(
     let now = super::now_ms();
     state.store.reset_code(conn.agent_id, &new_hash, now).await?;
     state.hub.rekey(code_hash, new_hash, conn, now);
+    if let Some(cluster) = &state.cluster {
+        cluster.release(code_hash, conn.conn_id);
+        cluster.hold(new_hash, Arc::clone(conn)).await;
+    }
     *code_hash = new_hash;
     let stopped = conn.revoke(Revocation::CodeReset, None);
     tracing::info!(

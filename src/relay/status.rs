@@ -29,10 +29,15 @@ pub struct StatusBody {
 /// machine. The REST API and the MCP tool both come through here.
 pub async fn lookup(state: &AppState, caller: &Caller, code: &str) -> Result<StatusBody, ApiError> {
     let target = access::admit(state, caller, code, access::Purpose::Look).await?;
+    let online = match (&target.conn, &state.cluster) {
+        (Some(_), _) => true,
+        (None, Some(cluster)) => cluster.online(&target.code_hash).await,
+        (None, None) => false,
+    };
     Ok(StatusBody {
         ok: true,
         code: target.label.clone(),
-        online: target.conn.is_some(),
+        online,
         fresh_minutes: target.fresh_minutes(state),
         agent_info: target.info,
     })

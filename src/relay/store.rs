@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Executor, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 
 pub use sqlx::AnyPool;
 pub use sqlx::any::AnyRow;
@@ -341,6 +341,20 @@ impl Store {
             store.migrate().await.with_context(|| format!("updating the schema of {shown}"))?;
         }
         Ok(store)
+    }
+
+    /// Whether the PostgreSQL at `url` answers (for `doctor`; changes nothing
+    /// there): the URL without its password, or why not.
+    pub async fn ping(url: &str) -> anyhow::Result<String> {
+        sqlx::any::install_default_drivers();
+        let options: AnyConnectOptions = url.parse().context("--database-url is not a URL")?;
+        let shown = redacted(&options);
+        let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::AnyConnection::connect_with(&options))
+            .await
+            .map_err(|_| anyhow::anyhow!("{shown} did not answer within {ACQUIRE_TIMEOUT:?}"))?
+            .with_context(|| format!("connecting to {shown}"))?;
+        sqlx::query("SELECT 1").execute(&mut conn).await.with_context(|| format!("querying {shown}"))?;
+        Ok(shown)
     }
 
     /// Which engine this store is on.

@@ -296,3 +296,39 @@ impl Nats {
         self.server.as_ref().map(Running::pid)
     }
 }
+
+/// HAProxy with a config of the test's, in the foreground.
+pub struct Haproxy {
+    /// Its config file.
+    _dir: tempfile::TempDir,
+    /// Its loopback port.
+    pub port: u16,
+    _server: Running,
+}
+
+impl Haproxy {
+    /// Starts `haproxy` with `config` (`{port}` in it becomes the port it listens on),
+    /// or `None` (with the reason printed) when the test is skipped.
+    pub fn start(config: &str) -> Option<Self> {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().map(PathBuf::from).find(|p| p.exists());
+        if skipped("HAProxy", bin.as_deref(), "apt-get install haproxy") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let file = dir.path().join("haproxy.cfg");
+        std::fs::write(&file, config.replace("{port}", &port.to_string())).unwrap();
+        let check = Command::new(bin.as_ref().unwrap()).arg("-c").arg("-f").arg(&file).output().unwrap();
+        assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+        let mut cmd = Command::new(bin.unwrap());
+        cmd.arg("-db").arg("-f").arg(&file).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let server = Running { child: cmd.spawn().expect("spawning haproxy") };
+        // HAProxy announces nothing when it listens: connect until it answers.
+        let ready = (0..3000).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ready, "haproxy did not listen on {port}");
+        Some(Self { _dir: dir, port, _server: server })
+    }
+}
