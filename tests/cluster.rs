@@ -526,31 +526,3 @@ async fn doctor_checks_postgres_and_nats() {
     assert!(said.contains("check --database-url") && said.contains("check --nats-url"), "{said}");
     assert!(!said.contains("hunter2"), "{said}");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn presence_is_kept_in_jetstream_kv_while_the_link_lasts() {
-    let Some(site) = Site::start(|_| {}).await else { return };
-    let daemon = site.daemon_on(0).await;
-    let hash = site.relays[0].state.keys.code_hash(&daemon.code());
-    let subject = aic::relay::cluster::subject(&hash);
-    let key = subject.trim_start_matches("aic.agent.").to_owned();
-    let nats = async_nats::connect(site.nats.url()).await.unwrap();
-    let kv = async_nats::jetstream::new(nats).get_key_value("aic_presence").await.unwrap();
-    let entry = |present: bool| {
-        let (kv, key) = (kv.clone(), key.clone());
-        async move {
-            for _ in 0..300 {
-                if kv.get(&key).await.unwrap().is_some() == present {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("the presence entry never became {present}");
-        }
-    };
-    entry(true).await;
-    let held_by = kv.get(&key).await.unwrap().unwrap();
-    assert!(!String::from_utf8_lossy(&held_by).contains(&daemon.code().to_string()));
-    daemon.stop().await;
-    entry(false).await;
-}

@@ -11,11 +11,9 @@
 //! ahead of the caller's acknowledgements (core NATS has no flow control and
 //! drops on a slow consumer, so the holder never runs ahead), with heartbeats
 //! both ways: a holder silent for [`SILENCE`] fails the caller's request; a
-//! caller silent as long gets its command cancelled. Which machines some
-//! relay holds is kept in a JetStream KV bucket whose entries expire unless
-//! refreshed (`PRESENCE_MAX_AGE`), for status. Only the exec request
+//! caller silent as long gets its command cancelled. Only the exec request
 //! and its output frames carry command text or output, and nothing in NATS
-//! keeps them (no JetStream stream holds them).
+//! keeps them (no JetStream).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,12 +45,6 @@ pub const SILENCE: Duration = Duration::from_secs(12);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The queue group all relays' agent subscriptions join.
 const QUEUE: &str = "aic-relays";
-/// The JetStream KV bucket where relays note which machines' links they hold.
-const PRESENCE_BUCKET: &str = "aic_presence";
-/// A presence entry not refreshed this long is dropped: a relay that died stops counting.
-pub const PRESENCE_MAX_AGE: Duration = Duration::from_secs(15);
-/// How often a relay refreshes the entries of the links it holds.
-const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 /// Where relays tell each other the requests and registrations they let through.
 const LIMITS_SUBJECT: &str = "aic.limits";
 /// How often they do: the lag before a client's requests on one relay count on the others.
@@ -130,44 +122,6 @@ pub fn subject(code_hash: &Digest) -> String {
     format!("aic.agent.{hex}")
 }
 
-/// A machine's key in the presence bucket: its subject's hash part.
-fn presence_key(code_hash: &Digest) -> String {
-    subject(code_hash).trim_start_matches("aic.agent.").to_owned()
-}
-
-/// The presence bucket, made by whichever relay comes first; `None` (with a
-/// warning) when the NATS server runs without JetStream.
-async fn presence_bucket(client: &Client) -> Option<async_nats::jetstream::kv::Store> {
-    use async_nats::jetstream::{self, stream};
-    let js = jetstream::new(client.clone());
-    // The bucket's stream, made as the KV convention has it (async-nats'
-    // create_key_value first reads account details that nats-server 2.9 words
-    // differently); creating it again with the same settings changes nothing.
-    let config = stream::Config {
-        name: format!("KV_{PRESENCE_BUCKET}"),
-        subjects: vec![format!("$KV.{PRESENCE_BUCKET}.>")],
-        max_messages_per_subject: 1,
-        max_age: PRESENCE_MAX_AGE,
-        storage: stream::StorageType::Memory,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..stream::Config::default()
-    };
-    if let Err(e) = js.get_or_create_stream(config).await {
-        tracing::warn!(
-            "no presence bucket in NATS ({e}; run nats-server with -js): status asks the holding relay instead"
-        );
-        return None;
-    }
-    js.get_key_value(PRESENCE_BUCKET)
-        .await
-        .map_err(|e| tracing::warn!("opening the presence bucket in NATS: {e}; status asks the holding relay instead"))
-        .ok()
-}
-
 /// This relay's part in the cluster.
 pub struct Cluster {
     /// The NATS connection; it reconnects (and resubscribes) by itself.
@@ -178,11 +132,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     /// How long past its timeout a command may run (the links' grace).
     grace: Duration,
-    /// This relay among the others, for the limits it shares and the presence it notes.
+    /// This relay among the others, for the limits it shares.
     instance: String,
-    /// Which machines some relay holds (JetStream KV, entries kept [`PRESENCE_MAX_AGE`]);
-    /// `None` on a NATS server without JetStream, where status asks the holding relay instead.
-    presence: Option<async_nats::jetstream::kv::Store>,
 }
 
 impl Cluster {
@@ -194,8 +145,7 @@ impl Cluster {
             .await
             .with_context(|| format!("connecting to NATS at {url}; is nats-server running there?"))?;
         let instance = uuid::Uuid::new_v4().to_string();
-        let presence = presence_bucket(&client).await;
-        Ok(Arc::new(Self { client, held: Mutex::default(), metrics, grace, instance, presence }))
+        Ok(Arc::new(Self { client, held: Mutex::default(), metrics, grace, instance }))
     }
 
     /// Answers for `conn` on its code's subject until [`Cluster::release`] (or a newer hold).
@@ -210,7 +160,7 @@ impl Cluster {
         if let Some((_, old)) = old {
             old.cancel();
         }
-        tokio::spawn(Arc::clone(self).listen(subscriber, conn, stop, presence_key(&code_hash)));
+        tokio::spawn(Arc::clone(self).listen(subscriber, conn, stop));
     }
 
     /// Stops answering for the link `conn_id` on `code_hash` (gone, or moved to a new code).
@@ -223,20 +173,10 @@ impl Cluster {
         }
     }
 
-    /// Answers asks for `conn` and keeps its presence entry fresh, until `stop`.
-    async fn listen(
-        self: Arc<Self>,
-        mut subscriber: Subscriber,
-        conn: Arc<AgentConn>,
-        stop: CancellationToken,
-        key: String,
-    ) {
-        let mut refresh = tokio::time::interval(PRESENCE_EVERY);
-        let mut revision = None;
+    async fn listen(self: Arc<Self>, mut subscriber: Subscriber, conn: Arc<AgentConn>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = refresh.tick() => revision = self.note_present(&key).await.or(revision),
                 msg = subscriber.next() => match msg {
                     Some(msg) => { tokio::spawn(Arc::clone(&self).answer(Arc::clone(&conn), msg)); }
                     None => break,
@@ -244,22 +184,6 @@ impl Cluster {
             }
         }
         let _ = subscriber.unsubscribe().await;
-        // Only this relay's own entry: a newer one, from the relay the machine moved to, stays.
-        if let (Some(kv), Some(revision)) = (&self.presence, revision) {
-            let _ = kv.delete_expect_revision(&key, Some(revision)).await;
-        }
-    }
-
-    /// Notes (again) that this relay holds the link behind `key`; the entry's revision.
-    async fn note_present(&self, key: &str) -> Option<u64> {
-        let kv = self.presence.as_ref()?;
-        match kv.put(key, self.instance.clone().into_bytes().into()).await {
-            Ok(revision) => Some(revision),
-            Err(e) => {
-                tracing::warn!("noting presence in NATS KV: {e}");
-                None
-            }
-        }
     }
 
     /// One ask from another relay, for the link `conn`.
@@ -354,12 +278,8 @@ impl Cluster {
         self.publish(subject(code_hash), json(&Ask::AccountsChanged)).await;
     }
 
-    /// Whether some relay holds the link of the machine behind `code_hash`:
-    /// its presence entry, or (without JetStream) whether the holder answers.
+    /// Whether some relay holds the link of the machine behind `code_hash`.
     pub async fn online(&self, code_hash: &Digest) -> bool {
-        if let Some(kv) = &self.presence {
-            return matches!(kv.get(presence_key(code_hash)).await, Ok(Some(_)));
-        }
         let ask = self.client.request(subject(code_hash), json(&Ask::Probe).into());
         match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
             Ok(Ok(reply)) => matches!(serde_json::from_slice(&reply.payload), Ok(Answer::Here)),
