@@ -514,3 +514,26 @@ async fn a_job_whose_supervisor_is_killed_is_reported_lost() {
     daemon.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_remembers_idempotency_keys_across_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let state = dir.path().join("daemon");
+    let mut daemon = TestDaemon::start(&relay.ws(), &state).await;
+    let code = daemon.online().await.to_string();
+    let count = dir.path().join("count");
+    let body = json!({"code": code, "command": format!("echo ran >> '{}'", count.display())});
+    let (_, first) = start(&relay.http(), Some("restart-key"), None, body.clone()).await;
+    ended(&relay.http(), &code, first["jobId"].as_str().unwrap()).await;
+    daemon.stop().await;
+    let mut daemon = TestDaemon::start(&relay.ws(), &state).await;
+    daemon.online().await;
+    let (status, again) = start(&relay.http(), Some("restart-key"), None, body).await;
+    assert_eq!((status, again["existing"].as_bool()), (200, Some(true)), "{again}");
+    assert_eq!(again["jobId"], first["jobId"]);
+    assert_eq!(again["job"]["state"], "exited");
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "ran\n");
+    daemon.stop().await;
+    relay.stop().await;
+}
