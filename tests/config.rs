@@ -70,7 +70,7 @@ fn relay_refuses_unknown_keys_and_bad_values() {
             "aic-relay: config file {typo}: unknown key `rate_limt`; expected one of listen, public_url, \
              data_dir, database_url, nats_url, anonymous_window, max_output, rate_limit, trusted_proxy, metrics_listen, tls_cert, tls_key, \
              max_connections, max_connections_per_ip, header_timeout, registrations_per_day, mcp_output_max, \
-             mcp_sessions_per_client, max_file"
+             mcp_sessions_per_client, max_file, max_in_flight"
         )
     );
     let bad = write(dir.path(), "bad.toml", "rate_limit = \"many\"\n");
