@@ -582,6 +582,35 @@ fn main() -> std::process::ExitCode {
     aic::shutdown::run_main("aic-relay", run())
 }
 
+/// The server's settings, from the flags, the environment and the config file.
+fn relay_config(args: &Args, data_dir: PathBuf) -> anyhow::Result<relay::Config> {
+    let mut config = relay::Config::new(data_dir);
+    config.database_url = args.database_url.clone();
+    config.nats_url = args.nats_url.clone();
+    config.anonymous_window = args.anonymous_window;
+    config.max_output = args.max_output;
+    file_settings(&mut config, args);
+    config.mcp_output_max = args.mcp_output_max;
+    config.mcp_sessions_per_client = args.mcp_sessions_per_client;
+    config.public_url = args.public_url.clone();
+    config.rate_limit = args.rate_limit;
+    config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
+    config.registrations_per_day = args.registrations_per_day;
+    config.max_in_flight = args.max_in_flight;
+    config.connections = relay::listen::ConnLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+        max_per_ip: args.max_connections_per_ip,
+    };
+    config.tls = tls(args)?;
+    if args.header_timeout.is_zero() {
+        anyhow::bail!("--header-timeout 0s would cut every connection off at once; give a time such as 30s");
+    }
+    config.metrics_separate = args.metrics_listen.is_some();
+    config.mail = mail_config(args)?;
+    Ok(config)
+}
+
 async fn run() -> anyhow::Result<()> {
     let (args, file) = parse_args();
     if let Some(Command::Doctor) = args.command {
@@ -604,30 +633,7 @@ async fn run() -> anyhow::Result<()> {
     }
     aic::logging::init_with("aic-relay", &args.log)?;
     raise_nofile();
-    let mut config = relay::Config::new(data_dir);
-    config.database_url = args.database_url.clone();
-    config.nats_url = args.nats_url.clone();
-    config.anonymous_window = args.anonymous_window;
-    config.max_output = args.max_output;
-    file_settings(&mut config, &args);
-    config.mcp_output_max = args.mcp_output_max;
-    config.mcp_sessions_per_client = args.mcp_sessions_per_client;
-    config.public_url = args.public_url.clone();
-    config.rate_limit = args.rate_limit;
-    config.proxies = relay::limit::Proxies(args.trusted_proxy.clone());
-    config.registrations_per_day = args.registrations_per_day;
-    config.max_in_flight = args.max_in_flight;
-    config.connections = relay::listen::ConnLimits {
-        header_timeout: args.header_timeout,
-        max_connections: args.max_connections,
-        max_per_ip: args.max_connections_per_ip,
-    };
-    config.tls = tls(&args)?;
-    if args.header_timeout.is_zero() {
-        anyhow::bail!("--header-timeout 0s would cut every connection off at once; give a time such as 30s");
-    }
-    config.metrics_separate = args.metrics_listen.is_some();
-    config.mail = mail_config(&args)?;
+    let config = relay_config(&args, data_dir)?;
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
 
     let shutdown = aic::shutdown::on_signals()?;

@@ -202,13 +202,19 @@ impl Files {
         if req.size > cap {
             return Err((FileFailure::TooLarge, too_large(req.size, cap)));
         }
-        let existing = check_push_target(Path::new(&req.path), req.overwrite)?;
+        // What is there now only shapes the operator's question; whether the
+        // path is refused is told only after admission, so a caller cannot
+        // learn which files exist without the operator's yes.
+        let existing = std::fs::symlink_metadata(&req.path).ok().filter(|m| m.is_file()).map(|m| m.mode() & 0o7777);
         let mode = req.mode.or(existing).unwrap_or(DEFAULT_MODE);
         let overwrite = if req.overwrite { ", overwrite" } else { "" };
         let what = format!("push {} to {}, mode {mode:04o}{overwrite}", human_size(req.size), req.path);
         let admitted = self.admit(&what, req.id, &req.requester, scope).await?;
         let started = Instant::now();
-        let result = receive_file(req, mode, rx, out, &admitted).await;
+        let result = match check_push_target(Path::new(&req.path), req.overwrite) {
+            Ok(_) => receive_file(req, mode, rx, out, &admitted).await,
+            Err(refused) => Err(refused),
+        };
         admitted.finish(started, result.as_ref().err().map(|(_, m)| m.as_str()));
         result
     }

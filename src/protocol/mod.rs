@@ -3,7 +3,7 @@
 pub mod agent;
 mod code;
 pub mod control;
-pub mod jobs;
 pub mod files;
+pub mod jobs;
 
 pub use code::{ALPHABET, CodeError, SessionCode};
