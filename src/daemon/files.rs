@@ -31,7 +31,7 @@ pub const DEFAULT_MODE: u32 = 0o644;
 #[derive(Debug)]
 pub enum Outgoing {
     /// A JSON message.
-    Message(AgentMessage),
+    Message(Box<AgentMessage>),
     /// An encoded binary frame.
     Frame(Vec<u8>),
 }
@@ -79,7 +79,7 @@ impl Files {
             let result = this.pull_file(&req, &out, &credit, &scope).await;
             this.0.routes.lock().unwrap().remove(&id);
             if let Err((reason, message)) = result {
-                let _ = out.send(Outgoing::Message(AgentMessage::FileFailed { id, reason, message })).await;
+                let _ = out.send(Outgoing::Message(Box::new(AgentMessage::FileFailed { id, reason, message }))).await;
             }
         });
     }
@@ -97,7 +97,7 @@ impl Files {
                 Ok((size, sha256)) => AgentMessage::FileDone { id, size, sha256 },
                 Err((reason, message)) => AgentMessage::FileFailed { id, reason, message },
             };
-            let _ = out.send(Outgoing::Message(msg)).await;
+            let _ = out.send(Outgoing::Message(Box::new(msg))).await;
         });
     }
 
@@ -176,7 +176,7 @@ impl Files {
         let (sha256, head) = hash_file(&file, size).await?;
         let opened =
             FileOpened { id: req.id, size, mode, sha256: sha256.clone(), content_type: sniff(&head).to_owned() };
-        send(out, Outgoing::Message(AgentMessage::FileOpened(opened))).await?;
+        send(out, Outgoing::Message(Box::new(AgentMessage::FileOpened(opened)))).await?;
         let (offset, len) = match req.range {
             None => (0, size),
             Some(range) => range.resolve(size).unwrap_or((size, 0)),
@@ -392,7 +392,7 @@ async fn receive_file(
     let target = Path::new(&req.path);
     let (file, mut temp) = create_temp(target)?;
     let mut file = tokio::fs::File::from_std(file);
-    let credit = |chunks| Outgoing::Message(AgentMessage::FileCredit { id: req.id, chunks });
+    let credit = |chunks| Outgoing::Message(Box::new(AgentMessage::FileCredit { id: req.id, chunks }));
     send(out, credit(FILE_WINDOW)).await?;
     let mut hasher = Sha256::new();
     let (mut written, mut unacked) = (0u64, 0u32);
