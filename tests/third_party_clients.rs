@@ -78,7 +78,8 @@ async fn the_official_python_sdk_uses_every_tool_and_closes_cleanly() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // DELETE answered 200 or 204: the SDK warned about nothing.
-    assert_eq!(all(&steps, "warnings")[0]["warnings"], json!([]), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(all(&steps, "warnings")[0]["warnings"], json!([]), "{stdout}\n{stderr}");
 
     // Each connection mode's keyed remote_exec ran once, though it was sent twice.
     let count = std::fs::read_to_string(format!("{}.count", pid_file.display())).unwrap();

@@ -193,9 +193,17 @@ impl Mcp {
         Ok(match self.follow(running, &ctx, &closed).await {
             Some(Ok(outcome)) => ToolResult::new(&outcome, self.state.config.mcp_output_max).into_call_result(),
             Some(Err(err)) => refusal(&err),
-            None => CallToolResult::error(vec![ContentBlock::text(
-                "The request was cancelled, and the command was stopped on the machine.",
-            )]),
+            None => {
+                if closed.is_cancelled() {
+                    // The session is closing and its client reads no more: wait
+                    // for rmcp to cancel this request, which drops the answer,
+                    // rather than answer into a stream the client has closed.
+                    let _ = tokio::time::timeout(sessions::CLOSE_WAIT, ctx.ct.cancelled()).await;
+                }
+                CallToolResult::error(vec![ContentBlock::text(
+                    "The request was cancelled, and the command was stopped on the machine.",
+                )])
+            }
         })
     }
 

@@ -27,7 +27,8 @@ class Warnings(logging.Handler):
         self.seen = []
 
     def emit(self, record):
-        self.seen.append(record.getMessage())
+        detail = f": {record.exc_info[1]!r}" if record.exc_info else ""
+        self.seen.append(record.getMessage() + detail)
 
 
 WARNINGS = Warnings()

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long closing a session waits for its cancelled calls to hand back
 /// their answers; they are killed at once, so this is only a bound.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The calls running in one session.
 struct Running {
