@@ -211,6 +211,16 @@ async fn a_supervised_push_waits_for_the_operator() {
     let entries: Vec<aic::protocol::control::TrafficEntry> = serde_json::from_value(traffic).unwrap();
     let shown: Vec<_> = entries.iter().map(|e| (e.command.as_str(), e.exit_code)).collect();
     assert_eq!(shown, [(described.as_str(), None), (described.as_str(), Some(0))]);
+
+    // Whether the path exists is told only after the operator's yes: the
+    // push without overwrite waits in the queue, then is refused.
+    let again = tokio::spawn(send(site.push(&path, "&mode=0644", b"other".to_vec())));
+    let approval = queued(&mut watcher).await;
+    assert_eq!(approval.command, format!("push 5 B to {}, mode 0644", path.display()));
+    watcher.call(Op::Approve { command: approval.id }).await.unwrap();
+    let (status, _, body) = within("the push over a file", again).await.unwrap();
+    assert_eq!((status, json(&body)["reason"].as_str()), (409, Some("exists")));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert!(entries.iter().all(|e| !e.tail.contains("xxxx")));
 }
 
