@@ -109,7 +109,10 @@ try {
 
   let callback = null;
   const [client, clientPort] = await serve((req, res) => {
-    callback = new URL(req.url, 'http://127.0.0.1');
+    // Chromium asks this server for /favicon.ico too, after the page: only
+    // the redirect itself is the callback.
+    const url = new URL(req.url, 'http://127.0.0.1');
+    if (url.pathname !== '/favicon.ico') callback = url;
     res.end('the app got its code');
   });
   const authorize = new URL(AUTHORIZE_URL);
