@@ -61,12 +61,14 @@ async fn stage_one(mut command: tokio::process::Command) -> anyhow::Result<()> {
 }
 
 /// `systemd-run` arguments for a transient scope, when this daemon runs as a
-/// systemd service (its cgroup is a `.service` and systemd gave it an
+/// systemd service (its cgroup is a `.service`, or a leaf of one, and systemd gave it an
 /// `INVOCATION_ID`); `None` otherwise.
 fn systemd_scope(id: uuid::Uuid) -> Option<Vec<String>> {
     std::env::var_os("INVOCATION_ID")?;
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    // With a delegated cgroup the daemon lives in a leaf below its service.
+    let own = own.strip_suffix(&format!("/{}", crate::daemon::contain::LEAF)).unwrap_or(own);
     if !own.ends_with(".service") {
         return None;
     }
