@@ -83,6 +83,8 @@ async fn a_command_the_machine_never_starts_ends_at_the_start_allowance_alone() 
     let answered = tokio::time::timeout(Duration::from_secs(10), caller).await;
     let (status, body) = answered.expect("answered at the start allowance, not after the timeout too").unwrap();
     assert_eq!((status, body["reason"].as_str()), (504, Some("machine_timeout")), "{body}");
+    let said = body["error"].as_str().unwrap();
+    assert!(said.starts_with("The machine did not start the command within the relay's start allowance"), "{said}");
     assert_eq!(recv(&mut ws).await, Some(RelayMessage::Cancel { id: req.id }), "the machine is told to drop it");
 }
 

@@ -101,6 +101,8 @@ enum Wire {
     Refused(Refusal, String),
     Unanswered {
         timeout_ms: u64,
+        #[serde(default)]
+        started: bool,
     },
     Revoked(Revocation),
     /// The daemon's link went away.
@@ -369,7 +371,9 @@ fn encode(event: Option<ExecEvent>, seq: &mut u64) -> Vec<Vec<u8>> {
         Some(ExecEvent::Started) => Wire::Started,
         Some(ExecEvent::Exit(exit)) => Wire::Exit(exit),
         Some(ExecEvent::Refused(reason, message)) => Wire::Refused(reason, message),
-        Some(ExecEvent::Unanswered { timeout }) => Wire::Unanswered { timeout_ms: timeout.as_millis() as u64 },
+        Some(ExecEvent::Unanswered { timeout, started }) => {
+            Wire::Unanswered { timeout_ms: timeout.as_millis() as u64, started }
+        }
         Some(ExecEvent::Revoked(why)) => Wire::Revoked(why),
         None | Some(ExecEvent::RelayLost) => Wire::Lost,
     };
@@ -388,7 +392,9 @@ fn decode(payload: &[u8]) -> Option<(u64, Option<ExecEvent>)> {
             Wire::Started => ExecEvent::Started,
             Wire::Exit(exit) => ExecEvent::Exit(exit),
             Wire::Refused(reason, message) => ExecEvent::Refused(reason, message),
-            Wire::Unanswered { timeout_ms } => ExecEvent::Unanswered { timeout: Duration::from_millis(timeout_ms) },
+            Wire::Unanswered { timeout_ms, started } => {
+                ExecEvent::Unanswered { timeout: Duration::from_millis(timeout_ms), started }
+            }
             Wire::Revoked(why) => ExecEvent::Revoked(why),
             Wire::Lost => ExecEvent::RelayLost,
         },

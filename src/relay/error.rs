@@ -133,8 +133,19 @@ impl ApiError {
         )
     }
 
-    /// 504: the machine did not answer in time, whatever its daemon does.
-    pub fn machine_timeout(timeout: std::time::Duration) -> Self {
+    /// 504: the machine did not answer in time, whatever its daemon does:
+    /// it never `started` the command, or did not finish it.
+    pub fn machine_timeout(timeout: std::time::Duration, started: bool) -> Self {
+        if !started {
+            return Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                Reason::MachineTimeout,
+                "The machine did not start the command within the relay's start allowance, so the relay stopped \
+                 waiting and cancelled it. It may have waited in the approval queue of the machine's operator (ask \
+                 them to answer it in `aic-console`), or the daemon may be stuck (ask them to check \
+                 `systemctl status aic-daemon`); then retry.",
+            );
+        }
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
             Reason::MachineTimeout,

@@ -207,7 +207,7 @@ pub fn absorb(outcome: &mut Outcome, event: Option<ExecEvent>, max_output: u64) 
             Ok(true)
         }
         Some(ExecEvent::Refused(reason, message)) => Err(ApiError::from_refusal(reason, message)),
-        Some(ExecEvent::Unanswered { timeout }) => Err(ApiError::machine_timeout(timeout)),
+        Some(ExecEvent::Unanswered { timeout, started }) => Err(ApiError::machine_timeout(timeout, started)),
         Some(ExecEvent::Revoked(why)) => Err(ApiError::revoked(why)),
         Some(ExecEvent::RelayLost) => Err(ApiError::relay_lost()),
     }

@@ -152,6 +152,8 @@ pub enum ExecEvent {
     Unanswered {
         /// The command's timeout.
         timeout: Duration,
+        /// Whether the machine had started it (else the start allowance ran out).
+        started: bool,
     },
     /// The operator's decision stopped it; the daemon was told to cancel it.
     Revoked(Revocation),
@@ -396,6 +398,8 @@ pub struct Exec {
     /// How long past its timeout the relay waits for its exit.
     grace: Duration,
     finished: bool,
+    /// Whether the daemon said it started (the deadline then counts the timeout).
+    running: bool,
     /// The command's timeout, as sent to the daemon.
     timeout: Duration,
     /// When the relay stops waiting: the start allowance until the daemon
@@ -418,7 +422,18 @@ impl Exec {
         link: ExecLink,
     ) -> Self {
         let deadline = tokio::time::Instant::now() + allowance;
-        Self { id, rx, link, metrics, grace, finished: false, timeout, deadline, started: Instant::now() }
+        Self {
+            id,
+            rx,
+            link,
+            metrics,
+            grace,
+            finished: false,
+            running: false,
+            timeout,
+            deadline,
+            started: Instant::now(),
+        }
     }
 
     /// The next event; `None` when the agent's link went away mid-command,
@@ -426,7 +441,7 @@ impl Exec {
     /// cancelled on the machine when this handle is dropped).
     pub async fn next(&mut self) -> Option<ExecEvent> {
         let Ok(event) = tokio::time::timeout_at(self.deadline, self.rx.recv()).await else {
-            return Some(ExecEvent::Unanswered { timeout: self.timeout });
+            return Some(ExecEvent::Unanswered { timeout: self.timeout, started: self.running });
         };
         self.note(event.as_ref());
         event
@@ -437,6 +452,7 @@ impl Exec {
         let metrics = &self.metrics;
         match event {
             Some(ExecEvent::Started) => {
+                self.running = true;
                 self.deadline = tokio::time::Instant::now() + self.timeout + self.grace;
                 return;
             }
