@@ -151,7 +151,7 @@ async fn pump(
 }
 
 async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest, text: &str) {
-    match agent::decode::<AgentMessage>(text) {
+    match AgentMessage::decode(text) {
         Ok(AgentMessage::Operator { req, op }) => {
             // Boxed like every wait on the store (see `run`): rare, and large.
             let outcome = Box::pin(super::operator::handle(state, conn, code_hash, op)).await;
