@@ -241,10 +241,8 @@ impl Commands {
                 // What follows a short command's `started` (its exit, its
                 // first output) goes right behind it, so that the link writes
                 // both at once; the ring and the process groups know at once.
-                let next = match started {
-                    true => timeout(STARTED_HOLD, rx.recv()).await.ok().flatten().map(|e| self.note(id, e)),
-                    false => None,
-                };
+                let next = if started { timeout(STARTED_HOLD, rx.recv()).await.ok().flatten() } else { None };
+                let next = next.map(|event| self.note(id, event));
                 for msg in std::iter::once(msg).chain(next) {
                     if out.send(msg).await.is_err() {
                         cancel.cancel();
