@@ -214,6 +214,10 @@ fn main() -> std::process::ExitCode {
     if args.get(1).map(String::as_str) == Some(daemon::jobs::runner::SUBCOMMAND) {
         return daemon::jobs::runner::main(&args[2..]);
     }
+    // Before the runtime or any thread exists: the process that forks each command's reaper.
+    if args.get(1).map(String::as_str) == Some("run") {
+        daemon::spawner::start();
+    }
     aic::shutdown::run_main("aic-daemon", run())
 }
 

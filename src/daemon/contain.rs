@@ -162,6 +162,15 @@ impl Cell {
         unsafe { cmd.pre_exec(move || enter(procs, status)) };
     }
 
+    /// Has the spawner fork this cell's reaper for `order` with `stdio`: the
+    /// reaper's pid, or `None` when there is no spawner (then [`Cell::prepare`]).
+    pub fn spawn(&self, order: &super::spawner::Order, stdio: [std::os::fd::BorrowedFd; 3]) -> Option<io::Result<i32>> {
+        use std::os::fd::AsFd;
+        let status = self.status_tx.as_ref()?.as_fd();
+        let fds = super::spawner::Fds { stdio, status, procs: self.procs.as_ref().map(AsFd::as_fd) };
+        super::spawner::spawn(order, &fds)
+    }
+
     /// After the spawn, with the reaper's pid: the daemon's copies of the
     /// child's ends are closed, and the status pipe's reading end is returned.
     pub fn started(&mut self, reaper: i32) -> Option<OwnedFd> {
@@ -338,8 +347,8 @@ unsafe fn enter(procs: Option<RawFd>, status: RawFd) -> io::Result<()> {
 /// `status` when the command ends, and exits after the last of them.
 ///
 /// # Safety
-/// Only in the forked child [`enter`] made.
-unsafe fn reap(command: libc::pid_t, status: RawFd) -> ! {
+/// Only in the forked child [`enter`] made, or the spawner's reaper.
+pub(super) unsafe fn reap(command: libc::pid_t, status: RawFd) -> ! {
     // SAFETY: raw system calls only; nothing allocates or locks.
     unsafe {
         // The group's SIGTERM is for the command; the reaper stays to reap.

@@ -3,6 +3,7 @@
 //! output streamed in chunks; everything it started is killed on timeout, on
 //! the output cap, or when its caller goes.
 
+use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::contain;
+use super::{contain, spawner};
 use crate::protocol::agent::{ExecRequest, ExitStatus, OUTPUT_CHUNK, Refusal, Stream};
 
 /// Between SIGTERM to the group and SIGKILL.
@@ -195,18 +196,61 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
-    let mut cmd = shell(req);
-    cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut cell = contain::Cell::new(req.id)?;
-    let mut child = start(cmd, &mut cell)?;
+    let (stdout, stderr, reaper) = match via_spawner(req, &cell)? {
+        Some(spawned) => spawned,
+        None => {
+            let mut cmd = shell(req);
+            cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = start(cmd, &mut cell)?;
+            let stdout: Output = Box::new(child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?);
+            let stderr: Output = Box::new(child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?);
+            (stdout, stderr, Reaper::Child(child))
+        }
+    };
     let (tx, rx) = mpsc::channel(8);
-    if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(pump(stdout, Stream::Stdout, tx.clone()));
+    tokio::spawn(pump(stdout, Stream::Stdout, tx.clone()));
+    tokio::spawn(pump(stderr, Stream::Stderr, tx));
+    running(reaper, cell, rx, None)
+}
+
+/// A command's output pipe, read by the daemon.
+type Output = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Starts the command on pipes through the spawner (no fork of the daemon);
+/// `None` when there is no spawner.
+fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Option<(Output, Output, Reaper)>> {
+    use std::os::fd::AsFd;
+    if !spawner::available() {
+        return Ok(None);
     }
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(pump(stderr, Stream::Stderr, tx));
-    }
-    running(child, cell, rx, None)
+    let (out_rx, out_tx) = std::io::pipe()?;
+    let (err_rx, err_tx) = std::io::pipe()?;
+    let null = std::fs::File::open("/dev/null")?;
+    let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&req.command)];
+    let order = spawner::Order {
+        argv: &argv,
+        env: NON_INTERACTIVE_ENV,
+        cwd: req.cwd.as_deref().map(Path::new),
+        new_group: true,
+    };
+    let Some(pid) = cell.spawn(&order, [null.as_fd(), out_tx.as_fd(), err_tx.as_fd()]).transpose()? else {
+        return Ok(None);
+    };
+    // The command holds the writing ends now; these copies close here.
+    drop((out_tx, err_tx));
+    let reader = |rx: std::io::PipeReader| -> std::io::Result<Output> {
+        Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(rx.into())?))
+    };
+    Ok(Some((reader(out_rx)?, reader(err_rx)?, Reaper::Spawned(pid))))
+}
+
+/// A command's reaper, as the daemon knows it.
+enum Reaper {
+    /// Forked by the daemon itself (PTY commands, or no spawner): its status is the daemon's to wait for.
+    Child(tokio::process::Child),
+    /// Forked by the spawner, which reaps it; its pid.
+    Spawned(i32),
 }
 
 /// `sh -c <command>` with the non-interactive environment, in the request's cwd.
@@ -229,12 +273,15 @@ fn start(mut cmd: tokio::process::Command, cell: &mut contain::Cell) -> std::io:
 /// A spawned reaper seen as a [`Running`]: the exit code comes from its pipe
 /// (or, if it was killed before it could say, from its own status).
 fn running(
-    mut child: tokio::process::Child,
+    reaper: Reaper,
     mut cell: contain::Cell,
     output: mpsc::Receiver<Chunk>,
     keep: Option<Box<dyn Send>>,
 ) -> std::io::Result<Running> {
-    let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+    let pgid = match &reaper {
+        Reaper::Child(child) => child.id().map(|id| id as i32).unwrap_or(0),
+        Reaper::Spawned(pid) => *pid,
+    };
     let status = cell.started(pgid).map(contain::Status::new).transpose()?;
     let (code_tx, code_rx) = oneshot::channel();
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
@@ -247,7 +294,11 @@ fn running(
             }
             status.gone().await;
         }
-        let reaped = child.wait().await.map(exit_code);
+        let reaped = match reaper {
+            Reaper::Child(mut child) => child.wait().await.map(exit_code),
+            // The reaper ignores every signal but SIGKILL, so one that went without saying was killed.
+            Reaper::Spawned(_) => Ok(128 + libc::SIGKILL),
+        };
         let _ = code_tx.map(|tx| tx.send(reaped));
         remove();
         let _ = gone_tx.send(());
@@ -273,6 +324,7 @@ async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Send
     }
 }
 
+/// PTY commands stay on the daemon's own fork: the controlling terminal is set up between that fork and exec.
 fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
     use portable_pty::{PtySize, native_pty_system};
     use std::os::unix::fs::OpenOptionsExt;
@@ -305,5 +357,5 @@ fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
             }
         }
     });
-    running(child, cell, rx, Some(Box::new(pair.master)))
+    running(Reaper::Child(child), cell, rx, Some(Box::new(pair.master)))
 }

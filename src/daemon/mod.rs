@@ -12,6 +12,7 @@ pub mod link;
 pub mod notify;
 pub mod peer;
 pub mod shared;
+pub mod spawner;
 pub mod state;
 pub mod tls;
 pub mod traffic;

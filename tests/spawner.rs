@@ -1,0 +1,108 @@
+//! The spawner: a real `aic-daemon` process forks each command's reaper from
+//! a small process of its own, and falls back to forking itself when that
+//! process is gone.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// A process's parent and name, from /proc.
+fn parent_and_name(pid: i32) -> Option<(i32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    Some((tail.split_whitespace().nth(1)?.parse().ok()?, name))
+}
+
+/// The daemon's spawner, a child of it named `aic-spawner`.
+fn spawner_of(daemon: &DaemonProcess) -> Option<i32> {
+    let daemon = daemon.child.id()? as i32;
+    std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(
+        |&pid| {
+            parent_and_name(pid).is_some_and(|(parent, name)| parent == daemon && name == "aic-spawner" && alive(pid))
+        },
+    )
+}
+
+async fn pair(dir: &std::path::Path) -> (TestRelay, DaemonProcess) {
+    let relay = TestRelay::start(&dir.join("relay")).await;
+    let daemon = DaemonProcess::start(&relay.ws(), &dir.join("daemon"), &[]).await;
+    (relay, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_runs_under_a_reaper_the_spawner_forked_with_its_bytes_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, daemon) = pair(dir.path()).await;
+    let spawner = spawner_of(&daemon).expect("the daemon runs a spawner");
+    // $PPID is the command's reaper.
+    let body = run(&relay.http(), daemon.code, r"echo $PPID; printf 'a\377\000b' >&2; exit 7").await;
+    assert_eq!(body["exitCode"], 7, "{body}");
+    let reaper: i32 = body["stdout"].as_str().unwrap().trim().parse().unwrap();
+    use base64::Engine;
+    let stderr = base64::engine::general_purpose::STANDARD.decode(body["stderrBase64"].as_str().unwrap()).unwrap();
+    assert_eq!(stderr, b"a\xff\x00b");
+    // The reaper is gone by now; a new one is the spawner's child while it runs.
+    assert!(!alive(reaper));
+    let body = run(&relay.http(), daemon.code, "cat /proc/$PPID/stat").await;
+    let stat = body["stdout"].as_str().unwrap();
+    let parent: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(parent, spawner, "the reaper is the spawner's child, not the daemon's: {stat}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_process_of_a_spawned_command_is_killed_on_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, daemon) = pair(dir.path()).await;
+    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    let mut resp = client()
+        .post(format!("{}/api/v1/exec", relay.http()))
+        .header("accept", "text/event-stream")
+        .json(&json!({"code": daemon.code.to_string(), "command": "setsid sleep 300 & echo $!; sleep 100"}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let pid: i32 = within("the detached pid", async {
+        loop {
+            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
+            let Some(start) = seen.find("\"text\":\"") else { continue };
+            if let Some(end) = seen[start + 8..].find("\\n") {
+                return seen[start + 8..start + 8 + end].parse().unwrap();
+            }
+        }
+    })
+    .await;
+    assert!(alive(pid));
+    drop(resp);
+    eventually("the detached `sleep 300` is killed when its caller goes", || !alive(pid)).await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_spawner_gone_commands_still_run_and_the_log_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, daemon) = pair(dir.path()).await;
+    let spawner = spawner_of(&daemon).expect("the daemon runs a spawner");
+    let pid = rustix::process::Pid::from_raw(spawner).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    for n in 0..3 {
+        let body = run(&relay.http(), daemon.code, &format!("echo run {n}; exit {n}")).await;
+        assert_eq!((body["stdout"].as_str(), body["exitCode"].as_i64()), (Some(&*format!("run {n}\n")), Some(n)));
+    }
+    let log = daemon.stop().await;
+    assert_eq!(log.matches("the spawner process is gone").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_descriptor_of_the_daemon_reaches_a_spawned_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, daemon) = pair(dir.path()).await;
+    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    // `ls` opens the directory it lists as 3.
+    let body = run(&relay.http(), daemon.code, "ls /proc/self/fd").await;
+    assert_eq!(body["stdout"], "0\n1\n2\n3\n", "{body}");
+    daemon.stop().await;
+}
