@@ -327,8 +327,9 @@ async fn two_daemons_never_see_each_others_commands() {
     assert_ne!(a.code, b.code);
     for (daemon, pid) in [(&a, a.child.id().unwrap()), (&b, b.child.id().unwrap())] {
         for _ in 0..5 {
-            // The command's parent is its reaper, a fork of the daemon.
-            let body = run(&relay.http(), daemon.code, "cut -d' ' -f4 /proc/$PPID/stat").await;
+            // The command's parent is its reaper, forked by the daemon's spawner, the daemon's child.
+            let command = "spawner=$(cut -d' ' -f4 /proc/$PPID/stat); cut -d' ' -f4 /proc/$spawner/stat";
+            let body = run(&relay.http(), daemon.code, command).await;
             assert_eq!(body["stdout"], format!("{pid}\n"), "the command ran on the daemon its code names");
         }
     }
