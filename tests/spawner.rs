@@ -106,3 +106,22 @@ async fn no_descriptor_of_the_daemon_reaches_a_spawned_command() {
     assert_eq!(body["stdout"], "0\n1\n2\n3\n", "{body}");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_command_at_its_timeout_ends_143_or_137_if_it_ignores_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, daemon) = pair(dir.path()).await;
+    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    let code = daemon.code.to_string();
+    for (command, exit) in [("sleep 100", 143), ("trap '' TERM; sleep 100", 137)] {
+        let (status, body) = exec(&relay.http(), json!({"code": code, "command": command, "timeout_ms": 1000})).await;
+        assert_eq!(
+            (status, body["timedOut"].as_bool(), body["exitCode"].as_i64()),
+            (200, Some(true), Some(exit)),
+            "{body}"
+        );
+    }
+    let (status, body) = exec(&relay.http(), json!({"code": code, "command": "pwd", "cwd": "/no/such/dir"})).await;
+    assert_eq!(status, 400, "{body}");
+    daemon.stop().await;
+}
