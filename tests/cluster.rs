@@ -532,6 +532,7 @@ async fn doctor_checks_postgres_and_nats() {
     assert!(ok, "{said}");
     assert!(said.contains(&format!("PostgreSQL at {} answers", site.pg.url())), "{said}");
     assert!(said.contains(&format!("{} answers", site.nats.url())), "{said}");
+    assert!(said.contains("with JetStream (presence bucket aic_presence)"), "{said}");
     let port = servers::free_port();
     let (ok, said) =
         doctor(format!("postgres://aic:hunter2@127.0.0.1:{port}/x"), format!("nats://127.0.0.1:{port}")).await;
