@@ -37,16 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
 
-    let mut relays = Vec::new();
-    for _ in 0..if cluster.is_some() { 2 } else { 1 } {
-        let mut config = relay::Config::new(dir.path().join("relay"));
-        config.rate_limit = 0;
-        config.database_url = cluster.as_ref().map(|(db, _)| db.clone());
-        config.nats_url = cluster.as_ref().map(|(_, nats)| nats.clone());
-        let state = AppState::open(config, None, shutdown.clone()).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        relays.push((listener.local_addr()?, tokio::spawn(relay::serve(listener, state))));
-    }
+    let relays = start_relays(dir.path(), cluster.as_ref(), &shutdown).await?;
     let addr = relays[0].0;
 
     let state_dir = dir.path().join("daemon");
@@ -97,6 +88,28 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// One relay on SQLite in `dir`, or two on the PostgreSQL and NATS of `cluster`.
+async fn start_relays(
+    dir: &std::path::Path,
+    cluster: Option<&(String, String)>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<(std::net::SocketAddr, Relay)>> {
+    let mut relays = Vec::new();
+    for _ in 0..if cluster.is_some() { 2 } else { 1 } {
+        let mut config = relay::Config::new(dir.join("relay"));
+        config.rate_limit = 0;
+        config.database_url = cluster.map(|(db, _)| db.clone());
+        config.nats_url = cluster.map(|(_, nats)| nats.clone());
+        let state = AppState::open(config, None, shutdown.clone()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        relays.push((listener.local_addr()?, tokio::spawn(relay::serve(listener, state))));
+    }
+    Ok(relays)
+}
+
+/// A relay serving in a task of its own.
+type Relay = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// `body` posted to `url` `runs` times on one kept-alive connection, after 20 to warm up.
 async fn time_exec(url: &str, body: &serde_json::Value, runs: usize) -> anyhow::Result<Vec<Duration>> {
