@@ -373,7 +373,9 @@ async fn housekeeping(state: AppState) {
             _ = state.shutdown.cancelled() => true,
         };
         state.file_links.sweep();
-        if let Err(e) = state.usage.flush(&state.store).await {
+        if let Err(e) = state.usage.flush(&state.store).await
+            && state.store.fault("recording last-used times", &e).is_none()
+        {
             tracing::warn!("recording last-used times: {e:#}");
         }
         if stop {
