@@ -320,6 +320,14 @@ async fn a_cors_preflight_is_answered_without_allowing_anything() {
     assert_eq!(resp.status(), 204);
     let granted: Vec<_> = resp.headers().keys().filter(|k| k.as_str().starts_with("access-control-")).collect();
     assert!(granted.is_empty(), "a preflight grants nothing: {granted:?}");
+    assert_eq!(resp.headers()["allow"], "POST, OPTIONS");
+    // `Allow` names each route's own methods.
+    for (path, allow) in
+        [("/api/v1/status/AIC-0000-0000-0000", "GET, OPTIONS"), ("/api/v1/machines/web", "PATCH, OPTIONS")]
+    {
+        let resp = client().request(reqwest::Method::OPTIONS, format!("{}{path}", relay.http())).send().await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.headers()["allow"].to_str().unwrap()), (204, allow), "{path}");
+    }
 }
 
 #[tokio::test]
