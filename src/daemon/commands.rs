@@ -1,7 +1,7 @@
 //! A command's life in the daemon, from arrival to its last message,
 //! independent of the transport: admission (mode and the concurrency
 //! permit), the approval queue, the cancel map and the traffic ring. One
-//! place (`Commands::report`) turns each process event into both the wire
+//! place (`Commands::note`) turns each process event into both the wire
 //! message and the ring update. The link hands requests in with
 //! [`Commands::submit`]; consoles read and decide through the same handle.
 
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -24,6 +25,11 @@ use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, Tr
 
 /// Where a command's wire messages go (the relay link).
 pub type Outbox = mpsc::Sender<AgentMessage>;
+
+/// How long a command's `started` waits for the event after it before it
+/// is sent alone: a short command's `started` and `exit` then reach the
+/// relay in one write, one wake-up on each side instead of two.
+const STARTED_HOLD: Duration = Duration::from_millis(3);
 
 /// The commands of this daemon. Cheap to clone.
 #[derive(Clone)]
@@ -230,9 +236,18 @@ impl Commands {
         let (tx, mut rx) = mpsc::channel(1);
         let forward = async move {
             while let Some(event) = rx.recv().await {
-                if !self.report(id, event, out).await {
-                    cancel.cancel();
-                    return;
+                let started = matches!(event, ProcessEvent::Started { .. });
+                let msg = self.note(id, event);
+                // What follows a short command's `started` (its exit, its
+                // first output) goes right behind it, so that the link writes
+                // both at once; the ring and the process groups know at once.
+                let next = if started { timeout(STARTED_HOLD, rx.recv()).await.ok().flatten() } else { None };
+                let next = next.map(|event| self.note(id, event));
+                for msg in std::iter::once(msg).chain(next) {
+                    if out.send(msg).await.is_err() {
+                        cancel.cancel();
+                        return;
+                    }
                 }
             }
         };
@@ -241,13 +256,12 @@ impl Commands {
 
     /// Refuses a command: the caller is told why, the ring shows it.
     async fn refuse(&self, id: Uuid, reason: Refusal, message: String, out: &Outbox) {
-        self.report(id, ProcessEvent::Refused { reason, message }, out).await;
+        let _ = out.send(self.note(id, ProcessEvent::Refused { reason, message })).await;
     }
 
-    /// The one place a process event becomes a ring update and a wire
-    /// message. False when the link is gone.
-    async fn report(&self, id: Uuid, event: ProcessEvent, out: &Outbox) -> bool {
-        let msg = match event {
+    /// The one place a process event becomes a ring update and a wire message.
+    fn note(&self, id: Uuid, event: ProcessEvent) -> AgentMessage {
+        match event {
             ProcessEvent::Started { pgid } => {
                 self.0.groups.lock().unwrap().push(pgid);
                 self.update(id, |e| e.state = CommandState::Running);
@@ -278,8 +292,7 @@ impl Commands {
                 self.update(id, |e| e.state = refused_state(reason));
                 AgentMessage::Refused { id, reason, message }
             }
-        };
-        out.send(msg).await.is_ok()
+        }
     }
 
     /// Puts a command in the approval queue and waits for the operator, the
@@ -611,6 +624,41 @@ mod tests {
             (entry.state, entry.exit_code, entry.bytes, entry.tail.as_str()),
             (CommandState::Exited, Some(3), 3, "hi\n")
         );
+    }
+
+    #[tokio::test]
+    async fn a_started_sent_together_with_what_follows_still_comes_first_on_the_wire_and_to_a_console() {
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let mut console = commands.0.daemon.subscribe();
+        let (out, mut rx) = mpsc::channel(64);
+        for command in ["echo hi", "echo hi; sleep 0.1; echo there"] {
+            let r = req(command);
+            commands.submit(r.clone(), out.clone(), &CancellationToken::new());
+            let wire: Vec<&str> = until_end(&mut rx).await.iter().map(kind).collect();
+            assert_eq!(wire.first(), Some(&"started"), "{command}: {wire:?}");
+            assert_eq!(wire.iter().filter(|k| **k == "started").count(), 1, "{command}: {wire:?}");
+            assert!(wire.contains(&"output") && wire.last() == Some(&"exit"), "{command}: {wire:?}");
+            let mut seen = Vec::new();
+            while let Ok(event) = console.try_recv() {
+                match event {
+                    Event::Traffic(e) if e.id == r.id => seen.push(format!("{:?}", e.state)),
+                    Event::Output { command, .. } if command == r.id => seen.push("output".into()),
+                    _ => {}
+                }
+            }
+            let running = seen.iter().position(|s| s == "Running");
+            let output = seen.iter().position(|s| s == "output");
+            assert!(running.is_some() && running < output, "{command}: {seen:?}");
+        }
+    }
+
+    fn kind(msg: &AgentMessage) -> &'static str {
+        match msg {
+            AgentMessage::Started { .. } => "started",
+            AgentMessage::Output { .. } => "output",
+            AgentMessage::Exit { .. } => "exit",
+            _ => "other",
+        }
     }
 
     #[tokio::test]

@@ -39,6 +39,10 @@ enum Ended {
     Dropped { lasted: Duration },
 }
 
+/// Messages queued for the relay that are written together at most: the
+/// other sources (files, pings) wait for no longer than this many.
+const SEND_BATCH: usize = 16;
+
 /// Commands still running at shutdown get this long to be killed.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -257,7 +261,7 @@ impl Link<'_> {
                     let _ = self.ws.close(None).await;
                     return Ok(Ended::Shutdown);
                 }
-                Some(msg) = outgoing.recv() => self.send(&msg).await?,
+                Some(msg) = outgoing.recv() => self.send_queued(msg, outgoing).await?,
                 Some(out) = files_outgoing.recv() => match out {
                     Outgoing::Message(msg) => self.send(&msg).await?,
                     Outgoing::Frame(bytes) => self.ws.send(Message::binary(bytes)).await?,
@@ -284,6 +288,21 @@ impl Link<'_> {
                 }
             }
         }
+    }
+
+    /// Sends `first` and what is queued behind it (a command's `started`
+    /// and `exit`, say) in one write: one wake-up for the relay, not one each.
+    async fn send_queued(
+        &mut self,
+        first: AgentMessage,
+        outgoing: &mut mpsc::Receiver<AgentMessage>,
+    ) -> anyhow::Result<()> {
+        self.ws.feed(Message::text(agent::encode(&first))).await?;
+        for _ in 1..SEND_BATCH {
+            let Ok(msg) = outgoing.try_recv() else { break };
+            self.ws.feed(Message::text(agent::encode(&msg))).await?;
+        }
+        Ok(self.ws.flush().await?)
     }
 
     async fn send(&mut self, msg: &AgentMessage) -> anyhow::Result<()> {
