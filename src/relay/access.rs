@@ -228,12 +228,7 @@ async fn admit_account(
     let by_code = match parsed {
         Some(code) => {
             let code_hash = state.keys.code_hash(&code);
-            state
-                .store
-                .agent_by_code(&code_hash)
-                .await
-                .map_err(store_error(state))?
-                .map(|record| (code, code_hash, record))
+            state.store.agent_by_code(&code_hash).await.map_err(internal)?.map(|record| (code, code_hash, record))
         }
         None => None,
     };
