@@ -366,7 +366,7 @@ impl Store {
 
     /// The storage fault behind `e` (a write that failed), if it is one. The
     /// first one is logged, with what to do, and again every
-    /// [`FAULT_LOG_EVERY`] while it lasts; `what` names what failed.
+    /// 10 minutes while it lasts; `what` names what failed.
     pub fn fault(&self, what: &str, e: &anyhow::Error) -> Option<StorageFault> {
         let fault = StorageFault::of(e)?;
         let mut logged = self.fault_logged.lock().unwrap();
