@@ -266,9 +266,10 @@ async fn guesses_hit_the_rate_limit_and_learn_nothing() {
     let others: Vec<_> = answers.keys().filter(|(s, _)| *s != 429).collect();
     assert_eq!(others.len(), 1, "every answer that was not 429 is the same bytes: {others:?}");
     assert_eq!(others[0].0, 403);
-    // 120 a minute, plus the few that trickle back in while the loop runs.
+    // 120 a minute, less the daemon's registration from the same address,
+    // plus the few that trickle back in while the loop runs.
     let allowed = answers[others[0]];
-    assert!((120..200).contains(&allowed), "{allowed} answered before the limit");
+    assert!((115..200).contains(&allowed), "{allowed} answered before the limit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
