@@ -19,6 +19,8 @@ pub struct Conn {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Whether the relay said it closes the connection after this answer.
+    pub closed: bool,
 }
 
 impl Conn {
@@ -45,26 +47,29 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads a status line and headers: status, content length, chunked.
-    async fn head(&mut self) -> anyhow::Result<(u16, Option<usize>, bool)> {
+    /// Reads a status line and headers: status, content length, chunked,
+    /// `Connection: close`.
+    async fn head(&mut self) -> anyhow::Result<(u16, Option<usize>, bool, bool)> {
         let mut line = String::new();
         if self.io.read_line(&mut line).await? == 0 {
             bail!("the relay closed the connection");
         }
         let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("a status line")?;
-        let (mut length, mut chunked) = (None, false);
+        let (mut length, mut chunked, mut closed) = (None, false, false);
         loop {
             line.clear();
             self.io.read_line(&mut line).await?;
             let header = line.trim_end();
             if header.is_empty() {
-                return Ok((status, length, chunked));
+                return Ok((status, length, chunked, closed));
             }
             let (name, value) = header.split_once(':').unwrap_or((header, ""));
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().ok();
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                closed = value.to_ascii_lowercase().contains("close");
             }
         }
     }
@@ -72,7 +77,7 @@ impl Conn {
     /// POSTs `body` to `path` and reads the whole answer.
     pub async fn post(&mut self, path: &str, body: &str) -> anyhow::Result<Response> {
         self.send(path, body, "application/json").await?;
-        let (status, length, chunked) = self.head().await?;
+        let (status, length, chunked, closed) = self.head().await?;
         let mut body = Vec::new();
         if chunked {
             while let Some(chunk) = self.chunk().await? {
@@ -82,14 +87,14 @@ impl Conn {
             body.resize(length.context("a content-length")?, 0);
             self.io.read_exact(&mut body).await?;
         }
-        Ok(Response { status, body })
+        Ok(Response { status, body, closed })
     }
 
     /// POSTs `body` asking for an event stream; calls `each` with every chunk
     /// of the stream as it arrives. The status.
     pub async fn stream(&mut self, path: &str, body: &str, mut each: impl FnMut(&[u8])) -> anyhow::Result<u16> {
         self.send(path, body, "text/event-stream").await?;
-        let (status, length, chunked) = self.head().await?;
+        let (status, length, chunked, _) = self.head().await?;
         if !chunked {
             let mut rest = vec![0; length.unwrap_or(0)];
             self.io.read_exact(&mut rest).await?;

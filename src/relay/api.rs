@@ -161,11 +161,15 @@ pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-/// `OPTIONS` on the API: a CORS preflight, answered deliberately with no
-/// `Access-Control-Allow-*` headers, so browsers refuse cross-origin calls
-/// (the API is for programs and AI clients, not for other sites' pages).
-pub async fn preflight() -> Response {
-    (StatusCode::NO_CONTENT, [(header::ALLOW, "GET, POST, OPTIONS"), (header::VARY, "Origin")]).into_response()
+/// `OPTIONS` on an API route whose methods are `allow` (`"GET, OPTIONS"`):
+/// a CORS preflight, answered deliberately with no `Access-Control-Allow-*`
+/// headers, so browsers refuse cross-origin calls (the API is for programs
+/// and AI clients, not for other sites' pages). `Allow` names the route's
+/// methods, as an `OPTIONS` answer should.
+pub fn preflight(allow: &'static str) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move || {
+        std::future::ready((StatusCode::NO_CONTENT, [(header::ALLOW, allow), (header::VARY, "Origin")]).into_response())
+    }
 }
 
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
