@@ -222,3 +222,97 @@ async fn output_frames_arrive_in_order_within_credit_and_a_frame_out_of_order_cu
     let stderr: String = (u64::from(OUTPUT_WINDOW)..end).map(|s| String::from_utf8(chunk(s)).unwrap()).collect();
     assert!(body["stdout"] == stdout && body["stderr"] == stderr, "{body}");
 }
+
+/// A raw answer as the wire carried it.
+struct RawAnswer {
+    head: String,
+    body: Vec<u8>,
+    trailers: String,
+    /// The chunked body ended with its last chunk.
+    complete: bool,
+}
+
+/// `POST /api/v1/exec` asking for raw output, over a plain socket, so the chunks and trailers show.
+async fn raw_exec(relay: &TestRelay, code: aic::protocol::SessionCode, command: &str, te: bool) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({"code": code.to_string(), "command": command}).to_string();
+    let te = if te { "te: trailers\r\n" } else { "" };
+    let request = format!(
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\naccept: application/octet-stream\r\n{te}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(relay.http().trim_start_matches("http://")).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut wire = Vec::new();
+    within("the raw answer", tcp.read_to_end(&mut wire)).await.unwrap();
+    let split = wire.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let head = String::from_utf8(wire[..split].to_vec()).unwrap();
+    let (mut rest, mut body) = (&wire[split..], Vec::new());
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return RawAnswer { head, body, trailers: String::new(), complete: false };
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            let trailers = String::from_utf8(rest.to_vec()).unwrap();
+            return RawAnswer { head, body, trailers, complete: true };
+        }
+        if rest.len() < size + 2 {
+            body.extend_from_slice(&rest[..size.min(rest.len())]);
+            return RawAnswer { head, body, trailers: String::new(), complete: false };
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_output_is_stdout_exactly_with_how_it_ended_in_trailers() {
+    const BYTES: usize = 8 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_for(dir.path(), BYTES).await;
+    let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let command = format!("printf '\\377\\000bin'; echo err >&2; {}", command_for(BYTES));
+    let answer = raw_exec(&relay, daemon.code(), &command, true).await;
+    assert!(answer.head.starts_with("HTTP/1.1 200"), "{}", answer.head);
+    assert!(answer.head.contains("content-type: application/octet-stream"), "{}", answer.head);
+    let mut expected = b"\xff\x00bin".to_vec();
+    expected.extend_from_slice(&numbered(BYTES));
+    assert!(answer.complete);
+    assert!(answer.body == expected, "the output differs ({} bytes)", answer.body.len());
+    for trailer in ["aic-exit-code: 0", "aic-truncated: false", "aic-timed-out: false", "aic-duration-ms: "] {
+        assert!(answer.trailers.contains(trailer), "{trailer} in {:?}", answer.trailers);
+    }
+
+    let failed = raw_exec(&relay, daemon.code(), "echo partial; exit 3", true).await;
+    assert!(failed.complete && failed.body == b"partial\n");
+    assert!(failed.trailers.contains("aic-exit-code: 3"), "{:?}", failed.trailers);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_output_of_a_failed_command_ends_without_its_last_chunk_for_a_client_without_trailers() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let ok = raw_exec(&relay, daemon.code(), "echo fine", false).await;
+    assert!(ok.complete && ok.body == b"fine\n" && ok.trailers.trim().is_empty(), "{:?}", ok.trailers);
+    let failed = raw_exec(&relay, daemon.code(), "echo partial; exit 3", false).await;
+    assert!(failed.head.starts_with("HTTP/1.1 200"), "{}", failed.head);
+    assert_eq!(failed.body, b"partial\n");
+    assert!(!failed.complete, "a failed command's body must not end as if it were whole");
+    // A refusal before the start is an HTTP error, not a body.
+    let (status, refused) = {
+        let resp = client()
+            .post(format!("{}/api/v1/exec", relay.http()))
+            .header("accept", "application/octet-stream")
+            .json(&json!({"code": daemon.code().to_string(), "command": "true", "cwd": "/nonexistent/dir"}))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!((status, refused["reason"].as_str()), (400, Some("bad_request")), "{refused}");
+    daemon.stop().await;
+}
