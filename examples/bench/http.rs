@@ -31,11 +31,7 @@ impl Conn {
         socket.bind(SocketAddr::new(from, 0))?;
         let tcp = socket.connect(to).await.with_context(|| format!("connecting to {to}"))?;
         tcp.set_nodelay(true)?;
-        Ok(Self {
-            io: BufStream::new(tcp),
-            host: to.to_string(),
-            trailers: String::new(),
-        })
+        Ok(Self { io: BufStream::new(tcp), host: to.to_string(), trailers: String::new() })
     }
 
     /// Writes a POST of a JSON body.

@@ -22,8 +22,13 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// smaller ([`OUTPUT_CHUNK`]); the room left is for a long command line.
 pub const MAX_FRAME: usize = 512 * 1024;
 
-/// Bytes of output the daemon reads and forwards at a time.
-pub const OUTPUT_CHUNK: usize = 32 * 1024;
+/// Bytes of output the daemon reads and forwards at a time: a pipe's
+/// default capacity, so one read takes what a writer could put in it.
+pub const OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// Largest output frame payload a relay takes (a daemon sends at most
+/// [`OUTPUT_CHUNK`]; the room is for daemons that read more at a time).
+pub const OUTPUT_FRAME_MAX: usize = 128 * 1024;
 
 /// Output chunks a relay lets one command's daemon send ahead of its caller
 /// ([`ExecRequest::window`]): what the relay holds per command at most.

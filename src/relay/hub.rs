@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::keys::Digest;
 use super::metrics::{ExecOutcome, Metrics};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, CAP_OUTPUT_FRAMES, ExecRequest, ExitStatus, OUTPUT_CHUNK, OUTPUT_WINDOW, Refusal,
-    RelayMessage, Stream,
+    self, AgentInfo, AgentMessage, CAP_OUTPUT_FRAMES, ExecRequest, ExitStatus, OUTPUT_FRAME_MAX, OUTPUT_WINDOW,
+    Refusal, RelayMessage, Stream,
 };
 use crate::protocol::files::{Frame as WireFrame, FrameKind};
 use crate::protocol::jobs::{JobCall, JobReply};
@@ -406,7 +406,7 @@ impl AgentConn {
         let unpaced: u64 = if seq.is_none() { pending.values().map(|w| w.held).sum() } else { 0 };
         let Some(waiter) = pending.get_mut(&id) else { return };
         let within = match seq {
-            Some(seq) => len <= OUTPUT_CHUNK && waiter.credit.as_mut().is_some_and(|c| c.spend(seq)),
+            Some(seq) => len <= OUTPUT_FRAME_MAX && waiter.credit.as_mut().is_some_and(|c| c.spend(seq)),
             None => unpaced + len as u64 <= self.limits.max_buffered,
         };
         if waiter.cut || waiter.bytes >= self.limits.max_output {
