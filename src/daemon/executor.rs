@@ -127,16 +127,13 @@ async fn supervise(
     credit: Option<&Semaphore>,
 ) -> ExitStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
-    let mut sent: u64 = 0;
-    let mut truncated = false;
-    let mut timed_out = false;
-    let mut eof = false;
-    let mut exit: Option<i32> = None;
+    let (mut sent, mut exit) = (0u64, None::<i32>);
+    let (mut truncated, mut timed_out, mut eof, mut killed, mut gone) = (false, false, false, false, false);
     // When set, the group has had SIGTERM; SIGKILL follows at this instant.
     let mut kill_at: Option<tokio::time::Instant> = None;
-    let mut killed = false;
-    let mut gone = false;
-    let term = |kill_at: &mut Option<tokio::time::Instant>| {
+    let term = |kill_at: &mut Option<tokio::time::Instant>, unpace: bool| {
+        // What follows is dropped here, or read by nobody: the pipes drain unpaced.
+        credit.filter(|_| unpace).inspect(|c| c.close());
         if kill_at.is_none() {
             signal_all(p.pgid, &p.cell, rustix::process::Signal::TERM);
             *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
@@ -152,14 +149,12 @@ async fn supervise(
                     if data.len() as u64 > room {
                         data.truncate(room as usize);
                         truncated = true;
-                        term(&mut kill_at);
-                        // What follows is dropped here: the pipes drain unpaced.
-                        credit.inspect(|c| c.close());
+                        term(&mut kill_at, true);
                     }
                     sent += data.len() as u64;
                     if !data.is_empty() && events.send(ProcessEvent::Output { stream, data }).await.is_err() {
                         // The link is gone: nobody will read what follows.
-                        term(&mut kill_at);
+                        term(&mut kill_at, true);
                         cancel.cancel();
                     }
                 }
@@ -168,13 +163,9 @@ async fn supervise(
             () = &mut p.gone, if !gone => gone = true,
             _ = tokio::time::sleep_until(deadline), if !timed_out => {
                 timed_out = true;
-                term(&mut kill_at);
+                term(&mut kill_at, false);
             }
-            _ = cancel.cancelled(), if kill_at.is_none() => {
-                term(&mut kill_at);
-                // Nobody reads what follows: the pipes drain unpaced.
-                credit.inspect(|c| c.close());
-            }
+            _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at, true),
             _ = tokio::time::sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && !killed => {
                 signal_all(p.pgid, &p.cell, rustix::process::Signal::KILL);
                 killed = true;
