@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Small buffers: the generator holds thousands of these.
+/// Small buffers: the generator holds thousands of these. What is fed
+/// waits for the flush, so a command's `started` and `exit` leave in one
+/// write as a daemon's do.
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
+    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(4096)
 }
 
 /// Registers one simulated agent with the relay at `relay`, leaves it

@@ -1,7 +1,7 @@
 //! A command's life in the daemon, from arrival to its last message,
 //! independent of the transport: admission (mode and the concurrency
 //! permit), the approval queue, the cancel map and the traffic ring. One
-//! place (`Commands::report`) turns each process event into both the wire
+//! place (`Commands::note`) turns each process event into both the wire
 //! message and the ring update. The link hands requests in with
 //! [`Commands::submit`]; consoles read and decide through the same handle.
 
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -26,6 +27,11 @@ use crate::protocol::files::{FrameKind, encode_frame};
 
 /// Where a command's wire messages and output frames go (the relay link), in order.
 pub type Outbox = mpsc::Sender<Outgoing>;
+
+/// How long a command's `started` waits for the event after it before it
+/// is sent alone: a short command's `started` and `exit` then reach the
+/// relay in one write, one wake-up on each side instead of two.
+const STARTED_HOLD: Duration = Duration::from_millis(3);
 
 /// The commands of this daemon. Cheap to clone.
 #[derive(Clone)]
@@ -238,9 +244,18 @@ impl Commands {
         let (tx, mut rx) = mpsc::channel(1);
         let forward = async move {
             while let Some(event) = rx.recv().await {
-                if !self.report(id, event, out, frames.as_mut()).await {
-                    cancel.cancel();
-                    return;
+                let started = matches!(event, ProcessEvent::Started { .. });
+                let msg = self.note(id, event, frames.as_mut());
+                // What follows a short command's `started` (its exit, its
+                // first output) goes right behind it, so that the link writes
+                // both at once; the ring and the process groups know at once.
+                let next = if started { timeout(STARTED_HOLD, rx.recv()).await.ok().flatten() } else { None };
+                let next = next.map(|event| self.note(id, event, frames.as_mut()));
+                for msg in std::iter::once(msg).chain(next) {
+                    if out.send(msg).await.is_err() {
+                        cancel.cancel();
+                        return;
+                    }
                 }
             }
         };
@@ -261,13 +276,12 @@ impl Commands {
 
     /// Refuses a command: the caller is told why, the ring shows it.
     async fn refuse(&self, id: Uuid, reason: Refusal, message: String, out: &Outbox) {
-        self.report(id, ProcessEvent::Refused { reason, message }, out, None).await;
+        let _ = out.send(self.note(id, ProcessEvent::Refused { reason, message }, None)).await;
     }
 
     /// The one place a process event becomes a ring update and a wire
     /// message (output as a binary frame numbered from `frames`, when given).
-    /// False when the link is gone.
-    async fn report(&self, id: Uuid, event: ProcessEvent, out: &Outbox, frames: Option<&mut u64>) -> bool {
+    fn note(&self, id: Uuid, event: ProcessEvent, frames: Option<&mut u64>) -> Outgoing {
         let msg = match event {
             ProcessEvent::Started { pgid } => {
                 self.0.groups.lock().unwrap().push(pgid);
@@ -288,7 +302,7 @@ impl Commands {
                     let kind = if stream == Stream::Stderr { FrameKind::Stderr } else { FrameKind::Stdout };
                     let frame = encode_frame(kind, id, *seq, &data);
                     *seq += 1;
-                    return out.send(Outgoing::Frame(frame)).await.is_ok();
+                    return Outgoing::Frame(frame);
                 }
                 AgentMessage::Output { id, stream, data }
             }
@@ -306,7 +320,7 @@ impl Commands {
                 AgentMessage::Refused { id, reason, message }
             }
         };
-        out.send(Outgoing::Message(Box::new(msg))).await.is_ok()
+        Outgoing::Message(Box::new(msg))
     }
 
     /// Puts a command in the approval queue and waits for the operator, the
@@ -641,6 +655,41 @@ mod tests {
             (entry.state, entry.exit_code, entry.bytes, entry.tail.as_str()),
             (CommandState::Exited, Some(3), 3, "hi\n")
         );
+    }
+
+    #[tokio::test]
+    async fn a_started_sent_together_with_what_follows_still_comes_first_on_the_wire_and_to_a_console() {
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let mut console = commands.0.daemon.subscribe();
+        let (out, mut rx) = mpsc::channel(64);
+        for command in ["echo hi", "echo hi; sleep 0.1; echo there"] {
+            let r = req(command);
+            commands.submit(r.clone(), out.clone(), &CancellationToken::new());
+            let wire: Vec<&str> = until_end(&mut rx).await.iter().map(kind).collect();
+            assert_eq!(wire.first(), Some(&"started"), "{command}: {wire:?}");
+            assert_eq!(wire.iter().filter(|k| **k == "started").count(), 1, "{command}: {wire:?}");
+            assert!(wire.contains(&"output") && wire.last() == Some(&"exit"), "{command}: {wire:?}");
+            let mut seen = Vec::new();
+            while let Ok(event) = console.try_recv() {
+                match event {
+                    Event::Traffic(e) if e.id == r.id => seen.push(format!("{:?}", e.state)),
+                    Event::Output { command, .. } if command == r.id => seen.push("output".into()),
+                    _ => {}
+                }
+            }
+            let running = seen.iter().position(|s| s == "Running");
+            let output = seen.iter().position(|s| s == "output");
+            assert!(running.is_some() && running < output, "{command}: {seen:?}");
+        }
+    }
+
+    fn kind(msg: &AgentMessage) -> &'static str {
+        match msg {
+            AgentMessage::Started { .. } => "started",
+            AgentMessage::Output { .. } => "output",
+            AgentMessage::Exit { .. } => "exit",
+            _ => "other",
+        }
     }
 
     #[tokio::test]

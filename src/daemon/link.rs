@@ -39,6 +39,10 @@ enum Ended {
     Dropped { lasted: Duration },
 }
 
+/// Messages queued for the relay that are written together at most: the
+/// other sources (files, pings) wait for no longer than this many.
+const SEND_BATCH: usize = 16;
+
 /// Commands still running at shutdown get this long to be killed.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -257,7 +261,7 @@ impl Link<'_> {
                     let _ = self.ws.close(None).await;
                     return Ok(Ended::Shutdown);
                 }
-                Some(out) = outgoing.recv() => self.forward(out).await?,
+                Some(out) = outgoing.recv() => self.send_queued(out, outgoing).await?,
                 Some(out) = files_outgoing.recv() => self.forward(out).await?,
                 Some(call) = calls.recv() => self.operator(call).await?,
                 _ = ping.tick() => self.ping().await?,
@@ -283,12 +287,20 @@ impl Link<'_> {
         }
     }
 
-    /// Sends a command's or a transfer's message or frame.
+    /// Sends a transfer's message or frame.
     async fn forward(&mut self, out: Outgoing) -> anyhow::Result<()> {
-        match out {
-            Outgoing::Message(msg) => self.send(&msg).await,
-            Outgoing::Frame(bytes) => Ok(self.ws.send(Message::binary(bytes)).await?),
+        Ok(self.ws.send(wire(out)).await?)
+    }
+
+    /// Sends `first` and what is queued behind it (a command's `started`
+    /// and `exit`, say) in one write: one wake-up for the relay, not one each.
+    async fn send_queued(&mut self, first: Outgoing, outgoing: &mut mpsc::Receiver<Outgoing>) -> anyhow::Result<()> {
+        self.ws.feed(wire(first)).await?;
+        for _ in 1..SEND_BATCH {
+            let Ok(out) = outgoing.try_recv() else { break };
+            self.ws.feed(wire(out)).await?;
         }
+        Ok(self.ws.flush().await?)
     }
 
     async fn send(&mut self, msg: &AgentMessage) -> anyhow::Result<()> {
@@ -355,6 +367,14 @@ impl Link<'_> {
             let _ = reply.send(outcome);
         }
         Ok(())
+    }
+}
+
+/// A command's or a transfer's message or frame as the WebSocket carries it.
+fn wire(out: Outgoing) -> Message {
+    match out {
+        Outgoing::Message(msg) => Message::text(agent::encode(&msg)),
+        Outgoing::Frame(bytes) => Message::binary(bytes),
     }
 }
 

@@ -493,6 +493,48 @@ pub fn decode<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
     Ok(serde_json::from_str(text)?)
 }
 
+impl AgentMessage {
+    /// Decodes one frame from a daemon, as [`decode`] does. The two
+    /// messages every command sends, `started` and `exit`, are read straight
+    /// into their fields when the frame opens with its type, as this crate
+    /// writes them: serde reads an internally tagged enum by first copying
+    /// the whole frame into an intermediate tree to find the tag. Any other
+    /// frame, or one the short way cannot read, goes the derived way, which
+    /// also words the errors.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        match decode_common(text) {
+            Some(msg) => Ok(msg),
+            None => decode(text),
+        }
+    }
+}
+
+/// `started` and `exit` read without serde's buffering of tagged enums;
+/// `None` for anything else. The `type` field is skipped as unknown.
+fn decode_common(text: &str) -> Option<AgentMessage> {
+    #[derive(Deserialize)]
+    struct Started {
+        id: Uuid,
+    }
+    #[derive(Deserialize)]
+    struct Exit {
+        id: Uuid,
+        exit_code: i32,
+        duration_ms: u64,
+        truncated: bool,
+        timed_out: bool,
+    }
+    if text.starts_with(r#"{"type":"started","#) {
+        let Started { id } = serde_json::from_str(text).ok()?;
+        return Some(AgentMessage::Started { id });
+    }
+    if text.starts_with(r#"{"type":"exit","#) {
+        let Exit { id, exit_code, duration_ms, truncated, timed_out } = serde_json::from_str(text).ok()?;
+        return Some(AgentMessage::Exit { id, exit: ExitStatus { exit_code, duration_ms, truncated, timed_out } });
+    }
+    None
+}
+
 /// The text a version mismatch is refused with, naming both versions.
 pub fn version_mismatch(theirs: Option<u32>) -> String {
     match theirs {
@@ -563,6 +605,32 @@ mod tests {
     }
 
     #[test]
+    fn started_and_exit_read_the_short_way_as_the_derived_way_in_any_field_order() {
+        let id = Uuid::new_v4();
+        let exit = ExitStatus { exit_code: -9, duration_ms: u64::MAX, truncated: false, timed_out: true };
+        let derived = |text: &str| decode::<AgentMessage>(text).map_err(|e| e.to_string());
+        let short = |text: &str| AgentMessage::decode(text).map_err(|e| e.to_string());
+        for msg in [AgentMessage::Started { id }, AgentMessage::Exit { id, exit }] {
+            let text = encode(&msg);
+            assert!(decode_common(&text).is_some(), "{text}");
+            assert_eq!(short(&text), Ok(msg));
+        }
+        for text in [
+            format!(r#"{{"id":"{id}","type":"started"}}"#),
+            format!(r#"{{"type":"started","id":"{id}","later":[1,{{"x":null}}]}}"#),
+            format!(
+                r#"{{"exit_code":1,"type":"exit","id":"{id}","duration_ms":2,"truncated":true,"timed_out":false}}"#
+            ),
+            format!(r#"{{"type":"exit","id":"{id}","exit_code":1,"duration_ms":2,"truncated":true}}"#),
+            r#"{"type":"started","id":"rm -rf /srv/secret-project"}"#.into(),
+            r#"{"type":"exit","id":"00000000-0000-0000-0000-000000000000","exit_code":"x"}"#.into(),
+            r#"{"type":"started","#.into(),
+        ] {
+            assert_eq!(short(&text), derived(&text), "{text}");
+        }
+    }
+
+    #[test]
     fn unknown_and_malformed_messages_are_errors() {
         for bad in [
             "",
@@ -609,6 +677,7 @@ mod tests {
         #[test]
         fn decoding_never_panics(s in "\\PC{0,200}") {
             let _ = decode::<AgentMessage>(&s);
+            let _ = AgentMessage::decode(&s);
             let _ = decode::<RelayMessage>(&s);
         }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
+use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -22,6 +23,13 @@ use crate::protocol::files::{FrameKind, decode_frame};
 /// idle agent cost the relay 140 KiB (9 KiB now, all told; BENCHMARKS.md).
 /// Longer frames (output) still arrive whole, in more reads.
 const READ_BUFFER: usize = 2 * 1024;
+
+/// Frames queued for a daemon that are written together at most.
+const SEND_BATCH: usize = 16;
+
+/// Bytes of queued frames gathered before a write even without a flush: a
+/// batch of commands fits; file chunks (128 KiB) are written one by one.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// How long a fresh connection has to say hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -41,9 +49,13 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let client = state.config.proxies.client_ip(peer.ip(), &headers);
-    // Every frame is flushed as it is sent, so nothing gathers in a write buffer.
-    let ws =
-        ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).read_buffer_size(READ_BUFFER).write_buffer_size(0);
+    // Frames queued together are written together (`send_queued`), and
+    // flushed before the link waits again: nothing stays in a write buffer.
+    let ws = ws
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BATCH_BYTES);
     ws.on_upgrade(move |socket| async move {
         if let Err(e) = run(state, socket, client).await {
             tracing::info!(%peer, "agent link ended: {e:#}");
@@ -125,12 +137,10 @@ async fn pump(
             _ = state.shutdown.cancelled() => return close(socket, "relay shutting down").await,
             _ = conn.replaced.cancelled() => return close(socket, "replaced by a newer connection of this agent").await,
             Some(frame) = rx.recv() => {
-                let frame = match frame {
-                    Frame::Text(text) => Message::Text(text.into()),
-                    Frame::Binary(bytes) => Message::Binary(bytes.into()),
-                };
                 // A daemon that stops reading must not make the relay queue for it forever.
-                timeout(silence, socket.send(frame)).await.map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
+                timeout(silence, send_queued(socket, frame, rx))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
             }
             _ = tokio::time::sleep_until(last_rx + silence) => anyhow::bail!("silent for {silence:?}"),
             frame = socket.recv() => {
@@ -148,7 +158,7 @@ async fn pump(
 }
 
 async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest, text: &str) {
-    match agent::decode::<AgentMessage>(text) {
+    match AgentMessage::decode(text) {
         Ok(AgentMessage::Operator { req, op }) => {
             // Boxed like every wait on the store (see `run`): rare, and large.
             let outcome = Box::pin(super::operator::handle(state, conn, code_hash, op)).await;
@@ -296,6 +306,25 @@ async fn close(socket: &mut WebSocket, why: &'static str) -> anyhow::Result<()> 
     let frame = CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: Utf8Bytes::from_static(why) };
     let _ = socket.send(Message::Close(Some(frame))).await;
     Ok(())
+}
+
+/// Writes `first` and what is queued behind it (commands sent to this
+/// daemon at the same moment) together: one write, one wake-up for the daemon.
+async fn send_queued(
+    socket: &mut WebSocket,
+    first: Frame,
+    rx: &mut mpsc::UnboundedReceiver<Frame>,
+) -> Result<(), axum::Error> {
+    let message = |frame| match frame {
+        Frame::Text(text) => Message::Text(text.into()),
+        Frame::Binary(bytes) => Message::Binary(bytes.into()),
+    };
+    socket.feed(message(first)).await?;
+    for _ in 1..SEND_BATCH {
+        let Ok(frame) = rx.try_recv() else { break };
+        socket.feed(message(frame)).await?;
+    }
+    socket.flush().await
 }
 
 fn text(msg: &RelayMessage) -> Message {
