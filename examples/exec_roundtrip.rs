@@ -8,7 +8,9 @@
 //!
 //! With a PostgreSQL and a NATS URL after the count, two relays share them
 //! (README, "Scaling out"): the daemon on the first, and `true` timed through
-//! the first and, routed over NATS, through the second.
+//! the first and, routed over NATS, through the second. Then the daemon stops
+//! and the second relay's refusal (503 `agent_offline`: NATS says no relay
+//! answers for the machine) is timed as often.
 //!
 //! ```sh
 //! cargo run --release --example exec_roundtrip -- 500 postgres://aic@127.0.0.1/aic nats://127.0.0.1:4222
@@ -35,29 +37,29 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
 
-    let mut relays = Vec::new();
-    for _ in 0..if cluster.is_some() { 2 } else { 1 } {
-        let mut config = relay::Config::new(dir.path().join("relay"));
-        config.rate_limit = 0;
-        config.database_url = cluster.as_ref().map(|(db, _)| db.clone());
-        config.nats_url = cluster.as_ref().map(|(_, nats)| nats.clone());
-        let state = AppState::open(config, None, shutdown.clone()).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        relays.push((listener.local_addr()?, tokio::spawn(relay::serve(listener, state))));
-    }
+    let relays = start_relays(dir.path(), cluster.as_ref(), &shutdown).await?;
     let addr = relays[0].0;
 
     let state_dir = dir.path().join("daemon");
     let mut config = daemon::Config::new(format!("ws://{addr}"), state_dir.clone(), state_dir.join("aic.sock"));
     config.mode = Some(Mode::Auto);
     let (tx, mut status) = watch::channel(LinkStatus::default());
-    let daemon = tokio::spawn(daemon::run(config, tx, shutdown.clone()));
+    let daemon_stop = CancellationToken::new();
+    let mut daemon = Some(tokio::spawn(daemon::run(config, tx, daemon_stop.clone())));
     let code = status.wait_for(|s| s.connected).await?.code.expect("a code");
 
     let body = serde_json::json!({"code": code.to_string(), "command": "true"});
     let through_relay = time_exec(&format!("http://{addr}/api/v1/exec"), &body, runs).await?;
     let through_two = match relays.get(1) {
         Some((other, _)) => Some(time_exec(&format!("http://{other}/api/v1/exec"), &body, runs).await?),
+        None => None,
+    };
+    let refused = match relays.get(1) {
+        Some((other, _)) => {
+            daemon_stop.cancel();
+            daemon.take().expect("the daemon runs").await??;
+            Some(time_refusals(&format!("http://{other}"), &code.to_string(), runs).await?)
+        }
         None => None,
     };
     let mut spawn_only = Vec::with_capacity(runs);
@@ -71,15 +73,43 @@ async fn main() -> anyhow::Result<()> {
     if let Some(two) = through_two {
         println!("  through two relays:  {}", percentiles(two));
     }
+    if let Some(refused) = refused {
+        println!("  offline, refused:    {}", percentiles(refused));
+    }
     println!("  sh -c true directly: {}", percentiles(spawn_only));
 
     shutdown.cancel();
+    daemon_stop.cancel();
     for (_, relay) in relays {
         relay.await??;
     }
-    daemon.await??;
+    if let Some(daemon) = daemon {
+        daemon.await??;
+    }
     Ok(())
 }
+
+/// One relay on SQLite in `dir`, or two on the PostgreSQL and NATS of `cluster`.
+async fn start_relays(
+    dir: &std::path::Path,
+    cluster: Option<&(String, String)>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<(std::net::SocketAddr, Relay)>> {
+    let mut relays = Vec::new();
+    for _ in 0..if cluster.is_some() { 2 } else { 1 } {
+        let mut config = relay::Config::new(dir.join("relay"));
+        config.rate_limit = 0;
+        config.database_url = cluster.map(|(db, _)| db.clone());
+        config.nats_url = cluster.map(|(_, nats)| nats.clone());
+        let state = AppState::open(config, None, shutdown.clone()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        relays.push((listener.local_addr()?, tokio::spawn(relay::serve(listener, state))));
+    }
+    Ok(relays)
+}
+
+/// A relay serving in a task of its own.
+type Relay = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// `body` posted to `url` `runs` times on one kept-alive connection, after 20 to warm up.
 async fn time_exec(url: &str, body: &serde_json::Value, runs: usize) -> anyhow::Result<Vec<Duration>> {
@@ -94,6 +124,31 @@ async fn time_exec(url: &str, body: &serde_json::Value, runs: usize) -> anyhow::
         assert!(resp.status().is_success());
         resp.bytes().await?;
         samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// `true` for the machine `code`, whose daemon has stopped, posted to the relay
+/// at `base` `runs` times (once its status says offline): each must be refused
+/// with 503 `agent_offline`.
+async fn time_refusals(base: &str, code: &str, runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let status = format!("{base}/api/v1/status/{code}");
+    while client.get(&status).send().await?.json::<serde_json::Value>().await?["online"] == true {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = serde_json::json!({"code": code, "command": "true"});
+    let url = format!("{base}/api/v1/exec");
+    let mut samples = Vec::with_capacity(runs);
+    for n in 0..runs + 20 {
+        let started = Instant::now();
+        let resp = client.post(&url).json(&body).send().await?;
+        let (code, body) = (resp.status(), resp.bytes().await?);
+        let elapsed = started.elapsed();
+        anyhow::ensure!(code == 503, "expected 503 agent_offline, got {code}: {}", String::from_utf8_lossy(&body));
+        if n >= 20 {
+            samples.push(elapsed);
+        }
     }
     Ok(samples)
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use aic::protocol::SessionCode;
 use aic::protocol::control::{Event, Op};
+use aic::relay::presence;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -127,8 +128,12 @@ async fn a_machine_no_relay_holds_is_offline_at_once() {
     let asked = Instant::now();
     let (status, body) = exec_as(&b, None, &code.to_string(), "true").await;
     assert_eq!((status, body["reason"].as_str()), (503, Some("agent_offline")), "{body}");
-    // The issue asks for 100 ms; bounded generously here, as a shared CI machine needs.
-    assert!(asked.elapsed() < Duration::from_secs(2), "took {:?}", asked.elapsed());
+    // Relay B's request to the machine's subject would wait ASK_TIMEOUT (10 s)
+    // for an answer; the refusal comes from NATS saying at once that nobody
+    // listens there. A tenth of the timeout tells the two apart even on a
+    // loaded CI machine (the issue's 100 ms is measured in BENCHMARKS.md).
+    let timeout = aic::relay::cluster::ASK_TIMEOUT;
+    assert!(asked.elapsed() < timeout / 10, "took {:?}: a timeout, not no responders", asked.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -228,10 +233,11 @@ async fn nats_carries_no_code_and_command_text_only_in_exec_and_output() {
     let body = run(&b, code, &format!("echo {canary}")).await;
     assert_eq!(body["stdout"], format!("{canary}\n"));
     tap.flush().await.unwrap();
-    let mut seen = 0;
+    let (mut seen, mut presence) = (0, 0);
     let code_text = code.to_string();
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), all.next()).await {
         seen += 1;
+        presence += usize::from(msg.subject.starts_with("$KV.aic_presence."));
         let payload = String::from_utf8_lossy(&msg.payload);
         assert!(!msg.subject.contains(&code_text) && !payload.contains(&code_text), "a code in {}", msg.subject);
         assert!(!msg.subject.contains(canary), "the command in a subject: {}", msg.subject);
@@ -242,6 +248,7 @@ async fn nats_carries_no_code_and_command_text_only_in_exec_and_output() {
         }
     }
     assert!(seen > 0, "the tap saw the traffic");
+    assert!(presence > 0, "the tap saw the presence bucket's traffic");
     daemon.stop().await;
 }
 
@@ -255,6 +262,12 @@ async fn routing_resumes_after_nats_restarts() {
     site.nats.restart();
     until_online(&b, code, true).await;
     assert_eq!(run(&b, code, "echo again").await["stdout"], "again\n");
+    // The bucket lives in memory: the holding relay makes it again at its next refresh.
+    let restarted = Instant::now();
+    while presence_entry(&site, code).await.is_none() {
+        assert!(restarted.elapsed() < presence::REFRESH * 3, "no presence entry since NATS restarted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     daemon.stop().await;
 }
 
@@ -519,10 +532,77 @@ async fn doctor_checks_postgres_and_nats() {
     assert!(ok, "{said}");
     assert!(said.contains(&format!("PostgreSQL at {} answers", site.pg.url())), "{said}");
     assert!(said.contains(&format!("{} answers", site.nats.url())), "{said}");
+    assert!(said.contains("with JetStream (presence bucket aic_presence)"), "{said}");
     let port = servers::free_port();
     let (ok, said) =
         doctor(format!("postgres://aic:hunter2@127.0.0.1:{port}/x"), format!("nats://127.0.0.1:{port}")).await;
     assert!(!ok, "{said}");
     assert!(said.contains("check --database-url") && said.contains("check --nats-url"), "{said}");
     assert!(!said.contains("hunter2"), "{said}");
+}
+
+/// The presence bucket's entry for the machine behind `code`, read as another
+/// NATS client would; `None` too when there is no bucket.
+async fn presence_entry(site: &Site, code: SessionCode) -> Option<String> {
+    let nats = async_nats::connect(site.nats.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(nats).get_key_value(presence::BUCKET).await.ok()?;
+    let key = presence::key(&site.relays[0].state.keys.code_hash(&code));
+    kv.get(key).await.unwrap().map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// `GET /api/v1/machines` on `relay` as `key`: each machine's alias and whether it is online.
+async fn listed(relay: &str, key: &str) -> Vec<(String, bool)> {
+    let resp = within("machines", client().get(format!("{relay}/api/v1/machines")).bearer_auth(key).send()).await;
+    let body: Value = resp.unwrap().json().await.unwrap();
+    let machines = body["machines"].as_array().unwrap_or_else(|| panic!("{body}"));
+    machines.iter().map(|m| (m["alias"].as_str().unwrap().to_owned(), m["online"] == true)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_and_listing_on_any_relay_come_from_the_presence_bucket() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let c = site.relays[2].http();
+    // Noted before the daemon heard it was accepted: no wait here.
+    assert!(says_online(&c, code).await, "relay C does not see the machine the moment it connects to A");
+    let entry = presence_entry(&site, code).await.expect("no presence entry while the link lasts");
+    assert!(!entry.contains(&code.to_string()), "a code in the presence entry");
+    let key = site.relays[0].account("list@example.com").await;
+    assert_eq!(exec_as(&c, Some(&key), &code.to_string(), "true").await.0, 200, "the first use links the account");
+    let alias = listed(&c, &key).await[0].0.clone();
+    assert_eq!(listed(&c, &key).await, [(alias.clone(), true)]);
+
+    daemon.stop().await;
+    // Deleted as the link leaves, well before the entry could have expired.
+    let left = Instant::now();
+    until_online(&c, code, false).await;
+    assert!(left.elapsed() < presence::MAX_AGE / 3, "offline only after {:?}: expired, not deleted", left.elapsed());
+    assert_eq!(presence_entry(&site, code).await, None);
+    assert_eq!(listed(&c, &key).await, [(alias, false)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_relays_machines_go_offline_within_the_presence_max_age() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let mut holder = relay_process(&site).await;
+    let daemon = TestDaemon::start(&holder.ws(), &site.dir.path().join("daemon-killed")).await;
+    let code = daemon.code();
+    let c = site.relays[2].http();
+    assert!(says_online(&c, code).await);
+    holder.child.start_kill().unwrap();
+    let _ = holder.child.wait().await;
+    let killed = Instant::now();
+    // Nobody deletes the entry of a relay killed outright: it expires, at
+    // most MAX_AGE after its last refresh (which came before the kill).
+    while says_online(&c, code).await {
+        assert!(
+            killed.elapsed() < presence::MAX_AGE + Duration::from_secs(5),
+            "still online after {:?}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(presence_entry(&site, code).await, None);
+    daemon.stop().await;
 }

@@ -84,7 +84,7 @@ async fn machines_round_trip(store: &Store) {
     let other = store.insert_agent(&[21; 32], &[0; 32], 10, &info).await.unwrap();
     accounts::create_link(store, other, account.id, "cache", LinkState::Pending, 30).await.unwrap();
     let hub = aic::relay::hub::Hub::default();
-    let listed = machines::list(store, &hub, account.id).await.unwrap();
+    let listed = machines::list(store, &hub, None, account.id).await.unwrap();
     let seen: Vec<_> = listed.iter().map(|m| (m.alias.as_str(), m.link, m.online, m.os.as_str())).collect();
     assert_eq!(seen, [("cache", LinkState::Pending, false, "linux"), ("db", LinkState::Active, false, "linux")]);
     machines::rename(store, account.id, "DB", "db-primary").await.unwrap();
@@ -92,7 +92,8 @@ async fn machines_round_trip(store: &Store) {
     assert!(matches!(taken, RenameError::Taken(_)), "{taken}");
     let missing = machines::rename(store, account.id, "nope", "x").await.unwrap_err();
     assert!(matches!(missing, RenameError::NotFound(_)), "{missing}");
-    let names: Vec<_> = machines::list(store, &hub, account.id).await.unwrap().into_iter().map(|m| m.alias).collect();
+    let names: Vec<_> =
+        machines::list(store, &hub, None, account.id).await.unwrap().into_iter().map(|m| m.alias).collect();
     assert_eq!(names, ["cache", "db-primary"]);
 }
 

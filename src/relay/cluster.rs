@@ -11,9 +11,11 @@
 //! ahead of the caller's acknowledgements (core NATS has no flow control and
 //! drops on a slow consumer, so the holder never runs ahead), with heartbeats
 //! both ways: a holder silent for [`SILENCE`] fails the caller's request; a
-//! caller silent as long gets its command cancelled. Only the exec request
-//! and its output frames carry command text or output, and nothing in NATS
-//! keeps them (no JetStream).
+//! caller silent as long gets its command cancelled. Which machines some
+//! relay holds is noted in a JetStream KV bucket ([`super::presence`]), for
+//! status and listing. Only the exec request and its output frames carry
+//! command text or output, and nothing in NATS keeps them (no JetStream
+//! stream holds them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::hub::{AgentConn, Exec, ExecEvent, ExecLink, Issuer, Progress, Revocation, StartError};
 use super::keys::Digest;
 use super::metrics::Metrics;
+use super::presence::{self, Presence};
 use crate::protocol::agent::{ExecRequest, ExitStatus, Refusal, Stream};
 
 /// Output frames a holder sends past the caller's last acknowledgement at most.
@@ -41,7 +44,11 @@ pub const CHUNK: usize = 64 * 1024;
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// Silence from the other side after which a command is given up.
 pub const SILENCE: Duration = Duration::from_secs(12);
-/// How long a status lookup waits for the holding relay.
+/// How long a command's request waits for the holding relay's answer. A
+/// machine no relay holds is refused long before: NATS says at once that the
+/// subject has no responders.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a status lookup waits for the holding relay (without presence in KV).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The queue group all relays' agent subscriptions join.
 const QUEUE: &str = "aic-relays";
@@ -134,8 +141,11 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     /// How long past its timeout a command may run (the links' grace).
     grace: Duration,
-    /// This relay among the others, for the limits it shares.
+    /// This relay among the others, for the limits it shares and the presence it notes.
     instance: String,
+    /// Which machines the relays hold; `None` when NATS has no JetStream,
+    /// and status then asks the holding relay.
+    presence: Option<Presence>,
 }
 
 impl Cluster {
@@ -143,26 +153,40 @@ impl Cluster {
     pub async fn connect(url: &str, metrics: Arc<Metrics>, grace: Duration) -> anyhow::Result<Arc<Self>> {
         let client = async_nats::ConnectOptions::new()
             .name("aic-relay")
+            .request_timeout(Some(ASK_TIMEOUT))
             .connect(url)
             .await
             .with_context(|| format!("connecting to NATS at {url}; is nats-server running there?"))?;
         let instance = uuid::Uuid::new_v4().to_string();
-        Ok(Arc::new(Self { client, held: Mutex::default(), metrics, grace, instance }))
+        let presence = Presence::open(&client)
+            .await
+            .map_err(|e| {
+                tracing::warn!(
+                    "no presence bucket in NATS ({e}; run nats-server with -js): status and listing ask the \
+                     holding relay instead"
+                )
+            })
+            .ok();
+        Ok(Arc::new(Self { client, held: Mutex::default(), metrics, grace, instance, presence }))
     }
 
-    /// Answers for `conn` on its code's subject until [`Cluster::release`] (or a newer hold).
+    /// Answers for `conn` on its code's subject, and notes it in the presence
+    /// bucket, until [`Cluster::release`] (or a newer hold).
     pub async fn hold(self: &Arc<Self>, code_hash: Digest, conn: Arc<AgentConn>) {
         let subscriber = match self.client.queue_subscribe(subject(&code_hash), QUEUE.into()).await {
             Ok(s) => s,
             Err(e) => return tracing::error!(agent = conn.agent_id, "subscribing for the agent on NATS: {e}"),
         };
         let _ = self.client.flush().await;
+        // Noted before the daemon hears it is accepted, as the hub has it.
+        let key = presence::key(&code_hash);
+        let revision = self.note_present(&key).await;
         let stop = CancellationToken::new();
         let old = self.held.lock().unwrap().insert(code_hash, (conn.conn_id, stop.clone()));
         if let Some((_, old)) = old {
             old.cancel();
         }
-        tokio::spawn(Arc::clone(self).listen(subscriber, conn, stop));
+        tokio::spawn(Arc::clone(self).listen(subscriber, conn, stop, (key, revision)));
     }
 
     /// Stops answering for the link `conn_id` on `code_hash` (gone, or moved to a new code).
@@ -175,10 +199,20 @@ impl Cluster {
         }
     }
 
-    async fn listen(self: Arc<Self>, mut subscriber: Subscriber, conn: Arc<AgentConn>, stop: CancellationToken) {
+    /// Answers asks for `conn` and keeps its presence entry (`key`, at the
+    /// revision noted last) fresh, until `stop`; then deletes the entry.
+    async fn listen(
+        self: Arc<Self>,
+        mut subscriber: Subscriber,
+        conn: Arc<AgentConn>,
+        stop: CancellationToken,
+        (key, mut revision): (String, Option<u64>),
+    ) {
+        let mut refresh = tokio::time::interval_at(Instant::now() + presence::REFRESH, presence::REFRESH);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = refresh.tick() => revision = self.note_present(&key).await.or(revision),
                 msg = subscriber.next() => match msg {
                     Some(msg) => { tokio::spawn(Arc::clone(&self).answer(Arc::clone(&conn), msg)); }
                     None => break,
@@ -186,6 +220,14 @@ impl Cluster {
             }
         }
         let _ = subscriber.unsubscribe().await;
+        if let (Some(presence), Some(revision)) = (&self.presence, revision) {
+            presence.forget(&key, revision).await;
+        }
+    }
+
+    /// Notes (again) that this relay holds the machine behind `key`: the entry's revision.
+    async fn note_present(&self, key: &str) -> Option<u64> {
+        self.presence.as_ref()?.note(key, &self.instance).await
     }
 
     /// One ask from another relay, for the link `conn`.
@@ -283,8 +325,14 @@ impl Cluster {
         self.publish(subject(code_hash), json(&Ask::AccountsChanged)).await;
     }
 
-    /// Whether some relay holds the link of the machine behind `code_hash`.
+    /// Whether some relay holds the link of the machine behind `code_hash`:
+    /// its presence entry or, if the bucket cannot be read, whether a holder answers.
     pub async fn online(&self, code_hash: &Digest) -> bool {
+        if let Some(presence) = &self.presence
+            && let Some(held) = presence.held(&presence::key(code_hash)).await
+        {
+            return held;
+        }
         let ask = self.client.request(subject(code_hash), json(&Ask::Probe).into());
         match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
             Ok(Ok(reply)) => matches!(serde_json::from_slice(&reply.payload), Ok(Answer::Here)),

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::keys::SECRET_FILE;
+use super::presence::{self, Presence};
 use super::store::DB_FILE;
 use crate::doctor::{self, Check, Problem, Report};
 
@@ -60,20 +61,24 @@ async fn database(data_dir: &Path, url: Option<&str>) -> Check {
     }
 }
 
-/// The NATS server at `url` takes a connection.
+/// The NATS server at `url` takes a connection and has JetStream, for the presence bucket.
 async fn nats(url: &str) -> Check {
     // A URL with credentials is not repeated.
-    let url = if url.contains('@') { "the NATS server" } else { url };
-    match tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await {
-        Ok(Ok(_)) => Ok(format!("{url} answers")),
-        Ok(Err(e)) => Err(Problem::new(
-            format!("cannot connect to {url}: {e}"),
-            "check --nats-url, and that nats-server runs there",
-        )),
-        Err(_) => Err(Problem::new(
-            format!("{url} did not answer within 5 s"),
-            "check --nats-url, and that nats-server runs there",
-        )),
+    let shown = if url.contains('@') { "the NATS server" } else { url };
+    let fix = "check --nats-url, and that nats-server runs there";
+    let client = match tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(Problem::new(format!("cannot connect to {shown}: {e}"), fix)),
+        Err(_) => return Err(Problem::new(format!("{shown} did not answer within 5 s"), fix)),
+    };
+    let no_presence = |why: String| {
+        let fix = "run nats-server with -js (JetStream); without it, status and listing ask the holding relay";
+        Err(Problem::new(format!("{shown} answers but keeps no presence bucket: {why}"), fix))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), Presence::open(&client)).await {
+        Ok(Ok(_)) => Ok(format!("{shown} answers, with JetStream (presence bucket {})", presence::BUCKET)),
+        Ok(Err(e)) => no_presence(e),
+        Err(_) => no_presence("JetStream did not answer within 5 s".into()),
     }
 }
 

@@ -20,6 +20,7 @@ use sqlx::Row;
 use super::AppState;
 use super::access::{self, Caller};
 use super::accounts::Account;
+use super::cluster::Cluster;
 use super::error::{ApiError, ErrorBody, Reason};
 use super::hub::Hub;
 use super::store::Store;
@@ -83,8 +84,14 @@ command with its session code (AIC-XXXX-XXXX-XXXX, from the machine's operator).
     }
 }
 
-/// The machines linked to `account_id`, by alias, online as `hub` sees them now.
-pub async fn list(store: &Store, hub: &Hub, account_id: i64) -> anyhow::Result<Vec<Machine>> {
+/// The machines linked to `account_id`, by alias, online as `hub` sees them
+/// now or, for a link held by another relay, as the `cluster`'s presence says.
+pub async fn list(
+    store: &Store,
+    hub: &Hub,
+    cluster: Option<&Cluster>,
+    account_id: i64,
+) -> anyhow::Result<Vec<Machine>> {
     let rows = sqlx::query(
         "SELECT l.alias, l.state, l.linked_at, l.last_used_at, a.agent_info, a.code_hash
          FROM links l JOIN agents a ON a.id = l.agent_id WHERE l.account_id = $1 ORDER BY LOWER(l.alias)",
@@ -92,24 +99,27 @@ pub async fn list(store: &Store, hub: &Hub, account_id: i64) -> anyhow::Result<V
     .bind(account_id)
     .fetch_all(store.pool())
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let info: AgentInfo = serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default();
-            let hash: Vec<u8> = r.get(5);
-            let online = <[u8; 32]>::try_from(hash.as_slice()).is_ok_and(|h| hub.get(&h).is_some());
-            Machine {
-                alias: r.get(0),
-                hostname: info.hostname,
-                os: info.os,
-                arch: info.arch,
-                online,
-                link: parse_state(r.get::<&str, _>(1)),
-                linked_ms: r.get(2),
-                last_used_ms: r.get(3),
-            }
-        })
-        .collect())
+    let mut machines = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let info: AgentInfo = serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default();
+        let hash: Vec<u8> = r.get(5);
+        let online = match (<[u8; 32]>::try_from(hash.as_slice()), cluster) {
+            (Ok(h), _) if hub.get(&h).is_some() => true,
+            (Ok(h), Some(cluster)) => cluster.online(&h).await,
+            _ => false,
+        };
+        machines.push(Machine {
+            alias: r.get(0),
+            hostname: info.hostname,
+            os: info.os,
+            arch: info.arch,
+            online,
+            link: parse_state(r.get::<&str, _>(1)),
+            linked_ms: r.get(2),
+            last_used_ms: r.get(3),
+        });
+    }
+    Ok(machines)
 }
 
 /// A stored state word as a state; an unknown word reads as blocked, as in the access rules.
@@ -195,7 +205,7 @@ fn internal(e: anyhow::Error) -> ApiError {
 /// The caller's machines.
 pub async fn list_for(state: &AppState, caller: &Caller) -> Result<MachineList, ApiError> {
     let account = account(caller)?;
-    let machines = list(&state.store, &state.hub, account.id).await.map_err(internal)?;
+    let machines = list(&state.store, &state.hub, state.cluster.as_deref(), account.id).await.map_err(internal)?;
     Ok(MachineList { ok: true, machines })
 }
 
@@ -264,7 +274,7 @@ pub async fn patch_machine(
         RenameError::Taken(_) => ApiError::new(StatusCode::CONFLICT, Reason::Exists, e.to_string()),
         RenameError::Store(e) => internal(e),
     })?;
-    let machines = list(&state.store, &state.hub, account.id).await.map_err(internal)?;
+    let machines = list(&state.store, &state.hub, state.cluster.as_deref(), account.id).await.map_err(internal)?;
     let renamed = machines.into_iter().find(|m| m.alias.eq_ignore_ascii_case(params.alias.trim()));
     Ok(Json(renamed).into_response())
 }

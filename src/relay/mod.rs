@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod oauth;
 mod operator;
 pub mod origin;
+pub mod presence;
 pub mod raw;
 pub mod signin;
 pub mod status;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::AppState;
 use super::access::{self, Caller};
 use super::error::ApiError;
+use super::keys::Digest;
 use crate::protocol::agent::AgentInfo;
 
 /// The body of `GET /api/v1/status/{code}` (and the MCP tool's structured result).
@@ -41,6 +42,19 @@ pub async fn lookup(state: &AppState, caller: &Caller, code: &str) -> Result<Sta
         fresh_minutes: target.fresh_minutes(state),
         agent_info: target.info,
     })
+}
+
+/// Whether the machine behind the keyed hash `code_hash` is online: its link
+/// held here or, in a cluster, by another relay (the presence bucket says).
+pub async fn online(state: &AppState, code_hash: &[u8]) -> bool {
+    let Ok(code_hash) = Digest::try_from(code_hash) else { return false };
+    if state.hub.get(&code_hash).is_some() {
+        return true;
+    }
+    match &state.cluster {
+        Some(cluster) => cluster.online(&code_hash).await,
+        None => false,
+    }
 }
 
 impl StatusBody {

@@ -17,8 +17,7 @@ use super::page::{Page, esc, form};
 use crate::duration::utc;
 use crate::protocol::agent::AgentInfo;
 use crate::relay::accounts::{self, LinkState, Profile, RenameError};
-use crate::relay::keys::Digest;
-use crate::relay::{now_ms, signin};
+use crate::relay::{now_ms, signin, status};
 
 /// The signed-in account, or the answer that sends the browser to sign in.
 async fn signed_in(web: &Web, headers: &HeaderMap) -> Result<(i64, Profile), Response> {
@@ -71,13 +70,17 @@ pub async fn show(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q): Que
         Ok(listed) => listed,
         Err(e) => return internal(e),
     };
+    let mut online = Vec::with_capacity(machines.len());
+    for m in &machines {
+        online.push(status::online(&web.state, &m.code_hash).await);
+    }
     let mut page = Page::new("Your account");
     if let Some(text) = note_text(q.note.as_deref()) {
         page = page.raw(&format!("<p class=\"note\">{}</p>", esc(text)));
     }
     page.raw(&account_section(&profile))
         .raw(&keys_section(&keys))
-        .raw(&machines_section(&web, &machines))
+        .raw(&machines_section(&machines, &online))
         .raw(&reactivation_section(&profile))
         .html()
         .into_response()
@@ -125,8 +128,8 @@ fn keys_section(keys: &[accounts::KeyRow]) -> String {
     )
 }
 
-fn machines_section(web: &Web, machines: &[accounts::Machine]) -> String {
-    let rows: String = machines.iter().map(|m| machine_row(web, m)).collect();
+fn machines_section(machines: &[accounts::Machine], online: &[bool]) -> String {
+    let rows: String = machines.iter().zip(online).map(|(m, &online)| machine_row(m, online)).collect();
     let body = if rows.is_empty() {
         "<p>No machines yet. A machine is linked to your account the first time you run a command on it \
          with its session code and your key or sign-in.</p>"
@@ -140,9 +143,8 @@ fn machines_section(web: &Web, machines: &[accounts::Machine]) -> String {
     format!("<section><h2>Machines</h2>{body}</section>")
 }
 
-fn machine_row(web: &Web, m: &accounts::Machine) -> String {
+fn machine_row(m: &accounts::Machine, online: bool) -> String {
     let info: AgentInfo = serde_json::from_str(&m.agent_info).unwrap_or_default();
-    let online = <Digest>::try_from(m.code_hash.as_slice()).ok().and_then(|h| web.state.hub.get(&h)).is_some();
     let state = match m.link.state {
         LinkState::Active => "active",
         LinkState::Pending => "pending (waits for the machine's operator to approve)",
