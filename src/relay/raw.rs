@@ -116,7 +116,13 @@ impl Live {
                 Some(ExecEvent::Exit(exit)) => {
                     self.done = true;
                     let exit = ExitStatus { truncated: exit.truncated || self.truncated, ..exit };
-                    return Some((self.end(exit), self));
+                    let end = self.end(exit);
+                    if end.is_err() {
+                        // Once more round the server's loop first, so that what
+                        // was sent goes out before the connection is cut.
+                        tokio::task::yield_now().await;
+                    }
+                    return Some((end, self));
                 }
                 other => {
                     self.done = true;
@@ -124,6 +130,7 @@ impl Live {
                         Err(e) => e.message,
                         Ok(_) => "the command's output ended unexpectedly".into(),
                     };
+                    tokio::task::yield_now().await;
                     return Some((Err(std::io::Error::other(why)), self));
                 }
             }
