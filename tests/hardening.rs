@@ -127,7 +127,8 @@ async fn output_past_the_link_budget_is_dropped_and_that_command_cancelled() {
     let b = next_exec(&mut ws).await;
 
     output(&mut ws, a.id, vec![b'a'; 60_000]).await;
-    output(&mut ws, b.id, vec![b'b'; 60_000]).await;
+    // More than the budget in one chunk, whatever the other caller has taken.
+    output(&mut ws, b.id, vec![b'b'; 120_000]).await;
     assert_eq!(recv(&mut ws).await, Some(RelayMessage::Cancel { id: b.id }), "the command over budget is stopped");
     exit(&mut ws, a.id).await;
     exit(&mut ws, b.id).await;

@@ -13,6 +13,8 @@ pub struct Conn {
     io: BufStream<TcpStream>,
     /// `Host` header value.
     host: String,
+    /// The trailers of the last chunked body read, as lines.
+    pub trailers: String,
 }
 
 /// A response: status and body.
@@ -31,13 +33,15 @@ impl Conn {
         socket.bind(SocketAddr::new(from, 0))?;
         let tcp = socket.connect(to).await.with_context(|| format!("connecting to {to}"))?;
         tcp.set_nodelay(true)?;
-        Ok(Self { io: BufStream::new(tcp), host: to.to_string() })
+        Ok(Self { io: BufStream::new(tcp), host: to.to_string(), trailers: String::new() })
     }
 
     /// Writes a POST of a JSON body.
     async fn send(&mut self, path: &str, body: &str, accept: &str) -> anyhow::Result<()> {
+        // Raw output tells how it ended in trailers, sent to those who ask.
+        let te = if accept == "application/octet-stream" { "te: trailers\r\n" } else { "" };
         let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: {accept}\r\ncontent-length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: {accept}\r\n{te}content-length: {}\r\n\r\n",
             self.host,
             body.len()
         );
@@ -92,8 +96,24 @@ impl Conn {
 
     /// POSTs `body` asking for an event stream; calls `each` with every chunk
     /// of the stream as it arrives. The status.
-    pub async fn stream(&mut self, path: &str, body: &str, mut each: impl FnMut(&[u8])) -> anyhow::Result<u16> {
-        self.send(path, body, "text/event-stream").await?;
+    pub async fn stream(&mut self, path: &str, body: &str, each: impl FnMut(&[u8])) -> anyhow::Result<u16> {
+        self.streamed(path, body, "text/event-stream", each).await
+    }
+
+    /// POSTs `body` asking for raw output; calls `each` with every chunk of
+    /// it as it arrives. The status; how it ended is in [`Self::trailers`].
+    pub async fn raw(&mut self, path: &str, body: &str, each: impl FnMut(&[u8])) -> anyhow::Result<u16> {
+        self.streamed(path, body, "application/octet-stream", each).await
+    }
+
+    async fn streamed(
+        &mut self,
+        path: &str,
+        body: &str,
+        accept: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> anyhow::Result<u16> {
+        self.send(path, body, accept).await?;
         let (status, length, chunked, _) = self.head().await?;
         if !chunked {
             let mut rest = vec![0; length.unwrap_or(0)];
@@ -112,9 +132,21 @@ impl Conn {
         let mut line = String::new();
         self.io.read_line(&mut line).await?;
         let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).context("a chunk size")?;
+        if size == 0 {
+            // The trailers, if any, then an empty line.
+            self.trailers.clear();
+            loop {
+                line.clear();
+                self.io.read_line(&mut line).await?;
+                if line.trim_end().is_empty() {
+                    return Ok(None);
+                }
+                self.trailers.push_str(&line);
+            }
+        }
         let mut data = vec![0; size + 2];
         self.io.read_exact(&mut data).await?;
         data.truncate(size);
-        Ok((size > 0).then_some(data))
+        Ok(Some(data))
     }
 }

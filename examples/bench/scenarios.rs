@@ -35,8 +35,11 @@ struct Figures {
     exec32: Samples,
     callers: Vec<(usize, Samples, f64)>,
     alone: (Samples, f64),
+    /// Raw output (`application/octet-stream`), one stream and two at once.
     stream1: f64,
     stream2: f64,
+    /// The same one stream as SSE events.
+    stream_sse: f64,
     ttfb: Samples,
     relay_empty_kib: u64,
     daemon_kib: u64,
@@ -91,7 +94,7 @@ async fn main_relay(plan: &Plan, dir: &Path, part: &Path, f: &mut Figures) -> an
         "--max-connections-per-ip",
         "19000",
         "--max-output",
-        "67108864",
+        "209715200",
         "--max-in-flight",
         "256",
     ];
@@ -112,7 +115,8 @@ async fn main_relay(plan: &Plan, dir: &Path, part: &Path, f: &mut Figures) -> an
         f.callers.push((callers, samples, per_sec));
     }
     if plan.wants("stream") {
-        (f.stream1, f.stream2, f.ttfb) = streaming(addr, &[&code, &code2], part, plan).await?;
+        (f.stream1, f.stream2, f.stream_sse) = streaming(addr, &[&code, &code2], part, plan).await?;
+        f.ttfb = first_output(addr, &code, plan).await?;
     }
     if plan.wants("alone") {
         f.alone = relay_alone(addr, plan).await?;
@@ -263,19 +267,25 @@ async fn concurrent(addr: SocketAddr, codes: &[String], callers: usize, per: usi
     Ok((all, per_sec))
 }
 
-/// Streams `cat part` through the SSE endpoint: bytes of output a second for
-/// one stream and for one stream per code at once, and the time to the first
-/// output event of `echo hi`.
-async fn streaming(addr: SocketAddr, codes: &[&str], part: &Path, plan: &Plan) -> anyhow::Result<(f64, f64, Samples)> {
+/// Streams `cat part` as raw output: bytes of output a second for one
+/// stream and for one stream per code at once; then one stream as SSE events.
+async fn streaming(addr: SocketAddr, codes: &[&str], part: &Path, plan: &Plan) -> anyhow::Result<(f64, f64, f64)> {
     let command = format!("cat {}", part.display());
-    let one = stream_reps(addr, codes[0], &command, plan).await?;
+    let rate = |(bytes, took): (u64, Duration)| bytes as f64 / took.as_secs_f64();
+    let one = stream_reps(addr, codes[0], &command, plan, true).await?;
     let started = Instant::now();
-    let all = codes.iter().map(|code| stream_reps(addr, code, &command, plan));
+    let all = codes.iter().map(|code| stream_reps(addr, code, &command, plan, true));
     let total: u64 = futures_util::future::try_join_all(all).await?.iter().map(|(bytes, _)| bytes).sum();
     let aggregate = total as f64 / started.elapsed().as_secs_f64();
+    let sse = stream_reps(addr, codes[0], &command, plan, false).await?;
+    Ok((rate(one), aggregate, rate(sse)))
+}
+
+/// The time to the first output event of `echo hi` on SSE.
+async fn first_output(addr: SocketAddr, code: &str, plan: &Plan) -> anyhow::Result<Samples> {
     let mut ttfb = Samples::default();
     let mut conn = Conn::open(addr, lo(0, 0, 1)).await?;
-    let echo = body(codes[0], "echo hi");
+    let echo = body(code, "echo hi");
     for i in 0..plan.runs.min(100) {
         progress("time to first byte", &format!("{i}"));
         let started = Instant::now();
@@ -288,36 +298,57 @@ async fn streaming(addr: SocketAddr, codes: &[&str], part: &Path, plan: &Plan) -
         .await?;
         ttfb.0.push(first.context("no output event")?);
     }
-    Ok((one.0 as f64 / one.1.as_secs_f64(), aggregate, ttfb))
+    Ok(ttfb)
 }
 
-/// `plan.stream_reps` streamed runs of `command` one after another; output
-/// bytes (the payload, not its encoding) and the time taken.
-async fn stream_reps(addr: SocketAddr, code: &str, command: &str, plan: &Plan) -> anyhow::Result<(u64, Duration)> {
+/// `plan.stream_reps` streamed runs of `command` one after another, raw or
+/// as SSE events; output bytes (the payload, not its encoding) and the time taken.
+async fn stream_reps(
+    addr: SocketAddr,
+    code: &str,
+    command: &str,
+    plan: &Plan,
+    raw: bool,
+) -> anyhow::Result<(u64, Duration)> {
     let mut conn = Conn::open(addr, lo(0, 0, 1)).await?;
     let body = body(code, command);
     let started = Instant::now();
     for rep in 0..plan.stream_reps {
-        progress("streaming", &format!("{code}: run {}/{}", rep + 1, plan.stream_reps));
-        // The result event repeats the output after its exit code: look there.
-        let (mut exited, mut tail) = (false, Vec::new());
-        let status = conn
-            .stream(EXEC, &body, |chunk| {
-                // Each event comes in a chunk of its own; only the result's head is looked at.
-                if chunk.starts_with(b"event: result") {
-                    exited = chunk.windows(12).take(200).any(|w| w == b"\"exitCode\":0");
-                }
-                let end = &chunk[chunk.len().saturating_sub(200)..];
-                tail.extend_from_slice(end);
-                tail.drain(..tail.len().saturating_sub(200));
-            })
-            .await?;
-        let tail = String::from_utf8_lossy(&tail);
-        if status != 200 || !exited || !tail.contains("\"truncated\":false") {
-            bail!("streaming {command} failed ({status}): {tail}");
+        let how = if raw { "raw" } else { "SSE" };
+        progress("streaming", &format!("{code} ({how}): run {}/{}", rep + 1, plan.stream_reps));
+        let done = if raw { raw_run(&mut conn, &body, plan).await? } else { sse_run(&mut conn, &body).await? };
+        if let Err(tail) = done {
+            bail!("streaming {command} ({how}) failed: {tail}");
         }
     }
     Ok((plan.stream_bytes * plan.stream_reps as u64, started.elapsed()))
+}
+
+/// One raw run: whether every byte came and the command exited 0 (else what came instead).
+async fn raw_run(conn: &mut Conn, body: &str, plan: &Plan) -> anyhow::Result<Result<(), String>> {
+    let mut bytes = 0u64;
+    let status = conn.raw(EXEC, body, |chunk| bytes += chunk.len() as u64).await?;
+    let ok = status == 200 && bytes == plan.stream_bytes && conn.trailers.contains("aic-exit-code: 0");
+    Ok(if ok { Ok(()) } else { Err(format!("{status}, {bytes} bytes, trailers {:?}", conn.trailers)) })
+}
+
+/// One SSE run: whether the result said exit 0, not truncated (else the stream's tail).
+async fn sse_run(conn: &mut Conn, body: &str) -> anyhow::Result<Result<(), String>> {
+    // The result event repeats the output after its exit code: look there.
+    let (mut exited, mut tail) = (false, Vec::new());
+    let status = conn
+        .stream(EXEC, body, |chunk| {
+            // Each event comes in a chunk of its own; only the result's head is looked at.
+            if chunk.starts_with(b"event: result") {
+                exited = chunk.windows(12).take(200).any(|w| w == b"\"exitCode\":0");
+            }
+            let end = &chunk[chunk.len().saturating_sub(200)..];
+            tail.extend_from_slice(end);
+            tail.drain(..tail.len().saturating_sub(200));
+        })
+        .await?;
+    let tail = String::from_utf8_lossy(&tail).into_owned();
+    Ok(if status == 200 && exited && tail.contains("\"truncated\":false") { Ok(()) } else { Err(tail) })
 }
 
 /// Simulated agents that answer at once, and 64 callers over them for
@@ -591,8 +622,9 @@ fn stream_rows(t: &mut Table, f: &Figures, ssh: Option<&ssh::SshFigures>) {
         }
         None => (String::new(), String::new()),
     };
-    t.add("output streaming, one stream (SSE)", mb(f.stream1), against, r, "");
-    t.add("output streaming, 2 streams on 2 daemons, aggregate", mb(f.stream2), "".into(), "".into(), "≥ 1 GB/s");
+    t.add("output streaming, one stream (raw)", mb(f.stream1), against, r, "");
+    t.add("output streaming, 2 streams on 2 daemons, aggregate (raw)", mb(f.stream2), "".into(), "".into(), "≥ 1 GB/s");
+    t.add("output streaming, one stream (SSE events)", mb(f.stream_sse), "".into(), "".into(), "");
     let ttfb = format!("{} / {}", ms(f.ttfb.p50()), ms(f.ttfb.p99()));
     t.add("time to first output event (SSE, `echo hi`): p50 / p99", ttfb, "".into(), "".into(), "");
     let (quiet, loud, flooded) = &f.flood;

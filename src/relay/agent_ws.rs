@@ -16,6 +16,7 @@ use super::keys::{self, Digest};
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
 };
+use crate::protocol::files::{FrameKind, decode_frame};
 
 /// What the WebSocket reads into at most per read, allocated per link when it
 /// opens and kept while it lives: the library's default (128 KiB) made an
@@ -150,11 +151,7 @@ async fn pump(
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(Message::Text(text))) => on_text(state, conn, code_hash, &text).await,
-                    Some(Ok(Message::Binary(bytes))) => {
-                        if let Err(e) = conn.files.frame(conn, &bytes) {
-                            conn.send(RelayMessage::Error { message: e.to_string() });
-                        }
-                    }
+                    Some(Ok(Message::Binary(bytes))) => on_binary(conn, &bytes),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
@@ -188,6 +185,20 @@ async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest
         Err(e) => {
             conn.send(RelayMessage::Error { message: e.to_string() });
         }
+    }
+}
+
+/// A binary frame from the daemon: a command's output, or a file's bytes.
+fn on_binary(conn: &Arc<AgentConn>, bytes: &[u8]) {
+    let routed = decode_frame(bytes).and_then(|frame| match frame.kind {
+        FrameKind::Stdout | FrameKind::Stderr => {
+            conn.output_frame(&frame);
+            Ok(())
+        }
+        FrameKind::FileData | FrameKind::FileEnd => conn.files.frame(conn, bytes),
+    });
+    if let Err(e) = routed {
+        conn.send(RelayMessage::Error { message: e.to_string() });
     }
 }
 

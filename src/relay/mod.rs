@@ -30,6 +30,7 @@ pub mod oauth;
 mod operator;
 pub mod origin;
 pub mod presence;
+pub mod raw;
 pub mod signin;
 pub mod status;
 pub mod store;
