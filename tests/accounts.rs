@@ -240,19 +240,25 @@ async fn a_code_reset_drops_every_link_and_the_old_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_guesses_hit_the_rate_limit_and_learn_nothing() {
+async fn guesses_hit_the_rate_limit_and_learn_nothing() {
     let site = Site::new(Duration::ZERO).await;
     let real = site.code();
     let mut answers = std::collections::HashMap::<(u16, Vec<u8>), usize>::new();
-    let mut retry_after = None;
+    let (mut retry_after, mut limited) = (None, 0);
+    // Guesses until a few are refused: one that keeps going past its 429s is
+    // answered more and more slowly (tests/hardening.rs).
     for i in 0..1000 {
-        let code = if i == 500 { real.clone() } else { SessionCode::generate().to_string() };
+        let code = if i == 60 { real.clone() } else { SessionCode::generate().to_string() };
         let resp = client().get(format!("{}/api/v1/status/{code}", site.relay.http())).send().await.unwrap();
         let status = resp.status().as_u16();
         if status == 429 {
             retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            limited += 1;
         }
         *answers.entry((status, resp.bytes().await.unwrap().to_vec())).or_default() += 1;
+        if limited == 5 {
+            break;
+        }
     }
     let statuses: Vec<u16> = answers.keys().map(|(s, _)| *s).collect();
     assert!(statuses.contains(&429), "{statuses:?}");
@@ -260,9 +266,10 @@ async fn a_thousand_guesses_hit_the_rate_limit_and_learn_nothing() {
     let others: Vec<_> = answers.keys().filter(|(s, _)| *s != 429).collect();
     assert_eq!(others.len(), 1, "every answer that was not 429 is the same bytes: {others:?}");
     assert_eq!(others[0].0, 403);
-    // 120 a minute, plus the few that trickle back in while the loop runs.
+    // 120 a minute, less the daemon's registration from the same address,
+    // plus the few that trickle back in while the loop runs.
     let allowed = answers[others[0]];
-    assert!((120..200).contains(&allowed), "{allowed} answered before the limit");
+    assert!((115..200).contains(&allowed), "{allowed} answered before the limit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

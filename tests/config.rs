@@ -70,7 +70,7 @@ fn relay_refuses_unknown_keys_and_bad_values() {
             "aic-relay: config file {typo}: unknown key `rate_limt`; expected one of listen, public_url, \
              data_dir, database_url, nats_url, anonymous_window, max_output, rate_limit, trusted_proxy, metrics_listen, tls_cert, tls_key, \
              max_connections, max_connections_per_ip, header_timeout, registrations_per_day, mcp_output_max, \
-             mcp_sessions_per_client, max_file, max_in_flight"
+             mcp_sessions_per_client, max_file, max_in_flight, smtp_url, mail_from"
         )
     );
     let bad = write(dir.path(), "bad.toml", "rate_limit = \"many\"\n");
@@ -99,6 +99,16 @@ fn relay_refuses_unknown_keys_and_bad_values() {
 }
 
 /// The host `aic-daemon run` refuses to send its token to in plain text: it names the relay it chose.
+#[test]
+fn relay_takes_its_mail_settings_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "relay.toml", "smtp_url = \"smtp://127.0.0.1:1\"\n");
+    let data = dir.path().join("data");
+    let out = relay(&["--config", &file, "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--smtp-url needs --mail-from"), "{}", stderr(&out));
+}
+
 fn relay_chosen(args: &[&str], envs: &[(&str, &str)]) -> String {
     let out = daemon(args, envs);
     assert_eq!(out.status.code(), Some(1));

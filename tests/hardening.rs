@@ -127,7 +127,8 @@ async fn output_past_the_link_budget_is_dropped_and_that_command_cancelled() {
     let b = next_exec(&mut ws).await;
 
     output(&mut ws, a.id, vec![b'a'; 60_000]).await;
-    output(&mut ws, b.id, vec![b'b'; 60_000]).await;
+    // More than the budget in one chunk, whatever the other caller has taken.
+    output(&mut ws, b.id, vec![b'b'; 120_000]).await;
     assert_eq!(recv(&mut ws).await, Some(RelayMessage::Cancel { id: b.id }), "the command over budget is stopped");
     exit(&mut ws, a.id).await;
     exit(&mut ws, b.id).await;
@@ -320,6 +321,14 @@ async fn a_cors_preflight_is_answered_without_allowing_anything() {
     assert_eq!(resp.status(), 204);
     let granted: Vec<_> = resp.headers().keys().filter(|k| k.as_str().starts_with("access-control-")).collect();
     assert!(granted.is_empty(), "a preflight grants nothing: {granted:?}");
+    assert_eq!(resp.headers()["allow"], "POST, OPTIONS");
+    // `Allow` names each route's own methods.
+    for (path, allow) in
+        [("/api/v1/status/AIC-0000-0000-0000", "GET, OPTIONS"), ("/api/v1/machines/web", "PATCH, OPTIONS")]
+    {
+        let resp = client().request(reqwest::Method::OPTIONS, format!("{}{path}", relay.http())).send().await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.headers()["allow"].to_str().unwrap()), (204, allow), "{path}");
+    }
 }
 
 #[tokio::test]
@@ -552,4 +561,62 @@ async fn a_machine_that_drops_mid_command_gets_its_caller_a_503_at_once() {
     drop(ws);
     let (status, body) = within("the caller's answer", caller).await.unwrap();
     assert_eq!((status, body["reason"].as_str()), (503, Some("agent_offline")), "{body}");
+}
+
+/// A client on loopback address `from`: the relay counts each as another client.
+fn client_from(from: &str) -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().local_address(from.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+}
+
+/// `GET` a status of a code that does not exist: the status, `Retry-After` and `Connection` headers.
+async fn bad_status(relay: &TestRelay, client: &reqwest::Client) -> (u16, Option<u64>, Option<String>) {
+    let url = format!("{}/api/v1/status/AIC-0000-0000-0000", relay.http());
+    let resp = client.get(url).send().await.unwrap();
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (resp.status().as_u16(), header("retry-after").and_then(|v| v.parse().ok()), header("connection"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_ignores_its_429s_gets_fewer_answers_and_others_none_the_worse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
+    // A token every 5 s: none comes back while the flood is measured.
+    config.rate_limit = 12;
+    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (flood, other) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
+    // Spend the budget; the 429 that ends it closes the connection.
+    let mut first = bad_status(&relay, &flood).await;
+    for _ in 0..12 {
+        if first.0 == 429 {
+            break;
+        }
+        first = bad_status(&relay, &flood).await;
+    }
+    assert_eq!((first.0, first.2.as_deref()), (429, Some("close")), "{first:?}");
+
+    // Ignoring Retry-After: answered more and more slowly, so a second of it
+    // gets a handful of answers, not the hundreds loopback would give.
+    let mut answered = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            assert_eq!(bad_status(&relay, &flood).await.0, 429);
+            answered += 1;
+        }
+    })
+    .await;
+    assert!(answered < 30, "{answered} answers in a second to an address ignoring its 429s");
+
+    // Another address is answered while the flooding one's answer is held.
+    let held = bad_status(&relay, &flood);
+    tokio::pin!(held);
+    tokio::select! {
+        (status, ..) = bad_status(&relay, &other) => assert_eq!(status, 403),
+        _ = &mut held => panic!("the held answer came before another address's"),
+    }
+    let (status, retry_after, _) = held.await;
+    assert_eq!(status, 429);
+
+    // Once it waits as told, it is let through again.
+    tokio::time::sleep(Duration::from_secs(retry_after.unwrap())).await;
+    assert_eq!(bad_status(&relay, &flood).await.0, 403);
 }

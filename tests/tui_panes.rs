@@ -398,6 +398,18 @@ fn keys_switch_panes_copy_and_quit() {
 /// The sanitising rule: a command, its output and its caller are drawn as
 /// visible text; nothing that could act on the terminal reaches the screen.
 #[test]
+fn a_file_transfer_waiting_for_approval_shows_no_timeout() {
+    let mut transfer = approval(2, "push /etc/motd (12 bytes)");
+    transfer.timeout_ms = 0;
+    let mut app = connected(Vec::new(), vec![transfer, approval(3, "true")]);
+    press(&mut app, 'A');
+    let shown = text(&screen(&app, 80, 24));
+    assert!(shown.contains("push /etc/motd") && !shown.contains("Timeout"), "{shown}");
+    press(&mut app, 'j');
+    assert!(text(&screen(&app, 80, 24)).contains("Timeout"), "a command's timeout is still shown");
+}
+
+#[test]
 fn control_sequences_from_commands_output_and_callers_are_shown_not_sent() {
     let hostile = "echo \x1b]52;c;cm0gLXJmIH4=\x07 \x1b[2J\rdone \u{9b}31m \u{202e}gpj.sh";
     let mut traffic = entry(1, hostile, CommandState::Running, None, "out \x1b[31mred\x1b[0m \x1b]0;title\x07\n");

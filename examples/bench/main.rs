@@ -35,8 +35,11 @@ pub struct Plan {
     pub stream_bytes: u64,
     /// Streamed commands per stream, one after another.
     pub stream_reps: usize,
-    /// Bad-code requests sent at the rate-limited relay.
+    /// Bad-code requests the flooding address tries to send at the rate-limited relay.
     pub flood: usize,
+    /// Fresh addresses each good caller moves through while it is flooded
+    /// (all of them together stay under the relay's global ceiling).
+    pub flood_rounds: usize,
     /// Requests per good caller while it is flooded.
     pub good: usize,
     /// Simulated agents held at once.
@@ -84,9 +87,10 @@ impl Plan {
             batches: 20,
             per_caller: 40,
             alone: std::time::Duration::from_secs(5),
-            stream_bytes: 25 * 1024 * 1024,
-            stream_reps: 4,
+            stream_bytes: 100 * 1000 * 1000,
+            stream_reps: 1,
             flood: 10_000,
+            flood_rounds: 6,
             good: 100,
             agents: 15_000,
             idle: std::time::Duration::from_secs(10),
@@ -111,6 +115,7 @@ impl Plan {
             stream_bytes: 1024 * 1024,
             stream_reps: 1,
             flood: 300,
+            flood_rounds: 1,
             good: 10,
             agents: 100,
             idle: std::time::Duration::from_secs(1),

@@ -35,15 +35,16 @@ struct Figures {
     exec32: Samples,
     callers: Vec<(usize, Samples, f64)>,
     alone: (Samples, f64),
+    /// Raw output (`application/octet-stream`), one stream and two at once.
     stream1: f64,
     stream2: f64,
+    /// The same one stream as SSE events.
+    stream_sse: f64,
     ttfb: Samples,
     relay_empty_kib: u64,
     daemon_kib: u64,
     daemon_cpu: (Duration, Duration),
-    flood: (Samples, Samples, usize),
-    /// How many bad-code requests were sent.
-    flood_sent: usize,
+    flood: (Samples, Samples, Flooded),
     held: Held,
     ssh: Option<ssh::SshFigures>,
 }
@@ -71,7 +72,6 @@ pub async fn run_all(plan: &Plan) -> anyhow::Result<Table> {
     main_relay(plan, dir.path(), &part, &mut f).await?;
     if plan.wants("flood") {
         f.flood = flood(plan, dir.path()).await?;
-        f.flood_sent = plan.flood / 8 * 8;
     }
     if plan.wants("held") {
         f.held = agents_held(plan, dir.path()).await?;
@@ -94,7 +94,7 @@ async fn main_relay(plan: &Plan, dir: &Path, part: &Path, f: &mut Figures) -> an
         "--max-connections-per-ip",
         "19000",
         "--max-output",
-        "67108864",
+        "209715200",
         "--max-in-flight",
         "256",
     ];
@@ -115,7 +115,8 @@ async fn main_relay(plan: &Plan, dir: &Path, part: &Path, f: &mut Figures) -> an
         f.callers.push((callers, samples, per_sec));
     }
     if plan.wants("stream") {
-        (f.stream1, f.stream2, f.ttfb) = streaming(addr, &[&code, &code2], part, plan).await?;
+        (f.stream1, f.stream2, f.stream_sse) = streaming(addr, &[&code, &code2], part, plan).await?;
+        f.ttfb = first_output(addr, &code, plan).await?;
     }
     if plan.wants("alone") {
         f.alone = relay_alone(addr, plan).await?;
@@ -266,19 +267,25 @@ async fn concurrent(addr: SocketAddr, codes: &[String], callers: usize, per: usi
     Ok((all, per_sec))
 }
 
-/// Streams `cat part` through the SSE endpoint: bytes of output a second for
-/// one stream and for one stream per code at once, and the time to the first
-/// output event of `echo hi`.
-async fn streaming(addr: SocketAddr, codes: &[&str], part: &Path, plan: &Plan) -> anyhow::Result<(f64, f64, Samples)> {
+/// Streams `cat part` as raw output: bytes of output a second for one
+/// stream and for one stream per code at once; then one stream as SSE events.
+async fn streaming(addr: SocketAddr, codes: &[&str], part: &Path, plan: &Plan) -> anyhow::Result<(f64, f64, f64)> {
     let command = format!("cat {}", part.display());
-    let one = stream_reps(addr, codes[0], &command, plan).await?;
+    let rate = |(bytes, took): (u64, Duration)| bytes as f64 / took.as_secs_f64();
+    let one = stream_reps(addr, codes[0], &command, plan, true).await?;
     let started = Instant::now();
-    let all = codes.iter().map(|code| stream_reps(addr, code, &command, plan));
+    let all = codes.iter().map(|code| stream_reps(addr, code, &command, plan, true));
     let total: u64 = futures_util::future::try_join_all(all).await?.iter().map(|(bytes, _)| bytes).sum();
     let aggregate = total as f64 / started.elapsed().as_secs_f64();
+    let sse = stream_reps(addr, codes[0], &command, plan, false).await?;
+    Ok((rate(one), aggregate, rate(sse)))
+}
+
+/// The time to the first output event of `echo hi` on SSE.
+async fn first_output(addr: SocketAddr, code: &str, plan: &Plan) -> anyhow::Result<Samples> {
     let mut ttfb = Samples::default();
     let mut conn = Conn::open(addr, lo(0, 0, 1)).await?;
-    let echo = body(codes[0], "echo hi");
+    let echo = body(code, "echo hi");
     for i in 0..plan.runs.min(100) {
         progress("time to first byte", &format!("{i}"));
         let started = Instant::now();
@@ -291,36 +298,57 @@ async fn streaming(addr: SocketAddr, codes: &[&str], part: &Path, plan: &Plan) -
         .await?;
         ttfb.0.push(first.context("no output event")?);
     }
-    Ok((one.0 as f64 / one.1.as_secs_f64(), aggregate, ttfb))
+    Ok(ttfb)
 }
 
-/// `plan.stream_reps` streamed runs of `command` one after another; output
-/// bytes (the payload, not its encoding) and the time taken.
-async fn stream_reps(addr: SocketAddr, code: &str, command: &str, plan: &Plan) -> anyhow::Result<(u64, Duration)> {
+/// `plan.stream_reps` streamed runs of `command` one after another, raw or
+/// as SSE events; output bytes (the payload, not its encoding) and the time taken.
+async fn stream_reps(
+    addr: SocketAddr,
+    code: &str,
+    command: &str,
+    plan: &Plan,
+    raw: bool,
+) -> anyhow::Result<(u64, Duration)> {
     let mut conn = Conn::open(addr, lo(0, 0, 1)).await?;
     let body = body(code, command);
     let started = Instant::now();
     for rep in 0..plan.stream_reps {
-        progress("streaming", &format!("{code}: run {}/{}", rep + 1, plan.stream_reps));
-        // The result event repeats the output after its exit code: look there.
-        let (mut exited, mut tail) = (false, Vec::new());
-        let status = conn
-            .stream(EXEC, &body, |chunk| {
-                // Each event comes in a chunk of its own; only the result's head is looked at.
-                if chunk.starts_with(b"event: result") {
-                    exited = chunk.windows(12).take(200).any(|w| w == b"\"exitCode\":0");
-                }
-                let end = &chunk[chunk.len().saturating_sub(200)..];
-                tail.extend_from_slice(end);
-                tail.drain(..tail.len().saturating_sub(200));
-            })
-            .await?;
-        let tail = String::from_utf8_lossy(&tail);
-        if status != 200 || !exited || !tail.contains("\"truncated\":false") {
-            bail!("streaming {command} failed ({status}): {tail}");
+        let how = if raw { "raw" } else { "SSE" };
+        progress("streaming", &format!("{code} ({how}): run {}/{}", rep + 1, plan.stream_reps));
+        let done = if raw { raw_run(&mut conn, &body, plan).await? } else { sse_run(&mut conn, &body).await? };
+        if let Err(tail) = done {
+            bail!("streaming {command} ({how}) failed: {tail}");
         }
     }
     Ok((plan.stream_bytes * plan.stream_reps as u64, started.elapsed()))
+}
+
+/// One raw run: whether every byte came and the command exited 0 (else what came instead).
+async fn raw_run(conn: &mut Conn, body: &str, plan: &Plan) -> anyhow::Result<Result<(), String>> {
+    let mut bytes = 0u64;
+    let status = conn.raw(EXEC, body, |chunk| bytes += chunk.len() as u64).await?;
+    let ok = status == 200 && bytes == plan.stream_bytes && conn.trailers.contains("aic-exit-code: 0");
+    Ok(if ok { Ok(()) } else { Err(format!("{status}, {bytes} bytes, trailers {:?}", conn.trailers)) })
+}
+
+/// One SSE run: whether the result said exit 0, not truncated (else the stream's tail).
+async fn sse_run(conn: &mut Conn, body: &str) -> anyhow::Result<Result<(), String>> {
+    // The result event repeats the output after its exit code: look there.
+    let (mut exited, mut tail) = (false, Vec::new());
+    let status = conn
+        .stream(EXEC, body, |chunk| {
+            // Each event comes in a chunk of its own; only the result's head is looked at.
+            if chunk.starts_with(b"event: result") {
+                exited = chunk.windows(12).take(200).any(|w| w == b"\"exitCode\":0");
+            }
+            let end = &chunk[chunk.len().saturating_sub(200)..];
+            tail.extend_from_slice(end);
+            tail.drain(..tail.len().saturating_sub(200));
+        })
+        .await?;
+    let tail = String::from_utf8_lossy(&tail).into_owned();
+    Ok(if status == 200 && exited && tail.contains("\"truncated\":false") { Ok(()) } else { Err(tail) })
 }
 
 /// Simulated agents that answer at once, and 64 callers over them for
@@ -358,47 +386,40 @@ async fn relay_alone(addr: SocketAddr, plan: &Plan) -> anyhow::Result<(Samples, 
 }
 
 /// Issue 17's load bullet: good callers' latency on a relay with its rate
-/// limits on, alone and while one address sends `plan.flood` bad-code
-/// requests. Each good caller moves to a fresh address before its budget
-/// there runs out. The good latencies alone, while flooded, and how many
-/// bad requests were turned away with 429.
-async fn flood(plan: &Plan, dir: &Path) -> anyhow::Result<(Samples, Samples, usize)> {
+/// limits on, alone and while one address sends up to `plan.flood` bad-code
+/// requests, as fast as they are answered, until the good callers are done.
+/// Each good caller moves to a fresh address before its budget there runs
+/// out. The good latencies alone, while flooded, and what the flood got.
+async fn flood(plan: &Plan, dir: &Path) -> anyhow::Result<(Samples, Samples, Flooded)> {
     let args = ["--registrations-per-day", "0"];
     let (relay, addr) = procs::relay(&plan.bin, dir.join("relay-flood"), &args).await?;
     let stop = CancellationToken::new();
     let code = agents::register(addr, stop.clone()).await?;
     progress("flood", "good callers alone");
-    let quiet = good_callers(addr, &code, 1, plan.good, None).await?;
+    let quiet = good_callers(addr, &code, 1, plan.good, 1).await?;
     let done = CancellationToken::new();
     let flooding = tokio::spawn(bad_codes(addr, plan.flood, done.clone()));
-    progress("flood", &format!("good callers beside {} bad-code requests", plan.flood));
-    let loud = good_callers(addr, &code, 2, plan.good, Some(done.clone())).await?;
-    let limited = flooding.await??;
+    progress("flood", &format!("good callers beside up to {} bad-code requests", plan.flood));
+    let loud = good_callers(addr, &code, 2, plan.good, plan.flood_rounds).await;
+    done.cancel();
+    let flooded = flooding.await??;
+    let loud = loud?;
     stop.cancel();
     relay.stop().await;
-    Ok((quiet, loud, limited))
+    Ok((quiet, loud, flooded))
 }
 
 /// 8 callers, each `per` commands from one address and then from the next
-/// (`127.net.caller.k`), until `until` is cancelled (or once, without it).
-async fn good_callers(
-    addr: SocketAddr,
-    code: &str,
-    net: u8,
-    per: usize,
-    until: Option<CancellationToken>,
-) -> anyhow::Result<Samples> {
+/// (`127.net.caller.k`), `rounds` addresses each.
+async fn good_callers(addr: SocketAddr, code: &str, net: u8, per: usize, rounds: usize) -> anyhow::Result<Samples> {
     let tasks = (0..8u8).map(|caller| {
-        let (body, until) = (body(code, "true"), until.clone());
+        let body = body(code, "true");
         tokio::spawn(async move {
             let mut samples = Vec::new();
-            for k in 1..=250u8 {
+            for k in (1..=250u8).take(rounds) {
                 let mut conn = Conn::open(addr, lo(net, caller, k)).await?;
                 for _ in 0..per {
                     samples.push(exec_once(&mut conn, &body).await?);
-                }
-                if until.as_ref().is_none_or(|u| u.is_cancelled()) {
-                    break;
                 }
             }
             Ok::<_, anyhow::Error>(samples)
@@ -411,29 +432,59 @@ async fn good_callers(
     Ok(all)
 }
 
-/// `total` requests for a code that does not exist, from one address over 8
-/// connections, as fast as answers come; cancels `done` at the end. How many got 429.
-async fn bad_codes(addr: SocketAddr, total: usize, done: CancellationToken) -> anyhow::Result<usize> {
-    let _done = done.drop_guard();
+/// What the flooding address got.
+#[derive(Default, Clone, Copy)]
+struct Flooded {
+    /// Requests answered.
+    answered: usize,
+    /// Of them, answered 429.
+    limited: usize,
+    /// How long it flooded.
+    took: Duration,
+}
+
+/// Up to `total` requests for a code that does not exist, from one address
+/// over 8 connections (a new one whenever the relay closes one), as fast as
+/// answers come, until `done` is cancelled.
+async fn bad_codes(addr: SocketAddr, total: usize, done: CancellationToken) -> anyhow::Result<Flooded> {
     let body = body("AIC-0000-0000-0000", "true");
+    let started = Instant::now();
     let tasks = (0..8).map(|_| {
-        let body = body.clone();
+        let (body, done) = (body.clone(), done.clone());
         tokio::spawn(async move {
-            let mut conn = Conn::open(addr, lo(0, 0, 200)).await?;
-            let mut limited = 0;
-            for _ in 0..total / 8 {
-                let resp = conn.post(EXEC, &body).await?;
-                anyhow::ensure!(resp.status != 200, "a bad code ran a command");
-                limited += usize::from(resp.status == 429);
+            let mut got = Flooded::default();
+            let mut conn = None;
+            let sending = async {
+                for _ in 0..total / 8 {
+                    let open = match conn.as_mut() {
+                        Some(open) => open,
+                        None => conn.insert(Conn::open(addr, lo(0, 0, 200)).await?),
+                    };
+                    let resp = open.post(EXEC, &body).await?;
+                    anyhow::ensure!(resp.status != 200, "a bad code ran a command");
+                    got.answered += 1;
+                    got.limited += usize::from(resp.status == 429);
+                    if resp.closed {
+                        conn = None;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            tokio::select! {
+                sent = sending => sent?,
+                () = done.cancelled() => {}
             }
-            Ok::<_, anyhow::Error>(limited)
+            Ok::<_, anyhow::Error>(got)
         })
     });
-    let mut limited = 0;
+    let mut all = Flooded::default();
     for r in futures_util::future::join_all(tasks).await {
-        limited += r??;
+        let got = r??;
+        all.answered += got.answered;
+        all.limited += got.limited;
     }
-    Ok(limited)
+    all.took = started.elapsed();
+    Ok(all)
 }
 
 /// `plan.agents` simulated agents registered anew (64 at a time), then held
@@ -571,14 +622,20 @@ fn stream_rows(t: &mut Table, f: &Figures, ssh: Option<&ssh::SshFigures>) {
         }
         None => (String::new(), String::new()),
     };
-    t.add("output streaming, one stream (SSE)", mb(f.stream1), against, r, "");
-    t.add("output streaming, 2 streams on 2 daemons, aggregate", mb(f.stream2), "".into(), "".into(), "≥ 1 GB/s");
+    t.add("output streaming, one stream (raw)", mb(f.stream1), against, r, "");
+    t.add("output streaming, 2 streams on 2 daemons, aggregate (raw)", mb(f.stream2), "".into(), "".into(), "≥ 1 GB/s");
+    t.add("output streaming, one stream (SSE events)", mb(f.stream_sse), "".into(), "".into(), "");
     let ttfb = format!("{} / {}", ms(f.ttfb.p50()), ms(f.ttfb.p99()));
     t.add("time to first output event (SSE, `echo hi`): p50 / p99", ttfb, "".into(), "".into(), "");
-    let (quiet, loud, limited) = &f.flood;
-    let what = format!("good callers' p99 beside {} bad-code requests from one address", f.flood_sent);
-    let what = what.as_str();
-    let detail = format!("{} ({limited} of the flood got 429)", ms(loud.p99()));
+    let (quiet, loud, flooded) = &f.flood;
+    let what = "good callers' p99 beside one address flooding bad-code requests";
+    let detail = format!(
+        "{} (the flood got {} answers in {:.1} s, {} of them 429)",
+        ms(loud.p99()),
+        flooded.answered,
+        flooded.took.as_secs_f64(),
+        flooded.limited
+    );
     t.add(what, detail, format!("alone: {}", ms(quiet.p99())), ratio(secs(loud.p99()), secs(quiet.p99())), "≤ 2x");
 }
 

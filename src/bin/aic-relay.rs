@@ -425,6 +425,8 @@ const FILE_KEYS: &[&str] = &[
     "mcp_sessions_per_client",
     "max_file",
     "max_in_flight",
+    "smtp_url",
+    "mail_from",
 ];
 
 /// `value` (from the config file) into `slot`, unless the flag or its variable was given.
@@ -500,7 +502,7 @@ impl Args {
         self.apply_file_limits(file, &|id| !unset(id))
     }
 
-    /// The config file's TLS files, connection limits and MCP sizes.
+    /// The config file's TLS files, connection limits, MCP sizes and mail.
     fn apply_file_limits(&mut self, file: &ConfigFile, given: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
         let pem = "a PEM file such as \"/etc/aic-relay/fullchain.pem\"";
         let cert = file.string("tls_cert", pem)?.map(|p| Some(PathBuf::from(p)));
@@ -522,6 +524,10 @@ impl Args {
         let max_file = file.integer("max_file", "a number of bytes such as 104857600")?;
         fill(&mut self.max_file, max_file, given("max_file"));
         fill(&mut self.max_in_flight, file.integer("max_in_flight", count)?, given("max_in_flight"));
+        let smtp = file.string("smtp_url", "a URL such as \"smtps://user:password@mail.example.com:465\"")?;
+        fill(&mut self.smtp_url, smtp.map(Some), given("smtp_url"));
+        let from = file.string("mail_from", "a sender such as \"aic relay <relay@example.com>\"")?;
+        fill(&mut self.mail_from, from.map(Some), given("mail_from"));
         Ok(())
     }
 }

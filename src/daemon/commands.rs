@@ -16,15 +16,17 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::executor::{self, ProcessEvent};
+use super::files::Outgoing;
 use super::jobs::Jobs;
 use super::shared::Daemon;
 use super::traffic::{self, Traffic};
 use crate::clock::now_ms;
-use crate::protocol::agent::{AgentMessage, ExecRequest, Refusal, Requester};
+use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_WINDOW, Refusal, Requester, Stream};
 use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, TrafficEntry, append_tail};
+use crate::protocol::files::{FrameKind, encode_frame};
 
-/// Where a command's wire messages go (the relay link).
-pub type Outbox = mpsc::Sender<AgentMessage>;
+/// Where a command's wire messages and output frames go (the relay link), in order.
+pub type Outbox = mpsc::Sender<Outgoing>;
 
 /// How long a command's `started` waits for the event after it before it
 /// is sent alone: a short command's `started` and `exit` then reach the
@@ -73,6 +75,8 @@ struct Live {
     cancel: CancellationToken,
     /// Who asked, so that the commands of one caller can be cancelled.
     requester: Requester,
+    /// The relay's credit for its output frames; `None` when it sends JSON output.
+    credit: executor::Credit,
 }
 
 impl Commands {
@@ -105,7 +109,8 @@ impl Commands {
         };
         self.record(&req, initial);
         let cancel = scope.child_token();
-        let live = Live { cancel: cancel.clone(), requester: req.requester.clone() };
+        let credit = (req.window > 0).then(|| Arc::new(Semaphore::new(req.window.min(OUTPUT_WINDOW) as usize)));
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit };
         self.0.live.lock().unwrap().insert(req.id, live);
         let this = self.clone();
         self.0.tasks.spawn(async move {
@@ -147,7 +152,7 @@ impl Commands {
         };
         self.record(req, initial);
         let cancel = scope.child_token();
-        let live = Live { cancel: cancel.clone(), requester: req.requester.clone() };
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit: None };
         self.0.live.lock().unwrap().insert(req.id, live);
         let admitted = Admitted { commands: self.clone(), id: req.id, cancel, _permit: permit, ended: false };
         let refused = match mode {
@@ -233,16 +238,19 @@ impl Commands {
     /// link is gone the command is cancelled (nobody can hear it).
     async fn execute(&self, req: ExecRequest, out: &Outbox, cancel: &CancellationToken) {
         let id = req.id;
+        let credit = self.0.live.lock().unwrap().get(&id).and_then(|l| l.credit.clone());
+        // Output goes as binary frames, numbered, when the relay gave credit.
+        let mut frames = credit.is_some().then_some(0u64);
         let (tx, mut rx) = mpsc::channel(1);
         let forward = async move {
             while let Some(event) = rx.recv().await {
                 let started = matches!(event, ProcessEvent::Started { .. });
-                let msg = self.note(id, event);
+                let msg = self.note(id, event, frames.as_mut());
                 // What follows a short command's `started` (its exit, its
                 // first output) goes right behind it, so that the link writes
                 // both at once; the ring and the process groups know at once.
                 let next = if started { timeout(STARTED_HOLD, rx.recv()).await.ok().flatten() } else { None };
-                let next = next.map(|event| self.note(id, event));
+                let next = next.map(|event| self.note(id, event, frames.as_mut()));
                 for msg in std::iter::once(msg).chain(next) {
                     if out.send(msg).await.is_err() {
                         cancel.cancel();
@@ -251,17 +259,30 @@ impl Commands {
                 }
             }
         };
-        tokio::join!(executor::run(req, tx, cancel), forward);
+        tokio::join!(executor::run(req, tx, cancel, credit.clone()), forward);
+        // A pipe reader still waiting for credit stops waiting.
+        credit.inspect(|c| c.close());
+    }
+
+    /// The relay's credit for a command's output: `chunks` more frames, never
+    /// more than a window outstanding.
+    pub fn credit(&self, id: Uuid, chunks: u32) {
+        let live = self.0.live.lock().unwrap();
+        if let Some(credit) = live.get(&id).and_then(|l| l.credit.as_ref()) {
+            let room = (OUTPUT_WINDOW as usize).saturating_sub(credit.available_permits());
+            credit.add_permits((chunks as usize).min(room));
+        }
     }
 
     /// Refuses a command: the caller is told why, the ring shows it.
     async fn refuse(&self, id: Uuid, reason: Refusal, message: String, out: &Outbox) {
-        let _ = out.send(self.note(id, ProcessEvent::Refused { reason, message })).await;
+        let _ = out.send(self.note(id, ProcessEvent::Refused { reason, message }, None)).await;
     }
 
-    /// The one place a process event becomes a ring update and a wire message.
-    fn note(&self, id: Uuid, event: ProcessEvent) -> AgentMessage {
-        match event {
+    /// The one place a process event becomes a ring update and a wire
+    /// message (output as a binary frame numbered from `frames`, when given).
+    fn note(&self, id: Uuid, event: ProcessEvent, frames: Option<&mut u64>) -> Outgoing {
+        let msg = match event {
             ProcessEvent::Started { pgid } => {
                 self.0.groups.lock().unwrap().push(pgid);
                 self.update(id, |e| e.state = CommandState::Running);
@@ -276,6 +297,12 @@ impl Commands {
                 }
                 if self.0.daemon.watched() {
                     self.0.daemon.emit(Event::Output { command: id, stream, text });
+                }
+                if let Some(seq) = frames {
+                    let kind = if stream == Stream::Stderr { FrameKind::Stderr } else { FrameKind::Stdout };
+                    let frame = encode_frame(kind, id, *seq, &data);
+                    *seq += 1;
+                    return Outgoing::Frame(frame);
                 }
                 AgentMessage::Output { id, stream, data }
             }
@@ -292,7 +319,8 @@ impl Commands {
                 self.update(id, |e| e.state = refused_state(reason));
                 AgentMessage::Refused { id, reason, message }
             }
-        }
+        };
+        Outgoing::Message(Box::new(msg))
     }
 
     /// Puts a command in the approval queue and waits for the operator, the
@@ -386,7 +414,7 @@ impl Commands {
         let this = self.clone();
         tokio::spawn(async move {
             let reply = super::jobs::calls::answer(&this, call).await;
-            let _ = out.send(AgentMessage::JobReply { req, reply }).await;
+            let _ = out.send(Outgoing::Message(Box::new(AgentMessage::JobReply { req, reply }))).await;
         });
     }
 
@@ -583,6 +611,7 @@ mod tests {
             timeout_ms: 30_000,
             max_output: 1 << 20,
             pty: false,
+            window: 0,
             requester: Requester {
                 who: "a***@example.com".into(),
                 ip: "192.0.2.1".into(),
@@ -592,9 +621,11 @@ mod tests {
     }
 
     /// Messages until (and with) the command's last one.
-    async fn until_end(rx: &mut mpsc::Receiver<AgentMessage>) -> Vec<AgentMessage> {
+    async fn until_end(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<AgentMessage> {
         let mut seen = Vec::new();
-        while let Some(msg) = rx.recv().await {
+        while let Some(out) = rx.recv().await {
+            let Outgoing::Message(msg) = out else { panic!("a frame where no credit was given") };
+            let msg = *msg;
             let last = matches!(msg, AgentMessage::Exit { .. } | AgentMessage::Refused { .. });
             seen.push(msg);
             if last {
@@ -725,7 +756,8 @@ mod tests {
         let (out, mut rx) = mpsc::channel(64);
         let r = req("sleep 30");
         commands.submit(r.clone(), out, &CancellationToken::new());
-        assert_eq!(rx.recv().await, Some(AgentMessage::Started { id: r.id }));
+        let Some(Outgoing::Message(started)) = rx.recv().await else { panic!("no started") };
+        assert_eq!(*started, AgentMessage::Started { id: r.id });
         assert_eq!(commands.process_groups().len(), 1);
         assert!(commands.cancel(r.id));
         let seen = until_end(&mut rx).await;

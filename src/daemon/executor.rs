@@ -8,10 +8,11 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{contain, spawner};
@@ -32,6 +33,12 @@ pub const NON_INTERACTIVE_ENV: &[(&str, &str)] = &[
 ];
 
 type Chunk = (Stream, Vec<u8>);
+
+/// The relay's credit for a command's output, one permit per chunk: a pipe is
+/// read only with a permit in hand, so a caller that stops reading stops the
+/// reads and, once the pipe is full, the command's writes. `None`: unpaced.
+/// Closed, it paces no more (the command is being cut or cancelled).
+pub type Credit = Option<Arc<Semaphore>>;
 type ExitFuture = Pin<Box<dyn Future<Output = std::io::Result<i32>> + Send>>;
 
 /// A started process, seen uniformly whether it runs on pipes or a PTY.
@@ -82,8 +89,8 @@ type Events = mpsc::Sender<ProcessEvent>;
 
 /// Runs `req`, reporting `Started`, `Output` and `Exit` (or `Refused`) on
 /// `events`. Cancelling `cancel` kills the command's process group; so does
-/// `events` being closed.
-pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken) {
+/// `events` being closed. Its pipes are read within `credit`.
+pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken, credit: Credit) {
     if let Some(cwd) = &req.cwd
         && !Path::new(cwd).is_dir()
     {
@@ -93,7 +100,7 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken) {
         return;
     }
     let started = Instant::now();
-    let spawned = if req.pty { spawn_pty(&req) } else { spawn_pipes(&req) };
+    let spawned = if req.pty { spawn_pty(&req, credit.clone()) } else { spawn_pipes(&req, credit.clone()) };
     let running = match spawned {
         Ok(running) => running,
         Err(e) => {
@@ -106,25 +113,28 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken) {
         signal_all(running.pgid, &running.cell, rustix::process::Signal::KILL);
         return;
     }
-    let mut exit = supervise(&req, running, &events, cancel).await;
+    let mut exit = supervise(&req, running, &events, cancel, credit.as_deref()).await;
     exit.duration_ms = started.elapsed().as_millis() as u64;
     let _ = events.send(ProcessEvent::Exit(exit)).await;
 }
 
 /// Forwards output and enforces the timeout, the cap and cancellation until
 /// the process has exited and its output is drained.
-async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &CancellationToken) -> ExitStatus {
+async fn supervise(
+    req: &ExecRequest,
+    mut p: Running,
+    events: &Events,
+    cancel: &CancellationToken,
+    credit: Option<&Semaphore>,
+) -> ExitStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
-    let mut sent: u64 = 0;
-    let mut truncated = false;
-    let mut timed_out = false;
-    let mut eof = false;
-    let mut exit: Option<i32> = None;
+    let (mut sent, mut exit) = (0u64, None::<i32>);
+    let (mut truncated, mut timed_out, mut eof, mut killed, mut gone) = (false, false, false, false, false);
     // When set, the group has had SIGTERM; SIGKILL follows at this instant.
     let mut kill_at: Option<tokio::time::Instant> = None;
-    let mut killed = false;
-    let mut gone = false;
-    let term = |kill_at: &mut Option<tokio::time::Instant>| {
+    let term = |kill_at: &mut Option<tokio::time::Instant>, unpace: bool| {
+        // What follows is dropped here, or read by nobody: the pipes drain unpaced.
+        credit.filter(|_| unpace).inspect(|c| c.close());
         if kill_at.is_none() {
             signal_all(p.pgid, &p.cell, rustix::process::Signal::TERM);
             *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
@@ -140,12 +150,12 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
                     if data.len() as u64 > room {
                         data.truncate(room as usize);
                         truncated = true;
-                        term(&mut kill_at);
+                        term(&mut kill_at, true);
                     }
                     sent += data.len() as u64;
                     if !data.is_empty() && events.send(ProcessEvent::Output { stream, data }).await.is_err() {
                         // The link is gone: nobody will read what follows.
-                        term(&mut kill_at);
+                        term(&mut kill_at, true);
                         cancel.cancel();
                     }
                 }
@@ -154,9 +164,9 @@ async fn supervise(req: &ExecRequest, mut p: Running, events: &Events, cancel: &
             () = &mut p.gone, if !gone => gone = true,
             _ = tokio::time::sleep_until(deadline), if !timed_out => {
                 timed_out = true;
-                term(&mut kill_at);
+                term(&mut kill_at, false);
             }
-            _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at),
+            _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at, true),
             _ = tokio::time::sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && !killed => {
                 signal_all(p.pgid, &p.cell, rustix::process::Signal::KILL);
                 killed = true;
@@ -195,7 +205,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
 }
 
-fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
+fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
     let mut cell = contain::Cell::new(req.id)?;
     let (stdout, stderr, reaper) = match via_spawner(req, &cell)? {
         Some(spawned) => spawned,
@@ -209,8 +219,8 @@ fn spawn_pipes(req: &ExecRequest) -> std::io::Result<Running> {
         }
     };
     let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(pump(stdout, Stream::Stdout, tx.clone()));
-    tokio::spawn(pump(stderr, Stream::Stderr, tx));
+    tokio::spawn(pump(stdout, Stream::Stdout, tx.clone(), credit.clone()));
+    tokio::spawn(pump(stderr, Stream::Stderr, tx, credit));
     running(reaper, cell, rx, None)
 }
 
@@ -310,9 +320,15 @@ fn running(
     Ok(Running { pgid, output, exit, gone, cell, _keep: keep })
 }
 
-async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
+async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>, credit: Credit) {
     let mut buf = vec![0u8; OUTPUT_CHUNK];
     loop {
+        // A closed credit (an error) paces no more.
+        if let Some(credit) = &credit
+            && let Ok(permit) = credit.acquire().await
+        {
+            permit.forget();
+        }
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
@@ -325,7 +341,7 @@ async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Send
 }
 
 /// PTY commands stay on the daemon's own fork: the controlling terminal is set up between that fork and exec.
-fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
+fn spawn_pty(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
     use portable_pty::{PtySize, native_pty_system};
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
@@ -344,9 +360,15 @@ fn spawn_pty(req: &ExecRequest) -> std::io::Result<Running> {
     // and its descendants close them, reads on the master end and the reader thread stops.
     let mut reader = pair.master.try_clone_reader().map_err(io)?;
     let (tx, rx) = mpsc::channel(8);
+    let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; OUTPUT_CHUNK];
         loop {
+            if let Some(credit) = &credit
+                && let Ok(permit) = runtime.block_on(credit.acquire())
+            {
+                permit.forget();
+            }
             match std::io::Read::read(&mut reader, &mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {

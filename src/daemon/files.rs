@@ -115,6 +115,8 @@ impl Files {
             let piece = match frame.kind {
                 FrameKind::FileData => Some(frame.payload.to_vec()),
                 FrameKind::FileEnd => None,
+                // A command's output never comes from the relay.
+                FrameKind::Stdout | FrameKind::Stderr => return Ok(()),
             };
             let _ = tx.send(piece);
         }
@@ -159,6 +161,7 @@ impl Files {
             timeout_ms: 0,
             max_output: 0,
             pty: false,
+            window: 0,
             requester: requester.clone(),
         };
         self.0.commands.admit(&req, scope).await.map_err(|(reason, message)| (reason.into(), message))

@@ -16,8 +16,8 @@ use super::commands::{Commands, Outbox};
 use super::files::{FileOutbox, Files, Outgoing};
 use super::shared::{Daemon, OperatorCall};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, OperatorOutcome, PROTOCOL_VERSION,
-    RelayMessage,
+    self, AgentInfo, AgentMessage, CAP_OUTPUT_FRAMES, Credentials, HelloRefusal, MAX_FRAME, OperatorOutcome,
+    PROTOCOL_VERSION, RelayMessage,
 };
 
 /// First wait before reconnecting.
@@ -197,7 +197,7 @@ async fn connect(
         Err(ended) => return Ok(ended),
     };
     daemon.link_up();
-    let (out, mut outgoing) = mpsc::channel::<AgentMessage>(64);
+    let (out, mut outgoing) = mpsc::channel::<Outgoing>(64);
     let (files_out, mut files_outgoing) = mpsc::channel::<Outgoing>(64);
     let mut link = Link {
         daemon,
@@ -229,7 +229,7 @@ struct Link<'a> {
     files_out: FileOutbox,
     /// The WebSocket.
     ws: Ws,
-    /// Commands' messages on their way to the relay.
+    /// Commands' messages and output frames on their way to the relay, in order per command.
     out: Outbox,
     /// Cancelled when this link ends, and with it every command it carried.
     gone: CancellationToken,
@@ -245,7 +245,7 @@ impl Link<'_> {
     /// Carries messages both ways until the link ends.
     async fn serve(
         &mut self,
-        outgoing: &mut mpsc::Receiver<AgentMessage>,
+        outgoing: &mut mpsc::Receiver<Outgoing>,
         files_outgoing: &mut mpsc::Receiver<Outgoing>,
         calls: &mut mpsc::Receiver<OperatorCall>,
         shutdown: &CancellationToken,
@@ -261,11 +261,8 @@ impl Link<'_> {
                     let _ = self.ws.close(None).await;
                     return Ok(Ended::Shutdown);
                 }
-                Some(msg) = outgoing.recv() => self.send_queued(msg, outgoing).await?,
-                Some(out) = files_outgoing.recv() => match out {
-                    Outgoing::Message(msg) => self.send(&msg).await?,
-                    Outgoing::Frame(bytes) => self.ws.send(Message::binary(bytes)).await?,
-                },
+                Some(out) = outgoing.recv() => self.send_queued(out, outgoing).await?,
+                Some(out) = files_outgoing.recv() => self.forward(out).await?,
                 Some(call) = calls.recv() => self.operator(call).await?,
                 _ = ping.tick() => self.ping().await?,
                 _ = tokio::time::sleep_until(last_rx + silence) => {
@@ -290,17 +287,18 @@ impl Link<'_> {
         }
     }
 
+    /// Sends a transfer's message or frame.
+    async fn forward(&mut self, out: Outgoing) -> anyhow::Result<()> {
+        Ok(self.ws.send(wire(out)).await?)
+    }
+
     /// Sends `first` and what is queued behind it (a command's `started`
     /// and `exit`, say) in one write: one wake-up for the relay, not one each.
-    async fn send_queued(
-        &mut self,
-        first: AgentMessage,
-        outgoing: &mut mpsc::Receiver<AgentMessage>,
-    ) -> anyhow::Result<()> {
-        self.ws.feed(Message::text(agent::encode(&first))).await?;
+    async fn send_queued(&mut self, first: Outgoing, outgoing: &mut mpsc::Receiver<Outgoing>) -> anyhow::Result<()> {
+        self.ws.feed(wire(first)).await?;
         for _ in 1..SEND_BATCH {
-            let Ok(msg) = outgoing.try_recv() else { break };
-            self.ws.feed(Message::text(agent::encode(&msg))).await?;
+            let Ok(out) = outgoing.try_recv() else { break };
+            self.ws.feed(wire(out)).await?;
         }
         Ok(self.ws.flush().await?)
     }
@@ -337,6 +335,7 @@ impl Link<'_> {
             Ok(RelayMessage::FilePull(req)) => self.files.pull(req, self.files_out.clone(), &self.gone),
             Ok(RelayMessage::FilePush(req)) => self.files.push(req, self.files_out.clone(), &self.gone),
             Ok(RelayMessage::FileCredit { id, chunks }) => self.files.credit(id, chunks),
+            Ok(RelayMessage::OutputCredit { id, chunks }) => self.commands.credit(id, chunks),
             Ok(RelayMessage::Ping { seq }) => self.send(&AgentMessage::Pong { seq }).await?,
             Ok(RelayMessage::Pong { seq }) => {
                 if let Some((sent_seq, at)) = self.last_ping
@@ -371,6 +370,14 @@ impl Link<'_> {
     }
 }
 
+/// A command's or a transfer's message or frame as the WebSocket carries it.
+fn wire(out: Outgoing) -> Message {
+    match out {
+        Outgoing::Message(msg) => Message::text(agent::encode(&msg)),
+        Outgoing::Frame(bytes) => Message::binary(bytes),
+    }
+}
+
 /// What this machine tells the relay about itself.
 pub fn agent_info() -> AgentInfo {
     AgentInfo {
@@ -378,7 +385,7 @@ pub fn agent_info() -> AgentInfo {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        capabilities: vec!["pty".into(), "jobs".into(), "files".into()],
+        capabilities: vec!["pty".into(), "jobs".into(), "files".into(), CAP_OUTPUT_FRAMES.into()],
     }
 }
 

@@ -93,6 +93,7 @@ mod tests {
             timeout_ms: 1000,
             max_output: 1,
             pty: false,
+            window: 0,
             requester: Requester { who: "anonymous".into(), ip: "127.0.0.1".into(), fingerprint: String::new() },
         }
     }

@@ -22,8 +22,21 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// smaller ([`OUTPUT_CHUNK`]); the room left is for a long command line.
 pub const MAX_FRAME: usize = 512 * 1024;
 
-/// Bytes of output the daemon reads and forwards at a time.
-pub const OUTPUT_CHUNK: usize = 32 * 1024;
+/// Bytes of output the daemon reads and forwards at a time: a pipe's
+/// default capacity, so one read takes what a writer could put in it.
+pub const OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// Largest output frame payload a relay takes (a daemon sends at most
+/// [`OUTPUT_CHUNK`]; the room is for daemons that read more at a time).
+pub const OUTPUT_FRAME_MAX: usize = 128 * 1024;
+
+/// Output chunks a relay lets one command's daemon send ahead of its caller
+/// ([`ExecRequest::window`]): what the relay holds per command at most.
+pub const OUTPUT_WINDOW: u32 = 16;
+
+/// The hello capability of a daemon that sends output as binary frames
+/// within credit when the relay asks (a nonzero [`ExecRequest::window`]).
+pub const CAP_OUTPUT_FRAMES: &str = "output_frames";
 
 /// How often the daemon pings the relay to measure round-trip time.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -352,6 +365,14 @@ pub enum RelayMessage {
         /// More chunks granted.
         chunks: u32,
     },
+    /// The daemon may send this many more output frames of a command: its
+    /// caller took that many.
+    OutputCredit {
+        /// The command.
+        id: Uuid,
+        /// More chunks granted.
+        chunks: u32,
+    },
 }
 
 /// Why the relay refused a hello.
@@ -388,6 +409,7 @@ impl RelayMessage {
             Self::FilePull(_) => "file_pull",
             Self::FilePush(_) => "file_push",
             Self::FileCredit { .. } => "file_credit",
+            Self::OutputCredit { .. } => "output_credit",
         }
     }
 }
@@ -426,6 +448,17 @@ pub struct ExecRequest {
     pub pty: bool,
     /// Who asked, shown to the operator.
     pub requester: Requester,
+    /// Output chunks the daemon may send as binary frames
+    /// ([`FrameKind::Stdout`](super::files::FrameKind::Stdout)) before it hears
+    /// more [`RelayMessage::OutputCredit`]; 0 (absent: a relay that predates
+    /// frames, or a daemon without [`CAP_OUTPUT_FRAMES`]) asks for JSON
+    /// [`AgentMessage::Output`] messages, unpaced.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub window: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Reads only the version of a hello, so that a peer of another version is

@@ -7,14 +7,16 @@
 //! |---|---|
 //! | 1 | kind ([`FrameKind`]) |
 //! | 16 | transfer (or command) id, a UUID |
-//! | 8 | sequence number, big-endian, from 0 per id and kind |
+//! | 8 | sequence number, big-endian, from 0 per id (a file's data frames; a command's output frames, both streams) |
 //! | rest | payload |
 //!
 //! Back-pressure is a credit window: the receiver of a transfer's bytes grants
 //! the sender a number of chunks ([`FileCredit`](super::agent::RelayMessage::FileCredit)),
 //! and the sender never has more than that in flight. A slow reader at one end
 //! slows the file's reader at the other; nobody in between buffers more than a
-//! window per transfer.
+//! window per transfer. A command's output ([`FrameKind::Stdout`],
+//! [`FrameKind::Stderr`]) moves the same way, within
+//! [`OutputCredit`](super::agent::RelayMessage::OutputCredit).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -41,6 +43,10 @@ pub enum FrameKind {
     FileData = 1,
     /// The file's bytes are complete; the payload is empty.
     FileEnd = 2,
+    /// A chunk of a command's standard output (the id is the command's).
+    Stdout = 3,
+    /// A chunk of a command's standard error (the id is the command's).
+    Stderr = 4,
 }
 
 impl FrameKind {
@@ -48,6 +54,8 @@ impl FrameKind {
         match byte {
             1 => Some(Self::FileData),
             2 => Some(Self::FileEnd),
+            3 => Some(Self::Stdout),
+            4 => Some(Self::Stderr),
             _ => None,
         }
     }

@@ -55,7 +55,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap, peer: SocketAdd
     let account = if key.starts_with(super::oauth::grants::ACCESS_PREFIX) {
         oauth_account(state, key).await?
     } else {
-        accounts::authenticate(&state.store, &state.keys, key).await.map_err(internal)?
+        accounts::authenticate(&state.store, &state.keys, key).await.map_err(store_error(state))?
     };
     let account = account.ok_or_else(unauthorized)?;
     if account.active_until.is_some_and(|until| super::now_ms() >= until) {
@@ -66,8 +66,9 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap, peer: SocketAdd
 
 /// The account behind an OAuth access token issued for this relay's MCP resource.
 async fn oauth_account(state: &AppState, token: &str) -> Result<Option<Account>, ApiError> {
-    let found =
-        super::oauth::grants::bearer(&state.store, &state.keys, token, super::now_ms()).await.map_err(internal)?;
+    let found = super::oauth::grants::bearer(&state.store, &state.keys, token, super::now_ms())
+        .await
+        .map_err(store_error(state))?;
     let resource = state.public.get().map(super::oauth::resource);
     Ok(found.filter(|b| Some(&b.resource) == resource.as_ref()).map(|b| Account {
         id: b.account_id,
@@ -105,9 +106,15 @@ fn unauthorized() -> ApiError {
 
 fn internal(e: anyhow::Error) -> ApiError {
     tracing::error!("access check: {e:#}");
-    match super::store::StorageFault::of(&e) {
+    ApiError::internal()
+}
+
+/// An error of the store: a full or read-only disk is logged once by the
+/// store and answered 503 saying so; anything else is a 500.
+fn store_error(state: &AppState) -> impl Fn(anyhow::Error) -> ApiError + '_ {
+    move |e| match state.store.fault("an account's request", &e) {
         Some(fault) => ApiError::storage(fault),
-        None => ApiError::internal(),
+        None => internal(e),
     }
 }
 
@@ -171,7 +178,7 @@ async fn admit_anonymous(state: &AppState, code: &str) -> Result<Target, ApiErro
     }
     // Every refusal goes through the same store lookup, so that unknown and
     // expired codes cost the same time as well as giving the same bytes.
-    let record = state.store.agent_by_code(&code_hash).await.map_err(internal)?;
+    let record = state.store.agent_by_code(&code_hash).await.map_err(store_error(state))?;
     fresh_offline(state, code.canonical(), &code_hash, record)
 }
 
@@ -227,7 +234,7 @@ async fn admit_account(
     };
     let (label, code_hash, link, record) = match by_code {
         Some((code, code_hash, record)) => {
-            match accounts::link_of(&state.store, record.id, account.id).await.map_err(internal)? {
+            match accounts::link_of(&state.store, record.id, account.id).await.map_err(store_error(state))? {
                 Some(link) => (code.canonical(), code_hash, link, record),
                 // Looking a machine up is not using it: the anonymous rules answer...
                 None if purpose == Purpose::Look && fresh(state, record.code_created_ms) => {
@@ -248,7 +255,7 @@ async fn admit_account(
             if parsed.is_some() {
                 // The link lookup a known code costs (no agent has id 0), so
                 // that unknown codes take as long as unlinked known ones.
-                accounts::link_of(&state.store, 0, account.id).await.map_err(internal)?;
+                accounts::link_of(&state.store, 0, account.id).await.map_err(store_error(state))?;
             }
             by_alias(state, account, quoted).await?
         }
@@ -280,9 +287,10 @@ async fn by_alias(
 ) -> Result<(String, Digest, Link, AgentRecord), ApiError> {
     let link = accounts::link_by_alias(&state.store, account.id, quoted.trim())
         .await
-        .map_err(internal)?
+        .map_err(store_error(state))?
         .ok_or_else(not_found)?;
-    let (hash, record) = state.store.agent_by_id(link.agent_id).await.map_err(internal)?.ok_or_else(not_found)?;
+    let (hash, record) =
+        state.store.agent_by_id(link.agent_id).await.map_err(store_error(state))?.ok_or_else(not_found)?;
     let hash: Digest = hash.try_into().map_err(|_| ApiError::internal())?;
     Ok((link.alias.clone(), hash, link, record))
 }
@@ -329,7 +337,8 @@ async fn first_link(
     let hostname = &record.agent_info.hostname;
     let link = accounts::create_link(&state.store, agent_id, account.id, hostname, link_state, super::now_ms())
         .await
-        .map_err(internal)?;
+        .map_err(store_error(state))?;
+    state.store.wrote();
     tracing::info!(agent = agent_id, link = link.id, state = link.state.as_str(), "account linked");
     if let Some(conn) = state.hub.get(code_hash) {
         conn.send(RelayMessage::AccountsChanged);

@@ -504,25 +504,48 @@ impl Usage {
         self.keys.lock().unwrap().insert(key_id.to_owned(), now);
     }
 
-    /// Writes what has been noted since the last flush.
+    /// Writes what has been noted since the last flush. What could not be
+    /// written (a full disk) is kept for the next one, unless newer times came.
     pub async fn flush(&self, store: &Store) -> anyhow::Result<()> {
         let keys = std::mem::take(&mut *self.keys.lock().unwrap());
         let links = std::mem::take(&mut *self.links.lock().unwrap());
-        for (key_id, at) in keys {
-            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2")
-                .bind(at)
-                .bind(key_id)
+        let mut keys = keys.into_iter().peekable();
+        while let Some((key_id, at)) = keys.peek() {
+            let written = sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2")
+                .bind(*at)
+                .bind(key_id.as_str())
                 .execute(store.pool())
-                .await?;
+                .await;
+            if let Err(e) = written {
+                keep(&self.keys, keys);
+                keep(&self.links, links);
+                return Err(e.into());
+            }
+            keys.next();
         }
-        for (link_id, at) in links {
-            sqlx::query("UPDATE links SET last_used_at = $1 WHERE id = $2")
+        let mut links = links.into_iter().peekable();
+        while let Some(&(link_id, at)) = links.peek() {
+            let written = sqlx::query("UPDATE links SET last_used_at = $1 WHERE id = $2")
                 .bind(at)
                 .bind(link_id)
                 .execute(store.pool())
-                .await?;
+                .await;
+            if let Err(e) = written {
+                keep(&self.links, links);
+                return Err(e.into());
+            }
+            links.next();
         }
         Ok(())
+    }
+}
+
+/// Puts times that were not written back, where no newer one was noted since.
+fn keep<K: std::hash::Hash + Eq>(into: &Mutex<HashMap<K, i64>>, unwritten: impl IntoIterator<Item = (K, i64)>) {
+    let mut into = into.lock().unwrap();
+    for (k, at) in unwritten {
+        let noted = into.entry(k).or_insert(at);
+        *noted = (*noted).max(at);
     }
 }
 

@@ -16,6 +16,7 @@ use super::keys::{self, Digest};
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
 };
+use crate::protocol::files::{FrameKind, decode_frame};
 
 /// What the WebSocket reads into at most per read, allocated per link when it
 /// opens and kept while it lives: the library's default (128 KiB) made an
@@ -114,7 +115,9 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     if let Some(cluster) = &state.cluster {
         cluster.release(&code_hash, conn.conn_id);
     }
-    if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &info)).await {
+    if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &info)).await
+        && state.store.fault("recording an agent's disconnect", &e).is_none()
+    {
         tracing::warn!("recording agent disconnect: {e:#}");
     }
     tracing::info!(agent = accepted.agent_id, "agent disconnected");
@@ -148,11 +151,7 @@ async fn pump(
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(Message::Text(text))) => on_text(state, conn, code_hash, &text).await,
-                    Some(Ok(Message::Binary(bytes))) => {
-                        if let Err(e) = conn.files.frame(conn, &bytes) {
-                            conn.send(RelayMessage::Error { message: e.to_string() });
-                        }
-                    }
+                    Some(Ok(Message::Binary(bytes))) => on_binary(conn, &bytes),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
@@ -189,6 +188,20 @@ async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest
     }
 }
 
+/// A binary frame from the daemon: a command's output, or a file's bytes.
+fn on_binary(conn: &Arc<AgentConn>, bytes: &[u8]) {
+    let routed = decode_frame(bytes).and_then(|frame| match frame.kind {
+        FrameKind::Stdout | FrameKind::Stderr => {
+            conn.output_frame(&frame);
+            Ok(())
+        }
+        FrameKind::FileData | FrameKind::FileEnd => conn.files.frame(conn, bytes),
+    });
+    if let Err(e) = routed {
+        conn.send(RelayMessage::Error { message: e.to_string() });
+    }
+}
+
 type Refused = (HelloRefusal, String);
 
 fn parse_hello(text: &str) -> Result<(AgentInfo, Option<Credentials>), Refused> {
@@ -222,7 +235,7 @@ async fn accept(
                 ),
             )));
         }
-        return register(state, info, now).await.map(Ok).or_else(storage_refusal);
+        return register(state, info, now).await.map(Ok).or_else(|e| storage_refusal(state, e));
     };
     let code_hash = state.keys.code_hash(&code);
     let record = state.store.agent_by_code(&code_hash).await?;
@@ -242,7 +255,12 @@ async fn accept(
     // A store that cannot be written (a full or read-only disk) does not keep
     // a known machine out: what is not written now waits for its next link.
     let written = |what: &str, result: anyhow::Result<()>| {
-        result.map_err(|e| tracing::warn!(agent = record.id, "{what}: {e:#}")).is_ok()
+        let failed = |e: anyhow::Error| {
+            if state.store.fault(what, &e).is_none() {
+                tracing::warn!(agent = record.id, "{what}: {e:#}");
+            }
+        };
+        result.map_err(failed).is_ok()
     };
     written("recording the agent's return", state.store.touch_agent(record.id, now, info).await);
     written("recording the agent's return", state.store.mark_returned(record.id, now).await);
@@ -263,9 +281,8 @@ async fn accept(
 
 /// A registration the store could not save, refused in words that say why
 /// (the daemon retries with backoff); any other error stays an error.
-fn storage_refusal(e: anyhow::Error) -> anyhow::Result<Result<Accepted, Refused>> {
-    let Some(fault) = super::store::StorageFault::of(&e) else { return Err(e) };
-    tracing::error!("registering an agent: {e:#}");
+fn storage_refusal(state: &AppState, e: anyhow::Error) -> anyhow::Result<Result<Accepted, Refused>> {
+    let Some(fault) = state.store.fault("registering an agent", &e) else { return Err(e) };
     let message = format!("the relay cannot register new machines right now: {}; its daemon retries", fault.says());
     Ok(Err((HelloRefusal::RateLimited, message)))
 }
@@ -275,6 +292,7 @@ async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Resul
     let token_hash = state.keys.token_hash(&token);
     let (code, code_hash) = super::operator::unused_code(state).await?;
     let agent_id = state.store.insert_agent(&code_hash, &token_hash, now, info).await?;
+    state.store.wrote();
     tracing::info!(agent = agent_id, host = %info.hostname, "agent registered");
     state.metrics.registered();
     Ok(Accepted {
@@ -286,7 +304,8 @@ async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Resul
 }
 
 async fn refuse(mut socket: WebSocket, reason: HelloRefusal, message: String) -> anyhow::Result<()> {
-    tracing::info!(?reason, "hello refused: {message}");
+    // The reason, not the words: a refusal for a full disk is logged once, by the store.
+    tracing::info!(?reason, "hello refused");
     socket.send(text(&RelayMessage::HelloRefused { reason, message })).await?;
     close(&mut socket, "hello refused").await
 }

@@ -31,19 +31,25 @@ use crate::protocol::agent::Stream;
     description = "Runs `command` with `sh -c` on the machine whose daemon holds `code`. Buffered by default; with \
 `Accept: text/event-stream` the answer streams: `: heartbeat` comments while it runs, `output` events \
 (`OutputEvent`) as output arrives, then one `result` event whose data is the `ExecResult` (or the `ErrorBody` of a \
-refusal that came after the stream opened). A caller that disconnects has its command killed. \
+refusal that came after the stream opened). With `Accept: application/octet-stream` the body is the command's \
+standard output, exactly, streamed as it arrives (standard error is not sent: merge it with `2>&1`); a client that \
+sends `TE: trailers` gets how it ended in the trailers `aic-exit-code`, `aic-truncated`, `aic-timed-out` and \
+`aic-duration-ms`; to any other client, a command that exits nonzero, is cut at the output cap or times out ends the \
+body without its last chunk, so that `curl` fails (exit 18) instead of passing part of an answer off as all of it. A \
+refusal before the command starts is the usual JSON error. A caller that disconnects has its command killed. \
 With `Idempotency-Key`, the command runs as the daemon's job under that key instead: it is not killed when the \
 caller goes away, and a retry of the same caller with the same key within 10 minutes (even through a restarted \
 relay) gets the first request's result, waiting for it or following its live output, without running it again. \
 Its output is then spooled on the machine until the key is forgotten. The same key with another command is a 409.",
     request_body(content = ExecParams, content_type = "application/json"),
     params(
-        ("Accept" = Option<String>, Header, description = "`text/event-stream` to stream live output"),
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` to stream live output as events; `application/octet-stream` for standard output alone, raw"),
+        ("TE" = Option<String>, Header, description = "`trailers`, with raw output: how the command ended comes in trailers"),
         ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters, e.g. a UUID: a retry with the same key never runs the command twice"),
     ),
     responses(
         (status = 200, description = "The command ran, whatever its exit code. On the event stream, `output` events carry an `OutputEvent` and the `result` event the same JSON object as the buffered body.",
-            content((ExecResult = "application/json"), (String = "text/event-stream"))),
+            content((ExecResult = "application/json"), (String = "text/event-stream"), (Vec<u8> = "application/octet-stream"))),
         (status = 400, description = "`bad_request`: bad JSON, a missing field, an empty command, a malformed code, or a `cwd` that does not exist on the machine", body = ErrorBody),
         (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid (mistyped or revoked)", body = ErrorBody),
         (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour (one identical answer for both); `approval_required`: the account's link waits for the operator; `blocked`: the operator blocked the account; `denied`, `approval_timeout`, `forbidden`: the machine's operator or mode refused the command", body = ErrorBody),
@@ -67,12 +73,21 @@ pub async fn exec(
     require_json(&headers)?;
     let params: ExecParams = parse_json(body)?;
     let key = super::jobs::idempotency_key(&headers)?;
+    let raw = super::raw::wanted(&headers);
+    if raw && key.is_some() {
+        return Err(ApiError::bad_request(
+            "raw output (Accept: application/octet-stream) is not available with an Idempotency-Key; ask for              application/json or text/event-stream",
+        ));
+    }
     let caller = access::authenticate(&state, &headers, peer).await?;
     if let Some(key) = key {
         return super::jobs_rest::exec_keyed(&state, &caller, &params, key, wants_event_stream(&headers)).await;
     }
     let running = exec::begin(&state, &caller, &params).await?;
     let max_output = state.config.max_output;
+    if raw {
+        return super::raw::answer(running, max_output, super::raw::reads_trailers(&headers)).await;
+    }
     if wants_event_stream(&headers) {
         let sse = Sse::new(event_stream(running, max_output))
             .keep_alive(KeepAlive::new().interval(state.config.heartbeat).text("heartbeat"));
@@ -161,11 +176,15 @@ pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-/// `OPTIONS` on the API: a CORS preflight, answered deliberately with no
-/// `Access-Control-Allow-*` headers, so browsers refuse cross-origin calls
-/// (the API is for programs and AI clients, not for other sites' pages).
-pub async fn preflight() -> Response {
-    (StatusCode::NO_CONTENT, [(header::ALLOW, "GET, POST, OPTIONS"), (header::VARY, "Origin")]).into_response()
+/// `OPTIONS` on an API route whose methods are `allow` (`"GET, OPTIONS"`):
+/// a CORS preflight, answered deliberately with no `Access-Control-Allow-*`
+/// headers, so browsers refuse cross-origin calls (the API is for programs
+/// and AI clients, not for other sites' pages). `Allow` names the route's
+/// methods, as an `OPTIONS` answer should.
+pub fn preflight(allow: &'static str) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move || {
+        std::future::ready((StatusCode::NO_CONTENT, [(header::ALLOW, allow), (header::VARY, "Origin")]).into_response())
+    }
 }
 
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
@@ -255,7 +274,11 @@ pub(super) fn output_event(carry: &mut [Vec<u8>; 2], stream: Stream, data: &[u8]
     if chunk.is_empty() {
         return None;
     }
-    let (text, base64) = exec::text_and_exact(&chunk);
+    // Valid UTF-8 (the usual case) becomes the text without a copy.
+    let (text, base64) = match String::from_utf8(chunk) {
+        Ok(text) => (text, None),
+        Err(e) => exec::text_and_exact(e.as_bytes()),
+    };
     let stream = match stream {
         Stream::Stdout => OutputStream::Stdout,
         Stream::Stderr => OutputStream::Stderr,

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{AgentConn, Exec, ExecEvent, ExecLink, Issuer, Revocation, StartError};
+use super::hub::{AgentConn, Exec, ExecEvent, ExecLink, Issuer, Progress, Revocation, StartError};
 use super::keys::Digest;
 use super::metrics::Metrics;
 use super::presence::{self, Presence};
@@ -312,8 +312,11 @@ impl Cluster {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        tokio::spawn(receive(self.client.clone(), frames, acks, tx, cancel.clone()));
-        let link = ExecLink::Remote(cancel.drop_guard());
+        let progress = Arc::new(Progress::default());
+        let ends =
+            Ends { tx, cancel: cancel.clone(), progress: Arc::clone(&progress), metrics: Arc::clone(&self.metrics) };
+        tokio::spawn(receive(self.client.clone(), frames, acks, ends));
+        let link = ExecLink::Remote(cancel.drop_guard(), progress);
         Ok(Exec::new(id, rx, timeout, super::hub::START_ALLOWANCE, self.grace, Arc::clone(&self.metrics), link))
     }
 
@@ -451,57 +454,81 @@ fn decode(payload: &[u8]) -> Option<(u64, Option<ExecEvent>)> {
     Some((seq, Some(event)))
 }
 
-/// The caller's side of a remote command: frames in, events out, acknowledgements back.
-async fn receive(
-    client: Client,
-    mut frames: Subscriber,
-    acks: String,
+/// The caller's side of a remote command, as [`receive`] serves it.
+struct Ends {
+    /// Where its events go.
     tx: mpsc::UnboundedSender<ExecEvent>,
+    /// Cancelled when the caller drops its [`Exec`].
     cancel: CancellationToken,
-) {
+    /// How many events the caller took: acknowledged as they are taken, so
+    /// the holding relay runs at most a window ahead of the caller, not of this relay.
+    progress: Arc<Progress>,
+    /// Where output held for the caller is counted.
+    metrics: Arc<Metrics>,
+}
+
+/// The caller's side of a remote command: frames in, events out, acknowledgements back.
+async fn receive(client: Client, mut frames: Subscriber, acks: String, ends: Ends) {
     let ack = |n: u64| {
         let mut payload = vec![ACK];
         payload.extend_from_slice(&n.to_be_bytes());
         client.publish(acks.clone(), payload.into())
     };
-    let (mut got, mut heard) = (0u64, Instant::now());
+    let (mut got, mut acked, mut heard) = (0u64, 0u64, Instant::now());
     let mut beat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => {
+            _ = ends.cancel.cancelled() => {
                 let _ = client.publish(acks.clone(), vec![CANCEL].into()).await;
                 return;
+            }
+            _ = ends.progress.moved.notified() => {
+                let taken = ends.progress.taken.load(std::sync::atomic::Ordering::Relaxed);
+                if taken >= acked + WINDOW / 2 {
+                    acked = taken;
+                    let _ = ack(taken).await;
+                }
             }
             msg = frames.next() => {
                 heard = Instant::now();
                 let Some((seq, event)) = msg.and_then(|m| decode(&m.payload)) else {
-                    let _ = tx.send(ExecEvent::RelayLost);
+                    let _ = ends.tx.send(ExecEvent::RelayLost);
                     return;
                 };
                 let Some(event) = event else { continue };
                 if seq != got + 1 {
                     tracing::warn!("a frame of a command's output was lost between relays");
-                    let _ = tx.send(ExecEvent::RelayLost);
+                    let _ = ends.tx.send(ExecEvent::RelayLost);
                     return;
                 }
                 got = seq;
                 let last = !matches!(event, ExecEvent::Started | ExecEvent::Output(..));
-                let _ = tx.send(event);
+                deliver(&ends, event);
                 if last {
                     return;
-                }
-                if got % (WINDOW / 2) == 0 {
-                    let _ = ack(got).await;
                 }
             }
             _ = beat.tick() => {
                 if heard.elapsed() > SILENCE {
-                    let _ = tx.send(ExecEvent::RelayLost);
+                    let _ = ends.tx.send(ExecEvent::RelayLost);
                     return;
                 }
-                let _ = ack(got).await;
+                acked = ends.progress.taken.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = ack(acked).await;
             }
         }
+    }
+}
+
+/// Hands an event to the caller, counting its output as held until taken.
+fn deliver(ends: &Ends, event: ExecEvent) {
+    let held = match &event {
+        ExecEvent::Output(_, data) => data.len(),
+        _ => 0,
+    };
+    ends.metrics.hold(held);
+    if ends.tx.send(event).is_err() {
+        ends.metrics.release(held);
     }
 }
 

@@ -151,6 +151,8 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
         max_output,
         pty: params.pty,
         requester,
+        // Set by the link it goes out on, from what its daemon speaks.
+        window: 0,
     })
 }
 

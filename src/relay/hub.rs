@@ -14,7 +14,11 @@ use uuid::Uuid;
 
 use super::keys::Digest;
 use super::metrics::{ExecOutcome, Metrics};
-use crate::protocol::agent::{self, AgentInfo, AgentMessage, ExecRequest, ExitStatus, Refusal, RelayMessage, Stream};
+use crate::protocol::agent::{
+    self, AgentInfo, AgentMessage, CAP_OUTPUT_FRAMES, ExecRequest, ExitStatus, OUTPUT_FRAME_MAX, OUTPUT_WINDOW,
+    Refusal, RelayMessage, Stream,
+};
+use crate::protocol::files::{Frame as WireFrame, FrameKind};
 use crate::protocol::jobs::{JobCall, JobReply};
 
 /// A frame for the daemon, already encoded: text (JSON) or bulk bytes (see
@@ -48,6 +52,9 @@ pub struct AgentConn {
     pub agent_id: i64,
     /// What the daemon said about its machine.
     pub info: AgentInfo,
+    /// The daemon sends output as binary frames within credit when asked
+    /// ([`CAP_OUTPUT_FRAMES`]); else as JSON messages, bounded by `max_buffered`.
+    framed: bool,
     /// When the current code was made (Unix ms); a code reset changes it.
     code_created_ms: AtomicI64,
     /// Frames for the daemon; the connection's task writes them out.
@@ -73,6 +80,11 @@ struct Waiter {
     tx: mpsc::UnboundedSender<ExecEvent>,
     /// Output bytes forwarded so far.
     bytes: u64,
+    /// Output bytes forwarded that the caller has not taken yet: what the
+    /// relay holds for it ([`Exec::next`] subtracts what it hands over).
+    held: u64,
+    /// The daemon's output window, when it sends output as binary frames.
+    credit: Option<Credit>,
     /// Whether `Started` was forwarded (a second one is dropped).
     started: bool,
     /// Output was dropped because the link's buffer budget ran out; the
@@ -80,6 +92,30 @@ struct Waiter {
     cut: bool,
     /// The account that started it, if any: blocking it stops the command.
     account: Option<i64>,
+}
+
+/// One command's output window, when its daemon sends binary frames: the
+/// relay holds at most [`OUTPUT_WINDOW`] chunks for it, and a caller that
+/// stops reading stops the daemon reading the command's pipes.
+struct Credit {
+    /// Frames the daemon may still send.
+    allowance: u32,
+    /// The sequence number its next output frame must carry.
+    next_seq: u64,
+    /// Frames the caller took since the daemon was last granted more.
+    taken: u32,
+}
+
+impl Credit {
+    /// Spends one frame's credit; false when `seq` is out of order or no credit is left.
+    fn spend(&mut self, seq: u64) -> bool {
+        if self.allowance == 0 || seq != self.next_seq {
+            return false;
+        }
+        self.allowance -= 1;
+        self.next_seq += 1;
+        true
+    }
 }
 
 /// Who started a command, so the operator's later decisions reach it.
@@ -109,8 +145,11 @@ pub struct LinkLimits {
     pub max_output: u64,
     /// Commands in flight on the link at once; more are refused with 429.
     pub max_in_flight: usize,
-    /// Output bytes held for all of the link's commands in flight together;
-    /// past it, output is dropped and the command that ran over is cancelled.
+    /// Output bytes held (received, not yet taken by their callers) for all
+    /// of the link's commands together, from a daemon that sends JSON output
+    /// messages without credit; past it, output is dropped and the command
+    /// that ran over is cancelled. A daemon that sends binary frames is held
+    /// to [`OUTPUT_WINDOW`] chunks per command instead.
     pub max_buffered: u64,
     /// How long past its timeout a started command may go without an exit
     /// before the relay answers for the machine (504) and cancels it.
@@ -185,6 +224,7 @@ impl Hub {
         Arc::new(AgentConn {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             agent_id,
+            framed: info.capabilities.iter().any(|c| c == CAP_OUTPUT_FRAMES),
             info,
             code_created_ms: AtomicI64::new(code_created_ms),
             tx,
@@ -247,8 +287,10 @@ impl AgentConn {
 
     /// Sends a command to the daemon; events arrive on the returned handle.
     /// Dropping the handle before the command ends cancels it on the machine.
-    pub fn start(self: &Arc<Self>, request: ExecRequest, issuer: Issuer) -> Result<Exec, StartError> {
+    pub fn start(self: &Arc<Self>, mut request: ExecRequest, issuer: Issuer) -> Result<Exec, StartError> {
         let id = request.id;
+        request.window = if self.framed { OUTPUT_WINDOW } else { 0 };
+        let credit = self.framed.then_some(Credit { allowance: OUTPUT_WINDOW, next_seq: 0, taken: 0 });
         let timeout = Duration::from_millis(request.timeout_ms);
         let (tx, rx) = mpsc::unbounded_channel();
         {
@@ -261,7 +303,8 @@ impl AgentConn {
             if pending.len() >= self.limits.max_in_flight {
                 return Err(StartError::Busy(self.limits.max_in_flight));
             }
-            pending.insert(id, Waiter { tx, bytes: 0, started: false, cut: false, account: issuer.account });
+            let account = issuer.account;
+            pending.insert(id, Waiter { tx, bytes: 0, held: 0, credit, started: false, cut: false, account });
         }
         if !self.send(RelayMessage::Exec(request)) {
             self.pending.lock().unwrap().remove(&id);
@@ -309,7 +352,7 @@ impl AgentConn {
                 return;
             }
             AgentMessage::Started { id } => (id, ExecEvent::Started, false),
-            AgentMessage::Output { id, stream, data } => (id, ExecEvent::Output(stream, data), false),
+            AgentMessage::Output { id, stream, data } => return self.output(id, stream, data, None),
             AgentMessage::Exit { id, exit } => (id, ExecEvent::Exit(exit), true),
             AgentMessage::Refused { id, reason, message } => (id, ExecEvent::Refused(reason, message), true),
             AgentMessage::Hello { .. }
@@ -323,24 +366,12 @@ impl AgentConn {
             | AgentMessage::FileFailed { .. } => return,
         };
         let mut pending = self.pending.lock().unwrap();
-        let buffered: u64 = pending.values().map(|w| w.bytes).sum();
         let Some(waiter) = pending.get_mut(&id) else { return };
         let event = match event {
             ExecEvent::Started if waiter.started => return,
             ExecEvent::Started => {
                 waiter.started = true;
                 ExecEvent::Started
-            }
-            ExecEvent::Output(..) if waiter.cut || waiter.bytes >= self.limits.max_output => return,
-            ExecEvent::Output(_, ref data) if buffered + data.len() as u64 > self.limits.max_buffered => {
-                waiter.cut = true;
-                drop(pending);
-                self.send(RelayMessage::Cancel { id });
-                return;
-            }
-            ExecEvent::Output(stream, data) => {
-                waiter.bytes += data.len() as u64;
-                ExecEvent::Output(stream, data)
             }
             ExecEvent::Exit(mut exit) => {
                 exit.truncated |= waiter.cut;
@@ -353,6 +384,66 @@ impl AgentConn {
         if let Some(sender) = sender {
             let _ = sender.send(event);
         }
+    }
+
+    /// Routes a binary frame of a command's output from the daemon.
+    pub fn output_frame(&self, frame: &WireFrame<'_>) {
+        let stream = match frame.kind {
+            FrameKind::Stdout => Stream::Stdout,
+            FrameKind::Stderr => Stream::Stderr,
+            FrameKind::FileData | FrameKind::FileEnd => return,
+        };
+        self.output(frame.id, stream, frame.payload.to_vec(), Some(frame.seq));
+    }
+
+    /// Routes a chunk of a command's output to its caller: from a JSON
+    /// message (`seq` is `None`; the link's `max_buffered` bounds it) or a
+    /// binary frame (the next in order, within the command's credit). A
+    /// chunk past either cancels the command, which ends truncated.
+    fn output(&self, id: Uuid, stream: Stream, data: Vec<u8>, seq: Option<u64>) {
+        let len = data.len();
+        let mut pending = self.pending.lock().unwrap();
+        let unpaced: u64 = if seq.is_none() { pending.values().map(|w| w.held).sum() } else { 0 };
+        let Some(waiter) = pending.get_mut(&id) else { return };
+        let within = match seq {
+            Some(seq) => len <= OUTPUT_FRAME_MAX && waiter.credit.as_mut().is_some_and(|c| c.spend(seq)),
+            None => unpaced + len as u64 <= self.limits.max_buffered,
+        };
+        if waiter.cut || waiter.bytes >= self.limits.max_output {
+            return;
+        }
+        if !within {
+            waiter.cut = true;
+            drop(pending);
+            self.send(RelayMessage::Cancel { id });
+            return;
+        }
+        waiter.bytes += len as u64;
+        waiter.held += len as u64;
+        let tx = waiter.tx.clone();
+        drop(pending);
+        self.metrics.hold(len);
+        if tx.send(ExecEvent::Output(stream, data)).is_err() {
+            self.metrics.release(len);
+        }
+    }
+
+    /// The caller took `bytes` of a command's output: the relay holds that
+    /// much less for it, and once it took half a window of frames the daemon
+    /// may send as many more.
+    fn took(&self, id: Uuid, bytes: usize) {
+        let mut pending = self.pending.lock().unwrap();
+        let Some(waiter) = pending.get_mut(&id) else { return };
+        waiter.held = waiter.held.saturating_sub(bytes as u64);
+        let Some(credit) = waiter.credit.as_mut() else { return };
+        credit.taken += 1;
+        if credit.taken < OUTPUT_WINDOW / 2 {
+            return;
+        }
+        let chunks = std::mem::take(&mut credit.taken);
+        credit.allowance += chunks;
+        drop(pending);
+        self.send(RelayMessage::OutputCredit { id, chunks });
     }
 
     /// Stops the commands of `account` (all commands when `None`): the daemon
@@ -383,8 +474,19 @@ impl AgentConn {
 pub enum ExecLink {
     /// On a link this relay holds.
     Local(Arc<AgentConn>),
-    /// Through another relay of the cluster; dropping the guard tells it to cancel.
-    Remote(tokio_util::sync::DropGuard),
+    /// Through another relay of the cluster; dropping the guard tells it to
+    /// cancel, and the progress tells it how far the caller has read.
+    Remote(tokio_util::sync::DropGuard, Arc<Progress>),
+}
+
+/// How many events the caller of a command run through another relay has
+/// taken: that relay sends only so far ahead of it.
+#[derive(Default)]
+pub struct Progress {
+    /// Events taken so far.
+    pub taken: AtomicU64,
+    /// Woken at each one.
+    pub moved: tokio::sync::Notify,
 }
 
 /// A command in flight, seen from the caller's side.
@@ -444,7 +546,26 @@ impl Exec {
             return Some(ExecEvent::Unanswered { timeout: self.timeout, started: self.running });
         };
         self.note(event.as_ref());
+        self.took(event.as_ref());
         event
+    }
+
+    /// Tells whoever holds this command's output that the caller took `event`.
+    fn took(&self, event: Option<&ExecEvent>) {
+        let bytes = match event {
+            Some(ExecEvent::Output(_, data)) => data.len(),
+            _ => 0,
+        };
+        match &self.link {
+            ExecLink::Local(conn) if bytes > 0 => conn.took(self.id, bytes),
+            ExecLink::Local(_) => {}
+            ExecLink::Remote(_, progress) => {
+                progress.taken.fetch_add(1, Ordering::Relaxed);
+                progress.moved.notify_one();
+            }
+        }
+        // Last, so that whoever sees the gauge fall sees the link's budget freed too.
+        self.metrics.release(bytes);
     }
 
     /// Moves the deadline when the command starts, marks its end, and counts both for `/metrics`.
@@ -477,6 +598,13 @@ impl Exec {
 
 impl Drop for Exec {
     fn drop(&mut self) {
+        // What the caller never took is no longer held.
+        self.rx.close();
+        while let Ok(event) = self.rx.try_recv() {
+            if let ExecEvent::Output(_, data) = event {
+                self.metrics.release(data.len());
+            }
+        }
         if !self.finished {
             self.metrics.exec_ended(ExecOutcome::Cancelled, None);
             if let ExecLink::Local(conn) = &self.link {

@@ -116,15 +116,61 @@ impl Bucket {
 /// Addresses tracked before idle ones are forgotten.
 const MAX_TRACKED: usize = 100_000;
 
+/// The delay before answering the first request that comes back before its
+/// `Retry-After`; each further early one doubles it, up to [`PENALTY_MAX`].
+const PENALTY_BASE: Duration = Duration::from_millis(25);
+
+/// The longest an answer to an address that ignores `Retry-After` waits.
+const PENALTY_MAX: Duration = Duration::from_secs(2);
+
+/// Addresses under a penalty tracked at once; past it (once the calm ones
+/// are forgotten) a new offender gets plain 429s, undelayed.
+const MAX_PENALISED: usize = 10_000;
+
 /// Requests per minute per client, with a ceiling for all clients together.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_ip: f64,
     global: f64,
-    buckets: Mutex<(HashMap<IpAddr, Bucket>, Bucket)>,
+    /// Budgets and penalties, behind one lock held only to count.
+    table: Mutex<Table>,
+    /// How many addresses may be under a penalty at once.
+    max_penalised: usize,
     /// Requests let through since the other relays were last told, per client;
     /// counted only once [`RateLimiter::share`] is called (in a cluster).
     counts: Counts,
+}
+
+/// What the limiter remembers.
+#[derive(Debug)]
+struct Table {
+    /// Each client's budget.
+    clients: HashMap<IpAddr, Bucket>,
+    /// All clients' budget together.
+    global: Bucket,
+    /// Clients refused lately: when they were told to come back, and how
+    /// often they came earlier.
+    penalties: HashMap<IpAddr, Penalty>,
+}
+
+/// A client that was refused.
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    /// When its last answer's `Retry-After` ends.
+    back_at: Instant,
+    /// Requests it sent before that, in a row: the delay grows with them.
+    strikes: u32,
+}
+
+/// A request the limiter does not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Seconds for `Retry-After`.
+    pub retry_after: u64,
+    /// How long to wait before answering: zero, unless the client came back
+    /// before an earlier `Retry-After` ended. Waiting costs the relay a
+    /// sleeping task; answering at once would cost it the next request.
+    pub delay: Duration,
 }
 
 /// Events per client noted for the other relays of a cluster.
@@ -148,13 +194,44 @@ impl Counts {
     }
 }
 
+impl Table {
+    /// Notes a refusal of `key` telling it to wait `retry` seconds; the
+    /// delay before the answer: none for a client that waited as told last
+    /// time, growing for one that keeps coming back early.
+    fn penalise(&mut self, key: IpAddr, now: Instant, retry: u64, max: usize) -> Duration {
+        if !self.penalties.contains_key(&key) && self.penalties.len() >= max {
+            self.penalties.retain(|_, p| p.back_at > now);
+            if self.penalties.len() >= max {
+                return Duration::ZERO;
+            }
+        }
+        let penalty = self.penalties.entry(key).or_insert(Penalty { back_at: now, strikes: 0 });
+        penalty.strikes = if now >= penalty.back_at { 0 } else { penalty.strikes.saturating_add(1) };
+        let delay = match penalty.strikes {
+            0 => Duration::ZERO,
+            n => PENALTY_BASE.saturating_mul(1 << (n - 1).min(16)).min(PENALTY_MAX),
+        };
+        penalty.back_at = penalty.back_at.max(now + delay + Duration::from_secs(retry));
+        delay
+    }
+
+    /// A request from `key` was let through: a penalty ends once the client
+    /// comes back no earlier than it was told.
+    fn forgive(&mut self, key: IpAddr, now: Instant) {
+        if self.penalties.get(&key).is_some_and(|p| now >= p.back_at) {
+            self.penalties.remove(&key);
+        }
+    }
+}
+
 impl RateLimiter {
     /// `per_ip` requests a minute per client (0: no limit); the ceiling is 50 times that.
     pub fn new(per_ip: u32) -> Self {
         let per_ip = f64::from(per_ip);
         let global = per_ip * 50.0;
-        let buckets = Mutex::new((HashMap::new(), Bucket::full(global, Instant::now())));
-        Self { per_ip, global, buckets, counts: Counts::default() }
+        let table =
+            Table { clients: HashMap::new(), global: Bucket::full(global, Instant::now()), penalties: HashMap::new() };
+        Self { per_ip, global, table: Mutex::new(table), max_penalised: MAX_PENALISED, counts: Counts::default() }
     }
 
     /// Notes the requests let through from now on, for [`RateLimiter::take_counts`].
@@ -173,34 +250,47 @@ impl RateLimiter {
             return;
         }
         let now = Instant::now();
-        let mut guard = self.buckets.lock().unwrap();
-        let (clients, global) = &mut *guard;
+        let mut table = self.table.lock().unwrap();
+        let Table { clients, global, .. } = &mut *table;
         if clients.len() < MAX_TRACKED || clients.contains_key(&network(ip)) {
             clients.entry(network(ip)).or_insert_with(|| Bucket::full(self.per_ip, now)).charge(self.per_ip, n, now);
         }
         global.charge(self.global, n, now);
     }
 
-    /// Lets a request from `ip` through, or says after how many seconds to retry.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+    /// Lets a request from `ip` through, or says when to retry and how long
+    /// to hold the answer.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Refused> {
+        self.check_at(ip, Instant::now())
+    }
+
+    fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
         if self.per_ip == 0.0 {
             return Ok(());
         }
-        let now = Instant::now();
         let key = network(ip);
-        let mut guard = self.buckets.lock().unwrap();
-        let (clients, global) = &mut *guard;
+        let mut table = self.table.lock().unwrap();
+        let Table { clients, global, .. } = &mut *table;
         if clients.len() >= MAX_TRACKED {
             // Forget clients whose buckets have refilled: they lose nothing.
             let per_ip = self.per_ip;
             clients.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_ip / 60.0 < per_ip);
         }
         let bucket = clients.entry(key).or_insert_with(|| Bucket::full(self.per_ip, now));
-        let retry = |d: Duration| d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0);
-        bucket.take(self.per_ip, now).map_err(retry)?;
-        global.take(self.global, now).map_err(retry)?;
-        self.counts.note(key);
-        Ok(())
+        let taken = bucket.take(self.per_ip, now).and_then(|()| global.take(self.global, now));
+        match taken {
+            Ok(()) => {
+                table.forgive(key, now);
+                drop(table);
+                self.counts.note(key);
+                Ok(())
+            }
+            Err(wait) => {
+                let retry_after = wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0);
+                let delay = table.penalise(key, now, retry_after, self.max_penalised);
+                Err(Refused { retry_after, delay })
+            }
+        }
     }
 }
 
@@ -284,7 +374,10 @@ pub fn network(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Answers 429 (with `Retry-After`) to a client past its budget.
+/// Answers 429 (with `Retry-After`) to a client past its budget, and closes
+/// its connection: a client that keeps sending pays a new handshake each
+/// time. One that comes back before its `Retry-After` ends is answered after
+/// a delay that grows while it does, so ignoring it gets fewer answers, not more.
 pub async fn middleware(
     axum::extract::State(state): axum::extract::State<super::AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -293,19 +386,27 @@ pub async fn middleware(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let ip = state.config.proxies.client_ip(peer.ip(), request.headers());
-    match state.limiter.check(ip) {
-        Ok(()) => next.run(request).await,
-        Err(secs) => {
-            state.metrics.rate_limited();
-            let mut err = super::error::ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                super::error::Reason::RateLimited,
-                format!("Too many requests from this address; retry in {secs} s."),
-            );
-            err.retry_after = Some(secs);
-            err.into_response()
-        }
+    let refused = match state.limiter.check(ip) {
+        Ok(()) => return next.run(request).await,
+        Err(refused) => refused,
+    };
+    state.metrics.rate_limited();
+    drop(request);
+    if !refused.delay.is_zero() {
+        tokio::time::sleep(refused.delay).await;
     }
+    let secs = refused.retry_after;
+    let mut err = super::error::ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        super::error::Reason::RateLimited,
+        format!(
+            "Too many requests from this address; retry in {secs} s. Requests sent sooner are answered more and more slowly."
+        ),
+    );
+    err.retry_after = Some(secs);
+    let mut response = err.into_response();
+    response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
 }
 
 #[cfg(test)]
@@ -351,7 +452,7 @@ mod tests {
         for _ in 0..60 {
             limiter.check(ip("192.0.2.1")).unwrap();
         }
-        let retry = limiter.check(ip("192.0.2.1")).unwrap_err();
+        let retry = limiter.check(ip("192.0.2.1")).unwrap_err().retry_after;
         assert!((1..=2).contains(&retry), "{retry}");
         limiter.check(ip("192.0.2.2")).expect("another client has its own budget");
         // One IPv6 /64 counts as one client.
@@ -379,5 +480,76 @@ mod tests {
         let cap = DailyCap::new(2);
         cap.charge(ip("192.0.2.1"), 2, 0);
         assert!(!cap.take(ip("192.0.2.1"), 1), "registrations elsewhere count against the day's cap");
+    }
+
+    /// Drains `ip`'s budget at `now`: the refusal that says it is spent.
+    fn drain(limiter: &RateLimiter, ip: IpAddr, now: Instant) -> Refused {
+        loop {
+            if let Err(refused) = limiter.check_at(ip, now) {
+                return refused;
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_that_ignores_retry_after_waits_longer_for_each_answer() {
+        let limiter = RateLimiter::new(60);
+        let (flood, other) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        let now = Instant::now();
+        assert_eq!(drain(&limiter, flood, now).delay, Duration::ZERO, "the first refusal comes at once");
+        // Each early retry waits more, up to the most.
+        let delays: Vec<Duration> = (0..10).map(|_| limiter.check_at(flood, now).unwrap_err().delay).collect();
+        assert_eq!(delays[0], PENALTY_BASE);
+        assert!(delays.windows(2).all(|w| w[0] < w[1] || w[1] == PENALTY_MAX), "{delays:?}");
+        assert_eq!(delays[9], PENALTY_MAX);
+        // Another address: its own budget, answered at once.
+        assert_eq!(limiter.check_at(other, now), Ok(()));
+        assert_eq!(drain(&limiter, other, now).delay, Duration::ZERO);
+        assert_eq!(limiter.check_at(other, now).unwrap_err().delay, PENALTY_BASE);
+    }
+
+    #[test]
+    fn the_penalty_ends_when_the_client_waits_as_told() {
+        let limiter = RateLimiter::new(60);
+        let flood = ip("192.0.2.1");
+        let now = Instant::now();
+        drain(&limiter, flood, now);
+        let refused = (0..5).map(|_| limiter.check_at(flood, now).unwrap_err()).last().unwrap();
+        assert!(refused.delay > Duration::ZERO);
+        // Waited out the delay and its Retry-After: let through, and its next refusal is not delayed.
+        let later = now + refused.delay + Duration::from_secs(refused.retry_after);
+        assert_eq!(limiter.check_at(flood, later), Ok(()));
+        assert_eq!(drain(&limiter, flood, later).delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_request_let_through_early_does_not_end_the_penalty() {
+        let limiter = RateLimiter::new(60);
+        let flood = ip("192.0.2.1");
+        let now = Instant::now();
+        drain(&limiter, flood, now);
+        let early = limiter.check_at(flood, now).unwrap_err();
+        // A token came back before its Retry-After ended: spent, and the next early one waits longer.
+        let refilled = now + Duration::from_millis(1010);
+        assert_eq!(limiter.check_at(flood, refilled), Ok(()));
+        assert!(limiter.check_at(flood, refilled).unwrap_err().delay > early.delay);
+    }
+
+    #[test]
+    fn the_penalty_table_is_bounded() {
+        let mut limiter = RateLimiter::new(1);
+        limiter.max_penalised = 3;
+        let now = Instant::now();
+        let addrs: Vec<IpAddr> = (1..=4).map(|i| ip(&format!("192.0.2.{i}"))).collect();
+        for &a in &addrs {
+            drain(&limiter, a, now);
+            limiter.check_at(a, now).unwrap_err();
+        }
+        assert_eq!(limiter.table.lock().unwrap().penalties.len(), 3);
+        // The fourth got plain refusals; once the others calm down, it takes a place.
+        assert_eq!(limiter.check_at(addrs[3], now).unwrap_err().delay, Duration::ZERO);
+        let calm = now + Duration::from_secs(3600);
+        drain(&limiter, addrs[3], calm);
+        assert_eq!(limiter.table.lock().unwrap().penalties.len(), 1);
     }
 }

@@ -95,6 +95,9 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     /// Output bytes handed to callers.
     bytes_streamed: AtomicU64,
+    /// Output bytes received for callers that have not taken them yet: what
+    /// the relay holds (a slow caller's window, per command).
+    bytes_held: AtomicU64,
     /// Requests answered 429.
     rate_limited: AtomicU64,
     /// Counts the open MCP sessions when asked; set by the MCP endpoint.
@@ -117,6 +120,26 @@ impl Metrics {
     /// `bytes` of output went to a caller.
     pub fn streamed(&self, bytes: usize) {
         self.bytes_streamed.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// `bytes` of output arrived for a caller, which has not taken them yet.
+    pub fn hold(&self, bytes: usize) {
+        self.bytes_held.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// `bytes` of held output were taken by their caller, or dropped with it.
+    pub fn release(&self, bytes: usize) {
+        self.bytes_held.fetch_sub(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Output bytes handed to callers so far.
+    pub fn streamed_bytes(&self) -> u64 {
+        self.bytes_streamed.load(Ordering::Relaxed)
+    }
+
+    /// Output bytes held for callers right now.
+    pub fn held(&self) -> u64 {
+        self.bytes_held.load(Ordering::Relaxed)
     }
 
     /// A command ended; `latency` is given for commands that exited.
@@ -164,6 +187,13 @@ impl Metrics {
         self.render_latency(&mut out);
         family(&mut out, "aic_output_bytes_total", "counter", "Command output bytes streamed to callers.");
         out.push_str(&format!("aic_output_bytes_total {}\n", load(&self.bytes_streamed)));
+        family(
+            &mut out,
+            "aic_output_held_bytes",
+            "gauge",
+            "Command output bytes held for callers that have not read them.",
+        );
+        out.push_str(&format!("aic_output_held_bytes {}\n", load(&self.bytes_held)));
         family(&mut out, "aic_rate_limited_requests_total", "counter", "Requests refused with 429.");
         out.push_str(&format!("aic_rate_limited_requests_total {}\n", load(&self.rate_limited)));
         family(&mut out, "aic_mcp_sessions", "gauge", "MCP sessions open now.");

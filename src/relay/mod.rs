@@ -30,6 +30,7 @@ pub mod oauth;
 mod operator;
 pub mod origin;
 pub mod presence;
+pub mod raw;
 pub mod signin;
 pub mod status;
 pub mod store;
@@ -297,19 +298,25 @@ pub fn router(state: AppState, public: PublicUrl) -> Router {
     // Everything that touches a code (or registers one) counts against the
     // caller's budget: status and MCP too, or they are a code-guessing oracle.
     let limited = Router::new()
-        .route("/api/v1/exec", post(api::exec).options(api::preflight))
-        .route("/api/v1/status/{code}", get(api::status).options(api::preflight))
-        .route("/api/v1/jobs", post(jobs_rest::start).options(api::preflight))
-        .route("/api/v1/jobs/{code}", get(jobs_rest::list).options(api::preflight))
-        .route("/api/v1/jobs/{code}/{id}", get(jobs_rest::status).delete(jobs_rest::cancel).options(api::preflight))
-        .route("/api/v1/jobs/{code}/{id}/output", get(jobs_rest::output).options(api::preflight))
+        .route("/api/v1/exec", post(api::exec).options(api::preflight("POST, OPTIONS")))
+        .route("/api/v1/status/{code}", get(api::status).options(api::preflight("GET, OPTIONS")))
+        .route("/api/v1/jobs", post(jobs_rest::start).options(api::preflight("POST, OPTIONS")))
+        .route("/api/v1/jobs/{code}", get(jobs_rest::list).options(api::preflight("GET, OPTIONS")))
+        .route(
+            "/api/v1/jobs/{code}/{id}",
+            get(jobs_rest::status).delete(jobs_rest::cancel).options(api::preflight("GET, DELETE, OPTIONS")),
+        )
+        .route("/api/v1/jobs/{code}/{id}/output", get(jobs_rest::output).options(api::preflight("GET, OPTIONS")))
         .route(
             "/api/v1/files/{code}",
-            get(files::pull).put(files::push).options(api::preflight).layer(DefaultBodyLimit::disable()),
+            get(files::pull)
+                .put(files::push)
+                .options(api::preflight("GET, PUT, OPTIONS"))
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/files/link/{token}", get(links::download).put(links::upload).layer(DefaultBodyLimit::disable()))
-        .route("/api/v1/machines", get(machines::get_machines).options(api::preflight))
-        .route("/api/v1/machines/{alias}", patch(machines::patch_machine).options(api::preflight))
+        .route("/api/v1/machines", get(machines::get_machines).options(api::preflight("GET, OPTIONS")))
+        .route("/api/v1/machines/{alias}", patch(machines::patch_machine).options(api::preflight("PATCH, OPTIONS")))
         .route("/mcp", mcp_route)
         .route(oauth::MCP_PATH, mcp_oauth_route)
         .route("/agent/ws", get(agent_ws::upgrade))
@@ -374,7 +381,9 @@ async fn housekeeping(state: AppState) {
             _ = state.shutdown.cancelled() => true,
         };
         state.file_links.sweep();
-        if let Err(e) = state.usage.flush(&state.store).await {
+        if let Err(e) = state.usage.flush(&state.store).await
+            && state.store.fault("recording last-used times", &e).is_none()
+        {
             tracing::warn!("recording last-used times: {e:#}");
         }
         if stop {

@@ -21,7 +21,8 @@
 //! - Test it on both: `tests/store.rs` runs the store against a real PostgreSQL.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -196,7 +197,13 @@ pub struct Store {
     pool: AnyPool,
     /// The engine, for the few things (DDL, locking) that differ.
     backend: Backend,
+    /// The fault last logged and when, so a full disk is one line in the
+    /// log, not one per request; `None` while writes work.
+    fault_logged: Arc<Mutex<Option<(StorageFault, Instant)>>>,
 }
+
+/// How often a storage fault that lasts is logged again.
+const FAULT_LOG_EVERY: Duration = Duration::from_secs(600);
 
 /// One registered agent as stored.
 #[derive(Debug, Clone)]
@@ -313,7 +320,7 @@ impl Store {
             .connect_with(AnyConnectOptions::from_url(&url)?)
             .await
             .with_context(|| format!("opening the relay database {}", path.display()))?;
-        let store = Self { pool, backend: Backend::Sqlite };
+        let store = Self { pool, backend: Backend::Sqlite, fault_logged: Arc::default() };
         store.migrate().await.context("updating the relay database schema")?;
         Ok(store)
     }
@@ -335,7 +342,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to the database {shown}; is PostgreSQL running there?"))?;
-        let store = Self { pool, backend: Backend::Postgres };
+        let store = Self { pool, backend: Backend::Postgres, fault_logged: Arc::default() };
         // Relays starting together may race to create the bookkeeping table: the loser tries again.
         if store.migrate().await.is_err() {
             store.migrate().await.with_context(|| format!("updating the schema of {shown}"))?;
@@ -355,6 +362,31 @@ impl Store {
             .with_context(|| format!("connecting to {shown}"))?;
         sqlx::query("SELECT 1").execute(&mut conn).await.with_context(|| format!("querying {shown}"))?;
         Ok(shown)
+    }
+
+    /// The storage fault behind `e` (a write that failed), if it is one. The
+    /// first one is logged, with what to do, and again every
+    /// 10 minutes while it lasts; `what` names what failed.
+    pub fn fault(&self, what: &str, e: &anyhow::Error) -> Option<StorageFault> {
+        let fault = StorageFault::of(e)?;
+        let mut logged = self.fault_logged.lock().unwrap();
+        if logged.is_none_or(|(was, at)| was != fault || at.elapsed() >= FAULT_LOG_EVERY) {
+            *logged = Some((fault, Instant::now()));
+            tracing::error!(
+                "the relay cannot write its database: {} ({what}: {e:#}). Until it can, new machines and new \
+                 account links are refused (503) and last-used times wait in memory; free space on it (or remount \
+                 it read-write): no restart is needed",
+                fault.says()
+            );
+        }
+        Some(fault)
+    }
+
+    /// A write succeeded: if a storage fault was logged, says it is over.
+    pub fn wrote(&self) {
+        if self.fault_logged.lock().unwrap().take().is_some() {
+            tracing::info!("the relay can write its database again");
+        }
     }
 
     /// Which engine this store is on.

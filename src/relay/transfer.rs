@@ -113,6 +113,8 @@ impl Transfers {
                 FileEvent::Failed(FileFailure::Failed, "the machine's daemon sent more than the relay asked for".into())
             }
             FrameKind::FileEnd => FileEvent::End,
+            // Routed to commands before transfers see them.
+            FrameKind::Stdout | FrameKind::Stderr => return Ok(()),
         };
         if let Some(route) = routes.remove(&frame.id) {
             let failed = matches!(event, FileEvent::Failed(..));

@@ -254,8 +254,10 @@ impl Jobs {
         let ids: Vec<Uuid> = self.0.index.lock().unwrap().iter().filter(|(_, e)| !e.ended).map(|(id, _)| *id).collect();
         ids.into_iter()
             .filter_map(|id| record::read_json::<Pids>(&self.dir(id), record::PIDS))
-            .filter(|p| record::group_alive(p.group))
-            .map(|p| p.group)
+            // The supervisor leads a group of its own, the job's command
+            // another; before the command's is known, only the first.
+            .flat_map(|p| [p.supervisor, p.group])
+            .filter(|&group| record::group_alive(group))
             .collect()
     }
 
@@ -356,5 +358,42 @@ fn final_state(end: &End) -> JobState {
         JobState::Lost
     } else {
         JobState::Exited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_the_daemons_command_from_before_its_own_group_is_known() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            Settings { dir: dir.path().into(), runner: None, max_running: 1, cap: 1024, retention: Duration::ZERO };
+        let record = Record {
+            id: Uuid::new_v4(),
+            kind: JobKind::Job,
+            command: "true".into(),
+            cwd: None,
+            timeout_ms: 1000,
+            pty: false,
+            cap: 1024,
+            owner: "owner".into(),
+            who: "who".into(),
+            ip: "127.0.0.1".into(),
+            key_hash: None,
+            created_ms: 0,
+        };
+        let jobs = Jobs::open(settings);
+        jobs.create(record.clone()).unwrap();
+        // A stand-in for a supervisor between its setsid and its command's spawn.
+        let mut supervisor = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let pids = Pids { supervisor: supervisor.id() as i32, group: 0, started_ms: 0 };
+        record::write_json(&jobs.dir(record.id), record::PIDS, &pids).unwrap();
+        let groups = jobs.process_groups();
+        supervisor.kill().unwrap();
+        supervisor.wait().unwrap();
+        assert_eq!(groups, vec![pids.supervisor]);
     }
 }

@@ -64,12 +64,13 @@ pub struct End {
     pub message: Option<String>,
 }
 
-/// What the supervisor writes once its command runs.
+/// What the supervisor writes just before it starts its command (`group`
+/// 0: not yet known) and again once the command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pids {
     /// The supervisor process.
     pub supervisor: i32,
-    /// The command's process group (= its `sh`'s pid).
+    /// The command's process group (= its `sh`'s pid); 0 until it runs.
     pub group: i32,
     /// When it started (Unix ms).
     pub started_ms: u64,

@@ -133,6 +133,12 @@ fn supervise(dir: &Path) -> anyhow::Result<()> {
         ready();
         return Ok(());
     }
+    // From here the daemon counts this supervisor's group (it leads one
+    // since setsid) as the job's: the command's processes are never outside
+    // what the control socket refuses, not even before their own group is
+    // written below.
+    let supervisor = std::process::id() as i32;
+    record::write_json(dir, record::PIDS, &Pids { supervisor, group: 0, started_ms: now_ms() })?;
     let started = match Started::spawn(&job) {
         Ok(started) => started,
         Err(e) => {
@@ -148,7 +154,7 @@ fn supervise(dir: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let pids = Pids { supervisor: std::process::id() as i32, group: started.group, started_ms: now_ms() };
+    let pids = Pids { supervisor, group: started.group, started_ms: now_ms() };
     record::write_json(dir, record::PIDS, &pids)?;
     ready();
     let end = started.run(dir, &job, spool, pids.started_ms);

@@ -87,9 +87,12 @@ fn details(frame: &mut Frame, area: Rect, app: &App, a: &Approval) {
             )),
         ]),
         Line::from(vec![label("Cwd"), cwd]),
-        Line::from(vec![label("Timeout"), Span::raw(format!("{} once it runs", duration(a.timeout_ms)))]),
-        Line::from(label("Command")),
     ];
+    // A file transfer has no timeout (0): it runs until done or cancelled.
+    if a.timeout_ms > 0 {
+        lines.push(Line::from(vec![label("Timeout"), Span::raw(format!("{} once it runs", duration(a.timeout_ms)))]));
+    }
+    lines.push(Line::from(label("Command")));
     // Every line of the command, each made safe: a CR or an escape shows instead of acting.
     lines.extend(a.command.split('\n').map(|l| Line::styled(format!("  {}", sanitize::line(l)), t.title())));
     let paragraph = Paragraph::new(Text::from(lines)).wrap(Wrap { trim: false });
