@@ -117,36 +117,52 @@ pub fn spawn(order: &Order, fds: &Fds) -> Option<io::Result<i32>> {
     };
     let mut link = LINK.lock().unwrap_or_else(PoisonError::into_inner);
     let socket = link.as_ref()?.socket.as_fd();
-    match exchange(socket, &message, fds) {
-        Ok(answer) => Some(answer),
-        Err(e) => {
-            let pid = link.take().map_or(0, |l| l.pid);
-            tracing::warn!(error = %e, "the spawner process is gone; the daemon forks each command itself from now on");
-            // SAFETY: reaps the spawner, the daemon's own child, if it has ended.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-            None
-        }
+    let gone = match exchange(socket, &message, fds) {
+        Ok(answer) => return Some(answer),
+        Err(gone) => gone,
+    };
+    let pid = link.take().map_or(0, |l| l.pid);
+    let (Gone::Before(e) | Gone::After(e)) = &gone;
+    tracing::warn!(error = %e, "the spawner process is gone; the daemon forks each command itself from now on");
+    // SAFETY: reaps the spawner, the daemon's own child, if it has ended.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    match gone {
+        Gone::Before(_) => None,
+        // It took the order and may have started the command: starting it
+        // again the old way could run it twice.
+        Gone::After(e) => Some(Err(io::Error::other(format!(
+            "the daemon's spawner ended while starting the command, which may have started; check before retrying ({e})"
+        )))),
     }
 }
 
+/// How an exchange with a spawner that went away failed.
+enum Gone {
+    /// It never took the order: starting the command another way is safe.
+    Before(io::Error),
+    /// It took the order, then went without an answer.
+    After(io::Error),
+}
+
 /// Sends one order and reads its answer; an error means the spawner is gone.
-fn exchange(socket: BorrowedFd, message: &[u8], fds: &Fds) -> io::Result<io::Result<i32>> {
+fn exchange(socket: BorrowedFd, message: &[u8], fds: &Fds) -> Result<io::Result<i32>, Gone> {
     let mut all = fds.stdio.to_vec();
     all.push(fds.status);
     all.extend(fds.procs);
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     control.push(SendAncillaryMessage::ScmRights(&all));
-    rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL)?;
+    rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL)
+        .map_err(|e| Gone::Before(e.into()))?;
     let mut answer = [0u8; 8];
     let n = loop {
         match rustix::net::recv(socket, &mut answer, RecvFlags::empty()) {
             Err(Errno::INTR) => continue,
-            other => break other?.0,
+            other => break other.map_err(|e| Gone::After(e.into()))?.0,
         }
     };
     if n != answer.len() {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the spawner closed its socket"));
+        return Err(Gone::After(io::Error::new(io::ErrorKind::UnexpectedEof, "the spawner closed its socket")));
     }
     let pid = i32::from_ne_bytes(answer[..4].try_into().unwrap_or_default());
     let errno = i32::from_ne_bytes(answer[4..].try_into().unwrap_or_default());
