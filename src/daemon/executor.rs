@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -307,7 +307,10 @@ fn running(
         let reaped = match reaper {
             Reaper::Child(mut child) => child.wait().await.map(exit_code),
             // The reaper ignores every signal but SIGKILL, so one that went without saying was killed.
-            Reaper::Spawned(_) => Ok(128 + libc::SIGKILL),
+            Reaper::Spawned(pid) => {
+                released(pid).await;
+                Ok(128 + libc::SIGKILL)
+            }
         };
         let _ = code_tx.map(|tx| tx.send(reaped));
         remove();
@@ -318,6 +321,19 @@ fn running(
         let _ = gone_rx.await;
     });
     Ok(Running { pgid, output, exit, gone, cell, _keep: keep })
+}
+
+/// Waits until the spawner's reaper `pid` is released (the spawner has the
+/// kernel reap it), so that its cgroup is empty and can be removed; bounded
+/// at 2 s, after which a later sweep removes the cgroup.
+async fn released(pid: i32) {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    for _ in 0..400 {
+        if !proc.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>, credit: Credit) {
