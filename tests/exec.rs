@@ -430,27 +430,7 @@ async fn a_process_that_detached_itself_is_killed_at_the_timeout_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_hangs_up_takes_a_detached_process_with_it() {
     let (_dir, relay, daemon) = pair().await;
-    let mut resp = client()
-        .post(format!("{}/api/v1/exec", relay.http()))
-        .header("accept", "text/event-stream")
-        .json(&json!({"code": daemon.code().to_string(), "command": "setsid sleep 300 & echo $!; sleep 100"}))
-        .send()
-        .await
-        .unwrap();
-    let mut seen = String::new();
-    let pid: i32 = within("the detached pid", async {
-        loop {
-            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
-            let Some(start) = seen.find("\"text\":\"") else { continue };
-            if let Some(end) = seen[start + 8..].find("\\n") {
-                return seen[start + 8..start + 8 + end].parse().unwrap();
-            }
-        }
-    })
-    .await;
-    assert!(alive(pid));
-    drop(resp);
-    eventually("the detached `sleep 300` is killed when its caller goes", || !alive(pid)).await;
+    a_hang_up_kills_what_the_command_detached(&relay.http(), &daemon.code().to_string()).await;
 }
 
 /// Starts `echo $$; exec sleep 100` through an event stream and returns the pid once it runs.

@@ -57,27 +57,7 @@ async fn a_detached_process_of_a_spawned_command_is_killed_on_cancel() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, daemon) = pair(dir.path()).await;
     assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
-    let mut resp = client()
-        .post(format!("{}/api/v1/exec", relay.http()))
-        .header("accept", "text/event-stream")
-        .json(&json!({"code": daemon.code.to_string(), "command": "setsid sleep 300 & echo $!; sleep 100"}))
-        .send()
-        .await
-        .unwrap();
-    let mut seen = String::new();
-    let pid: i32 = within("the detached pid", async {
-        loop {
-            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
-            let Some(start) = seen.find("\"text\":\"") else { continue };
-            if let Some(end) = seen[start + 8..].find("\\n") {
-                return seen[start + 8..start + 8 + end].parse().unwrap();
-            }
-        }
-    })
-    .await;
-    assert!(alive(pid));
-    drop(resp);
-    eventually("the detached `sleep 300` is killed when its caller goes", || !alive(pid)).await;
+    a_hang_up_kills_what_the_command_detached(&relay.http(), &daemon.code.to_string()).await;
     daemon.stop().await;
 }
 

@@ -271,6 +271,33 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("never became true: {what}");
 }
 
+/// Streams a command that detaches `setsid sleep 300` and prints its pid,
+/// then hangs up: the detached sleep must die with its caller.
+pub async fn a_hang_up_kills_what_the_command_detached(relay: &str, code: &str) {
+    let body = serde_json::json!({"code": code, "command": "setsid sleep 300 & echo $!; sleep 100"});
+    let mut resp = client()
+        .post(format!("{relay}/api/v1/exec"))
+        .header("accept", "text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let pid: i32 = within("the detached pid", async {
+        loop {
+            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
+            let Some(start) = seen.find("\"text\":\"") else { continue };
+            if let Some(end) = seen[start + 8..].find("\\n") {
+                return seen[start + 8..start + 8 + end].parse().unwrap();
+            }
+        }
+    })
+    .await;
+    assert!(alive(pid));
+    drop(resp);
+    eventually("the detached `sleep 300` is killed when its caller goes", || !alive(pid)).await;
+}
+
 /// A real `aic-relay` process on a fresh port; its stderr is collected.
 pub struct RelayProcess {
     pub child: tokio::process::Child,
