@@ -36,8 +36,11 @@ pub struct Presence {
     js: jetstream::Context,
     /// The bucket.
     kv: kv::Store,
-    /// Whether a failed read has been logged (once: status then asks the holding relay).
+    /// Whether a failed read has been logged (once per outage: status then asks the holding relay).
     said_unreadable: AtomicBool,
+    /// Whether a failed write has been logged (once per outage, not once per
+    /// link and refresh: thousands of links refresh every few seconds).
+    said_unwritable: AtomicBool,
 }
 
 /// The bucket's stream as the KV convention has it: one message per key, kept
@@ -65,7 +68,7 @@ impl Presence {
         let js = jetstream::new(client.clone());
         js.get_or_create_stream(stream_config()).await.map_err(|e| e.to_string())?;
         let kv = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
-        Ok(Self { js, kv, said_unreadable: AtomicBool::new(false) })
+        Ok(Self { js, kv, said_unreadable: AtomicBool::new(false), said_unwritable: AtomicBool::new(false) })
     }
 
     /// Notes that `relay` holds the machine behind `key`: the entry's revision,
@@ -73,15 +76,34 @@ impl Presence {
     pub async fn note(&self, key: &str, relay: &str) -> Option<u64> {
         let put = || self.kv.put(key, relay.to_owned().into_bytes().into());
         let failed = match put().await {
-            Ok(revision) => return Some(revision),
+            Ok(revision) => return self.wrote(revision),
             Err(e) => e,
         };
         // A restarted nats-server lost the in-memory bucket: make it again, once.
         if let Err(e) = self.js.get_or_create_stream(stream_config()).await {
-            tracing::warn!("noting presence in NATS KV: {failed}; making the bucket again: {e}");
+            self.unwritable(format_args!("{failed}; making the bucket again: {e}"));
             return None;
         }
-        put().await.map_err(|e| tracing::warn!("noting presence in NATS KV: {e}")).ok()
+        match put().await {
+            Ok(revision) => self.wrote(revision),
+            Err(e) => {
+                self.unwritable(format_args!("{e}"));
+                None
+            }
+        }
+    }
+
+    /// A write went through: the next failure is a new outage, logged again.
+    fn wrote(&self, revision: u64) -> Option<u64> {
+        self.said_unwritable.store(false, Ordering::Relaxed);
+        Some(revision)
+    }
+
+    /// Logs a failed write, the first of an outage only.
+    fn unwritable(&self, why: std::fmt::Arguments) {
+        if !self.said_unwritable.swap(true, Ordering::Relaxed) {
+            tracing::warn!("noting presence in NATS KV: {why}; entries expire unrefreshed while it fails");
+        }
     }
 
     /// Deletes the entry behind `key` if it is still the one this relay wrote
@@ -96,7 +118,10 @@ impl Presence {
     /// bucket cannot be read right now (logged the first time).
     pub async fn held(&self, key: &str) -> Option<bool> {
         match self.kv.get(key).await {
-            Ok(entry) => Some(entry.is_some()),
+            Ok(entry) => {
+                self.said_unreadable.store(false, Ordering::Relaxed);
+                Some(entry.is_some())
+            }
             Err(e) => {
                 if !self.said_unreadable.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
