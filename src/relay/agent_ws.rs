@@ -20,7 +20,7 @@ use crate::protocol::files::{FrameKind, decode_frame};
 
 /// What the WebSocket reads into at most per read, allocated per link when it
 /// opens and kept while it lives: the library's default (128 KiB) made an
-/// idle agent cost the relay 140 KiB (9 KiB now, all told; BENCHMARKS.md).
+/// idle agent cost the relay 140 KiB (8 KiB now, all told; BENCHMARKS.md).
 /// Longer frames (output) still arrive whole, in more reads.
 const READ_BUFFER: usize = 2 * 1024;
 
@@ -353,10 +353,10 @@ mod tests {
 
     /// Every idle agent costs the relay its link's task, and tokio allocates
     /// a task as large as the largest future it may ever await: a step awaited
-    /// inline in `run` grows every link by its size, whether it runs or not
-    /// (the cluster's NATS calls once did: 5.4 KB, 11.8 KiB per idle agent in
-    /// BENCHMARKS.md). What `run` awaits once or rarely is boxed; this keeps it
-    /// so. The bound fits a debug build's future (5.3 KB unboxed, 2.4 KB now).
+    /// inline in `run` grows every link by its size, whether it runs or not.
+    /// The cluster's NATS calls once did (a debug build's `run` was 5.4 KB
+    /// with them, under 2.5 KB boxed; 11.8 KiB per idle agent against 8 KiB,
+    /// BENCHMARKS.md). What `run` awaits once or rarely is boxed; this keeps it so.
     #[test]
     fn the_link_task_stays_small() {
         let size = future_size(run);
