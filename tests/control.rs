@@ -13,27 +13,6 @@ use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-struct Console {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the real `aic-console` with `args`.
-async fn console(socket: &Path, args: &[&str]) -> Console {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-console"))
-        .args(args)
-        .env("AIC_SOCKET", socket)
-        .stdin(std::process::Stdio::null())
-        .output();
-    let out = within("aic-console", out).await.unwrap();
-    Console {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
 struct Setup {
     dir: tempfile::TempDir,
     relay: TestRelay,
@@ -333,12 +312,7 @@ async fn console_as_nobody(socket: &Path) -> Console {
         .arg("--socket")
         .arg(socket)
         .output();
-    let out = within("aic-console as nobody", out).await.unwrap();
-    Console {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+    within("aic-console as nobody", out).await.unwrap().into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
