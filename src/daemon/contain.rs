@@ -356,14 +356,17 @@ pub(super) unsafe fn reap(command: libc::pid_t, status: RawFd) -> ! {
             libc::signal(signal, libc::SIG_IGN);
         }
         close_all_but(status);
+        // rustix's raw calls set no errno: the spawner's reaper shares the
+        // spawner's memory, and so its errno, from here on.
+        let status = std::os::fd::BorrowedFd::borrow_raw(status);
         loop {
-            let mut raw = 0;
-            let pid = libc::waitpid(-1, &mut raw, 0);
-            if pid == command {
-                let code = if libc::WIFSIGNALED(raw) { 128 + libc::WTERMSIG(raw) } else { libc::WEXITSTATUS(raw) };
-                libc::write(status, code.to_ne_bytes().as_ptr().cast(), 4);
-            } else if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                libc::_exit(0);
+            match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+                Ok(Some((pid, raw))) if pid.as_raw_nonzero().get() == command => {
+                    let code = raw.terminating_signal().map_or(raw.exit_status().unwrap_or(-1), |s| 128 + s);
+                    let _ = rustix::io::write(status, &code.to_ne_bytes());
+                }
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => libc::_exit(0),
             }
         }
     }
