@@ -191,6 +191,11 @@ impl Cell {
         self.status_rx.take()
     }
 
+    /// Whether the command has a cgroup of its own (to remove once it is empty).
+    pub fn has_cgroup(&self) -> bool {
+        self.cgroup.is_some()
+    }
+
     /// Removes the command's cgroup once it is empty: call it when
     /// [`Status::gone`] has resolved and the reaper is reaped.
     pub fn remover(&self) -> impl FnOnce() + Send + 'static {
