@@ -13,9 +13,9 @@
 //! errno of what failed. The spawner exits when the daemon goes.
 //!
 //! Neither the reaper nor the command's child is a `fork()`: both are clones
-//! that share the spawner's memory (see [`Request::spawn`]), so a command
-//! costs no copy of page tables and no copy-on-write faults, as a bare
-//! `posix_spawn` does; each is still a process of its own, with its own
+//! that share the spawner's memory (see `Request::spawn`), so a command
+//! costs no copy of page tables and no copy-on-write faults (like a bare
+//! `posix_spawn`); each is still a process of its own, with its own
 //! descriptors, signals, process group and cgroup.
 //!
 //! Without a spawner (it died, or a test runs the daemon in-process),
