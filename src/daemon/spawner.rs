@@ -86,6 +86,13 @@ pub fn start() {
     if std::fs::read_dir("/proc/self/task").map_or(true, |tasks| tasks.count() != 1) {
         return;
     }
+    // The reapers' clones need `CLONE_PIDFD` (Linux 5.2); a kernel without
+    // `pidfd_open` (5.3) gets no spawner, and the daemon forks as before.
+    // SAFETY: pidfd_open of this process; the descriptor is closed at once.
+    match unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) } {
+        -1 => return,
+        fd => drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) }),
+    }
     let flags = SocketFlags::CLOEXEC;
     let Ok((ours, theirs)) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None) else {
         return;
