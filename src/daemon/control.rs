@@ -266,10 +266,17 @@ async fn answer(
             return ServerFrame::Error { id: request_id(bytes), message };
         }
     };
-    if op.is_operator_action() && !commands.starts_settled(SETTLE_LIMIT).await {
-        let message = "refused: a command is still starting, and until it has, this daemon cannot tell whether \
-                       the request comes from it; try again in a moment"
-            .to_owned();
+    // A command whose start has not settled yet may be the client; one that
+    // hangs (a cwd on a dead network mount) must not lock the operator out,
+    // so after the limit only this daemon's descendants are refused.
+    if op.is_operator_action()
+        && !commands.starts_settled(SETTLE_LIMIT).await
+        && super::peer::descends_from_this_daemon(peer)
+    {
+        let message = format!(
+            "refused: process {peer} descends from this daemon, and a command is still starting, so the daemon \
+             cannot yet tell whether it is that command; try again in a moment"
+        );
         return ServerFrame::Error { id: Some(id), message };
     }
     let from_command = || super::peer::command_origin(peer, &commands.process_groups());

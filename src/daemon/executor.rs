@@ -252,7 +252,16 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
     let reader = |rx: std::io::PipeReader| -> std::io::Result<Output> {
         Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(rx.into())?))
     };
-    Ok(Some((reader(out_rx)?, reader(err_rx)?, Reaper::Spawned(pid))))
+    match reader(out_rx).and_then(|out| Ok((out, reader(err_rx)?))) {
+        Ok((out, err)) => Ok(Some((out, err, Reaper::Spawned(pid)))),
+        Err(e) => {
+            // Started, but the daemon could not watch it: it must not run on.
+            if let Some(group) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// A command's reaper, as the daemon knows it.
@@ -292,7 +301,14 @@ fn running(
         Reaper::Child(child) => child.id().map(|id| id as i32).unwrap_or(0),
         Reaper::Spawned(pid) => *pid,
     };
-    let status = cell.started(pgid).map(contain::Status::new).transpose()?;
+    let status = match cell.started(pgid).map(contain::Status::new).transpose() {
+        Ok(status) => status,
+        Err(e) => {
+            // Started, but its exit could not be watched: it must not run on.
+            cell.kill();
+            return Err(e);
+        }
+    };
     let (code_tx, code_rx) = oneshot::channel();
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
     let remove = cell.remover();

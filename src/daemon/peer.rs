@@ -52,6 +52,22 @@ pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
         .then(|| format!("process {peer} runs in this daemon's service ({service})"))
 }
 
+/// Whether process `peer` is a descendant of this daemon (everything a
+/// command starts is, while its reaper lives; a console run from the
+/// operator's terminal is not).
+pub fn descends_from_this_daemon(peer: i32) -> bool {
+    let me = getpid().as_raw_nonzero().get();
+    let mut current = peer;
+    for _ in 0..MAX_DEPTH {
+        match parent_and_group(current) {
+            Some((parent, _)) if parent == me => return true,
+            Some((parent, _)) if parent > 1 => current = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// The `ppid`, `pgrp` and `session` of `pid`, from /proc (0 for a process
 /// outside this PID namespace, such as one entered with nsenter).
 fn stat(pid: i32) -> Option<(i32, i32, i32)> {
@@ -119,6 +135,8 @@ mod tests {
         assert_eq!(command_origin(me, &[]), None);
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         assert_eq!(command_ancestor(child.id() as i32, &[]), None);
+        assert!(descends_from_this_daemon(child.id() as i32));
+        assert!(!descends_from_this_daemon(me) && !descends_from_this_daemon(1));
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -235,6 +235,11 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
             libc::_exit(0);
         }
         libc::prctl(libc::PR_SET_NAME, NAME.as_ptr());
+        // Its reapers share its memory: a core dump of one (a command's
+        // `kill -ABRT $PPID`) would, before Linux 5.16, kill every process
+        // sharing it. Not dumpable, a fatal signal kills only its target;
+        // nor can a command that runs as the same user trace a reaper.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
         // Its reapers are reaped by the kernel; each reaper sets this back.
         libc::signal(libc::SIGCHLD, libc::SIG_IGN);
         // The reaper dup2s onto 0, 1 and 2: received descriptors must not land there.
@@ -463,7 +468,10 @@ impl Request {
         drop(error_tx);
         let mut errno = Vec::new();
         // EOF: the command has exec'd (or failed) and the reaper closed its copy: `plan` is no longer read.
-        let _ = (&error_rx).read_to_end(&mut errno);
+        if (&error_rx).read_to_end(&mut errno).is_err() {
+            // The reaper may still read `plan`, which returning would free.
+            std::process::abort();
+        }
         match errno.get(..4) {
             None => Ok(pid),
             Some(code) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(code.try_into().unwrap_or_default()))),
