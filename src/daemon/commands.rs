@@ -612,6 +612,7 @@ mod tests {
             max_output: 1 << 20,
             pty: false,
             window: 0,
+            chunk: 0,
             requester: Requester {
                 who: "a***@example.com".into(),
                 ip: "192.0.2.1".into(),

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{contain, spawner};
-use crate::protocol::agent::{ExecRequest, ExitStatus, OUTPUT_CHUNK, Refusal, Stream};
+use crate::protocol::agent::{ExecRequest, ExitStatus, Refusal, Stream};
 
 /// Between SIGTERM to the group and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -34,7 +34,14 @@ pub const NON_INTERACTIVE_ENV: &[(&str, &str)] = &[
 
 type Chunk = (Stream, Vec<u8>);
 
-/// The relay's credit for a command's output, one permit per chunk: a pipe is
+/// What a command's stdout and stderr pipes are enlarged to (from the
+/// kernel's 64 KiB): a writer such as `cat` fills more before it sleeps, and
+/// the daemon takes a whole large chunk in one read. Refused (a user over its
+/// pipe quota), the pipe stays as it was.
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// The relay's credit for a command's output, one permit per chunk (of the
+/// request's [`ExecRequest::output_chunk`] bytes): a pipe is
 /// read only with a permit in hand, so a caller that stops reading stops the
 /// reads and, once the pipe is full, the command's writes. `None`: unpaced.
 /// Closed, it paces no more (the command is being cut or cancelled).
@@ -213,14 +220,17 @@ fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
             let mut cmd = shell(req);
             cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = start(cmd, &mut cell)?;
+            child.stdout.as_ref().inspect(|p| enlarge(p));
+            child.stderr.as_ref().inspect(|p| enlarge(p));
             let stdout: Output = Box::new(child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?);
             let stderr: Output = Box::new(child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?);
             (stdout, stderr, Reaper::Child(child))
         }
     };
     let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(pump(stdout, Stream::Stdout, tx.clone(), credit.clone()));
-    tokio::spawn(pump(stderr, Stream::Stderr, tx, credit));
+    let chunk = req.output_chunk();
+    tokio::spawn(pump(stdout, Stream::Stdout, tx.clone(), credit.clone(), chunk));
+    tokio::spawn(pump(stderr, Stream::Stderr, tx, credit, chunk));
     running(reaper, cell, rx, None)
 }
 
@@ -236,6 +246,8 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
     }
     let (out_rx, out_tx) = std::io::pipe()?;
     let (err_rx, err_tx) = std::io::pipe()?;
+    enlarge(&out_rx);
+    enlarge(&err_rx);
     let null = std::fs::File::open("/dev/null")?;
     let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&req.command)];
     let order = spawner::Order {
@@ -253,6 +265,12 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
         Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(rx.into())?))
     };
     Ok(Some((reader(out_rx)?, reader(err_rx)?, Reaper::Spawned(pid))))
+}
+
+/// Raises a command's output pipe to [`PIPE_SIZE`], if the kernel lets it.
+fn enlarge(pipe: &impl std::os::fd::AsFd) {
+    // EPERM past the user's pipe quota, or a kernel without it: the default size still works.
+    let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
 }
 
 /// A command's reaper, as the daemon knows it.
@@ -336,8 +354,13 @@ async fn released(pid: i32) {
     }
 }
 
-async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>, credit: Credit) {
-    let mut buf = vec![0u8; OUTPUT_CHUNK];
+async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    stream: Stream,
+    tx: mpsc::Sender<Chunk>,
+    credit: Credit,
+    chunk: usize,
+) {
     loop {
         // A closed credit (an error) paces no more.
         if let Some(credit) = &credit
@@ -345,10 +368,12 @@ async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Send
         {
             permit.forget();
         }
-        match reader.read(&mut buf).await {
+        // Read into the chunk that is sent: no copy, and nothing zeroed first.
+        let mut buf = Vec::with_capacity(chunk);
+        match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if tx.send((stream, buf[..n].to_vec())).await.is_err() {
+            Ok(_) => {
+                if tx.send((stream, buf)).await.is_err() {
                     return;
                 }
             }
@@ -377,8 +402,9 @@ fn spawn_pty(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
     let mut reader = pair.master.try_clone_reader().map_err(io)?;
     let (tx, rx) = mpsc::channel(8);
     let runtime = tokio::runtime::Handle::current();
+    let chunk = req.output_chunk();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; OUTPUT_CHUNK];
+        let mut buf = vec![0u8; chunk];
         loop {
             if let Some(credit) = &credit
                 && let Ok(permit) = runtime.block_on(credit.acquire())
