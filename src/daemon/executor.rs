@@ -220,8 +220,8 @@ fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
             let mut cmd = shell(req);
             cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = start(cmd, &mut cell)?;
-            child.stdout.as_ref().inspect(|p| enlarge(p));
-            child.stderr.as_ref().inspect(|p| enlarge(p));
+            child.stdout.iter().for_each(enlarge);
+            child.stderr.iter().for_each(enlarge);
             let stdout: Output = Box::new(child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?);
             let stderr: Output = Box::new(child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?);
             (stdout, stderr, Reaper::Child(child))
