@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{contain, spawner};
 use crate::protocol::agent::{ExecRequest, ExitStatus, Refusal, Stream};
+use crate::protocol::files::{FrameKind, HEADER_LEN, write_header};
 
 /// Between SIGTERM to the group and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -32,7 +33,50 @@ pub const NON_INTERACTIVE_ENV: &[(&str, &str)] = &[
     ("GIT_TERMINAL_PROMPT", "0"),
 ];
 
-type Chunk = (Stream, Vec<u8>);
+type Chunk = (Stream, OutputChunk);
+
+/// A chunk of a command's output, read in after room for a frame's header,
+/// so that it becomes a binary frame without being copied.
+#[derive(Debug)]
+pub struct OutputChunk(Vec<u8>);
+
+impl OutputChunk {
+    /// Room for a header and `chunk` bytes of output.
+    fn room(chunk: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + chunk);
+        buf.resize(HEADER_LEN, 0);
+        Self(buf)
+    }
+
+    /// A chunk holding a copy of `bytes`.
+    pub fn copy(bytes: &[u8]) -> Self {
+        let mut chunk = Self::room(bytes.len());
+        chunk.0.extend_from_slice(bytes);
+        chunk
+    }
+
+    /// The output bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0[HEADER_LEN..]
+    }
+
+    /// Keeps the first `len` output bytes.
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(HEADER_LEN + len);
+    }
+
+    /// The chunk as a binary frame: its header written in front of the bytes, in place.
+    pub fn into_frame(mut self, kind: FrameKind, id: uuid::Uuid, seq: u64) -> Vec<u8> {
+        write_header(&mut self.0[..HEADER_LEN], kind, id, seq);
+        self.0
+    }
+
+    /// The output bytes alone (moved down over the header's room).
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        self.0.drain(..HEADER_LEN);
+        self.0
+    }
+}
 
 /// What a command's stdout and stderr pipes are enlarged to (from the
 /// kernel's 64 KiB): a writer such as `cat` fills more before it sleeps, and
@@ -78,7 +122,7 @@ pub enum ProcessEvent {
         /// Which pipe.
         stream: Stream,
         /// The bytes.
-        data: Vec<u8>,
+        data: OutputChunk,
     },
     /// It ended.
     Exit(ExitStatus),
@@ -154,13 +198,13 @@ async fn supervise(
                 Some(_) if truncated => {}
                 Some((stream, mut data)) => {
                     let room = req.max_output.saturating_sub(sent);
-                    if data.len() as u64 > room {
+                    if data.bytes().len() as u64 > room {
                         data.truncate(room as usize);
                         truncated = true;
                         term(&mut kill_at, true);
                     }
-                    sent += data.len() as u64;
-                    if !data.is_empty() && events.send(ProcessEvent::Output { stream, data }).await.is_err() {
+                    sent += data.bytes().len() as u64;
+                    if !data.bytes().is_empty() && events.send(ProcessEvent::Output { stream, data }).await.is_err() {
                         // The link is gone: nobody will read what follows.
                         term(&mut kill_at, true);
                         cancel.cancel();
@@ -369,8 +413,8 @@ async fn pump(
             permit.forget();
         }
         // Read into the chunk that is sent: no copy, and nothing zeroed first.
-        let mut buf = Vec::with_capacity(chunk);
-        match reader.read_buf(&mut buf).await {
+        let mut buf = OutputChunk::room(chunk);
+        match reader.read_buf(&mut buf.0).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 if tx.send((stream, buf)).await.is_err() {
@@ -414,7 +458,7 @@ fn spawn_pty(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
             match std::io::Read::read(&mut reader, &mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if tx.blocking_send((Stream::Stdout, buf[..n].to_vec())).is_err() {
+                    if tx.blocking_send((Stream::Stdout, OutputChunk::copy(&buf[..n]))).is_err() {
                         return;
                     }
                 }
@@ -422,4 +466,22 @@ fn spawn_pty(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
         }
     });
     running(Reaper::Child(child), cell, rx, Some(Box::new(pair.master)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::files::{decode_frame, encode_frame};
+
+    #[test]
+    fn a_chunk_becomes_the_same_frame_in_place_and_gives_its_bytes_back_alone() {
+        let id = uuid::Uuid::new_v4();
+        let mut chunk = OutputChunk::copy(b"\x00\xffoutput, then more");
+        chunk.truncate(8);
+        assert_eq!(chunk.bytes(), b"\x00\xffoutput");
+        let frame = OutputChunk::copy(chunk.bytes()).into_frame(FrameKind::Stderr, id, 41);
+        assert_eq!(frame, encode_frame(FrameKind::Stderr, id, 41, b"\x00\xffoutput"));
+        assert_eq!(decode_frame(&frame).unwrap().payload, b"\x00\xffoutput");
+        assert_eq!(chunk.into_bytes(), b"\x00\xffoutput");
+    }
 }
