@@ -29,7 +29,7 @@ use crate::protocol::files::{FrameKind, HEADER_LEN, decode_frame};
 
 /// What the WebSocket reads into at most per read, allocated per link when it
 /// opens and kept while it lives: the library's default (128 KiB) made an
-/// idle agent cost the relay 140 KiB (9 KiB now, all told; BENCHMARKS.md).
+/// idle agent cost the relay 140 KiB (8 KiB now, all told; BENCHMARKS.md).
 /// Longer frames (output) still arrive whole, in more reads, served from the
 /// link's read-ahead ([`ReadAhead`]) while they flow, not one system call each.
 const READ_BUFFER: usize = 2 * 1024;
@@ -100,7 +100,8 @@ struct Accepted {
     agent_id: i64,
     code_hash: Digest,
     code_created_ms: i64,
-    reply: RelayMessage,
+    /// The `Registered` frame, encoded: the link's task need not keep the message.
+    reply: Message,
 }
 
 async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::Result<()> {
@@ -115,29 +116,31 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     drop(first);
     let (info, credentials) = match hello {
         Ok(hello) => hello,
-        Err((reason, message)) => return refuse(socket, reason, message).await,
+        Err((reason, message)) => return Box::pin(refuse(socket, reason, message)).await,
     };
-    // Boxed, as is every step that waits on the store: a task is as large as
-    // the largest future it may await, and this one lives as long as the link.
+    // Boxed, as is every step that waits on the store or NATS, and the
+    // refusals: a task is as large as the largest future it may await, and
+    // this one lives as long as the link.
     let accepted = match Box::pin(accept(&state, &info, credentials, client)).await? {
         Ok(accepted) => accepted,
-        Err((reason, message)) => return refuse(socket, reason, message).await,
+        Err((reason, message)) => return Box::pin(refuse(socket, reason, message)).await,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let conn =
-        state.hub.connect(accepted.agent_id, info.clone(), accepted.code_created_ms, state.config.link_limits(), tx);
+    let conn = state.hub.connect(accepted.agent_id, info, accepted.code_created_ms, state.config.link_limits(), tx);
     // In the hub before the daemon hears it is accepted: a caller that uses
     // the code the moment the daemon shows it must find the link. What is
     // queued for it meanwhile goes out after the reply.
     state.hub.insert(accepted.code_hash, Arc::clone(&conn));
     if let Some(cluster) = &state.cluster {
-        cluster.hold(accepted.code_hash, Arc::clone(&conn)).await;
+        // Boxed (see above): inline, its NATS calls made every link's task
+        // 4 KB larger, with or without a cluster.
+        Box::pin(cluster.hold(accepted.code_hash, Arc::clone(&conn))).await;
     }
 
     let mut code_hash = accepted.code_hash;
-    let result = match socket.send(text(&accepted.reply)).await {
+    let result = match socket.send(accepted.reply).await {
         Ok(()) => {
-            tracing::info!(agent = accepted.agent_id, host = %info.hostname, "agent connected");
+            tracing::info!(agent = accepted.agent_id, host = %conn.info.hostname, "agent connected");
             pump(&state, &conn, &mut code_hash, &mut socket, &mut rx).await
         }
         Err(e) => Err(e.into()),
@@ -147,7 +150,7 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     if let Some(cluster) = &state.cluster {
         cluster.release(&code_hash, conn.conn_id);
     }
-    if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &info)).await
+    if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &conn.info)).await
         && state.store.fault("recording an agent's disconnect", &e).is_none()
     {
         tracing::warn!("recording agent disconnect: {e:#}");
@@ -307,7 +310,7 @@ async fn accept(
         agent_id: record.id,
         code_hash,
         code_created_ms: record.code_created_ms,
-        reply: RelayMessage::Registered { code, token, code_created_ms: record.code_created_ms as u64 },
+        reply: text(&RelayMessage::Registered { code, token, code_created_ms: record.code_created_ms as u64 }),
     }))
 }
 
@@ -331,7 +334,7 @@ async fn register(state: &AppState, info: &AgentInfo, now: i64) -> anyhow::Resul
         agent_id,
         code_hash,
         code_created_ms: now,
-        reply: RelayMessage::Registered { code, token: Some(token), code_created_ms: now as u64 },
+        reply: text(&RelayMessage::Registered { code, token: Some(token), code_created_ms: now as u64 }),
     })
 }
 
@@ -369,4 +372,26 @@ async fn send_queued(
 
 fn text(msg: &RelayMessage) -> Message {
     Message::Text(agent::encode(msg).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// Every idle agent costs the relay its link's task, and tokio allocates
+    /// a task as large as the largest future it may ever await: a step awaited
+    /// inline in `run` grows every link by its size, whether it runs or not.
+    /// The cluster's NATS calls once did (a debug build's `run` was 5.4 KB
+    /// with them, under 2.5 KB boxed; 11.8 KiB per idle agent against 8 KiB,
+    /// BENCHMARKS.md). What `run` awaits once or rarely is boxed; this keeps it so.
+    #[test]
+    fn the_link_task_stays_small() {
+        let size = future_size(run);
+        assert!(size <= 3 * 1024, "an agent link's task is {size} bytes: box what `run` awaits once or rarely");
+    }
 }
