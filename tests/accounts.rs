@@ -61,15 +61,8 @@ impl Site {
     }
 
     async fn console(&self, args: &[&str]) -> (i32, String, String) {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-console"))
-            .args(args)
-            .env("AIC_SOCKET", self.socket())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+        let said = common::console(&self.socket(), args).await;
+        (said.code, said.stdout, said.stderr)
     }
 
     async fn admins(&self) -> Vec<Value> {

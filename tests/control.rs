@@ -13,27 +13,6 @@ use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-struct Console {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the real `aic-console` with `args`.
-async fn console(socket: &Path, args: &[&str]) -> Console {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-console"))
-        .args(args)
-        .env("AIC_SOCKET", socket)
-        .stdin(std::process::Stdio::null())
-        .output();
-    let out = within("aic-console", out).await.unwrap();
-    Console {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
 struct Setup {
     dir: tempfile::TempDir,
     relay: TestRelay,
@@ -333,12 +312,7 @@ async fn console_as_nobody(socket: &Path) -> Console {
         .arg("--socket")
         .arg(socket)
         .output();
-    let out = within("aic-console as nobody", out).await.unwrap();
-    Console {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+    within("aic-console as nobody", out).await.unwrap().into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,48 +438,36 @@ async fn an_approved_command_cannot_act_as_the_operator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_command_leaves_behind_cannot_act_as_the_operator_either() {
-    let s = Setup::supervised(Duration::from_secs(600)).await;
-    let mut watcher = s.subscribed().await;
-    let console_bin = env!("CARGO_BIN_EXE_aic-console");
-    let socket = s.socket().display().to_string();
-    let out = s.dir.path().join("left-behind.out");
     // The command ends at once; what it leaves in the background tries later.
-    let command = format!(
-        "( sleep 0.3; AIC_SOCKET={socket} {console_bin} mode auto >{out} 2>&1; echo rc=$? >>{out} ) >/dev/null 2>&1 &",
-        out = out.display()
-    );
-    let call = s.exec(&command);
-    let id = queued(&mut watcher).await;
-    assert_eq!(console(&s.socket(), &["approve", &id.to_string()]).await.code, 0);
-    let (status, body) = within("the approved command", call).await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    let done = || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("rc="));
-    eventually("the left-behind process to try", done).await;
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert!(text.contains("rc=1") && text.contains("refused: process"), "{text}");
-    assert_eq!(console(&s.socket(), &["mode"]).await.stdout.trim(), "supervised");
+    a_later_attempt_is_refused(|attempt| format!("( {attempt} ) >/dev/null 2>&1 &")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_detached_itself_cannot_act_as_the_operator_either() {
+    // A double fork into a session and process group of its own, whose parent is gone by the time it tries.
+    a_later_attempt_is_refused(|attempt| format!("setsid -f sh -c '{attempt}' >/dev/null 2>&1")).await;
+}
+
+/// Approves a command that leaves behind, as `detach` makes it do, a shell
+/// script that tries `aic-console mode auto` once the command has ended: the
+/// attempt is refused and supervision stays on.
+async fn a_later_attempt_is_refused(detach: impl Fn(&str) -> String) {
     let s = Setup::supervised(Duration::from_secs(600)).await;
     let mut watcher = s.subscribed().await;
-    let console_bin = env!("CARGO_BIN_EXE_aic-console");
-    let socket = s.socket().display().to_string();
-    let out = s.dir.path().join("detached.out");
-    // A double fork into a session and process group of its own, whose parent is gone by the time it tries.
-    let command = format!(
-        "setsid -f sh -c 'sleep 0.3; AIC_SOCKET={socket} {console_bin} mode auto >{out} 2>&1; echo rc=$? >>{out}' \
-         >/dev/null 2>&1",
+    let out = s.dir.path().join("attempt.out");
+    let attempt = format!(
+        "sleep 0.3; AIC_SOCKET={socket} {console_bin} mode auto >{out} 2>&1; echo rc=$? >>{out}",
+        socket = s.socket().display(),
+        console_bin = env!("CARGO_BIN_EXE_aic-console"),
         out = out.display()
     );
-    let call = s.exec(&command);
+    let call = s.exec(&detach(&attempt));
     let id = queued(&mut watcher).await;
     assert_eq!(console(&s.socket(), &["approve", &id.to_string()]).await.code, 0);
     let (status, body) = within("the approved command", call).await.unwrap();
     assert_eq!(status, 200, "{body}");
     let done = || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("rc="));
-    eventually("the detached process to try", done).await;
+    eventually("the later attempt", done).await;
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("rc=1") && text.contains("refused: process"), "{text}");
     assert_eq!(console(&s.socket(), &["mode"]).await.stdout.trim(), "supervised");

@@ -24,6 +24,14 @@ async fn fake_agent(relay: &TestRelay) -> (Ws, Credentials) {
     }
 }
 
+/// A relay on a temporary directory, its configuration changed by `tune`.
+async fn relay_with(tune: impl FnOnce(&mut aic::relay::Config)) -> (tempfile::TempDir, TestRelay) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
+    tune(&mut config);
+    (dir, TestRelay::start_with(config, "127.0.0.1:0").await)
+}
+
 /// The next command the relay hands the fake agent (news of a new account link is skipped).
 async fn next_exec(ws: &mut Ws) -> ExecRequest {
     loop {
@@ -51,10 +59,7 @@ async fn exit(ws: &mut Ws, id: uuid::Uuid) {
 
 #[tokio::test]
 async fn a_command_the_machine_never_finishes_ends_at_its_timeout_plus_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
-    config.exec_grace = Duration::from_millis(300);
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.exec_grace = Duration::from_millis(300)).await;
     let (mut ws, creds) = fake_agent(&relay).await;
     let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "yes", "timeout_ms": 1000}));
     let req = next_exec(&mut ws).await;
@@ -72,10 +77,7 @@ async fn a_command_the_machine_never_finishes_ends_at_its_timeout_plus_grace() {
 
 #[tokio::test]
 async fn a_command_the_machine_never_starts_ends_at_the_start_allowance_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
-    config.start_allowance = Duration::from_millis(300);
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.start_allowance = Duration::from_millis(300)).await;
     let (mut ws, creds) = fake_agent(&relay).await;
     // A long timeout: it only counts once the machine starts the command, which this one never does.
     let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "true", "timeout_ms": 600_000}));
@@ -90,10 +92,7 @@ async fn a_command_the_machine_never_starts_ends_at_the_start_allowance_alone() 
 
 #[tokio::test]
 async fn commands_in_flight_on_one_link_are_capped() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
-    config.max_in_flight = 2;
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.max_in_flight = 2).await;
     let (mut ws, creds) = fake_agent(&relay).await;
     let body = json!({"code": creds.code.to_string(), "command": "sleep 1"});
     let first = call(&relay, body.clone());
@@ -115,10 +114,7 @@ async fn commands_in_flight_on_one_link_are_capped() {
 
 #[tokio::test]
 async fn output_past_the_link_budget_is_dropped_and_that_command_cancelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
-    config.max_link_buffer = 100_000;
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.max_link_buffer = 100_000).await;
     let (mut ws, creds) = fake_agent(&relay).await;
     let body = json!({"code": creds.code.to_string(), "command": "cat big"});
     let first = call(&relay, body.clone());
@@ -187,10 +183,7 @@ async fn an_idle_kept_alive_connection_is_closed() {
 
 #[tokio::test]
 async fn connections_past_the_per_address_limit_are_refused_and_room_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
-    config.connections.max_per_ip = 2;
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.connections.max_per_ip = 2).await;
     let first = raw(&relay.http()).await;
     let _second = raw(&relay.http()).await;
     let said = until_closed(&mut raw(&relay.http()).await).await;
@@ -262,10 +255,7 @@ async fn the_agent_endpoint_answers_an_unknown_code_and_a_wrong_token_alike() {
 
 #[tokio::test]
 async fn an_account_looking_up_an_expired_code_learns_no_more_than_for_an_unknown_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
-    config.anonymous_window = Duration::ZERO;
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.anonymous_window = Duration::ZERO).await;
     let key = relay.account("looker@example.com").await;
     let (_ws, creds) = fake_agent(&relay).await;
     let look = |code: String| {
@@ -351,10 +341,7 @@ async fn the_database_and_a_loose_data_dir_are_made_private() {
 
 #[tokio::test]
 async fn registrations_per_address_are_capped_a_day_and_returning_machines_still_get_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
-    config.registrations_per_day = 2;
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.registrations_per_day = 2).await;
     let (first, creds) = fake_agent(&relay).await;
     drop(first);
     let _second = fake_agent(&relay).await;
@@ -578,11 +565,8 @@ async fn bad_status(relay: &TestRelay, client: &reqwest::Client) -> (u16, Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_that_ignores_its_429s_gets_fewer_answers_and_others_none_the_worse() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = aic::relay::Config::new(dir.path().to_path_buf());
     // A token every 5 s: none comes back while the flood is measured.
-    config.rate_limit = 12;
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+    let (_dir, relay) = relay_with(|config| config.rate_limit = 12).await;
     let (flood, other) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
     // Spend the budget; the 429 that ends it closes the connection.
     let mut first = bad_status(&relay, &flood).await;

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{DaemonProcess, TestDaemon, TestRelay, client, daemon_config, eventually, within};
+use common::{DaemonProcess, TestDaemon, TestRelay, client, console, daemon_config, eventually, within};
 use serde_json::{Value, json};
 
 /// `POST /api/v1/jobs`: status and body.
@@ -286,17 +286,6 @@ async fn one_idempotency_key_runs_the_command_once_even_across_a_relay_restart()
     relay.stop().await;
 }
 
-/// Runs the real `aic-console` with `args`: exit code and stdout.
-async fn console(socket: &Path, args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-console"))
-        .args(args)
-        .env("AIC_SOCKET", socket)
-        .stdin(std::process::Stdio::null())
-        .output();
-    let out = within("aic-console", out).await.unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervised_job_waits_for_approval_and_the_console_lists_and_cancels_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,12 +300,12 @@ async fn a_supervised_job_waits_for_approval_and_the_console_lists_and_cancels_i
     assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
     let id = body["jobId"].as_str().unwrap().to_owned();
 
-    let (exit, listed) = console(&socket, &["jobs", "--json"]).await;
-    assert_eq!(exit, 0, "{listed}");
-    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let listed = console(&socket, &["jobs", "--json"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stdout);
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!((listed[0]["id"].as_str(), listed[0]["state"].as_str()), (Some(id.as_str()), Some("pending")));
-    let (exit, said) = console(&socket, &["approve", &id[..8]]).await;
-    assert_eq!(exit, 0, "{said}");
+    let said = console(&socket, &["approve", &id[..8]]).await;
+    assert_eq!(said.code, 0, "{}", said.stdout);
     for _ in 0..500 {
         let page = get(format!("{http}/api/v1/jobs/{code}/{id}/output?offset=0")).await;
         if page["text"] == "approved\n" {
@@ -324,13 +313,14 @@ async fn a_supervised_job_waits_for_approval_and_the_console_lists_and_cancels_i
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (exit, text) = console(&socket, &["jobs"]).await;
+    let shown = console(&socket, &["jobs"]).await;
+    let text = shown.stdout;
     assert!(
-        exit == 0 && text.contains(&id[..8]) && text.contains("running") && text.contains("exec sleep 60"),
+        shown.code == 0 && text.contains(&id[..8]) && text.contains("running") && text.contains("exec sleep 60"),
         "{text}"
     );
-    let (exit, said) = console(&socket, &["jobs", "cancel", &id[..8]]).await;
-    assert_eq!(exit, 0, "{said}");
+    let said = console(&socket, &["jobs", "cancel", &id[..8]]).await;
+    assert_eq!(said.code, 0, "{}", said.stdout);
     let job = ended(&http, &code, &id).await;
     assert_eq!((job["state"].as_str(), job["exitCode"].as_i64()), (Some("cancelled"), Some(143)), "{job}");
     daemon.stop().await;
@@ -449,9 +439,9 @@ async fn past_the_machines_maximum_a_job_start_is_refused_and_a_job_cannot_act_a
 }
 
 async fn console_mode(socket: &Path) -> String {
-    let (exit, out) = console(socket, &["mode"]).await;
-    assert_eq!(exit, 0, "{out}");
-    out.trim().to_owned()
+    let said = console(socket, &["mode"]).await;
+    assert_eq!(said.code, 0, "{}", said.stdout);
+    said.stdout.trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use super::executor::{self, ProcessEvent};
 use super::files::Outgoing;
 use super::jobs::Jobs;
 use super::shared::Daemon;
+use super::starting::Starts;
 use super::traffic::{self, Traffic};
 use crate::clock::now_ms;
 use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_WINDOW, Refusal, Requester, Stream};
@@ -57,6 +58,8 @@ struct Inner {
     /// is left in them: a background process a command left behind is still
     /// that command's, for the control socket's operator check.
     groups: Mutex<Vec<i32>>,
+    /// Commands started whose group is not in `groups` yet.
+    starts: Starts,
     /// Detached jobs, admitted through the same mode, queue and ring.
     jobs: Jobs,
 }
@@ -93,6 +96,7 @@ impl Commands {
             approvals: Mutex::default(),
             live: Mutex::default(),
             groups: Mutex::default(),
+            starts: Starts::default(),
         }))
     }
 
@@ -242,10 +246,14 @@ impl Commands {
         // Output goes as binary frames, numbered, when the relay gave credit.
         let mut frames = credit.is_some().then_some(0u64);
         let (tx, mut rx) = mpsc::channel(1);
+        let mut start = Some(self.0.starts.begin());
         let forward = async move {
             while let Some(event) = rx.recv().await {
                 let started = matches!(event, ProcessEvent::Started { .. });
                 let msg = self.note(id, event, frames.as_mut());
+                if started {
+                    start.take();
+                }
                 // What follows a short command's `started` (its exit, its
                 // first output) goes right behind it, so that the link writes
                 // both at once; the ring and the process groups know at once.
@@ -396,6 +404,12 @@ impl Commands {
         drop(groups);
         all.extend(self.0.jobs.process_groups());
         all
+    }
+
+    /// Waits, for at most `limit`, until every command started so far has
+    /// its process group in [`Commands::process_groups`]; false if one has not.
+    pub async fn starts_settled(&self, limit: Duration) -> bool {
+        self.0.starts.settle(limit).await
     }
 
     /// The daemon's jobs.

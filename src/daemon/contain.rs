@@ -21,10 +21,11 @@
 //! This is the crate's only unsafe code: what runs between fork and exec.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use rustix::process::{Pid, Signal};
 use uuid::Uuid;
@@ -43,6 +44,10 @@ const MAX_DEPTH: usize = 4096;
 
 /// The daemon's delegated cgroup directory, once [`init`] found one.
 static DELEGATED: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// The cgroup names of this daemon's cells not yet dropped: a sweep leaves
+/// them, since a new cell's cgroup is empty until its reaper joins it.
+static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// At daemon start: when the daemon runs in a cgroup delegated to it
 /// (systemd's `Delegate=yes`), moves the daemon into its [`LEAF`] and
@@ -107,11 +112,14 @@ fn enter_leaf(dir: &Path) -> io::Result<()> {
     std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
 }
 
-/// Removes the command cgroups that are empty (a busy one stays).
+/// Removes the command cgroups that are empty (a busy one stays), but not
+/// those of live cells.
 fn sweep(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(CELL_PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(CELL_PREFIX) && !live.contains(&name) {
             let _ = std::fs::remove_dir(entry.path());
         }
     }
@@ -142,9 +150,12 @@ impl Cell {
             Self { cgroup: None, procs: None, status_tx: Some(tx.into()), status_rx: Some(rx.into()), reaper: 0 };
         if let Some(dir) = delegated() {
             sweep(&dir);
-            let path = dir.join(format!("{CELL_PREFIX}{id}"));
-            std::fs::create_dir(&path)?;
+            let name = format!("{CELL_PREFIX}{id}");
+            let path = dir.join(&name);
+            LIVE.lock().unwrap_or_else(PoisonError::into_inner).insert(name);
+            // Set first: dropped after a failure below, the cell leaves `LIVE` too.
             cell.cgroup = Some(path.clone());
+            std::fs::create_dir(&path)?;
             cell.procs = Some(std::fs::OpenOptions::new().write(true).open(path.join("cgroup.procs"))?.into());
         }
         Ok(cell)
@@ -178,6 +189,11 @@ impl Cell {
         self.status_tx = None;
         self.procs = None;
         self.status_rx.take()
+    }
+
+    /// Whether the command has a cgroup of its own (to remove once it is empty).
+    pub fn has_cgroup(&self) -> bool {
+        self.cgroup.is_some()
     }
 
     /// Removes the command's cgroup once it is empty: call it when
@@ -238,6 +254,9 @@ impl Drop for Cell {
         // Busy (something the command left running): a later sweep removes it.
         if let Some(cgroup) = &self.cgroup {
             let _ = std::fs::remove_dir(cgroup);
+            if let Some(name) = cgroup.file_name() {
+                LIVE.lock().unwrap_or_else(PoisonError::into_inner).remove(&*name.to_string_lossy());
+            }
         }
     }
 }
@@ -356,14 +375,17 @@ pub(super) unsafe fn reap(command: libc::pid_t, status: RawFd) -> ! {
             libc::signal(signal, libc::SIG_IGN);
         }
         close_all_but(status);
+        // rustix's raw calls set no errno: the spawner's reaper shares the
+        // spawner's memory, and so its errno, from here on.
+        let status = std::os::fd::BorrowedFd::borrow_raw(status);
         loop {
-            let mut raw = 0;
-            let pid = libc::waitpid(-1, &mut raw, 0);
-            if pid == command {
-                let code = if libc::WIFSIGNALED(raw) { 128 + libc::WTERMSIG(raw) } else { libc::WEXITSTATUS(raw) };
-                libc::write(status, code.to_ne_bytes().as_ptr().cast(), 4);
-            } else if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                libc::_exit(0);
+            match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+                Ok(Some((pid, raw))) if pid.as_raw_nonzero().get() == command => {
+                    let code = raw.terminating_signal().map_or(raw.exit_status().unwrap_or(-1), |s| 128 + s);
+                    let _ = rustix::io::write(status, &code.to_ne_bytes());
+                }
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => libc::_exit(0),
             }
         }
     }
@@ -398,6 +420,21 @@ mod tests {
         let mut v = Vec::new();
         let _ = r.read_to_end(&mut v);
         v
+    }
+
+    #[test]
+    fn a_sweep_leaves_the_empty_cgroup_of_a_live_cell() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, left) = (format!("{CELL_PREFIX}{}", Uuid::new_v4()), format!("{CELL_PREFIX}{}", Uuid::new_v4()));
+        for name in [&live, &left] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        LIVE.lock().unwrap().insert(live.clone());
+        sweep(dir.path());
+        LIVE.lock().unwrap().remove(&live);
+        // Removed, it made the reaper's join fail with ENODEV: 32 parallel commands under systemd got 500s.
+        assert!(dir.path().join(&live).is_dir(), "a live cell's cgroup stays, empty until its reaper joins");
+        assert!(!dir.path().join(&left).exists(), "a command cgroup no cell uses goes");
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub const GROUP: &str = "aic";
 /// Frames queued for one console before its requests wait for it to read.
 const CLIENT_QUEUE: usize = 256;
 
+/// How long an operator action waits for the commands being started to say
+/// which process groups they lead (normally well under a millisecond).
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A bound control socket; the file is removed when this is dropped.
 pub struct ControlSocket {
     path: PathBuf,
@@ -262,6 +266,12 @@ async fn answer(
             return ServerFrame::Error { id: request_id(bytes), message };
         }
     };
+    if op.is_operator_action() && !commands.starts_settled(SETTLE_LIMIT).await {
+        let message = "refused: a command is still starting, and until it has, this daemon cannot tell whether \
+                       the request comes from it; try again in a moment"
+            .to_owned();
+        return ServerFrame::Error { id: Some(id), message };
+    }
     let from_command = || super::peer::command_origin(peer, &commands.process_groups());
     if let Some(why) = op.is_operator_action().then(from_command).flatten() {
         tracing::warn!("control socket: refused an operator action from a command this daemon runs: {why}");

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod peer;
 pub mod shared;
 pub mod spawner;
+pub mod starting;
 pub mod state;
 pub mod tls;
 pub mod traffic;

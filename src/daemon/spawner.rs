@@ -1,4 +1,4 @@
-//! Forks each command's reaper from a small single-threaded process instead
+//! Starts each command's reaper from a small single-threaded process instead
 //! of from the daemon: a `fork()` of the multi-threaded daemon copies its page
 //! tables and costs copy-on-write faults and TLB shootdowns on every core.
 //!
@@ -7,10 +7,16 @@
 //! For each command the daemon sends one message (argv, the variables it sets,
 //! cwd, whether to lead a process group) with the descriptors (stdin, stdout,
 //! stderr, the status pipe's writing end, the cgroup's `cgroup.procs`); the
-//! spawner forks the reaper, which does what `contain` does after a fork of
+//! spawner starts the reaper, which does what `contain` does after a fork of
 //! the daemon (cgroup, subreaper, process group, stdio, cwd, the command's
-//! fork and exec, then the reaping), and answers with the reaper's pid or the
+//! start and exec, then the reaping), and answers with the reaper's pid or the
 //! errno of what failed. The spawner exits when the daemon goes.
+//!
+//! Neither the reaper nor the command's child is a `fork()`: both are clones
+//! that share the spawner's memory (see `Request::spawn`), so a command
+//! costs no copy of page tables and no copy-on-write faults (like a bare
+//! `posix_spawn`); each is still a process of its own, with its own
+//! descriptors, signals, process group and cgroup.
 //!
 //! Without a spawner (it died, or a test runs the daemon in-process),
 //! [`spawn`] answers `None` and the caller forks the old way.
@@ -79,6 +85,13 @@ pub struct Fds<'a> {
 pub fn start() {
     if std::fs::read_dir("/proc/self/task").map_or(true, |tasks| tasks.count() != 1) {
         return;
+    }
+    // The reapers' clones need `CLONE_PIDFD` (Linux 5.2); a kernel without
+    // `pidfd_open` (5.3) gets no spawner, and the daemon forks as before.
+    // SAFETY: pidfd_open of this process; the descriptor is closed at once.
+    match unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) } {
+        -1 => return,
+        fd => drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) }),
     }
     let flags = SocketFlags::CLOEXEC;
     let Ok((ours, theirs)) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None) else {
@@ -197,7 +210,7 @@ fn encode(order: &Order, procs: bool) -> io::Result<Vec<u8>> {
     Ok(message)
 }
 
-/// A decoded order, ready for the fork: nothing is allocated after it.
+/// A decoded order, ready for the reaper: nothing is allocated after it.
 struct Request {
     /// The program's path, found in `PATH`.
     program: CString,
@@ -233,6 +246,7 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
     }
     let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut reapers = Reapers::default();
     loop {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -251,7 +265,8 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
             })
             .flatten()
             .collect();
-        let answer = decode(&buf[..got.bytes.min(buf.len())], fds, &base).and_then(|r| r.spawn());
+        reapers.sweep();
+        let answer = decode(&buf[..got.bytes.min(buf.len())], fds, &base).and_then(|r| r.spawn(&mut reapers));
         let (pid, errno) = match answer {
             Ok(pid) => (pid, 0),
             Err(e) => (0, e.raw_os_error().unwrap_or(libc::EINVAL)),
@@ -304,7 +319,8 @@ fn find_program(name: &OsStr, path: Option<OsString>) -> io::Result<Vec<u8>> {
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
-/// Raw pointers and descriptors of a [`Request`], for the forked children.
+/// Raw pointers and descriptors of a [`Request`], for the reaper and the
+/// command's child, which run in the spawner's memory.
 struct Plan {
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
@@ -316,13 +332,107 @@ struct Plan {
     procs: RawFd,
     /// Where a child writes the errno of what failed; closed by the exec.
     error: RawFd,
+    /// The top of the stack the command's child runs on until its exec.
+    command_stack: *mut libc::c_void,
+}
+
+/// The stack of one reaper (upper half) and of its command's child until
+/// the exec (lower half), below a guard page: the reaper shares the
+/// spawner's memory, so it cannot use the spawner's stack.
+struct Stack {
+    /// The mapping's start (the guard page).
+    base: *mut libc::c_void,
+}
+
+impl Stack {
+    /// The bytes of each half; the reaper and the child use a few hundred.
+    const HALF: usize = 32 * 1024;
+    /// The guard page's bytes, below both halves.
+    const GUARD: usize = 4096;
+    const LEN: usize = Self::GUARD + 2 * Self::HALF;
+
+    fn new() -> io::Result<Self> {
+        let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        // SAFETY: a fresh anonymous mapping, owned by the returned value.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), Self::LEN, prot, flags, -1, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Self { base };
+        // SAFETY: the first page of the mapping just made.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The top of the reaper's half (stacks grow down).
+    fn reaper_top(&self) -> *mut libc::c_void {
+        self.base.wrapping_byte_add(Self::LEN)
+    }
+
+    /// The top of the command child's half.
+    fn command_top(&self) -> *mut libc::c_void {
+        self.base.wrapping_byte_add(Self::GUARD + Self::HALF)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made; no process runs on it any more.
+        unsafe { libc::munmap(self.base, Self::LEN) };
+    }
+}
+
+/// The reapers alive, each with the stack it runs on; the stacks of those
+/// that ended are kept for the next ones (no new mapping, no page faults).
+#[derive(Default)]
+struct Reapers {
+    /// Each live reaper's pidfd (readable once it has exited) and stack.
+    live: Vec<(OwnedFd, Stack)>,
+    /// Stacks no process runs on.
+    free: Vec<Stack>,
+}
+
+impl Reapers {
+    /// Stacks kept for reuse at most; more are unmapped.
+    const KEEP: usize = 64;
+
+    /// Moves the stacks of the reapers that exited to `free`.
+    fn sweep(&mut self) {
+        let mut i = 0;
+        while i < self.live.len() {
+            let mut poll = [libc::pollfd { fd: self.live[i].0.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            // SAFETY: one pollfd on a pidfd this list owns; no wait.
+            if unsafe { libc::poll(poll.as_mut_ptr(), 1, 0) } == 1 {
+                let (_, stack) = self.live.swap_remove(i);
+                if self.free.len() < Self::KEEP {
+                    self.free.push(stack);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn stack(&mut self) -> io::Result<Stack> {
+        self.free.pop().map_or_else(Stack::new, Ok)
+    }
 }
 
 impl Request {
-    /// Forks the reaper; returns its pid once the command has been exec'd,
+    /// Starts the reaper; returns its pid once the command has been exec'd,
     /// or the errno of the step that failed.
-    fn spawn(self) -> io::Result<i32> {
+    ///
+    /// Neither start copies the spawner's memory (what `posix_spawn` does for
+    /// the command): the reaper is a process of its own that shares the
+    /// spawner's memory (`CLONE_VM`) and runs on a stack of its own; it makes
+    /// raw system calls only, and reads the request only until the command's
+    /// exec, while the spawner waits for that on the error pipe. The command's
+    /// child shares it too, the reaper suspended (`CLONE_VFORK`) until it execs.
+    fn spawn(self, reapers: &mut Reapers) -> io::Result<i32> {
         let (error_rx, error_tx) = io::pipe()?;
+        let stack = reapers.stack()?;
         let argv: Vec<_> = self.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let envp: Vec<_> = self.envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let raw = |i: usize| self.fds.get(i).map_or(-1, AsRawFd::as_raw_fd);
@@ -336,16 +446,23 @@ impl Request {
             status: raw(3),
             procs: raw(4),
             error: error_tx.as_raw_fd(),
+            command_stack: stack.command_top(),
         };
-        // SAFETY: the spawner is single-threaded; the child runs `reaper`,
-        // which makes raw system calls only and never returns.
-        let pid = match unsafe { libc::fork() } {
-            -1 => return Err(io::Error::last_os_error()),
-            0 => unsafe { reaper(&plan) },
-            pid => pid,
-        };
+        let mut pidfd: libc::c_int = -1;
+        let flags = libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD;
+        let arg = (&raw const plan).cast_mut().cast();
+        // SAFETY: `reaper` runs on its own stack and only reads `plan` (and
+        // what it points to), which lives until the error pipe's EOF below.
+        let pid = unsafe { libc::clone(reaper, stack.reaper_top(), flags, arg, &raw mut pidfd) };
+        if pid == -1 {
+            reapers.free.push(stack);
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel made this pidfd for the new reaper; it is ours alone.
+        reapers.live.push((unsafe { std::os::fd::FromRawFd::from_raw_fd(pidfd) }, stack));
         drop(error_tx);
         let mut errno = Vec::new();
+        // EOF: the command has exec'd (or failed) and the reaper closed its copy: `plan` is no longer read.
         let _ = (&error_rx).read_to_end(&mut errno);
         match errno.get(..4) {
             None => Ok(pid),
@@ -357,7 +474,7 @@ impl Request {
 /// Writes errno to `error` and exits.
 ///
 /// # Safety
-/// Only in a forked child of the spawner.
+/// Only in the reaper or the command's child, before the command's exec.
 unsafe fn fail(error: RawFd) -> ! {
     // SAFETY: raw system calls.
     unsafe {
@@ -368,14 +485,16 @@ unsafe fn fail(error: RawFd) -> ! {
 }
 
 /// The reaper: into the cgroup, subreaper, process group, cwd, stdio; then
-/// forks the command and reaps until the last of its processes is gone.
+/// starts the command and reaps until the last of its processes is gone.
 ///
-/// # Safety
-/// Only in the spawner's forked child, with `p` pointing into memory the
-/// spawner prepared before the fork.
-unsafe fn reaper(p: &Plan) -> ! {
-    // SAFETY: raw system calls only; nothing allocates or locks.
+/// Runs with the spawner's memory, on a stack of its own, with `plan` a
+/// [`Plan`] the spawner keeps until the error pipe closes.
+extern "C" fn reaper(plan: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: raw system calls only; nothing allocates or locks. The spawner
+    // is blocked on the error pipe until `reap` has closed it, so the errno
+    // this shares with it is read by nobody else until then.
     unsafe {
+        let p = &*plan.cast_const().cast::<Plan>();
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         if p.procs >= 0 && libc::write(p.procs, b"0".as_ptr().cast(), 1) != 1 {
             fail(p.error)
@@ -391,9 +510,10 @@ unsafe fn reaper(p: &Plan) -> ! {
                 fail(p.error)
             }
         }
-        match libc::fork() {
+        // Back once the command has exec'd (or failed): only then is the stack's lower half free again.
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+        match libc::clone(command, p.command_stack, flags, plan) {
             -1 => fail(p.error),
-            0 => command(p),
             command => super::contain::reap(command, p.status),
         }
     }
@@ -401,11 +521,11 @@ unsafe fn reaper(p: &Plan) -> ! {
 
 /// The command's child of the reaper: execs the program.
 ///
-/// # Safety
-/// Only in the reaper's forked child.
-unsafe fn command(p: &Plan) -> ! {
+/// Runs with the spawner's memory while the reaper waits for its exec.
+extern "C" fn command(plan: *mut libc::c_void) -> libc::c_int {
     // SAFETY: raw system calls only; nothing allocates or locks.
     unsafe {
+        let p = &*plan.cast_const().cast::<Plan>();
         // Whatever the daemon inherited without close-on-exec stays out of the command.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);

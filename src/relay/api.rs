@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::access;
-use super::error::{ApiError, ErrorBody};
+use super::error::{AgentOffline, ApiError, ErrorBody, Internal, KeyNotValid, NotJson, RateLimited};
 use super::exec::{self, ExecParams, ExecResult, Outcome};
 use super::hub::{Exec, ExecEvent};
 use super::status::{self, StatusBody};
@@ -56,12 +56,10 @@ Its output is then spooled on the machine until the key is forgotten. The same k
         (status = 404, description = "`not_found`: with an account, no machine has this code and none of the account's has this alias; or no such route", body = ErrorBody),
         (status = 409, description = "`conflict`: the Idempotency-Key was already used for another command", body = ErrorBody),
         (status = 413, description = "`too_large`: the request body is over the relay's limit (256 KiB by default)", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: the request did not say `Content-Type: application/json`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests from this address, or the machine already runs its maximum of commands (the daemon's, or the relay's per-machine cap)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
         (status = 504, description = "`machine_timeout`: the machine did not finish the command within its timeout plus the relay's grace period; the relay cancelled it", body = ErrorBody),
+        NotJson, Internal, AgentOffline,
     )
 )]
 pub async fn exec(
@@ -108,12 +106,10 @@ pub async fn exec(
     responses(
         (status = 200, description = "The machine", body = StatusBody),
         (status = 400, description = "`bad_request`: a malformed code", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
         (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour (one identical answer for both); `approval_required` or `blocked` for an account", body = ErrorBody),
         (status = 404, description = "`not_found`: with an account, no such code or alias; or no such route (for example nothing after `/status/`)", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 500, description = "`internal`: the relay failed; retry, and tell its operator if it persists", body = ErrorBody),
+        KeyNotValid, RateLimited,
     )
 )]
 pub async fn status(

@@ -272,3 +272,41 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+// The refusals several routes document alike, each a type its routes list in
+// `#[utoipa::path(responses(..))]`, so that each is described once.
+
+/// 401 where an API key is optional: the one sent is not valid.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid")]
+pub struct KeyNotValid(pub ErrorBody<'static>);
+
+/// 415 of a route that takes a JSON body.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 415,
+    description = "`unsupported_media_type`: the request did not say `Content-Type: application/json`"
+)]
+pub struct NotJson(pub ErrorBody<'static>);
+
+/// 429 of a route limited per address alone.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "`rate_limited`: too many requests from this address",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
+)]
+pub struct RateLimited(pub ErrorBody<'static>);
+
+/// 500 of a route that reaches the machine's daemon.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 500,
+    description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists"
+)]
+pub struct Internal(pub ErrorBody<'static>);
+
+/// 503 of a route that needs the machine's daemon connected.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 503, description = "`agent_offline`: the machine's daemon is not connected")]
+pub struct AgentOffline(pub ErrorBody<'static>);

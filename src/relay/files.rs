@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::access::{self, Caller};
-use super::error::{ApiError, ErrorBody, MAX_MACHINE_TEXT, Reason, machine_text};
+use super::error::{AgentOffline, ApiError, ErrorBody, MAX_MACHINE_TEXT, Reason, machine_text};
 use super::transfer::{FileEvent, OpenError, Transfer};
 use crate::protocol::files::{
     ByteRange, CONTENT_TYPES, FILE_CHUNK, FILE_WINDOW, FileFailure, FileOpened, FrameKind, PullRequest, PushRequest,
@@ -280,7 +280,7 @@ refused: archive them first (`tar czf /tmp/dir.tgz -C /path/to dir`) and pull th
         (status = 404, description = "`not_found`: no such file on the machine, or no such code or alias", body = ErrorBody),
         (status = 413, description = "`too_large`: the file is over the relay's or the daemon's cap", body = ErrorBody),
         (status = 416, description = "The range starts past the end of the file"),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        AgentOffline,
     )
 )]
 pub async fn pull(
@@ -372,7 +372,7 @@ is required. In supervised mode the operator approves the push first (`push 3.2 
         (status = 411, description = "`bad_request`: no Content-Length", body = ErrorBody),
         (status = 413, description = "`too_large`: over the relay's or the daemon's cap", body = ErrorBody),
         (status = 422, description = "`checksum_mismatch`: the bytes do not have the SHA-256 sent; nothing was written", body = ErrorBody),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        AgentOffline,
     )
 )]
 pub async fn push(

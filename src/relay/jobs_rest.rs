@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::access::{self, Purpose};
 use super::api;
-use super::error::{ApiError, ErrorBody};
+use super::error::{AgentOffline, ApiError, ErrorBody, Internal, KeyNotValid, NotJson, RateLimited};
 use super::exec::{self, ExecResult};
 use super::jobs::{self, Follow, JobBody, JobList, JobOutput, JobParams, JobStarted, Reached};
 use crate::protocol::agent::Stream;
@@ -46,11 +46,9 @@ With `Idempotency-Key`, a repeated request of the same caller within 10 minutes 
         (status = 404, description = "`not_found`: no such machine for this account", body = ErrorBody),
         (status = 409, description = "`conflict`: the Idempotency-Key was used for another command", body = ErrorBody),
         (status = 413, description = "`too_large`: the request body is over the relay's limit", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: the request did not say `Content-Type: application/json`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests, or the machine runs its maximum of jobs (32 by default)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        NotJson, Internal, AgentOffline,
     )
 )]
 pub async fn start(
@@ -66,6 +64,26 @@ pub async fn start(
     Ok(Json(jobs::start(&state, &caller, &params, key).await?).into_response())
 }
 
+/// The refusals of a look-up of the caller's jobs on a machine, one job's or all.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "only described in /openapi.json; the routes answer with `ApiError`")]
+pub enum JobLookupRefusals {
+    #[response(status = 400, description = "`bad_request`: a malformed code, job id or query")]
+    BadRequest(ErrorBody<'static>),
+    #[response(
+        status = 403,
+        description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; \
+`approval_required` or `blocked` for an account"
+    )]
+    Forbidden(ErrorBody<'static>),
+    #[response(
+        status = 404,
+        description = "`not_found`: no such machine for this account, or no such job of this caller (another \
+caller's job is not shown); or no such route"
+    )]
+    NotFound(ErrorBody<'static>),
+}
+
 /// `GET /api/v1/jobs/{code}`.
 #[utoipa::path(
     get,
@@ -77,14 +95,7 @@ started with this code), newest first, until the machine's retention deletes the
     params(("code" = String, Path, description = "Session code or alias")),
     responses(
         (status = 200, description = "The jobs", body = JobList),
-        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
-        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
     )
 )]
 pub async fn list(
@@ -107,14 +118,7 @@ pub async fn list(
     params(("code" = String, Path, description = "Session code or alias"), ("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = JobBody),
-        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
-        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
     )
 )]
 pub async fn status(
@@ -138,14 +142,7 @@ The answer shows the job as it is at once; its end follows in its status.",
     params(("code" = String, Path, description = "Session code or alias"), ("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = JobBody),
-        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
-        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
     )
 )]
 pub async fn cancel(
@@ -185,14 +182,7 @@ pub struct OutputQuery {
     ),
     responses(
         (status = 200, description = "A page of output, or the event stream", content((JobOutput = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "`bad_request`: a malformed code, job id or query", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: an Authorization header was sent but its API key is not valid", body = ErrorBody),
-        (status = 403, description = "`anonymous_expired`: without an account, the code is unknown or past its first hour; `approval_required` or `blocked` for an account", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such machine for this account, or no such job of this caller (another caller's job is not shown); or no such route", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many requests from this address", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "`internal`: the relay or the daemon failed; retry, and tell the relay's operator if it persists", body = ErrorBody),
-        (status = 503, description = "`agent_offline`: the machine's daemon is not connected", body = ErrorBody),
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
     )
 )]
 pub async fn output(

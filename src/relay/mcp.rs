@@ -164,7 +164,7 @@ remote_exec says the machine is offline. It runs nothing on the machine.",
 impl Mcp {
     /// `remote_exec`, answered when it has finished.
     async fn run_exec(&self, raw: JsonObject, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, McpError> {
-        let args = match RemoteExecArgs::parse(&raw) {
+        let mut args = match RemoteExecArgs::parse(&raw) {
             Ok(args) => args,
             Err(err) => return Ok(refusal(&err)),
         };
@@ -172,14 +172,9 @@ impl Mcp {
             Ok(caller) => caller,
             Err(err) => return Ok(refusal(&err)),
         };
-        let params = ExecParams {
-            code: args.code,
-            command: args.command,
-            cwd: args.cwd,
-            timeout_ms: args.timeout_ms,
-            pty: false,
-        };
-        if let Some(key) = &args.idempotency_key {
+        let key = args.idempotency_key.take();
+        let params = ExecParams::from(args);
+        if let Some(key) = &key {
             return Ok(self.exec_keyed(&caller, &params, key, &ctx).await);
         }
         // Registered before it starts and while it runs, so closing its session kills it at once.
@@ -215,14 +210,7 @@ impl Mcp {
     ) -> Result<rmcp::model::CreateTaskResult, ApiError> {
         let args = RemoteExecArgs::parse(raw)?;
         let caller = caller(&self.state, ctx).await?;
-        let params = ExecParams {
-            code: args.code,
-            command: args.command,
-            cwd: args.cwd,
-            timeout_ms: args.timeout_ms,
-            pty: false,
-        };
-        self.exec_as_task(&caller, &params).await
+        self.exec_as_task(&caller, &ExecParams::from(args)).await
     }
 
     /// Gathers the command's outcome, telling a client that asked for progress

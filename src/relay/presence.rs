@@ -36,11 +36,33 @@ pub struct Presence {
     js: jetstream::Context,
     /// The bucket.
     kv: kv::Store,
-    /// Whether a failed read has been logged (once per outage: status then asks the holding relay).
-    said_unreadable: AtomicBool,
-    /// Whether a failed write has been logged (once per outage, not once per
-    /// link and refresh: thousands of links refresh every few seconds).
-    said_unwritable: AtomicBool,
+    /// Failed reads, logged once per outage (status then asks the holding relay).
+    unreadable: Outage,
+    /// Failed writes, logged once per outage, not once per link and refresh:
+    /// thousands of links refresh every few seconds.
+    unwritable: Outage,
+}
+
+/// A failure logged once per outage rather than once per failed call; a call
+/// that goes through ends the outage, so the next failure is logged again.
+#[derive(Default)]
+struct Outage {
+    /// Whether this outage has been logged.
+    said: AtomicBool,
+}
+
+impl Outage {
+    /// A call failed: logs `warning` if this is the first failure of an outage.
+    fn failed(&self, warning: std::fmt::Arguments) {
+        if !self.said.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{warning}");
+        }
+    }
+
+    /// A call went through: the outage, if any, is over.
+    fn over(&self) {
+        self.said.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The bucket's stream as the KV convention has it: one message per key, kept
@@ -68,7 +90,7 @@ impl Presence {
         let js = jetstream::new(client.clone());
         js.get_or_create_stream(stream_config()).await.map_err(|e| e.to_string())?;
         let kv = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
-        Ok(Self { js, kv, said_unreadable: AtomicBool::new(false), said_unwritable: AtomicBool::new(false) })
+        Ok(Self { js, kv, unreadable: Outage::default(), unwritable: Outage::default() })
     }
 
     /// Notes that `relay` holds the machine behind `key`: the entry's revision,
@@ -95,15 +117,14 @@ impl Presence {
 
     /// A write went through: the next failure is a new outage, logged again.
     fn wrote(&self, revision: u64) -> Option<u64> {
-        self.said_unwritable.store(false, Ordering::Relaxed);
+        self.unwritable.over();
         Some(revision)
     }
 
     /// Logs a failed write, the first of an outage only.
     fn unwritable(&self, why: std::fmt::Arguments) {
-        if !self.said_unwritable.swap(true, Ordering::Relaxed) {
-            tracing::warn!("noting presence in NATS KV: {why}; entries expire unrefreshed while it fails");
-        }
+        self.unwritable
+            .failed(format_args!("noting presence in NATS KV: {why}; entries expire unrefreshed while it fails"));
     }
 
     /// Deletes the entry behind `key` if it is still the one this relay wrote
@@ -119,15 +140,13 @@ impl Presence {
     pub async fn held(&self, key: &str) -> Option<bool> {
         match self.kv.get(key).await {
             Ok(entry) => {
-                self.said_unreadable.store(false, Ordering::Relaxed);
+                self.unreadable.over();
                 Some(entry.is_some())
             }
             Err(e) => {
-                if !self.said_unreadable.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "reading presence from NATS KV: {e}; asking the holding relay instead while it fails"
-                    );
-                }
+                self.unreadable.failed(format_args!(
+                    "reading presence from NATS KV: {e}; asking the holding relay instead while it fails"
+                ));
                 None
             }
         }
@@ -138,4 +157,45 @@ impl Presence {
 pub fn key(code_hash: &Digest) -> String {
     let subject = super::cluster::subject(code_hash);
     subject.trim_start_matches("aic.agent.").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// What the relay's log says, as its operator reads it.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outage_is_logged_once_and_a_later_outage_again() {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let writes = Outage::default();
+        tracing::subscriber::with_default(subscriber, || {
+            for n in 1..=3 {
+                writes.failed(format_args!("write {n} failed"));
+            }
+            writes.over();
+            writes.failed(format_args!("write 4 failed"));
+            writes.failed(format_args!("write 5 failed"));
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("WARN") && lines[0].ends_with("write 1 failed"), "{text}");
+        assert!(lines[1].contains("WARN") && lines[1].ends_with("write 4 failed"), "{text}");
+    }
 }

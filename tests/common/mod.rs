@@ -236,6 +236,36 @@ pub async fn run(relay: &str, code: SessionCode, command: &str) -> serde_json::V
     body
 }
 
+/// What a run of the real `aic-console` showed its user.
+pub struct Console {
+    /// Its exit code (-1 when a signal ended it).
+    pub code: i32,
+    /// What it printed.
+    pub stdout: String,
+    /// What it printed as errors.
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Console {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+}
+
+/// Runs the real `aic-console` with `args` against the daemon's control `socket`.
+pub async fn console(socket: &Path, args: &[&str]) -> Console {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aic-console"))
+        .args(args)
+        .env("AIC_SOCKET", socket)
+        .stdin(Stdio::null())
+        .output();
+    within("aic-console", out).await.unwrap().into()
+}
+
 /// Whether a process with `pid` is still alive (zombies count as gone).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -12,7 +12,7 @@ use rmcp::model::JsonObject;
 use serde_json::Value;
 
 use crate::relay::error::ApiError;
-use crate::relay::exec::{DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT};
+use crate::relay::exec::{DEFAULT_TIMEOUT, ExecParams, MAX_TIMEOUT, MIN_TIMEOUT};
 
 /// Arguments of `remote_exec`.
 #[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
@@ -47,6 +47,15 @@ impl RemoteExecArgs {
             timeout_ms: timeout_ms(args)?,
             idempotency_key: optional_string(args, "idempotency_key", "a key such as a UUID")?,
         })
+    }
+}
+
+/// What `remote_exec` runs, as the REST exec takes it: never under a
+/// pseudo-terminal (a tool's output goes to a model, not a screen). The
+/// idempotency key is not part of it; take it out first where it matters.
+impl From<RemoteExecArgs> for ExecParams {
+    fn from(args: RemoteExecArgs) -> Self {
+        Self { code: args.code, command: args.command, cwd: args.cwd, timeout_ms: args.timeout_ms, pty: false }
     }
 }
 
@@ -254,6 +263,16 @@ mod tests {
         }
         let args = RemoteExecArgs::parse(&object(json!({"code": "c", "command": "x", "timeout_ms": null}))).unwrap();
         assert_eq!((args.timeout_ms, args.cwd), (None, None));
+    }
+
+    #[test]
+    fn remote_exec_runs_what_was_sent_without_a_terminal() {
+        let sent =
+            json!({"code": "web", "command": "uptime", "cwd": "/tmp", "timeout_ms": 5000, "idempotency_key": "k"});
+        let params = ExecParams::from(RemoteExecArgs::parse(&object(sent)).unwrap());
+        let fields = (params.code.as_str(), params.command.as_str(), params.cwd.as_deref(), params.timeout_ms);
+        assert_eq!(fields, ("web", "uptime", Some("/tmp"), Some(5000)));
+        assert!(!params.pty);
     }
 
     #[test]
