@@ -231,7 +231,7 @@ async fn status_reports_online_agent_info_and_fresh_minutes() {
     assert_eq!(body["code"], code);
     assert_eq!(body["online"], true);
     assert_eq!(body["agentInfo"]["os"], std::env::consts::OS);
-    assert_eq!(body["agentInfo"]["capabilities"], json!(["pty", "jobs", "files", "output_frames"]));
+    assert_eq!(body["agentInfo"]["capabilities"], json!(["pty", "jobs", "files", "output_frames", "output_chunk"]));
     assert!(body["freshMinutes"].as_u64().unwrap() >= 58, "{body}");
 
     daemon.stop().await;

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use aic::protocol::agent::{
-    self, AgentInfo, AgentMessage, CAP_OUTPUT_FRAMES, Credentials, ExecRequest, OUTPUT_CHUNK, OUTPUT_WINDOW,
-    PROTOCOL_VERSION, RelayMessage,
+    self, AgentInfo, AgentMessage, CAP_OUTPUT_CHUNK, CAP_OUTPUT_FRAMES, Credentials, ExecRequest, OUTPUT_CHUNK_LARGE,
+    OUTPUT_HELD, OUTPUT_WINDOW, PROTOCOL_VERSION, RelayMessage,
 };
 use aic::protocol::files::{FrameKind, encode_frame};
 use common::*;
@@ -103,7 +103,8 @@ async fn a_caller_that_stops_reading_holds_the_command_not_the_relay() {
         most = most.max(metrics.held());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let window = u64::from(OUTPUT_WINDOW) * OUTPUT_CHUNK as u64;
+    // The daemon sends large chunks, fewer of them: the window is the same in bytes.
+    let window = OUTPUT_HELD as u64;
     assert!(most <= window, "the relay held {most} bytes for one command, past its window of {window}");
     // Reading again, the caller gets every byte: the command was slowed, not cut.
     while let Some(chunk) = within("the rest of the stream", resp.chunk()).await.unwrap() {
@@ -190,7 +191,7 @@ async fn output_frames_arrive_in_order_within_credit_and_a_frame_out_of_order_cu
     let body = json!({"code": creds.code.to_string(), "command": "cat big"});
     let caller = tokio::spawn(async move { exec(&http, body).await });
     let req = next_exec(&mut ws).await;
-    assert_eq!(req.window, OUTPUT_WINDOW);
+    assert_eq!((req.window, req.chunk), (OUTPUT_WINDOW, 0), "a daemon that did not say it reads larger chunks");
     send(&mut ws, &AgentMessage::Started { id: req.id }).await;
     // A full window, and then only as much as the relay grants as its caller takes it.
     let chunk = |seq: u64| vec![b'0' + (seq % 10) as u8; 1000];
@@ -221,6 +222,35 @@ async fn output_frames_arrive_in_order_within_credit_and_a_frame_out_of_order_cu
     let stdout: String = (0..u64::from(OUTPUT_WINDOW)).map(|s| String::from_utf8(chunk(s)).unwrap()).collect();
     let stderr: String = (u64::from(OUTPUT_WINDOW)..end).map(|s| String::from_utf8(chunk(s)).unwrap()).collect();
     assert!(body["stdout"] == stdout && body["stderr"] == stderr, "{body}");
+}
+
+#[tokio::test]
+async fn a_daemon_that_reads_large_chunks_is_asked_for_them_within_the_same_bytes_and_a_larger_frame_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let (mut ws, creds) = fake_agent(&relay, &[CAP_OUTPUT_FRAMES, CAP_OUTPUT_CHUNK]).await;
+    let http = relay.http();
+    let body = json!({"code": creds.code.to_string(), "command": "cat big"});
+    let caller = tokio::spawn(async move { exec(&http, body).await });
+    let req = next_exec(&mut ws).await;
+    assert_eq!(req.chunk as usize, OUTPUT_CHUNK_LARGE);
+    assert_eq!(req.window as usize * OUTPUT_CHUNK_LARGE, OUTPUT_HELD, "the relay holds no more per command");
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    let whole = vec![b'x'; OUTPUT_CHUNK_LARGE];
+    frame(&mut ws, FrameKind::Stdout, req.id, 0, &whole).await;
+    // One byte past the chunk the relay asked for: it cannot hold the daemon to its window any more.
+    frame(&mut ws, FrameKind::Stdout, req.id, 1, &vec![b'y'; OUTPUT_CHUNK_LARGE + 1]).await;
+    loop {
+        match recv(&mut ws).await {
+            Some(RelayMessage::Cancel { id }) if id == req.id => break,
+            Some(RelayMessage::OutputCredit { .. }) => continue,
+            other => panic!("expected the command cancelled, got {other:?}"),
+        }
+    }
+    exit(&mut ws, req.id).await;
+    let (status, body) = caller.await.unwrap();
+    assert_eq!((status, &body["truncated"]), (200, &json!(true)));
+    assert!(body["stdout"].as_str() == std::str::from_utf8(&whole).ok(), "only the chunk within bounds is kept");
 }
 
 /// A raw answer as the wire carried it.
@@ -272,7 +302,8 @@ async fn raw_exec(relay: &TestRelay, code: aic::protocol::SessionCode, command: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_output_is_stdout_exactly_with_how_it_ended_in_trailers() {
-    const BYTES: usize = 8 * 1024 * 1024;
+    // Large enough to go through many of the daemon's large chunks and fill its enlarged pipe.
+    const BYTES: usize = 64 * 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let relay = relay_for(dir.path(), BYTES).await;
     let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
@@ -317,5 +348,34 @@ async fn raw_output_of_a_failed_command_ends_without_its_last_chunk_for_a_client
         (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
     };
     assert_eq!((status, refused["reason"].as_str()), (400, Some("bad_request")), "{refused}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_is_the_same_whether_or_not_the_caller_reads_trailers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let body = json!({"code": daemon.code().to_string(), "command": "echo fine"}).to_string();
+    let mut answers = Vec::new();
+    for te in ["", "te: trailers\r\n"] {
+        let request = format!(
+            "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\naccept: application/json\r\n{te}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut tcp = tokio::net::TcpStream::connect(relay.http().trim_start_matches("http://")).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut wire = String::new();
+        within("the JSON answer", tcp.read_to_string(&mut wire)).await.unwrap();
+        let (head, json) = wire.split_once("\r\n\r\n").unwrap();
+        // Sized, not chunked: there is nothing to put in trailers.
+        assert!(head.contains("content-length: ") && !head.contains("transfer-encoding"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!((&json["exitCode"], &json["stdout"]), (&json!(0), &json!("fine\n")), "{json}");
+        // The headers it has (values differ: the date, the length of `durationMs`).
+        answers.push(head.lines().map(|l| l.split(':').next().unwrap().to_owned()).collect::<Vec<_>>());
+    }
+    assert_eq!(answers[0], answers[1], "TE: trailers changed the head of a JSON answer");
     daemon.stop().await;
 }

@@ -24,7 +24,7 @@ use super::traffic::{self, Traffic};
 use crate::clock::now_ms;
 use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_WINDOW, Refusal, Requester, Stream};
 use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, TrafficEntry, append_tail};
-use crate::protocol::files::{FrameKind, encode_frame};
+use crate::protocol::files::FrameKind;
 
 /// Where a command's wire messages and output frames go (the relay link), in order.
 pub type Outbox = mpsc::Sender<Outgoing>;
@@ -298,9 +298,9 @@ impl Commands {
             }
             ProcessEvent::Output { stream, data } => {
                 // Only the end of the chunk is ever shown, so only it is decoded.
-                let text = traffic::tail_text(&data);
+                let text = traffic::tail_text(data.bytes());
                 if let Some(entry) = self.0.traffic.lock().unwrap().get_mut(id) {
-                    entry.bytes += data.len() as u64;
+                    entry.bytes += data.bytes().len() as u64;
                     append_tail(&mut entry.tail, &text);
                 }
                 if self.0.daemon.watched() {
@@ -308,11 +308,11 @@ impl Commands {
                 }
                 if let Some(seq) = frames {
                     let kind = if stream == Stream::Stderr { FrameKind::Stderr } else { FrameKind::Stdout };
-                    let frame = encode_frame(kind, id, *seq, &data);
+                    let frame = data.into_frame(kind, id, *seq);
                     *seq += 1;
                     return Outgoing::Frame(frame);
                 }
-                AgentMessage::Output { id, stream, data }
+                AgentMessage::Output { id, stream, data: data.into_bytes() }
             }
             ProcessEvent::Exit(exit) => {
                 self.update(id, |e| {
@@ -626,6 +626,7 @@ mod tests {
             max_output: 1 << 20,
             pty: false,
             window: 0,
+            chunk: 0,
             requester: Requester {
                 who: "a***@example.com".into(),
                 ip: "192.0.2.1".into(),

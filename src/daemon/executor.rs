@@ -16,7 +16,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{contain, spawner};
-use crate::protocol::agent::{ExecRequest, ExitStatus, OUTPUT_CHUNK, Refusal, Stream};
+use crate::protocol::agent::{ExecRequest, ExitStatus, Refusal, Stream};
+use crate::protocol::files::{FrameKind, HEADER_LEN, write_header};
 
 /// Between SIGTERM to the group and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -32,9 +33,59 @@ pub const NON_INTERACTIVE_ENV: &[(&str, &str)] = &[
     ("GIT_TERMINAL_PROMPT", "0"),
 ];
 
-type Chunk = (Stream, Vec<u8>);
+type Chunk = (Stream, OutputChunk);
 
-/// The relay's credit for a command's output, one permit per chunk: a pipe is
+/// A chunk of a command's output, read in after room for a frame's header,
+/// so that it becomes a binary frame without being copied.
+#[derive(Debug)]
+pub struct OutputChunk(Vec<u8>);
+
+impl OutputChunk {
+    /// Room for a header and `chunk` bytes of output.
+    fn room(chunk: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + chunk);
+        buf.resize(HEADER_LEN, 0);
+        Self(buf)
+    }
+
+    /// A chunk holding a copy of `bytes`.
+    pub fn copy(bytes: &[u8]) -> Self {
+        let mut chunk = Self::room(bytes.len());
+        chunk.0.extend_from_slice(bytes);
+        chunk
+    }
+
+    /// The output bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0[HEADER_LEN..]
+    }
+
+    /// Keeps the first `len` output bytes.
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(HEADER_LEN + len);
+    }
+
+    /// The chunk as a binary frame: its header written in front of the bytes, in place.
+    pub fn into_frame(mut self, kind: FrameKind, id: uuid::Uuid, seq: u64) -> Vec<u8> {
+        write_header(&mut self.0[..HEADER_LEN], kind, id, seq);
+        self.0
+    }
+
+    /// The output bytes alone (moved down over the header's room).
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        self.0.drain(..HEADER_LEN);
+        self.0
+    }
+}
+
+/// What a command's stdout and stderr pipes are enlarged to (from the
+/// kernel's 64 KiB): a writer such as `cat` fills more before it sleeps, and
+/// the daemon takes a whole large chunk in one read. Refused (a user over its
+/// pipe quota), the pipe stays as it was.
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// The relay's credit for a command's output, one permit per chunk (of the
+/// request's [`ExecRequest::output_chunk`] bytes): a pipe is
 /// read only with a permit in hand, so a caller that stops reading stops the
 /// reads and, once the pipe is full, the command's writes. `None`: unpaced.
 /// Closed, it paces no more (the command is being cut or cancelled).
@@ -71,7 +122,7 @@ pub enum ProcessEvent {
         /// Which pipe.
         stream: Stream,
         /// The bytes.
-        data: Vec<u8>,
+        data: OutputChunk,
     },
     /// It ended.
     Exit(ExitStatus),
@@ -147,13 +198,13 @@ async fn supervise(
                 Some(_) if truncated => {}
                 Some((stream, mut data)) => {
                     let room = req.max_output.saturating_sub(sent);
-                    if data.len() as u64 > room {
+                    if data.bytes().len() as u64 > room {
                         data.truncate(room as usize);
                         truncated = true;
                         term(&mut kill_at, true);
                     }
-                    sent += data.len() as u64;
-                    if !data.is_empty() && events.send(ProcessEvent::Output { stream, data }).await.is_err() {
+                    sent += data.bytes().len() as u64;
+                    if !data.bytes().is_empty() && events.send(ProcessEvent::Output { stream, data }).await.is_err() {
                         // The link is gone: nobody will read what follows.
                         term(&mut kill_at, true);
                         cancel.cancel();
@@ -213,14 +264,17 @@ fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
             let mut cmd = shell(req);
             cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = start(cmd, &mut cell)?;
+            child.stdout.iter().for_each(enlarge);
+            child.stderr.iter().for_each(enlarge);
             let stdout: Output = Box::new(child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?);
             let stderr: Output = Box::new(child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?);
             (stdout, stderr, Reaper::Child(child))
         }
     };
     let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(pump(stdout, Stream::Stdout, tx.clone(), credit.clone()));
-    tokio::spawn(pump(stderr, Stream::Stderr, tx, credit));
+    let chunk = req.output_chunk();
+    tokio::spawn(pump(stdout, Stream::Stdout, tx.clone(), credit.clone(), chunk));
+    tokio::spawn(pump(stderr, Stream::Stderr, tx, credit, chunk));
     running(reaper, cell, rx, None)
 }
 
@@ -236,6 +290,8 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
     }
     let (out_rx, out_tx) = std::io::pipe()?;
     let (err_rx, err_tx) = std::io::pipe()?;
+    enlarge(&out_rx);
+    enlarge(&err_rx);
     let null = std::fs::File::open("/dev/null")?;
     let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&req.command)];
     let order = spawner::Order {
@@ -262,6 +318,12 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
             Err(e)
         }
     }
+}
+
+/// Raises a command's output pipe to [`PIPE_SIZE`], if the kernel lets it.
+fn enlarge(pipe: &impl std::os::fd::AsFd) {
+    // EPERM past the user's pipe quota, or a kernel without it: the default size still works.
+    let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
 }
 
 /// A command's reaper, as the daemon knows it.
@@ -356,8 +418,13 @@ async fn released(pid: i32) {
     }
 }
 
-async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>, credit: Credit) {
-    let mut buf = vec![0u8; OUTPUT_CHUNK];
+async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    stream: Stream,
+    tx: mpsc::Sender<Chunk>,
+    credit: Credit,
+    chunk: usize,
+) {
     loop {
         // A closed credit (an error) paces no more.
         if let Some(credit) = &credit
@@ -365,10 +432,12 @@ async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Send
         {
             permit.forget();
         }
-        match reader.read(&mut buf).await {
+        // Read into the chunk that is sent: no copy, and nothing zeroed first.
+        let mut buf = OutputChunk::room(chunk);
+        match reader.read_buf(&mut buf.0).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if tx.send((stream, buf[..n].to_vec())).await.is_err() {
+            Ok(_) => {
+                if tx.send((stream, buf)).await.is_err() {
                     return;
                 }
             }
@@ -397,8 +466,9 @@ fn spawn_pty(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
     let mut reader = pair.master.try_clone_reader().map_err(io)?;
     let (tx, rx) = mpsc::channel(8);
     let runtime = tokio::runtime::Handle::current();
+    let chunk = req.output_chunk();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; OUTPUT_CHUNK];
+        let mut buf = vec![0u8; chunk];
         loop {
             if let Some(credit) = &credit
                 && let Ok(permit) = runtime.block_on(credit.acquire())
@@ -408,7 +478,7 @@ fn spawn_pty(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
             match std::io::Read::read(&mut reader, &mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if tx.blocking_send((Stream::Stdout, buf[..n].to_vec())).is_err() {
+                    if tx.blocking_send((Stream::Stdout, OutputChunk::copy(&buf[..n]))).is_err() {
                         return;
                     }
                 }
@@ -416,4 +486,22 @@ fn spawn_pty(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
         }
     });
     running(Reaper::Child(child), cell, rx, Some(Box::new(pair.master)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::files::{decode_frame, encode_frame};
+
+    #[test]
+    fn a_chunk_becomes_the_same_frame_in_place_and_gives_its_bytes_back_alone() {
+        let id = uuid::Uuid::new_v4();
+        let mut chunk = OutputChunk::copy(b"\x00\xffoutput, then more");
+        chunk.truncate(8);
+        assert_eq!(chunk.bytes(), b"\x00\xffoutput");
+        let frame = OutputChunk::copy(chunk.bytes()).into_frame(FrameKind::Stderr, id, 41);
+        assert_eq!(frame, encode_frame(FrameKind::Stderr, id, 41, b"\x00\xffoutput"));
+        assert_eq!(decode_frame(&frame).unwrap().payload, b"\x00\xffoutput");
+        assert_eq!(chunk.into_bytes(), b"\x00\xffoutput");
+    }
 }

@@ -162,6 +162,7 @@ impl Files {
             max_output: 0,
             pty: false,
             window: 0,
+            chunk: 0,
             requester: requester.clone(),
         };
         self.0.commands.admit(&req, scope).await.map_err(|(reason, message)| (reason.into(), message))

@@ -16,8 +16,8 @@ use super::commands::{Commands, Outbox};
 use super::files::{FileOutbox, Files, Outgoing};
 use super::shared::{Daemon, OperatorCall};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, CAP_OUTPUT_FRAMES, Credentials, HelloRefusal, MAX_FRAME, OperatorOutcome,
-    PROTOCOL_VERSION, RelayMessage,
+    self, AgentInfo, AgentMessage, CAP_OUTPUT_CHUNK, CAP_OUTPUT_FRAMES, Credentials, HelloRefusal, MAX_FRAME,
+    OperatorOutcome, PROTOCOL_VERSION, RelayMessage,
 };
 
 /// First wait before reconnecting.
@@ -385,7 +385,13 @@ pub fn agent_info() -> AgentInfo {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        capabilities: vec!["pty".into(), "jobs".into(), "files".into(), CAP_OUTPUT_FRAMES.into()],
+        capabilities: vec![
+            "pty".into(),
+            "jobs".into(),
+            "files".into(),
+            CAP_OUTPUT_FRAMES.into(),
+            CAP_OUTPUT_CHUNK.into(),
+        ],
     }
 }
 

@@ -94,6 +94,7 @@ mod tests {
             max_output: 1,
             pty: false,
             window: 0,
+            chunk: 0,
             requester: Requester { who: "anonymous".into(), ip: "127.0.0.1".into(), fingerprint: String::new() },
         }
     }

@@ -26,17 +26,31 @@ pub const MAX_FRAME: usize = 512 * 1024;
 /// default capacity, so one read takes what a writer could put in it.
 pub const OUTPUT_CHUNK: usize = 64 * 1024;
 
-/// Largest output frame payload a relay takes (a daemon sends at most
-/// [`OUTPUT_CHUNK`]; the room is for daemons that read more at a time).
+/// Largest output frame payload a relay takes from a daemon it did not give
+/// a chunk size ([`ExecRequest::chunk`]): such a daemon sends at most
+/// [`OUTPUT_CHUNK`]; the room is for daemons that read more at a time.
 pub const OUTPUT_FRAME_MAX: usize = 128 * 1024;
 
-/// Output chunks a relay lets one command's daemon send ahead of its caller
-/// ([`ExecRequest::window`]): what the relay holds per command at most.
-pub const OUTPUT_WINDOW: u32 = 16;
+/// Bytes of output a daemon that says [`CAP_OUTPUT_CHUNK`] reads and sends
+/// at a time when the relay asks ([`ExecRequest::chunk`]): a quarter as many
+/// frames, reads and wake-ups per byte as [`OUTPUT_CHUNK`].
+pub const OUTPUT_CHUNK_LARGE: usize = 256 * 1024;
+
+/// Output bytes a relay lets one command's daemon send ahead of its caller,
+/// whatever the chunk size: what the relay holds per command at most.
+pub const OUTPUT_HELD: usize = 1024 * 1024;
+
+/// Output chunks of [`OUTPUT_CHUNK`] a relay lets one command's daemon send
+/// ahead of its caller ([`ExecRequest::window`]): [`OUTPUT_HELD`] bytes.
+pub const OUTPUT_WINDOW: u32 = (OUTPUT_HELD / OUTPUT_CHUNK) as u32;
 
 /// The hello capability of a daemon that sends output as binary frames
 /// within credit when the relay asks (a nonzero [`ExecRequest::window`]).
 pub const CAP_OUTPUT_FRAMES: &str = "output_frames";
+
+/// The hello capability of a daemon that reads and sends output in chunks of
+/// the size the relay asks for ([`ExecRequest::chunk`]).
+pub const CAP_OUTPUT_CHUNK: &str = "output_chunk";
 
 /// How often the daemon pings the relay to measure round-trip time.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -455,6 +469,22 @@ pub struct ExecRequest {
     /// [`AgentMessage::Output`] messages, unpaced.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub window: u32,
+    /// Bytes of output the daemon reads and sends per frame, at most
+    /// [`OUTPUT_CHUNK_LARGE`]; 0 (absent: a relay that predates it, or a
+    /// daemon without [`CAP_OUTPUT_CHUNK`]) means [`OUTPUT_CHUNK`]. The
+    /// relay's window counts chunks of this size.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunk: u32,
+}
+
+impl ExecRequest {
+    /// Bytes of output to read and send at a time, as asked and bounded.
+    pub fn output_chunk(&self) -> usize {
+        match self.chunk {
+            0 => OUTPUT_CHUNK,
+            n => (n as usize).clamp(4096, OUTPUT_CHUNK_LARGE),
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -87,12 +87,18 @@ pub enum FrameError {
 
 /// Encodes one frame.
 pub fn encode_frame(kind: FrameKind, id: Uuid, seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.push(kind as u8);
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(&seq.to_be_bytes());
+    let mut out = vec![0; HEADER_LEN];
+    write_header(&mut out, kind, id, seq);
     out.extend_from_slice(payload);
     out
+}
+
+/// Writes a frame's header into `head` ([`HEADER_LEN`] bytes), for a payload
+/// already read in after it.
+pub fn write_header(head: &mut [u8], kind: FrameKind, id: Uuid, seq: u64) {
+    head[0] = kind as u8;
+    head[1..17].copy_from_slice(id.as_bytes());
+    head[17..HEADER_LEN].copy_from_slice(&seq.to_be_bytes());
 }
 
 /// Decodes one frame.

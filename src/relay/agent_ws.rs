@@ -3,25 +3,35 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
-use futures_util::SinkExt;
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::AppState;
 use super::hub::{AgentConn, Frame};
 use super::keys::{self, Digest};
+use super::readahead::ReadAhead;
 use crate::protocol::agent::{
     self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
 };
-use crate::protocol::files::{FrameKind, decode_frame};
+use crate::protocol::files::{FrameKind, HEADER_LEN, decode_frame};
 
 /// What the WebSocket reads into at most per read, allocated per link when it
 /// opens and kept while it lives: the library's default (128 KiB) made an
 /// idle agent cost the relay 140 KiB (8 KiB now, all told; BENCHMARKS.md).
-/// Longer frames (output) still arrive whole, in more reads.
+/// Longer frames (output) still arrive whole, in more reads, served from the
+/// link's read-ahead ([`ReadAhead`]) while they flow, not one system call each.
 const READ_BUFFER: usize = 2 * 1024;
 
 /// Frames queued for a daemon that are written together at most.
@@ -41,26 +51,48 @@ const NO_TOKEN: keys::Digest = [0; 32];
 const NOT_ACCEPTED: &str = "this relay does not accept this code with this token: the relay's store was reset, the \
 code was replaced, or this machine's state file was copied or damaged; register anew";
 
-/// Upgrades the request and hands the socket to [`run`].
+/// An agent link: the WebSocket over the upgraded connection, read ahead.
+type WebSocket = WebSocketStream<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// Upgrades the request and hands the socket to [`run`]. The handshake is
+/// checked (and refused) as axum checks it, but the socket is built here, so
+/// that its reads go through a [`ReadAhead`].
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: axum::http::HeaderMap,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
-    let client = state.config.proxies.client_ip(peer.ip(), &headers);
+    let (mut parts, _) = request.into_parts();
+    let client = state.config.proxies.client_ip(peer.ip(), &parts.headers);
+    let on_upgrade = parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned();
+    if let Err(rejection) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        return rejection.into_response();
+    }
+    let (Some(on_upgrade), Some(key)) = (on_upgrade, parts.headers.get(header::SEC_WEBSOCKET_KEY)) else {
+        return (StatusCode::BAD_REQUEST, "the agent link is a WebSocket over HTTP/1.1").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
     // Frames queued together are written together (`send_queued`), and
     // flushed before the link waits again: nothing stays in a write buffer.
-    let ws = ws
-        .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BATCH_BYTES);
-    ws.on_upgrade(move |socket| async move {
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let io = ReadAhead::new(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         if let Err(e) = run(state, socket, client).await {
             tracing::info!(%peer, "agent link ended: {e:#}");
         }
-    })
+    });
+    let switching = [
+        (header::CONNECTION, axum::http::HeaderValue::from_static("upgrade")),
+        (header::UPGRADE, axum::http::HeaderValue::from_static("websocket")),
+    ];
+    let accept = [(header::SEC_WEBSOCKET_ACCEPT, accept)];
+    (StatusCode::SWITCHING_PROTOCOLS, switching, accept).into_response()
 }
 
 /// An accepted hello: who the agent is and the frame that answers it.
@@ -73,7 +105,7 @@ struct Accepted {
 }
 
 async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::Result<()> {
-    let first = match timeout(HELLO_TIMEOUT, socket.recv()).await {
+    let first = match timeout(HELLO_TIMEOUT, socket.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(_) => anyhow::bail!("closed before saying hello"),
         Err(_) => anyhow::bail!("no hello within {HELLO_TIMEOUT:?}"),
@@ -148,14 +180,14 @@ async fn pump(
                     .map_err(|_| anyhow::anyhow!("the daemon stopped reading"))??;
             }
             _ = tokio::time::sleep_until(last_rx + silence) => anyhow::bail!("silent for {silence:?}"),
-            frame = socket.recv() => {
+            frame = socket.next() => {
                 last_rx = tokio::time::Instant::now();
                 match frame {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(Message::Text(text))) => on_text(state, conn, code_hash, &text).await,
-                    Some(Ok(Message::Binary(bytes))) => on_binary(conn, &bytes),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Binary(bytes))) => on_binary(conn, bytes),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
             }
         }
@@ -192,13 +224,13 @@ async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest
 }
 
 /// A binary frame from the daemon: a command's output, or a file's bytes.
-fn on_binary(conn: &Arc<AgentConn>, bytes: &[u8]) {
-    let routed = decode_frame(bytes).and_then(|frame| match frame.kind {
+fn on_binary(conn: &Arc<AgentConn>, bytes: Bytes) {
+    let routed = decode_frame(&bytes).and_then(|frame| match frame.kind {
         FrameKind::Stdout | FrameKind::Stderr => {
-            conn.output_frame(&frame);
+            conn.output_frame(&frame, bytes.slice(HEADER_LEN..));
             Ok(())
         }
-        FrameKind::FileData | FrameKind::FileEnd => conn.files.frame(conn, bytes),
+        FrameKind::FileData | FrameKind::FileEnd => conn.files.frame(conn, &bytes),
     });
     if let Err(e) = routed {
         conn.send(RelayMessage::Error { message: e.to_string() });
@@ -314,7 +346,7 @@ async fn refuse(mut socket: WebSocket, reason: HelloRefusal, message: String) ->
 }
 
 async fn close(socket: &mut WebSocket, why: &'static str) -> anyhow::Result<()> {
-    let frame = CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: Utf8Bytes::from_static(why) };
+    let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static(why) };
     let _ = socket.send(Message::Close(Some(frame))).await;
     Ok(())
 }
@@ -325,7 +357,7 @@ async fn send_queued(
     socket: &mut WebSocket,
     first: Frame,
     rx: &mut mpsc::UnboundedReceiver<Frame>,
-) -> Result<(), axum::Error> {
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let message = |frame| match frame {
         Frame::Text(text) => Message::Text(text.into()),
         Frame::Binary(bytes) => Message::Binary(bytes.into()),

@@ -438,7 +438,10 @@ fn decode(payload: &[u8]) -> Option<(u64, Option<ExecEvent>)> {
     let body = rest.get(8..)?;
     let event = match kind {
         BEAT => return Some((0, None)),
-        OUTPUT => ExecEvent::Output(if stream == 1 { Stream::Stderr } else { Stream::Stdout }, body.to_vec()),
+        OUTPUT => ExecEvent::Output(
+            if stream == 1 { Stream::Stderr } else { Stream::Stdout },
+            axum::body::Bytes::copy_from_slice(body),
+        ),
         EVENT => match serde_json::from_slice(body).ok()? {
             Wire::Started => ExecEvent::Started,
             Wire::Exit(exit) => ExecEvent::Exit(exit),
@@ -540,7 +543,7 @@ mod tests {
     fn frames_carry_events_and_output_in_order() {
         let mut seq = 0;
         let big = vec![7u8; CHUNK * 2 + 5];
-        let frames = encode(Some(ExecEvent::Output(Stream::Stderr, big.clone())), &mut seq);
+        let frames = encode(Some(ExecEvent::Output(Stream::Stderr, big.clone().into())), &mut seq);
         assert_eq!(frames.len(), 3);
         let mut back = Vec::new();
         for (n, f) in frames.iter().enumerate() {

@@ -153,6 +153,7 @@ pub fn request(params: &ExecParams, requester: Requester, max_output: u64) -> Re
         requester,
         // Set by the link it goes out on, from what its daemon speaks.
         window: 0,
+        chunk: 0,
     })
 }
 
@@ -274,8 +275,8 @@ mod tests {
     #[test]
     fn output_past_the_cap_is_not_kept() {
         let mut o = Outcome::default();
-        absorb(&mut o, Some(ExecEvent::Output(Stream::Stdout, vec![b'a'; 6])), 8).unwrap();
-        absorb(&mut o, Some(ExecEvent::Output(Stream::Stderr, vec![b'b'; 6])), 8).unwrap();
+        absorb(&mut o, Some(ExecEvent::Output(Stream::Stdout, vec![b'a'; 6].into())), 8).unwrap();
+        absorb(&mut o, Some(ExecEvent::Output(Stream::Stderr, vec![b'b'; 6].into())), 8).unwrap();
         assert_eq!((o.stdout.len(), o.stderr.len(), o.exit.truncated), (6, 2, true));
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -15,8 +16,8 @@ use uuid::Uuid;
 use super::keys::Digest;
 use super::metrics::{ExecOutcome, Metrics};
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, CAP_OUTPUT_FRAMES, ExecRequest, ExitStatus, OUTPUT_FRAME_MAX, OUTPUT_WINDOW,
-    Refusal, RelayMessage, Stream,
+    self, AgentInfo, AgentMessage, CAP_OUTPUT_CHUNK, CAP_OUTPUT_FRAMES, ExecRequest, ExitStatus, OUTPUT_CHUNK_LARGE,
+    OUTPUT_FRAME_MAX, OUTPUT_HELD, OUTPUT_WINDOW, Refusal, RelayMessage, Stream,
 };
 use crate::protocol::files::{Frame as WireFrame, FrameKind};
 use crate::protocol::jobs::{JobCall, JobReply};
@@ -55,6 +56,9 @@ pub struct AgentConn {
     /// The daemon sends output as binary frames within credit when asked
     /// ([`CAP_OUTPUT_FRAMES`]); else as JSON messages, bounded by `max_buffered`.
     framed: bool,
+    /// The daemon reads and sends output in chunks of the size asked
+    /// ([`CAP_OUTPUT_CHUNK`]): it is asked for [`OUTPUT_CHUNK_LARGE`].
+    sized: bool,
     /// When the current code was made (Unix ms); a code reset changes it.
     code_created_ms: AtomicI64,
     /// Frames for the daemon; the connection's task writes them out.
@@ -95,9 +99,14 @@ struct Waiter {
 }
 
 /// One command's output window, when its daemon sends binary frames: the
-/// relay holds at most [`OUTPUT_WINDOW`] chunks for it, and a caller that
-/// stops reading stops the daemon reading the command's pipes.
+/// relay holds at most [`OUTPUT_HELD`] bytes for it (`window` chunks of at
+/// most `chunk` bytes), and a caller that stops reading stops the daemon
+/// reading the command's pipes.
 struct Credit {
+    /// Frames the daemon may send ahead of the caller.
+    window: u32,
+    /// The longest frame payload it may send.
+    chunk: usize,
     /// Frames the daemon may still send.
     allowance: u32,
     /// The sequence number its next output frame must carry.
@@ -108,8 +117,8 @@ struct Credit {
 
 impl Credit {
     /// Spends one frame's credit; false when `seq` is out of order or no credit is left.
-    fn spend(&mut self, seq: u64) -> bool {
-        if self.allowance == 0 || seq != self.next_seq {
+    fn spend(&mut self, seq: u64, len: usize) -> bool {
+        if self.allowance == 0 || seq != self.next_seq || len > self.chunk {
             return false;
         }
         self.allowance -= 1;
@@ -149,7 +158,7 @@ pub struct LinkLimits {
     /// of the link's commands together, from a daemon that sends JSON output
     /// messages without credit; past it, output is dropped and the command
     /// that ran over is cancelled. A daemon that sends binary frames is held
-    /// to [`OUTPUT_WINDOW`] chunks per command instead.
+    /// to [`OUTPUT_HELD`] bytes per command instead.
     pub max_buffered: u64,
     /// How long past its timeout a started command may go without an exit
     /// before the relay answers for the machine (504) and cancels it.
@@ -179,8 +188,8 @@ pub enum StartError {
 pub enum ExecEvent {
     /// It passed the daemon's checks and runs.
     Started,
-    /// A chunk of output.
-    Output(Stream, Vec<u8>),
+    /// A chunk of output (a daemon's frame is handed on as it was read, not copied).
+    Output(Stream, Bytes),
     /// It finished.
     Exit(ExitStatus),
     /// It never ran.
@@ -225,6 +234,7 @@ impl Hub {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             agent_id,
             framed: info.capabilities.iter().any(|c| c == CAP_OUTPUT_FRAMES),
+            sized: info.capabilities.iter().any(|c| c == CAP_OUTPUT_CHUNK),
             info,
             code_created_ms: AtomicI64::new(code_created_ms),
             tx,
@@ -289,8 +299,7 @@ impl AgentConn {
     /// Dropping the handle before the command ends cancels it on the machine.
     pub fn start(self: &Arc<Self>, mut request: ExecRequest, issuer: Issuer) -> Result<Exec, StartError> {
         let id = request.id;
-        request.window = if self.framed { OUTPUT_WINDOW } else { 0 };
-        let credit = self.framed.then_some(Credit { allowance: OUTPUT_WINDOW, next_seq: 0, taken: 0 });
+        let credit = self.framed.then(|| self.credit(&mut request));
         let timeout = Duration::from_millis(request.timeout_ms);
         let (tx, rx) = mpsc::unbounded_channel();
         {
@@ -314,6 +323,19 @@ impl AgentConn {
         let link = ExecLink::Local(Arc::clone(self));
         let (allowance, grace) = (self.limits.start_allowance, self.limits.grace);
         Ok(Exec::new(id, rx, timeout, allowance, grace, Arc::clone(&self.metrics), link))
+    }
+
+    /// The output window of a command about to be sent, told to its daemon
+    /// in `request`: large chunks to a daemon that reads them.
+    fn credit(&self, request: &mut ExecRequest) -> Credit {
+        let (window, chunk, max) = if self.sized {
+            let window = (OUTPUT_HELD / OUTPUT_CHUNK_LARGE) as u32;
+            (window, OUTPUT_CHUNK_LARGE as u32, OUTPUT_CHUNK_LARGE)
+        } else {
+            (OUTPUT_WINDOW, 0, OUTPUT_FRAME_MAX)
+        };
+        (request.window, request.chunk) = (window, chunk);
+        Credit { window, chunk: max, allowance: window, next_seq: 0, taken: 0 }
     }
 
     /// Queues a frame for the daemon. False when the link is gone.
@@ -352,7 +374,7 @@ impl AgentConn {
                 return;
             }
             AgentMessage::Started { id } => (id, ExecEvent::Started, false),
-            AgentMessage::Output { id, stream, data } => return self.output(id, stream, data, None),
+            AgentMessage::Output { id, stream, data } => return self.output(id, stream, data.into(), None),
             AgentMessage::Exit { id, exit } => (id, ExecEvent::Exit(exit), true),
             AgentMessage::Refused { id, reason, message } => (id, ExecEvent::Refused(reason, message), true),
             AgentMessage::Hello { .. }
@@ -386,27 +408,28 @@ impl AgentConn {
         }
     }
 
-    /// Routes a binary frame of a command's output from the daemon.
-    pub fn output_frame(&self, frame: &WireFrame<'_>) {
+    /// Routes a binary frame of a command's output from the daemon; `payload`
+    /// is the frame's payload, sharing the frame's allocation.
+    pub fn output_frame(&self, frame: &WireFrame<'_>, payload: Bytes) {
         let stream = match frame.kind {
             FrameKind::Stdout => Stream::Stdout,
             FrameKind::Stderr => Stream::Stderr,
             FrameKind::FileData | FrameKind::FileEnd => return,
         };
-        self.output(frame.id, stream, frame.payload.to_vec(), Some(frame.seq));
+        self.output(frame.id, stream, payload, Some(frame.seq));
     }
 
     /// Routes a chunk of a command's output to its caller: from a JSON
     /// message (`seq` is `None`; the link's `max_buffered` bounds it) or a
     /// binary frame (the next in order, within the command's credit). A
     /// chunk past either cancels the command, which ends truncated.
-    fn output(&self, id: Uuid, stream: Stream, data: Vec<u8>, seq: Option<u64>) {
+    fn output(&self, id: Uuid, stream: Stream, data: Bytes, seq: Option<u64>) {
         let len = data.len();
         let mut pending = self.pending.lock().unwrap();
         let unpaced: u64 = if seq.is_none() { pending.values().map(|w| w.held).sum() } else { 0 };
         let Some(waiter) = pending.get_mut(&id) else { return };
         let within = match seq {
-            Some(seq) => len <= OUTPUT_FRAME_MAX && waiter.credit.as_mut().is_some_and(|c| c.spend(seq)),
+            Some(seq) => waiter.credit.as_mut().is_some_and(|c| c.spend(seq, len)),
             None => unpaced + len as u64 <= self.limits.max_buffered,
         };
         if waiter.cut || waiter.bytes >= self.limits.max_output {
@@ -437,7 +460,7 @@ impl AgentConn {
         waiter.held = waiter.held.saturating_sub(bytes as u64);
         let Some(credit) = waiter.credit.as_mut() else { return };
         credit.taken += 1;
-        if credit.taken < OUTPUT_WINDOW / 2 {
+        if credit.taken < credit.window.div_ceil(2) {
             return;
         }
         let chunks = std::mem::take(&mut credit.taken);

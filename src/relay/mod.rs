@@ -31,6 +31,7 @@ mod operator;
 pub mod origin;
 pub mod presence;
 pub mod raw;
+mod readahead;
 pub mod signin;
 pub mod status;
 pub mod store;

@@ -109,7 +109,7 @@ impl Live {
                     if stream == Stream::Stdout && keep > 0 {
                         let mut data = data;
                         data.truncate(keep);
-                        return Some((Ok(Frame::data(Bytes::from(data))), self));
+                        return Some((Ok(Frame::data(data)), self));
                     }
                 }
                 Some(ExecEvent::Started) => {}
