@@ -151,6 +151,19 @@ async fn exit(ws: &mut Ws, id: uuid::Uuid) {
     send(ws, &AgentMessage::Exit { id, exit }).await;
 }
 
+/// Waits for the relay to cancel command `id` (credit may come first), then
+/// says it exited, as a daemon would.
+async fn cancelled_then_exit(ws: &mut Ws, id: uuid::Uuid) {
+    loop {
+        match recv(ws).await {
+            Some(RelayMessage::Cancel { id: cancelled }) if cancelled == id => break,
+            Some(RelayMessage::OutputCredit { .. }) => continue,
+            other => panic!("expected the command cancelled, got {other:?}"),
+        }
+    }
+    exit(ws, id).await;
+}
+
 async fn frame(ws: &mut Ws, kind: FrameKind, id: uuid::Uuid, seq: u64, payload: &[u8]) {
     ws.send(Message::binary(encode_frame(kind, id, seq, payload))).await.unwrap();
 }
@@ -209,14 +222,7 @@ async fn output_frames_arrive_in_order_within_credit_and_a_frame_out_of_order_cu
     }
     // A gap in the numbering: the relay cannot vouch for the output any more.
     frame(&mut ws, FrameKind::Stdout, req.id, end + 1, b"lost").await;
-    loop {
-        match recv(&mut ws).await {
-            Some(RelayMessage::Cancel { id }) if id == req.id => break,
-            Some(RelayMessage::OutputCredit { .. }) => continue,
-            other => panic!("expected the command cancelled, got {other:?}"),
-        }
-    }
-    exit(&mut ws, req.id).await;
+    cancelled_then_exit(&mut ws, req.id).await;
     let (status, body) = caller.await.unwrap();
     assert_eq!((status, &body["truncated"]), (200, &json!(true)));
     let stdout: String = (0..u64::from(OUTPUT_WINDOW)).map(|s| String::from_utf8(chunk(s)).unwrap()).collect();
@@ -240,14 +246,7 @@ async fn a_daemon_that_reads_large_chunks_is_asked_for_them_within_the_same_byte
     frame(&mut ws, FrameKind::Stdout, req.id, 0, &whole).await;
     // One byte past the chunk the relay asked for: it cannot hold the daemon to its window any more.
     frame(&mut ws, FrameKind::Stdout, req.id, 1, &vec![b'y'; OUTPUT_CHUNK_LARGE + 1]).await;
-    loop {
-        match recv(&mut ws).await {
-            Some(RelayMessage::Cancel { id }) if id == req.id => break,
-            Some(RelayMessage::OutputCredit { .. }) => continue,
-            other => panic!("expected the command cancelled, got {other:?}"),
-        }
-    }
-    exit(&mut ws, req.id).await;
+    cancelled_then_exit(&mut ws, req.id).await;
     let (status, body) = caller.await.unwrap();
     assert_eq!((status, &body["truncated"]), (200, &json!(true)));
     assert!(body["stdout"].as_str() == std::str::from_utf8(&whole).ok(), "only the chunk within bounds is kept");

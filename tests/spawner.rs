@@ -127,17 +127,7 @@ async fn a_reaper_shares_the_spawners_memory_and_has_descriptors_of_its_own() {
     let body = json!({"code": daemon.code.to_string(), "command": "echo $PPID; sleep 100"});
     let request = client().post(format!("{}/api/v1/exec", relay.http())).header("accept", "text/event-stream");
     let mut resp = request.json(&body).send().await.unwrap();
-    let mut seen = String::new();
-    let reaper: i32 = within("the reaper's pid", async {
-        loop {
-            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
-            let Some(start) = seen.find("\"text\":\"") else { continue };
-            if let Some(end) = seen[start + 8..].find("\\n") {
-                return seen[start + 8..start + 8 + end].parse().unwrap();
-            }
-        }
-    })
-    .await;
+    let reaper = first_line_number("the reaper's pid", &mut resp).await;
     assert_eq!(parent_and_name(reaper).map(|(parent, _)| parent), Some(spawner), "the reaper is the spawner's child");
     match shared(reaper, spawner, KCMP_VM) {
         None => eprintln!("skipped: this kernel has no kcmp(2)"),

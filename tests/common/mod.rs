@@ -312,17 +312,7 @@ pub async fn a_hang_up_kills_what_the_command_detached(relay: &str, code: &str) 
         .send()
         .await
         .unwrap();
-    let mut seen = String::new();
-    let pid: i32 = within("the detached pid", async {
-        loop {
-            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
-            let Some(start) = seen.find("\"text\":\"") else { continue };
-            if let Some(end) = seen[start + 8..].find("\\n") {
-                return seen[start + 8..start + 8 + end].parse().unwrap();
-            }
-        }
-    })
-    .await;
+    let pid = first_line_number("the detached pid", &mut resp).await;
     assert!(alive(pid));
     drop(resp);
     eventually("the detached `sleep 300` is killed when its caller goes", || !alive(pid)).await;
@@ -408,6 +398,22 @@ pub async fn recv(ws: &mut Ws) -> Option<aic::protocol::agent::RelayMessage> {
                 Some(Ok(Message::Text(t))) => return Some(aic::protocol::agent::decode(&t).unwrap()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+}
+
+/// The number a command printed on its first line, read from its SSE answer
+/// as it streams (`what` names it if it never comes).
+pub async fn first_line_number(what: &str, resp: &mut reqwest::Response) -> i32 {
+    let mut seen = String::new();
+    within(what, async {
+        loop {
+            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
+            let Some(start) = seen.find("\"text\":\"") else { continue };
+            if let Some(end) = seen[start + 8..].find("\\n") {
+                return seen[start + 8..start + 8 + end].parse().unwrap();
             }
         }
     })
