@@ -425,6 +425,9 @@ async fn pump(
     credit: Credit,
     chunk: usize,
 ) {
+    // Read into the chunk that is sent: nothing zeroed first, and a large
+    // read goes as it is, not copied.
+    let mut buf = OutputChunk::room(chunk);
     loop {
         // A closed credit (an error) paces no more.
         if let Some(credit) = &credit
@@ -432,15 +435,20 @@ async fn pump(
         {
             permit.forget();
         }
-        // Read into the chunk that is sent: no copy, and nothing zeroed first.
-        let mut buf = OutputChunk::room(chunk);
-        match reader.read_buf(&mut buf.0).await {
+        let data = match reader.read_buf(&mut buf.0).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if tx.send((stream, buf)).await.is_err() {
-                    return;
-                }
+            // A short read (a line, a prompt) goes as a copy of its size, so
+            // a queued frame holds what it carries, not a whole chunk's room;
+            // the room is read into again.
+            Ok(n) if n < chunk / 4 => {
+                let small = OutputChunk::copy(buf.bytes());
+                buf.truncate(0);
+                small
             }
+            Ok(_) => std::mem::replace(&mut buf, OutputChunk::room(chunk)),
+        };
+        if tx.send((stream, data)).await.is_err() {
+            return;
         }
     }
 }
@@ -503,5 +511,19 @@ mod tests {
         assert_eq!(frame, encode_frame(FrameKind::Stderr, id, 41, b"\x00\xffoutput"));
         assert_eq!(decode_frame(&frame).unwrap().payload, b"\x00\xffoutput");
         assert_eq!(chunk.into_bytes(), b"\x00\xffoutput");
+    }
+
+    #[tokio::test]
+    async fn a_short_read_is_sent_at_its_size_and_a_long_one_whole() {
+        const CHUNK: usize = 256 * 1024;
+        let long = vec![b'x'; CHUNK];
+        let (tx, mut rx) = mpsc::channel(8);
+        pump(&b"a line\n"[..], Stream::Stdout, tx.clone(), None, CHUNK).await;
+        pump(&long[..], Stream::Stdout, tx, None, CHUNK).await;
+        let (_, short) = rx.recv().await.unwrap();
+        assert_eq!(short.bytes(), b"a line\n");
+        assert!(short.0.capacity() < 1024, "a queued line holds {} bytes", short.0.capacity());
+        let (_, whole) = rx.recv().await.unwrap();
+        assert_eq!(whole.bytes(), &long[..]);
     }
 }
