@@ -57,15 +57,7 @@ pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
 /// operator's terminal is not).
 pub fn descends_from_this_daemon(peer: i32) -> bool {
     let me = getpid().as_raw_nonzero().get();
-    let mut current = peer;
-    for _ in 0..MAX_DEPTH {
-        match parent_and_group(current) {
-            Some((parent, _)) if parent == me => return true,
-            Some((parent, _)) if parent > 1 => current = parent,
-            _ => return false,
-        }
-    }
-    false
+    lineage(peer).any(|(parent, _)| parent == me)
 }
 
 /// The `ppid`, `pgrp` and `session` of `pid`, from /proc (0 for a process
@@ -83,18 +75,18 @@ fn parent_and_group(pid: i32) -> Option<(i32, i32)> {
 
 /// The command group that `pid`, or one of its ancestors, is in.
 fn command_ancestor(pid: i32, command_groups: &[i32]) -> Option<i32> {
-    let mut current = pid;
-    for _ in 0..MAX_DEPTH {
-        let (parent, group) = parent_and_group(current)?;
-        if command_groups.contains(&group) {
-            return Some(group);
-        }
-        if parent <= 1 {
-            return None;
-        }
-        current = parent;
-    }
-    None
+    lineage(pid).find_map(|(_, group)| command_groups.contains(&group).then_some(group))
+}
+
+/// The parent and group of `pid`, then of each of its ancestors below init.
+fn lineage(pid: i32) -> impl Iterator<Item = (i32, i32)> {
+    let mut next = Some(pid);
+    std::iter::from_fn(move || {
+        let (parent, group) = parent_and_group(next?)?;
+        next = (parent > 1).then_some(parent);
+        Some((parent, group))
+    })
+    .take(MAX_DEPTH)
 }
 
 fn leads_own_session(me: i32) -> bool {

@@ -99,9 +99,11 @@ struct Waiter {
 }
 
 /// One command's output window, when its daemon sends binary frames: the
-/// relay holds at most [`OUTPUT_HELD`] bytes for it (`window` chunks of at
-/// most `chunk` bytes), and a caller that stops reading stops the daemon
-/// reading the command's pipes.
+/// relay holds at most `window` chunks of at most `chunk` bytes for it
+/// ([`OUTPUT_HELD`] from a daemon that reads the chunk it is asked for; an
+/// older daemon's frames may run to [`OUTPUT_FRAME_MAX`], though it reads
+/// [`agent::OUTPUT_CHUNK`]), and a caller that stops reading stops the
+/// daemon reading the command's pipes.
 struct Credit {
     /// Frames the daemon may send ahead of the caller.
     window: u32,
