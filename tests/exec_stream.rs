@@ -261,19 +261,27 @@ struct RawAnswer {
     complete: bool,
 }
 
-/// `POST /api/v1/exec` asking for raw output, over a plain socket, so the chunks and trailers show.
-async fn raw_exec(relay: &TestRelay, code: aic::protocol::SessionCode, command: &str, te: bool) -> RawAnswer {
+/// `POST /api/v1/exec` of `body` over a plain socket (`te`: with `TE:
+/// trailers`), and everything the relay wrote back until it closed.
+async fn exec_on_the_wire(relay: &TestRelay, body: &serde_json::Value, accept: &str, te: bool) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = json!({"code": code.to_string(), "command": command}).to_string();
+    let body = body.to_string();
     let te = if te { "te: trailers\r\n" } else { "" };
     let request = format!(
-        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\naccept: application/octet-stream\r\n{te}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\naccept: {accept}\r\n{te}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut tcp = tokio::net::TcpStream::connect(relay.http().trim_start_matches("http://")).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut wire = Vec::new();
-    within("the raw answer", tcp.read_to_end(&mut wire)).await.unwrap();
+    within("the answer", tcp.read_to_end(&mut wire)).await.unwrap();
+    wire
+}
+
+/// `POST /api/v1/exec` asking for raw output, over a plain socket, so the chunks and trailers show.
+async fn raw_exec(relay: &TestRelay, code: aic::protocol::SessionCode, command: &str, te: bool) -> RawAnswer {
+    let body = json!({"code": code.to_string(), "command": command});
+    let wire = exec_on_the_wire(relay, &body, "application/octet-stream", te).await;
     let Some(split) = wire.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4) else {
         // Cut before even the head went out: a failure all the same.
         return RawAnswer { head: String::new(), body: Vec::new(), trailers: String::new(), complete: false };
@@ -352,21 +360,13 @@ async fn raw_output_of_a_failed_command_ends_without_its_last_chunk_for_a_client
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_answer_is_the_same_whether_or_not_the_caller_reads_trailers() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
     let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
-    let body = json!({"code": daemon.code().to_string(), "command": "echo fine"}).to_string();
+    let body = json!({"code": daemon.code().to_string(), "command": "echo fine"});
     let mut answers = Vec::new();
-    for te in ["", "te: trailers\r\n"] {
-        let request = format!(
-            "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\naccept: application/json\r\n{te}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let mut tcp = tokio::net::TcpStream::connect(relay.http().trim_start_matches("http://")).await.unwrap();
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut wire = String::new();
-        within("the JSON answer", tcp.read_to_string(&mut wire)).await.unwrap();
+    for te in [false, true] {
+        let wire = String::from_utf8(exec_on_the_wire(&relay, &body, "application/json", te).await).unwrap();
         let (head, json) = wire.split_once("\r\n\r\n").unwrap();
         // Sized, not chunked: there is nothing to put in trailers.
         assert!(head.contains("content-length: ") && !head.contains("transfer-encoding"), "{head}");
