@@ -104,15 +104,20 @@ impl Console {
         self.until(text, |screen| screen.contains(text)).await
     }
 
+    /// A screen is taken once two looks 20 ms apart agree: the pty can hand
+    /// over a frame in several reads, and a half-drawn frame may already
+    /// hold the text looked for.
     async fn until(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut last = String::new();
         loop {
             let screen = self.contents();
-            if check(&screen) {
+            if check(&screen) && screen == last {
                 return screen;
             }
+            last = screen;
             if tokio::time::Instant::now() > deadline {
-                panic!("the console never showed {what:?}; the screen:\n{screen}");
+                panic!("the console never showed {what:?}; the screen:\n{last}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
