@@ -43,6 +43,9 @@ enum Ended {
 /// other sources (files, pings) wait for no longer than this many.
 const SEND_BATCH: usize = 16;
 
+/// How long a stopping daemon waits for the relay to answer its close.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Commands still running at shutdown get this long to be killed.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -71,11 +74,9 @@ async fn link_loop(
     // Whether this process has printed the code yet.
     let mut announced = false;
     loop {
-        let attempt = tokio::select! {
-            r = connect(daemon, commands, calls, &mut announced, shutdown) => r,
-            _ = shutdown.cancelled() => Ok(Ended::Shutdown),
-        };
-        match attempt {
+        // `connect` watches `shutdown` itself: dropped from outside, the
+        // link would end without its closing handshake.
+        match connect(daemon, commands, calls, &mut announced, shutdown).await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Reregister) => continue,
             Ok(Ended::Dropped { lasted }) => {
@@ -192,7 +193,11 @@ async fn connect(
     announced: &mut bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
-    let ws = match hello(daemon, announced).await? {
+    let hello = tokio::select! {
+        hello = hello(daemon, announced) => hello?,
+        _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+    };
+    let ws = match hello {
         Ok(ws) => ws,
         Err(ended) => return Ok(ended),
     };
@@ -258,7 +263,7 @@ impl Link<'_> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = self.ws.close(None).await;
+                    self.close().await;
                     return Ok(Ended::Shutdown);
                 }
                 Some(out) = outgoing.recv() => self.send_queued(out, outgoing).await?,
@@ -284,6 +289,22 @@ impl Link<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The closing handshake: the relay answers once it has let this link
+    /// go, so the machine shows offline the moment the daemon has stopped.
+    /// A relay that does not answer gets [`CLOSE_WAIT`].
+    async fn close(&mut self) {
+        let handshake = async {
+            self.ws.close(None).await?;
+            while self.ws.next().await.transpose()?.is_some() {}
+            anyhow::Ok(())
+        };
+        match timeout(CLOSE_WAIT, handshake).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("closing the relay link: {e:#}"),
+            Err(_) => tracing::debug!("the relay did not answer the close within {CLOSE_WAIT:?}"),
         }
     }
 

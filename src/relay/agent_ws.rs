@@ -43,6 +43,8 @@ const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// How long a fresh connection has to say hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the relay tries to send its answer to a daemon's close.
+const CLOSE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What an unknown code is compared against: no token hashes to all zeros.
 const NO_TOKEN: keys::Digest = [0; 32];
@@ -150,6 +152,9 @@ async fn run(state: AppState, mut socket: WebSocket, client: IpAddr) -> anyhow::
     if let Some(cluster) = &state.cluster {
         cluster.release(&code_hash, conn.conn_id);
     }
+    // Only now answer a close the daemon sent: a daemon that waits for the
+    // answer has stopped when its machine shows offline.
+    let _ = timeout(CLOSE_ANSWER_WAIT, socket.flush()).await;
     if let Err(e) = Box::pin(state.store.touch_agent(accepted.agent_id, super::now_ms(), &conn.info)).await
         && state.store.fault("recording an agent's disconnect", &e).is_none()
     {
