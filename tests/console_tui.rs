@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::num::NonZeroU16;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ struct Console {
     master: Box<dyn MasterPty + Send>,
     keys: Box<dyn Write + Send>,
     screen: Screen,
+    /// Set once the reader has met the pty's end: everything the console
+    /// wrote before it exited is on the screen.
+    drained: Arc<AtomicBool>,
 }
 
 impl Console {
@@ -72,7 +76,8 @@ impl Console {
         let screen: Screen =
             Arc::new(Mutex::new(vt100::Parser::new_with_callbacks(size(rows), size(cols), 0, Seen::default())));
         let mut reader = pair.master.try_clone_reader().unwrap();
-        let feed = screen.clone();
+        let (feed, drained) = (screen.clone(), Arc::new(AtomicBool::new(false)));
+        let at_end = drained.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = reader.read(&mut buf) {
@@ -81,9 +86,10 @@ impl Console {
                 }
                 feed.lock().unwrap().process(&buf[..n]);
             }
+            at_end.store(true, Ordering::Release);
         });
         let keys = pair.master.take_writer().unwrap();
-        Self { child, master: pair.master, keys, screen }
+        Self { child, master: pair.master, keys, screen, drained }
     }
 
     fn contents(&self) -> String {
@@ -123,14 +129,22 @@ impl Console {
         }
     }
 
-    /// Waits (bounded) for the console to exit; returns its exit code.
+    /// Waits (bounded) for the console to exit and for the reader to have
+    /// taken all it wrote (its last bytes give the terminal back); returns
+    /// its exit code.
     async fn exit_code(&mut self) -> u32 {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.exit_code();
+                if self.drained.load(Ordering::Acquire) {
+                    return status.exit_code();
+                }
             }
-            assert!(tokio::time::Instant::now() < deadline, "aic-console did not exit:\n{}", self.contents());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aic-console did not exit, or its pty did not end:\n{}",
+                self.contents()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
