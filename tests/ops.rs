@@ -110,11 +110,12 @@ async fn metrics_parse_and_move_when_a_command_runs() {
 #[tokio::test]
 async fn metrics_listen_moves_metrics_off_the_api_address() {
     let dir = tempfile::tempdir().unwrap();
-    // A free port to hand the binary: bound, read, let go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    let relay = common::RelayProcess::start(dir.path(), &["--metrics-listen", &metrics_addr], &[]).await;
-    let text = scrape(&format!("http://{metrics_addr}/metrics")).await;
+    // Port 0, and the port it got from its log: a port picked here and let go
+    // could be taken by another test before the relay binds it.
+    let mut relay = common::RelayProcess::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"], &[]).await;
+    let said = relay.logged("aic-relay metrics on http://").await;
+    let url = said.split("metrics on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let text = scrape(&url).await;
     assert_eq!(sample(&text, "aic_agents_online"), 0.0);
     let api = within("GET /metrics on the API", client().get(format!("{}/metrics", relay.http())).send()).await;
     assert_eq!(api.unwrap().status(), 404);

@@ -223,11 +223,13 @@ struct Log {
 }
 
 impl Log {
-    /// Waits (bounded) until it has written `text`.
-    async fn until(&mut self, text: &str) {
+    /// Waits (bounded) until it has written `text`; returns the line that holds it.
+    async fn until(&mut self, text: &str) -> String {
         let closed =
             within(&format!("{text:?} in the log"), self.so_far.wait_for(|seen| seen.contains(text))).await.is_err();
-        assert!(!closed, "it closed stderr without writing {text:?}:\n{}", *self.so_far.borrow());
+        let seen = self.so_far.borrow();
+        assert!(!closed, "it closed stderr without writing {text:?}:\n{}", *seen);
+        seen.lines().find(|line| line.contains(text)).unwrap().to_owned()
     }
 
     /// Everything it wrote, once it has closed stderr.
@@ -377,9 +379,9 @@ impl RelayProcess {
     }
 
     /// Waits (bounded) until it has logged `text`: the signal that something
-    /// it does on its own time (a reload on SIGHUP) is done.
-    pub async fn logged(&mut self, text: &str) {
-        self.stderr.until(text).await;
+    /// it does on its own time (a reload on SIGHUP) is done. Returns the line.
+    pub async fn logged(&mut self, text: &str) -> String {
+        self.stderr.until(text).await
     }
 
     /// Sends SIGTERM, expects a clean exit, and returns its stderr.
