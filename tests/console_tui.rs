@@ -135,10 +135,10 @@ impl Console {
     async fn exit_code(&mut self) -> u32 {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                if self.drained.load(Ordering::Acquire) {
-                    return status.exit_code();
-                }
+            if let Some(status) = self.child.try_wait().unwrap()
+                && self.drained.load(Ordering::Acquire)
+            {
+                return status.exit_code();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

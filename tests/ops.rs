@@ -38,6 +38,8 @@ fn version_names_binary_version_and_git_revision() {
 }
 
 mod common;
+#[path = "common/servers.rs"]
+mod servers;
 
 use common::{TestDaemon, TestRelay, client, within};
 
@@ -208,8 +210,8 @@ async fn daemon_doctor_names_each_problem_and_its_fix() {
     write_file(&state.join("state.json"), "{}", 0o644);
     let run_dir = dir.path().join("run");
     mkdir(&run_dir, 0o777);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let relay = format!("ws://{closed}");
+    let (_closed, port) = servers::closed_port();
+    let relay = format!("ws://127.0.0.1:{port}");
     let socket = run_dir.join("aic.sock");
     let args =
         ["doctor", "--relay", &relay, "--state-dir", state.to_str().unwrap(), "--socket", socket.to_str().unwrap()];
@@ -221,7 +223,7 @@ async fn daemon_doctor_names_each_problem_and_its_fix() {
         format!(
             "problem  state file: {state}/state.json has mode 644: others can reach it; fix: chmod 600 {state}/state.json"
         ),
-        format!("problem  relay: cannot connect to 127.0.0.1:{}", closed.port()),
+        format!("problem  relay: cannot connect to 127.0.0.1:{port}"),
         format!("problem  socket: {} must be a directory", run_dir.display()),
     ] {
         assert!(text.lines().any(|l| l.starts_with(&expected)), "no line {expected:?} in\n{text}");

@@ -18,9 +18,18 @@ use tokio_util::sync::CancellationToken;
 /// Upper bound for anything a test waits on; a hang fails instead of stalling CI.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Upper bound for moving tens of MiB through relay and daemon in one wait:
+/// a debug build on a loaded 2-core machine was seen to take over 30 s.
+pub const BULK_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Awaits `fut`, failing the test after [`PATIENCE`].
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    within_for(PATIENCE, what, fut).await
+}
+
+/// Awaits `fut`, failing the test after `limit`.
+pub async fn within_for<T>(limit: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// A relay running in this process.
