@@ -191,13 +191,13 @@ a_detached_command_cannot_change_the_mode() {
   local body
   body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' --data-binary @- \
     "http://127.0.0.1:$relay_port/api/v1/exec" <<JSON
-{"code":"$code","command":"setsid -f sh -c 'while [ ! -e /tmp/guard.go ]; do sleep 0.05; done; aic-console mode disabled >/tmp/guard.out 2>&1; echo rc=\$? >>/tmp/guard.out'"}
+{"code":"$code","command":"setsid -f sh -c 'while [ ! -e /tmp/guard.go ]; do sleep 0.05; done; aic-console mode disabled >/tmp/guard.out 2>&1; echo rc=\$? >>/tmp/guard.out' >/dev/null 2>&1"}
 JSON
   )
   echo "$body" | grep -q '"exitCode":0' || { say "  $body"; return 1; }
   # It tries once its command has ended and answered.
   inside touch /tmp/guard.go
-  until_ok 100 inside grep -q 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
+  until_ok 100 inside grep -qs 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
   inside grep -q 'rc=1' /tmp/guard.out && inside grep -q "refused: process" /tmp/guard.out \
     || { say "  $(inside cat /tmp/guard.out)"; return 1; }
   [ "$(inside aic-console mode)" = auto ]
