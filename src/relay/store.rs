@@ -163,6 +163,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
             used_at BIGINT
         )",
     ),
+    // What an account granted an OAuth client (versions from 201, apart from
+    // other branches' next numbers): the client's name as consented to, when it
+    // was first authorised and last used, for the dashboard's "Connected apps";
+    // tokens are issued only while it exists, so deleting it (with the tokens)
+    // revokes the client at once.
+    (
+        201,
+        "CREATE TABLE oauth_grants (
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            client_id TEXT NOT NULL,
+            client_name TEXT NOT NULL,
+            authorized_at BIGINT NOT NULL,
+            last_used_at BIGINT NOT NULL,
+            PRIMARY KEY (account_id, client_id)
+        )",
+    ),
+    // The chain of tokens one authorization code started, carried through each
+    // refresh, so revoking a refresh token (RFC 7009) ends that chain's access
+    // tokens and not another device's sign-in of the same client.
+    (202, "ALTER TABLE oauth_tokens ADD COLUMN family TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// Runs a write with `RETURNING` to its end and gives its one row. Run to
