@@ -15,8 +15,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A fake agent, registered: its socket and its code.
 async fn fake_agent(relay: &TestRelay) -> (Ws, Credentials) {
+    fake_agent_speaking(relay, &[]).await
+}
+
+/// A fake agent, registered with `capabilities`: its socket and its code.
+async fn fake_agent_speaking(relay: &TestRelay, capabilities: &[&str]) -> (Ws, Credentials) {
     let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
-    let agent = AgentInfo { hostname: "fake".into(), ..Default::default() };
+    let capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+    let agent = AgentInfo { hostname: "fake".into(), capabilities, ..Default::default() };
     send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
     match recv(&mut ws).await {
         Some(RelayMessage::Registered { code, token: Some(token), .. }) => (ws, Credentials { code, token }),
@@ -133,6 +139,58 @@ async fn output_past_the_link_budget_is_dropped_and_that_command_cancelled() {
     assert_eq!((status, kept["stdout"].as_str().unwrap().len(), &kept["truncated"]), (200, 60_000, &json!(false)));
     let (status, cut) = second.await.unwrap();
     assert_eq!((status, cut["stdout"].as_str().unwrap(), &cut["truncated"]), (200, "", &json!(true)));
+}
+
+/// Waits for the relay to cancel command `id` (credit may come first), then
+/// says it exited, as a daemon would.
+async fn cancelled_then_exit(ws: &mut Ws, id: uuid::Uuid) {
+    loop {
+        match recv(ws).await {
+            Some(RelayMessage::Cancel { id: cancelled }) if cancelled == id => break,
+            Some(RelayMessage::OutputCredit { chunks, .. }) => assert!(chunks == 0, "credit for output never framed"),
+            other => panic!("expected the command cancelled, got {other:?}"),
+        }
+    }
+    exit(ws, id).await;
+}
+
+/// A daemon given credit for output frames that sends JSON output instead
+/// would be held outside its window, and its caller taking that output
+/// would earn it credit for frames it never sent: a window as large as it
+/// likes. The first JSON chunk cuts the command instead.
+#[tokio::test]
+async fn json_output_for_a_command_sent_with_credit_cuts_it_and_earns_no_credit() {
+    let (_dir, relay) = relay_with(|_| {}).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[agent::CAP_OUTPUT_FRAMES, agent::CAP_OUTPUT_CHUNK]).await;
+    let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "yes"}));
+    let req = next_exec(&mut ws).await;
+    assert!(req.window > 0, "the command went out with credit");
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    for _ in 0..req.window * 4 {
+        output(&mut ws, req.id, b"y".to_vec()).await;
+    }
+    cancelled_then_exit(&mut ws, req.id).await;
+    let (status, body) = caller.await.unwrap();
+    assert_eq!((status, body["stdout"].as_str(), &body["truncated"]), (200, Some(""), &json!(true)), "{body}");
+}
+
+/// Output frames within each command's credit still count against the
+/// link's budget: 64 commands' windows are more than it.
+#[tokio::test]
+async fn output_frames_past_the_link_budget_are_dropped_and_that_command_cancelled() {
+    use aic::protocol::files::{FrameKind, encode_frame};
+    use futures_util::SinkExt;
+    let (_dir, relay) = relay_with(|config| config.max_link_buffer = 100_000).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[agent::CAP_OUTPUT_FRAMES]).await;
+    let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "cat big"}));
+    let req = next_exec(&mut ws).await;
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    // Within the command's window (an older daemon's frame may be 128 KiB), past the link's budget.
+    let frame = encode_frame(FrameKind::Stdout, req.id, 0, &vec![b'a'; 120_000]);
+    ws.send(Message::binary(frame)).await.unwrap();
+    cancelled_then_exit(&mut ws, req.id).await;
+    let (status, body) = caller.await.unwrap();
+    assert_eq!((status, body["stdout"].as_str(), &body["truncated"]), (200, Some(""), &json!(true)), "{body}");
 }
 
 /// Reads from a raw connection until the relay closes it; what it said.
