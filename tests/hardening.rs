@@ -260,6 +260,27 @@ async fn connections_past_the_per_address_limit_are_refused_and_room_returns() {
     .await;
 }
 
+/// An agent link is a connection like any other: upgraded, it still counts
+/// against its address's limit (else one address could hold as many
+/// WebSockets, and file descriptors, as it liked), and frees its place when it closes.
+#[tokio::test]
+async fn agent_websockets_count_against_the_per_address_limit() {
+    let (_dir, relay) = relay_with(|config| config.connections.max_per_ip = 2).await;
+    let url = format!("{}/agent/ws", relay.ws());
+    let first = tokio_tungstenite::connect_async(&url).await.unwrap().0;
+    let _second = tokio_tungstenite::connect_async(&url).await.unwrap().0;
+    let said = until_closed(&mut raw(&relay.http()).await).await;
+    assert!(said.starts_with("HTTP/1.1 429"), "a third connection beside two agent links: {said}");
+
+    drop(first);
+    within("room once a link closed", async {
+        while tokio_tungstenite::connect_async(&url).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_connection_limit_refuses_new_ones_and_says_so_once_in_the_log() {
     let dir = tempfile::tempdir().unwrap();

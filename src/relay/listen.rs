@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -161,15 +163,59 @@ async fn connection(
     }
     let timeout = slot.gate.limits.header_timeout;
     match tls {
-        None => http(tcp, peer, app, timeout, shutdown).await,
+        None => http(Held { io: tcp, _slot: slot }, peer, app, timeout, shutdown).await,
         // The handshake gets the same time as the headers would.
         Some(tls) => match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
-            Ok(Ok(stream)) => http(stream, peer, app, timeout, shutdown).await,
+            Ok(Ok(stream)) => http(Held { io: stream, _slot: slot }, peer, app, timeout, shutdown).await,
             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, "TLS handshake took longer than {timeout:?}"),
         },
     }
-    drop(slot);
+}
+
+/// A connection's stream, holding its place in the counts until it is
+/// dropped: for a connection upgraded to an agent's WebSocket that is when
+/// the link closes (the HTTP connection's task ends at the upgrade).
+struct Held<I> {
+    io: I,
+    /// Freed with the stream.
+    _slot: Slot,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Serves HTTP on one connection, with upgrades (the agent WebSocket).
