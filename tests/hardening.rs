@@ -193,6 +193,56 @@ async fn output_frames_past_the_link_budget_are_dropped_and_that_command_cancell
     assert_eq!((status, body["stdout"].as_str(), &body["truncated"]), (200, Some(""), &json!(true)), "{body}");
 }
 
+/// A caller that stops reading its answer holds its command's output in the
+/// relay (up to a window of it, plus what the connection buffers) only until
+/// the connection's write stall limit: then it is cut off, and its command
+/// cancelled, whether the command still runs or not.
+#[tokio::test]
+async fn a_caller_that_stops_reading_is_cut_off_and_its_command_cancelled() {
+    use aic::protocol::files::{FrameKind, encode_frame};
+    use futures_util::SinkExt;
+    use tokio::io::AsyncWriteExt;
+    let (_dir, relay) = relay_with(|config| {
+        config.connections.write_stall = Duration::from_millis(300);
+        config.max_output = 1 << 30;
+    })
+    .await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[agent::CAP_OUTPUT_FRAMES, agent::CAP_OUTPUT_CHUNK]).await;
+    // A caller that takes as little as its socket allows, and then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut caller = socket.connect(relay.http().trim_start_matches("http://").parse().unwrap()).await.unwrap();
+    let body = json!({"code": creds.code.to_string(), "command": "cat /dev/zero"}).to_string();
+    let request = format!(
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n\
+         accept: application/octet-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    caller.write_all(request.as_bytes()).await.unwrap();
+    let req = next_exec(&mut ws).await;
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    // Output within credit for as long as the relay grants it, until it cancels.
+    let chunk = vec![0u8; req.chunk as usize];
+    let (mut seq, mut allowed) = (0u64, u64::from(req.window));
+    within("the relay to cut the caller off and cancel", async {
+        loop {
+            while seq < allowed {
+                ws.send(Message::binary(encode_frame(FrameKind::Stdout, req.id, seq, &chunk))).await.unwrap();
+                seq += 1;
+            }
+            match recv(&mut ws).await {
+                Some(RelayMessage::OutputCredit { chunks, .. }) => allowed += u64::from(chunks),
+                Some(RelayMessage::Cancel { id }) if id == req.id => return,
+                other => panic!("expected credit or the cancel, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    let metrics = &relay.state.metrics;
+    eventually("the relay to let go of the output", || metrics.held() == 0).await;
+    drop(caller);
+}
+
 /// Reads from a raw connection until the relay closes it; what it said.
 async fn until_closed(tcp: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;

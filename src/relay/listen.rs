@@ -39,7 +39,16 @@ pub struct ConnLimits {
     /// Connections held at once from one address (a trusted proxy is not
     /// counted); more are answered 429 and closed.
     pub max_per_ip: usize,
+    /// How long a connection may take none of what the relay writes to it;
+    /// past it the connection is closed. A caller that stops reading would
+    /// otherwise hold its command's output in the relay for as long as its
+    /// connection stays open.
+    pub write_stall: Duration,
 }
+
+/// [`ConnLimits::write_stall`] by default: far longer than any client that
+/// reads takes, shorter than a relay should hold output for one that does not.
+pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// Counts connections, overall and per address.
 struct Gate {
@@ -163,10 +172,10 @@ async fn connection(
     }
     let timeout = slot.gate.limits.header_timeout;
     match tls {
-        None => http(Held { io: tcp, _slot: slot }, peer, app, timeout, shutdown).await,
+        None => http(Held::new(tcp, slot), peer, app, timeout, shutdown).await,
         // The handshake gets the same time as the headers would.
         Some(tls) => match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
-            Ok(Ok(stream)) => http(Held { io: stream, _slot: slot }, peer, app, timeout, shutdown).await,
+            Ok(Ok(stream)) => http(Held::new(stream, slot), peer, app, timeout, shutdown).await,
             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, "TLS handshake took longer than {timeout:?}"),
         },
@@ -175,11 +184,43 @@ async fn connection(
 
 /// A connection's stream, holding its place in the counts until it is
 /// dropped: for a connection upgraded to an agent's WebSocket that is when
-/// the link closes (the HTTP connection's task ends at the upgrade).
+/// the link closes (the HTTP connection's task ends at the upgrade). A write
+/// that stays blocked for the limits' `write_stall` fails.
 struct Held<I> {
     io: I,
     /// Freed with the stream.
-    _slot: Slot,
+    slot: Slot,
+    /// Armed when a write blocks, disarmed when one goes through; made at
+    /// the first blocked write (most connections never have one).
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `stall` is counting.
+    armed: bool,
+}
+
+impl<I> Held<I> {
+    fn new(io: I, slot: Slot) -> Self {
+        Self { io, slot, stall: None, armed: false }
+    }
+
+    /// Passes on a write's outcome; a write blocked past the limit fails.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let limit = self.slot.gate.limits.write_stall;
+        let deadline = tokio::time::Instant::now() + limit;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            stall.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let message = format!("the client took nothing the relay wrote for {limit:?}");
+        Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message)))
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
@@ -194,7 +235,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        self.watch(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -202,7 +244,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -210,11 +253,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, polled)
     }
 }
 
