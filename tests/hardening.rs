@@ -278,6 +278,22 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(!said.contains("200"), "{said}");
 }
 
+/// Past its headers, a request's body must keep coming too: a client that
+/// stops sending it is answered and cut off at the header timeout, not held
+/// for as long as it trickles.
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay_config(dir.path()), "127.0.0.1:0").await;
+    let mut slow = raw(&relay.http()).await;
+    let head =
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+    slow.write_all(format!("{head}{{\"code\":").as_bytes()).await.unwrap();
+    let said = until_closed(&mut slow).await;
+    assert!(said.starts_with("HTTP/1.1 400") && said.contains("no part of the request body came"), "{said}");
+}
+
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed() {
     use tokio::io::AsyncWriteExt;

@@ -270,7 +270,7 @@ where
 {
     let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        request
+        request.map(|body| axum::body::Body::new(Paced { body, limit: header_timeout, stall: None, armed: false }))
     });
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
@@ -285,6 +285,53 @@ where
     };
     if let Err(e) = served {
         tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// A request's body, which must keep coming: a client that sends none of it
+/// for the header timeout (while the relay waits for it) gets an error for
+/// it, not a connection held for as long as it trickles.
+struct Paced {
+    body: Incoming,
+    /// How long the relay waits for the next part.
+    limit: Duration,
+    /// Counting while the relay waits; made at the first wait.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `stall` counts the current wait.
+    armed: bool,
+}
+
+impl hyper::body::Body for Paced {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let (limit, deadline) = (this.limit, tokio::time::Instant::now() + this.limit);
+        let stall = this.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !this.armed {
+            stall.as_mut().reset(deadline);
+            this.armed = true;
+        }
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(format!("no part of the request body came for {limit:?}").into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
