@@ -27,7 +27,7 @@ use super::output::ToolResult;
 use super::{Mcp, caller, refusal};
 use crate::protocol::jobs::{JobInfo, JobState};
 use crate::relay::access::{Caller, Purpose};
-use crate::relay::error::ApiError;
+use crate::relay::error::{ApiError, Reason};
 use crate::relay::exec::ExecParams;
 use crate::relay::jobs::{self, Follow};
 use crate::relay::keys::Keys;
@@ -145,6 +145,9 @@ impl Mcp {
         };
         let (status_message, payload) = match looked.await {
             Ok((job, payload)) => (state_words(&job), payload),
+            // The job may well run on: its machine is between relays (one
+            // restarting, or this one not holding it). Polled again, it comes back.
+            Err(err) if err.reason == Reason::AgentOffline => (err.message.clone(), TaskPayload::Working),
             Err(err) => (err.message.clone(), TaskPayload::Completed { result: object(refusal(&err)) }),
         };
         let now = rmcp::task_manager::current_timestamp();
