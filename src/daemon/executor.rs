@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -161,7 +161,7 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken, c
         }
     };
     if events.send(ProcessEvent::Started { pgid: running.pgid }).await.is_err() {
-        signal_all(running.pgid, &running.cell, rustix::process::Signal::KILL);
+        signal_all(&running.cell, rustix::process::Signal::KILL);
         return;
     }
     let mut exit = supervise(&req, running, &events, cancel, credit.as_deref()).await;
@@ -187,7 +187,7 @@ async fn supervise(
         // What follows is dropped here, or read by nobody: the pipes drain unpaced.
         credit.filter(|_| unpace).inspect(|c| c.close());
         if kill_at.is_none() {
-            signal_all(p.pgid, &p.cell, rustix::process::Signal::TERM);
+            signal_all(&p.cell, rustix::process::Signal::TERM);
             *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
         }
     };
@@ -219,7 +219,7 @@ async fn supervise(
             }
             _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at, true),
             _ = tokio::time::sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && !killed => {
-                signal_all(p.pgid, &p.cell, rustix::process::Signal::KILL);
+                signal_all(&p.cell, rustix::process::Signal::KILL);
                 killed = true;
             }
         }
@@ -234,20 +234,14 @@ async fn supervise(
 
 /// Signals the command's process group and what left it (`setsid`, a double
 /// fork): all of it is still the command's.
-fn signal_all(pgid: i32, cell: &contain::Cell, signal: rustix::process::Signal) {
-    // The cell first: killing the group kills the reaper, and what is below it is then no longer found by ancestry.
+fn signal_all(cell: &contain::Cell, signal: rustix::process::Signal) {
     if signal == rustix::process::Signal::KILL {
+        // What left the group, the group, then the reaper.
         cell.kill()
     } else {
-        cell.signal(signal)
-    }
-    kill_group(pgid, signal);
-}
-
-fn kill_group(pgid: i32, signal: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
-        // ESRCH (the group is already gone) is the expected way for this to fail.
-        let _ = rustix::process::kill_process_group(pid, signal);
+        // The cell first: a group's signal may end the reaper, and what is below it is then no longer found by ancestry.
+        cell.signal(signal);
+        cell.signal_group(signal);
     }
 }
 
@@ -258,7 +252,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 
 fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
     let mut cell = contain::Cell::new(req.id)?;
-    let (stdout, stderr, reaper) = match via_spawner(req, &cell)? {
+    let (stdout, stderr, reaper) = match via_spawner(req, &mut cell)? {
         Some(spawned) => spawned,
         None => {
             let mut cmd = shell(req);
@@ -283,7 +277,7 @@ type Output = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Starts the command on pipes through the spawner (no fork of the daemon);
 /// `None` when there is no spawner.
-fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Option<(Output, Output, Reaper)>> {
+fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Result<Option<(Output, Output, Reaper)>> {
     use std::os::fd::AsFd;
     if !spawner::available() {
         return Ok(None);
@@ -312,9 +306,7 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
         Ok((out, err)) => Ok(Some((out, err, Reaper::Spawned(pid)))),
         Err(e) => {
             // Started, but the daemon could not watch it: it must not run on.
-            if let Some(group) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-            }
+            cell.kill();
             Err(e)
         }
     }
@@ -375,6 +367,7 @@ fn running(
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
     let remove = cell.remover();
     let cgroup = cell.has_cgroup();
+    let pidfd = cell.pidfd();
     tokio::spawn(async move {
         let mut code_tx = Some(code_tx);
         if let Some(mut status) = status {
@@ -386,10 +379,10 @@ fn running(
         let reaped = match reaper {
             Reaper::Child(mut child) => child.wait().await.map(exit_code),
             // The reaper ignores every signal but SIGKILL, so one that went without saying was killed.
-            Reaper::Spawned(pid) => {
-                // Only a cgroup to remove needs it; a failed /proc lookup per command was 10% of the daemon's CPU.
-                if cgroup {
-                    released(pid).await;
+            Reaper::Spawned(_) => {
+                // Only a cgroup to remove needs it to be released.
+                if let Some(pidfd) = pidfd.filter(|_| cgroup) {
+                    contain::released(pidfd, RELEASE_LIMIT).await;
                 }
                 Ok(128 + libc::SIGKILL)
             }
@@ -405,18 +398,10 @@ fn running(
     Ok(Running { pgid, output, exit, gone, cell, _keep: keep })
 }
 
-/// Waits until the spawner's reaper `pid` is released (the spawner has the
-/// kernel reap it), so that its cgroup is empty and can be removed; bounded
-/// at 2 s, after which a later sweep removes the cgroup.
-async fn released(pid: i32) {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    for _ in 0..400 {
-        if !proc.exists() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+/// How long a spawner's reaper whose status pipe closed is waited for to
+/// exit, so that its cgroup is empty and can be removed; past it, a later
+/// sweep removes the cgroup.
+const RELEASE_LIMIT: Duration = Duration::from_secs(2);
 
 async fn pump(
     mut reader: impl AsyncRead + Unpin,

@@ -9,8 +9,18 @@
 //! stderr, the status pipe's writing end, the cgroup's `cgroup.procs`); the
 //! spawner starts the reaper, which does what `contain` does after a fork of
 //! the daemon (cgroup, subreaper, process group, stdio, cwd, the command's
-//! start and exec, then the reaping), and answers with the reaper's pid or the
-//! errno of what failed. The spawner exits when the daemon goes.
+//! start and exec, then the reaping), and answers with the reaper's pid and
+//! pidfd, or the errno of what failed. The spawner exits when the daemon goes.
+//!
+//! The spawner has the kernel reap each reaper the moment it exits, so the
+//! reaper's pid may name another process from then on. The daemon therefore
+//! never signals a reaper by its pid: the answer carries a pidfd of it
+//! (`SCM_RIGHTS`), and the daemon signals through `pidfd_send_signal` and
+//! sees the exit by polling the pidfd; the command's process group and the
+//! /proc walk for the reaper's descendants are used only while the pidfd
+//! says the reaper has not exited. Passing the pidfd was chosen over having
+//! the spawner signal on the daemon's behalf: a kill then needs no round trip
+//! and still works once the spawner is gone.
 //!
 //! Neither the reaper nor the command's child is a `fork()`: both are clones
 //! that share the spawner's memory (see `Request::spawn`), so a command
@@ -119,10 +129,18 @@ pub fn available() -> bool {
     LINK.lock().unwrap_or_else(PoisonError::into_inner).is_some()
 }
 
-/// Has the spawner fork a reaper for `order` with `fds`: its pid (= the
-/// command's process group when `new_group`), or why it could not start.
-/// `None` when there is no spawner: the caller forks the old way.
-pub fn spawn(order: &Order, fds: &Fds) -> Option<io::Result<i32>> {
+/// A reaper the spawner started.
+pub struct Spawned {
+    /// Its pid (= the command's process group when `new_group`).
+    pub pid: i32,
+    /// Its pidfd: the spawner has the kernel reap it the moment it exits, after
+    /// which `pid` may name another process; this still names the reaper.
+    pub pidfd: OwnedFd,
+}
+
+/// Has the spawner fork a reaper for `order` with `fds`, or says why it could
+/// not start. `None` when there is no spawner: the caller forks the old way.
+pub fn spawn(order: &Order, fds: &Fds) -> Option<io::Result<Spawned>> {
     let message = match encode(order, fds.procs.is_some()) {
         Ok(message) if message.len() <= MAX_MESSAGE => message,
         Ok(_) => return None,
@@ -158,7 +176,7 @@ enum Gone {
 }
 
 /// Sends one order and reads its answer; an error means the spawner is gone.
-fn exchange(socket: BorrowedFd, message: &[u8], fds: &Fds) -> Result<io::Result<i32>, Gone> {
+fn exchange(socket: BorrowedFd, message: &[u8], fds: &Fds) -> Result<io::Result<Spawned>, Gone> {
     let mut all = fds.stdio.to_vec();
     all.push(fds.status);
     all.extend(fds.procs);
@@ -168,18 +186,37 @@ fn exchange(socket: BorrowedFd, message: &[u8], fds: &Fds) -> Result<io::Result<
     rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL)
         .map_err(|e| Gone::Before(e.into()))?;
     let mut answer = [0u8; 8];
-    let n = loop {
-        match rustix::net::recv(socket, &mut answer, RecvFlags::empty()) {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        let buf = &mut [IoSliceMut::new(&mut answer)];
+        match rustix::net::recvmsg(socket, buf, &mut control, RecvFlags::CMSG_CLOEXEC) {
             Err(Errno::INTR) => continue,
-            other => break other.map_err(|e| Gone::After(e.into()))?.0,
+            other => break other.map_err(|e| Gone::After(e.into()))?.bytes,
         }
     };
-    if n != answer.len() {
+    let pidfd = received(&mut control).into_iter().next();
+    if got != answer.len() {
         return Err(Gone::After(io::Error::new(io::ErrorKind::UnexpectedEof, "the spawner closed its socket")));
     }
     let pid = i32::from_ne_bytes(answer[..4].try_into().unwrap_or_default());
     let errno = i32::from_ne_bytes(answer[4..].try_into().unwrap_or_default());
-    Ok(if pid > 0 { Ok(pid) } else { Err(io::Error::from_raw_os_error(errno)) })
+    Ok(match pidfd {
+        Some(pidfd) if pid > 0 => Ok(Spawned { pid, pidfd }),
+        _ => Err(io::Error::from_raw_os_error(if pid > 0 { libc::EPROTO } else { errno })),
+    })
+}
+
+/// The descriptors a message brought.
+fn received(control: &mut RecvAncillaryBuffer) -> Vec<OwnedFd> {
+    control
+        .drain()
+        .filter_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds.collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// The message: NUL-ended fields, `flags`, argc, cwd (empty for none), the
@@ -262,14 +299,7 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
             // The daemon is gone.
             _ => unsafe { libc::_exit(0) },
         };
-        let fds: Vec<OwnedFd> = control
-            .drain()
-            .filter_map(|m| match m {
-                RecvAncillaryMessage::ScmRights(fds) => Some(fds.collect::<Vec<_>>()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let fds = received(&mut control);
         reapers.sweep();
         let answer = decode(&buf[..got.bytes.min(buf.len())], fds, &base).and_then(|r| r.spawn(&mut reapers));
         let (pid, errno) = match answer {
@@ -277,7 +307,13 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
             Err(e) => (0, e.raw_os_error().unwrap_or(libc::EINVAL)),
         };
         let reply = [pid.to_ne_bytes(), errno.to_ne_bytes()].concat();
-        let _ = rustix::net::send(&socket, &reply, SendFlags::NOSIGNAL);
+        // A started reaper's pidfd goes with its pid (`spawn` pushed it last).
+        let pidfd: Vec<BorrowedFd> =
+            reapers.live.last().filter(|_| pid > 0).map(|(fd, _)| fd.as_fd()).into_iter().collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&pidfd));
+        let _ = rustix::net::sendmsg(&socket, &[IoSlice::new(&reply)], &mut control, SendFlags::NOSIGNAL);
     }
 }
 
