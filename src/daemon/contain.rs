@@ -186,15 +186,15 @@ impl Cell {
     /// Has the spawner fork this cell's reaper for `order` with `stdio`: the
     /// reaper's pid, or `None` when there is no spawner (then [`Cell::prepare`]).
     /// From then on [`Cell::kill`] reaches the command.
-    pub fn spawn(
+    pub async fn spawn(
         &mut self,
-        order: &super::spawner::Order,
-        stdio: [std::os::fd::BorrowedFd; 3],
+        order: &super::spawner::Order<'_>,
+        stdio: [std::os::fd::BorrowedFd<'_>; 3],
     ) -> Option<io::Result<i32>> {
         use std::os::fd::AsFd;
         let status = self.status_tx.as_ref()?.as_fd();
         let fds = super::spawner::Fds { stdio, status, procs: self.procs.as_ref().map(AsFd::as_fd) };
-        let spawned = super::spawner::spawn(order, &fds)?;
+        let spawned = super::spawner::spawn(order, &fds).await?;
         Some(spawned.map(|spawned| {
             (self.reaper, self.pidfd) = (spawned.pid, Some(spawned.pidfd));
             spawned.pid

@@ -151,7 +151,7 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken, c
         return;
     }
     let started = Instant::now();
-    let spawned = if req.pty { spawn_pty(&req, credit.clone()) } else { spawn_pipes(&req, credit.clone()) };
+    let spawned = if req.pty { spawn_pty(&req, credit.clone()) } else { spawn_pipes(&req, credit.clone()).await };
     let running = match spawned {
         Ok(running) => running,
         Err(e) => {
@@ -250,9 +250,9 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
 }
 
-fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
+async fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
     let mut cell = contain::Cell::new(req.id)?;
-    let (stdout, stderr, reaper) = match via_spawner(req, &mut cell)? {
+    let (stdout, stderr, reaper) = match via_spawner(req, &mut cell).await? {
         Some(spawned) => spawned,
         None => {
             let mut cmd = shell(req);
@@ -277,7 +277,7 @@ type Output = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Starts the command on pipes through the spawner (no fork of the daemon);
 /// `None` when there is no spawner.
-fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Result<Option<(Output, Output, Reaper)>> {
+async fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Result<Option<(Output, Output, Reaper)>> {
     use std::os::fd::AsFd;
     if !spawner::available() {
         return Ok(None);
@@ -294,7 +294,7 @@ fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Result<O
         cwd: req.cwd.as_deref().map(Path::new),
         new_group: true,
     };
-    let Some(pid) = cell.spawn(&order, [null.as_fd(), out_tx.as_fd(), err_tx.as_fd()]).transpose()? else {
+    let Some(pid) = cell.spawn(&order, [null.as_fd(), out_tx.as_fd(), err_tx.as_fd()]).await.transpose()? else {
         return Ok(None);
     };
     // The command holds the writing ends now; these copies close here.

@@ -4,13 +4,17 @@
 //!
 //! [`start`] forks the spawner at the very start of `aic-daemon run`, before
 //! any thread exists, linked to the daemon by a `SOCK_SEQPACKET` socket pair.
-//! For each command the daemon sends one message (argv, the variables it sets,
+//! For each command the daemon sends one message (a tag, argv, the variables it sets,
 //! cwd, whether to lead a process group) with the descriptors (stdin, stdout,
 //! stderr, the status pipe's writing end, the cgroup's `cgroup.procs`); the
 //! spawner starts the reaper, which does what `contain` does after a fork of
 //! the daemon (cgroup, subreaper, process group, stdio, cwd, the command's
-//! start and exec, then the reaping), and answers with the reaper's pid and
-//! pidfd, or the errno of what failed. The spawner exits when the daemon goes.
+//! start and exec, then the reaping), and answers with the tag and the
+//! reaper's pid and pidfd, or the errno of what failed. The spawner exits
+//! when the daemon goes. Starts are async on the daemon's side: one task
+//! reads every answer and hands it to the start that waits for its tag, so
+//! no start holds a lock or a worker thread while the spawner works, and
+//! orders queue in the socket rather than behind one another's round trips.
 //!
 //! The spawner has the kernel reap each reaper the moment it exits, so the
 //! reaper's pid may name another process from then on. The daemon therefore
@@ -32,19 +36,23 @@
 //! [`spawn`] answers `None` and the caller forks the old way.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IoSlice, IoSliceMut, Read as _};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
     SendFlags, SocketFlags, SocketType,
 };
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
 
 /// The most descriptors one message carries: stdin, stdout, stderr, status, `cgroup.procs`.
 const MAX_FDS: usize = 5;
@@ -53,18 +61,54 @@ const MAX_FDS: usize = 5;
 /// over 128 KiB anyway. A larger one is forked the old way.
 const MAX_MESSAGE: usize = 160 * 1024;
 
+/// An answer's bytes: the order's tag (u64), the reaper's pid (0 when it
+/// did not start) and the errno of what failed (i32s).
+const ANSWER: usize = 16;
+
 /// The spawner's process name, as `ps` shows it.
 const NAME: &[u8] = b"aic-spawner\0";
 
-/// The daemon's end of the link, while the spawner is there.
-static LINK: Mutex<Option<Link>> = Mutex::new(None);
+/// The daemon's link to its spawner.
+static LINK: Mutex<State> = Mutex::new(State::None);
 
-/// The daemon's side of a running spawner.
+/// Where the daemon's link to its spawner stands.
+enum State {
+    /// No spawner (none was forked, or it is gone).
+    None,
+    /// Forked by [`start`], before the runtime: no order sent yet.
+    Forked(Link),
+    /// Orders go down the socket; a task reads the answers.
+    Open(Arc<Conn>),
+}
+
+/// The daemon's side of a running spawner, as [`start`] leaves it.
 struct Link {
     /// The socket the orders go down and the answers come up.
     socket: OwnedFd,
     /// The spawner's pid, to reap it once it is found gone.
     pid: i32,
+}
+
+/// The link once orders flow: each order is tagged and its start waits for
+/// the answer with that tag, which one task reads. No start holds a lock or a
+/// worker thread while the spawner works, and the spawner finds the next
+/// order waiting in its socket as soon as it has answered one.
+struct Conn {
+    /// The socket, non-blocking.
+    socket: AsyncFd<OwnedFd>,
+    /// The spawner's pid, to reap it once it is found gone.
+    pid: i32,
+    /// The orders sent and not yet answered.
+    waiting: Mutex<Waiting>,
+}
+
+/// The orders a [`Conn`] waits for answers to.
+#[derive(Default)]
+struct Waiting {
+    /// The next order's tag.
+    next: u64,
+    /// Where each tag's answer goes.
+    answers: HashMap<u64, oneshot::Sender<io::Result<Spawned>>>,
 }
 
 /// What the spawner runs.
@@ -119,14 +163,14 @@ pub fn start() {
         pid => {
             drop(theirs);
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(&ours, 2 * MAX_MESSAGE);
-            *LINK.lock().unwrap_or_else(PoisonError::into_inner) = Some(Link { socket: ours, pid });
+            *LINK.lock().unwrap_or_else(PoisonError::into_inner) = State::Forked(Link { socket: ours, pid });
         }
     }
 }
 
 /// Whether a spawner is there to ask.
 pub fn available() -> bool {
-    LINK.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    !matches!(*LINK.lock().unwrap_or_else(PoisonError::into_inner), State::None)
 }
 
 /// A reaper the spawner started.
@@ -140,71 +184,143 @@ pub struct Spawned {
 
 /// Has the spawner fork a reaper for `order` with `fds`, or says why it could
 /// not start. `None` when there is no spawner: the caller forks the old way.
-pub fn spawn(order: &Order, fds: &Fds) -> Option<io::Result<Spawned>> {
-    let message = match encode(order, fds.procs.is_some()) {
+pub async fn spawn(order: &Order<'_>, fds: &Fds<'_>) -> Option<io::Result<Spawned>> {
+    let conn = conn()?;
+    let (tag, answer) = conn.expect();
+    let message = match encode(tag, order, fds.procs.is_some()) {
         Ok(message) if message.len() <= MAX_MESSAGE => message,
-        Ok(_) => return None,
-        Err(e) => return Some(Err(e)),
-    };
-    let mut link = LINK.lock().unwrap_or_else(PoisonError::into_inner);
-    let socket = link.as_ref()?.socket.as_fd();
-    let gone = match exchange(socket, &message, fds) {
-        Ok(answer) => return Some(answer),
-        Err(gone) => gone,
-    };
-    let pid = link.take().map_or(0, |l| l.pid);
-    let (Gone::Before(e) | Gone::After(e)) = &gone;
-    tracing::warn!(error = %e, "the spawner process is gone; the daemon forks each command itself from now on");
-    // SAFETY: reaps the spawner, the daemon's own child, if it has ended.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-    match gone {
-        Gone::Before(_) => None,
-        // It took the order and may have started the command: starting it
-        // again the old way could run it twice.
-        Gone::After(e) => Some(Err(io::Error::other(format!(
-            "the daemon's spawner ended while starting the command, which may have started; check before retrying ({e})"
-        )))),
-    }
-}
-
-/// How an exchange with a spawner that went away failed.
-enum Gone {
-    /// It never took the order: starting the command another way is safe.
-    Before(io::Error),
-    /// It took the order, then went without an answer.
-    After(io::Error),
-}
-
-/// Sends one order and reads its answer; an error means the spawner is gone.
-fn exchange(socket: BorrowedFd, message: &[u8], fds: &Fds) -> Result<io::Result<Spawned>, Gone> {
-    let mut all = fds.stdio.to_vec();
-    all.push(fds.status);
-    all.extend(fds.procs);
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&all));
-    rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL)
-        .map_err(|e| Gone::Before(e.into()))?;
-    let mut answer = [0u8; 8];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = loop {
-        let buf = &mut [IoSliceMut::new(&mut answer)];
-        match rustix::net::recvmsg(socket, buf, &mut control, RecvFlags::CMSG_CLOEXEC) {
-            Err(Errno::INTR) => continue,
-            other => break other.map_err(|e| Gone::After(e.into()))?.bytes,
+        other => {
+            conn.forget(tag);
+            return other.err().map(Err);
         }
     };
+    if let Err(e) = conn.send(&message, fds).await {
+        // It never took the order: the caller may start the command another way.
+        conn.forget(tag);
+        conn.gone(&e);
+        return None;
+    }
+    // The sender dropped unanswered: it took the order and may have started
+    // the command, so starting it again the old way could run it twice.
+    Some(answer.await.unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the daemon's spawner ended while starting the command, which may have started; check before retrying",
+        ))
+    }))
+}
+
+/// The open link, opened on the first order (it needs the runtime).
+fn conn() -> Option<Arc<Conn>> {
+    let mut link = LINK.lock().unwrap_or_else(PoisonError::into_inner);
+    if let State::Forked(_) = &*link {
+        let State::Forked(Link { socket, pid }) = std::mem::replace(&mut *link, State::None) else { unreachable!() };
+        let _ = rustix::io::ioctl_fionbio(&socket, true);
+        // SAFETY: an `OwnedFd` stays open, the same descriptor, while the `AsyncFd` owns it.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE) };
+        let Ok(socket) = socket else {
+            tracing::warn!("cannot watch the spawner's socket; the daemon forks each command itself");
+            return None;
+        };
+        let conn = Arc::new(Conn { socket, pid, waiting: Mutex::default() });
+        tokio::spawn(answers(Arc::clone(&conn)));
+        *link = State::Open(conn);
+    }
+    match &*link {
+        State::Open(conn) => Some(Arc::clone(conn)),
+        _ => None,
+    }
+}
+
+impl Conn {
+    /// A new order's tag, and where its answer will come.
+    fn expect(&self) -> (u64, oneshot::Receiver<io::Result<Spawned>>) {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let tag = waiting.next;
+        waiting.next += 1;
+        waiting.answers.insert(tag, tx);
+        (tag, rx)
+    }
+
+    /// Stops waiting for the answer to `tag`.
+    fn forget(&self, tag: u64) {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.remove(&tag);
+    }
+
+    /// Sends one order with its descriptors, waiting for room in the socket.
+    async fn send(&self, message: &[u8], fds: &Fds<'_>) -> io::Result<()> {
+        let mut all = fds.stdio.to_vec();
+        all.push(fds.status);
+        all.extend(fds.procs);
+        loop {
+            let mut ready = self.socket.writable().await?;
+            let sent = ready.try_io(|socket| {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                control.push(SendAncillaryMessage::ScmRights(&all));
+                let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+                Ok(rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, flags)?)
+            });
+            if let Ok(sent) = sent {
+                return sent.map(drop);
+            }
+        }
+    }
+
+    /// The spawner is gone: from now on the daemon forks each command
+    /// itself, and every start still waiting learns its order was lost.
+    fn gone(self: &Arc<Self>, error: &io::Error) {
+        let mut link = LINK.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(&*link, State::Open(conn) if Arc::ptr_eq(conn, self)) {
+            *link = State::None;
+            tracing::warn!(error = %error, "the spawner process is gone; the daemon forks each command itself from now on");
+            // SAFETY: reaps the spawner, the daemon's own child, if it has ended.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+        drop(link);
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.clear();
+    }
+}
+
+/// The one reader of the spawner's answers: each goes to the start that
+/// waits for its tag, until the spawner is gone.
+async fn answers(conn: Arc<Conn>) {
+    let error = loop {
+        match conn.socket.async_io(Interest::READABLE, |socket| answer(socket.as_fd())).await {
+            Ok((tag, answer)) => {
+                let waiting = conn.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.remove(&tag);
+                if let Some(tx) = waiting {
+                    let _ = tx.send(answer);
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    conn.gone(&error);
+}
+
+/// Reads one answer: its tag, and the reaper or the errno of what failed. An
+/// error means the spawner is gone (or, `WouldBlock`, has not answered yet).
+fn answer(socket: BorrowedFd) -> io::Result<(u64, io::Result<Spawned>)> {
+    let mut answer = [0u8; ANSWER];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let got = rustix::net::recvmsg(socket, &mut [IoSliceMut::new(&mut answer)], &mut control, flags)?.bytes;
     let pidfd = received(&mut control).into_iter().next();
     if got != answer.len() {
-        return Err(Gone::After(io::Error::new(io::ErrorKind::UnexpectedEof, "the spawner closed its socket")));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the spawner closed its socket"));
     }
-    let pid = i32::from_ne_bytes(answer[..4].try_into().unwrap_or_default());
-    let errno = i32::from_ne_bytes(answer[4..].try_into().unwrap_or_default());
-    Ok(match pidfd {
-        Some(pidfd) if pid > 0 => Ok(Spawned { pid, pidfd }),
-        _ => Err(io::Error::from_raw_os_error(if pid > 0 { libc::EPROTO } else { errno })),
-    })
+    let tag = u64::from_ne_bytes(answer[..8].try_into().unwrap_or_default());
+    let pid = i32::from_ne_bytes(answer[8..12].try_into().unwrap_or_default());
+    let errno = i32::from_ne_bytes(answer[12..].try_into().unwrap_or_default());
+    Ok((
+        tag,
+        match pidfd {
+            Some(pidfd) if pid > 0 => Ok(Spawned { pid, pidfd }),
+            _ => Err(io::Error::from_raw_os_error(if pid > 0 { libc::EPROTO } else { errno })),
+        },
+    ))
 }
 
 /// The descriptors a message brought.
@@ -219,9 +335,9 @@ fn received(control: &mut RecvAncillaryBuffer) -> Vec<OwnedFd> {
         .collect()
 }
 
-/// The message: NUL-ended fields, `flags`, argc, cwd (empty for none), the
+/// The message: the tag (8 bytes), then NUL-ended fields, `flags`, argc, cwd (empty for none), the
 /// arguments, then `NAME=value` for each variable.
-fn encode(order: &Order, procs: bool) -> io::Result<Vec<u8>> {
+fn encode(tag: u64, order: &Order, procs: bool) -> io::Result<Vec<u8>> {
     let flags = match (order.new_group, procs) {
         (true, true) => "gp",
         (true, false) => "g",
@@ -233,7 +349,7 @@ fn encode(order: &Order, procs: bool) -> io::Result<Vec<u8>> {
     let vars = order.env.iter().map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat());
     let fields = [flags.as_bytes().to_vec(), argc.into_bytes(), cwd.as_bytes().to_vec()].into_iter();
     let fields = fields.chain(order.argv.iter().map(|a| a.as_bytes().to_vec())).chain(vars);
-    let mut message = Vec::new();
+    let mut message = tag.to_ne_bytes().to_vec();
     for field in fields {
         if field.contains(&0) {
             return Err(io::Error::new(
@@ -301,20 +417,26 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
         };
         let fds = received(&mut control);
         reapers.sweep();
-        let answer = decode(&buf[..got.bytes.min(buf.len())], fds, &base).and_then(|r| r.spawn(&mut reapers));
-        let (pid, errno) = match answer {
-            Ok(pid) => (pid, 0),
-            Err(e) => (0, e.raw_os_error().unwrap_or(libc::EINVAL)),
-        };
-        let reply = [pid.to_ne_bytes(), errno.to_ne_bytes()].concat();
-        // A started reaper's pidfd goes with its pid (`spawn` pushed it last).
-        let pidfd: Vec<BorrowedFd> =
-            reapers.live.last().filter(|_| pid > 0).map(|(fd, _)| fd.as_fd()).into_iter().collect();
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(&pidfd));
-        let _ = rustix::net::sendmsg(&socket, &[IoSlice::new(&reply)], &mut control, SendFlags::NOSIGNAL);
+        let message = &buf[..got.bytes.min(buf.len())];
+        let (tag, fields) = message.split_at_checked(8).unwrap_or((&[0; 8], &[]));
+        let tag = u64::from_ne_bytes(tag.try_into().unwrap_or_default());
+        let answer = decode(fields, fds, &base).and_then(|r| r.spawn(&mut reapers));
+        match answer {
+            // A started reaper's pidfd goes with its pid (`spawn` pushed it last).
+            Ok(pid) => reply(&socket, tag, pid, 0, reapers.live.last().map(|(fd, _)| fd.as_fd())),
+            Err(e) => reply(&socket, tag, 0, e.raw_os_error().unwrap_or(libc::EINVAL), None),
+        }
     }
+}
+
+/// Answers order `tag`: the reaper's pid and pidfd, or (pid 0) an errno.
+fn reply(socket: &OwnedFd, tag: u64, pid: i32, errno: i32, pidfd: Option<BorrowedFd>) {
+    let answer = [&tag.to_ne_bytes()[..], &pid.to_ne_bytes(), &errno.to_ne_bytes()].concat();
+    let pidfd: Vec<BorrowedFd> = pidfd.into_iter().collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&pidfd));
+    let _ = rustix::net::sendmsg(socket, &[IoSlice::new(&answer)], &mut control, SendFlags::NOSIGNAL);
 }
 
 /// Reads a message [`encode`] made.
