@@ -194,11 +194,33 @@ impl Cell {
         use std::os::fd::AsFd;
         let status = self.status_tx.as_ref()?.as_fd();
         let fds = super::spawner::Fds { stdio, status, procs: self.procs.as_ref().map(AsFd::as_fd) };
-        let spawned = super::spawner::spawn(order, &fds).await?;
-        Some(spawned.map(|spawned| {
-            (self.reaper, self.pidfd) = (spawned.pid, Some(spawned.pidfd));
-            spawned.pid
-        }))
+        Some(match super::spawner::spawn(order, &fds).await? {
+            Ok(spawned) => {
+                (self.reaper, self.pidfd) = (spawned.pid, Some(spawned.pidfd));
+                Ok(spawned.pid)
+            }
+            Err(super::spawner::Failed::NotStarted(e)) => Err(e),
+            Err(super::spawner::Failed::Lost(reaper)) => {
+                if let Some(reaper) = reaper {
+                    (self.reaper, self.pidfd) = (reaper.pid, Some(reaper.pidfd));
+                }
+                self.kill_lost();
+                Err(io::Error::other(
+                    "the daemon's spawner ended while starting the command, which was stopped if it had started (it may have run in part); check before retrying",
+                ))
+            }
+        })
+    }
+
+    /// Kills a command whose start was lost with the spawner, wherever that
+    /// start had got to.
+    fn kill_lost(&self) {
+        if self.cgroup.is_some() {
+            // The reaper first: it may not have joined the cgroup yet, and
+            // once dead it starts nothing there after the cgroup's kill.
+            self.signal_reaper(Signal::KILL);
+        }
+        self.kill();
     }
 
     /// After the spawn, with the reaper's pid: the daemon's copies of the
@@ -283,11 +305,17 @@ impl Cell {
             members.into_iter().for_each(|pid| send(pid, Signal::KILL));
         }
         self.signal_group(Signal::KILL);
+        self.signal_reaper(Signal::KILL);
+    }
+
+    /// Signals the reaper itself, through its pidfd when it has one.
+    fn signal_reaper(&self, signal: Signal) {
         match &self.pidfd {
             Some(pidfd) => {
-                let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
+                // ESRCH (it has exited) is the expected way for this to fail.
+                let _ = rustix::process::pidfd_send_signal(pidfd, signal);
             }
-            None => send(self.reaper, Signal::KILL),
+            None => send(self.reaper, signal),
         }
     }
 

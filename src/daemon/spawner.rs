@@ -62,8 +62,17 @@ const MAX_FDS: usize = 5;
 const MAX_MESSAGE: usize = 160 * 1024;
 
 /// An answer's bytes: the order's tag (u64), the reaper's pid (0 when it
-/// did not start) and the errno of what failed (i32s).
+/// did not start) and the errno of what failed (i32s). Each order gets two
+/// when its reaper starts: [`CLONED`] with the reaper's pidfd, then errno 0
+/// once the command has exec'd (or the errno of what failed).
 const ANSWER: usize = 16;
+
+/// The errno field of the answer sent right after the reaper's clone.
+const CLONED: i32 = -1;
+
+/// Set in the daemon's environment by a test: the spawner ends right after a
+/// command's exec, without answering, as if killed then.
+pub const TEST_LOSE_ENV: &str = "AIC_SPAWNER_TEST_LOSE_ORDER";
 
 /// The spawner's process name, as `ps` shows it.
 const NAME: &[u8] = b"aic-spawner\0";
@@ -108,7 +117,35 @@ struct Waiting {
     /// The next order's tag.
     next: u64,
     /// Where each tag's answer goes.
-    answers: HashMap<u64, oneshot::Sender<io::Result<Spawned>>>,
+    answers: HashMap<u64, Waiter>,
+}
+
+/// A start waiting for its answer.
+struct Waiter {
+    /// Where the answer goes.
+    answer: oneshot::Sender<Result<Spawned, Failed>>,
+    /// The reaper, once the spawner has said it cloned it (before the
+    /// command's exec): a start lost with the spawner can still be killed.
+    reaper: Option<Spawned>,
+}
+
+/// Why a start through the spawner failed.
+pub enum Failed {
+    /// The command did not start: the errno of what failed.
+    NotStarted(io::Error),
+    /// The spawner ended after it took the order: the command may have
+    /// started, under this reaper if the spawner had told it.
+    Lost(Option<Spawned>),
+}
+
+/// One answer of the spawner.
+enum Answer {
+    /// The reaper is cloned; its command is not exec'd yet.
+    Cloned(Spawned),
+    /// The command is exec'd (under the reaper `Cloned` told).
+    Started,
+    /// The command did not start: the errno of what failed.
+    Failed(io::Error),
 }
 
 /// What the spawner runs.
@@ -184,14 +221,14 @@ pub struct Spawned {
 
 /// Has the spawner fork a reaper for `order` with `fds`, or says why it could
 /// not start. `None` when there is no spawner: the caller forks the old way.
-pub async fn spawn(order: &Order<'_>, fds: &Fds<'_>) -> Option<io::Result<Spawned>> {
+pub async fn spawn(order: &Order<'_>, fds: &Fds<'_>) -> Option<Result<Spawned, Failed>> {
     let conn = conn()?;
     let (tag, answer) = conn.expect();
     let message = match encode(tag, order, fds.procs.is_some()) {
         Ok(message) if message.len() <= MAX_MESSAGE => message,
         other => {
             conn.forget(tag);
-            return other.err().map(Err);
+            return other.err().map(|e| Err(Failed::NotStarted(e)));
         }
     };
     if let Err(e) = conn.send(&message, fds).await {
@@ -200,13 +237,8 @@ pub async fn spawn(order: &Order<'_>, fds: &Fds<'_>) -> Option<io::Result<Spawne
         conn.gone(&e);
         return None;
     }
-    // The sender dropped unanswered: it took the order and may have started
-    // the command, so starting it again the old way could run it twice.
-    Some(answer.await.unwrap_or_else(|_| {
-        Err(io::Error::other(
-            "the daemon's spawner ended while starting the command, which may have started; check before retrying",
-        ))
-    }))
+    // Unanswered, it was lost with the spawner (see `Conn::gone`).
+    Some(answer.await.unwrap_or(Err(Failed::Lost(None))))
 }
 
 /// The open link, opened on the first order (it needs the runtime).
@@ -233,13 +265,34 @@ fn conn() -> Option<Arc<Conn>> {
 
 impl Conn {
     /// A new order's tag, and where its answer will come.
-    fn expect(&self) -> (u64, oneshot::Receiver<io::Result<Spawned>>) {
+    fn expect(&self) -> (u64, oneshot::Receiver<Result<Spawned, Failed>>) {
         let (tx, rx) = oneshot::channel();
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let tag = waiting.next;
         waiting.next += 1;
-        waiting.answers.insert(tag, tx);
+        waiting.answers.insert(tag, Waiter { answer: tx, reaper: None });
         (tag, rx)
+    }
+
+    /// Hands the spawner's answer to order `tag` on.
+    fn answered(&self, tag: u64, answer: Answer) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = match answer {
+            Answer::Cloned(reaper) => {
+                if let Some(waiter) = waiting.answers.get_mut(&tag) {
+                    waiter.reaper = Some(reaper);
+                }
+                return;
+            }
+            Answer::Started => waiting.answers.remove(&tag).map(|w| {
+                let reaper = w.reaper.ok_or_else(|| Failed::NotStarted(io::Error::from_raw_os_error(libc::EPROTO)));
+                (w.answer, reaper)
+            }),
+            Answer::Failed(e) => waiting.answers.remove(&tag).map(|w| (w.answer, Err(Failed::NotStarted(e)))),
+        };
+        if let Some((tx, outcome)) = outcome {
+            let _ = tx.send(outcome);
+        }
     }
 
     /// Stops waiting for the answer to `tag`.
@@ -278,7 +331,11 @@ impl Conn {
             unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
         drop(link);
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.clear();
+        // It took these orders and may have started their commands: starting
+        // them again the old way could run them twice.
+        for (_, waiter) in self.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.drain() {
+            let _ = waiter.answer.send(Err(Failed::Lost(waiter.reaper)));
+        }
     }
 }
 
@@ -287,21 +344,16 @@ impl Conn {
 async fn answers(conn: Arc<Conn>) {
     let error = loop {
         match conn.socket.async_io(Interest::READABLE, |socket| answer(socket.as_fd())).await {
-            Ok((tag, answer)) => {
-                let waiting = conn.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.remove(&tag);
-                if let Some(tx) = waiting {
-                    let _ = tx.send(answer);
-                }
-            }
+            Ok((tag, answer)) => conn.answered(tag, answer),
             Err(e) => break e,
         }
     };
     conn.gone(&error);
 }
 
-/// Reads one answer: its tag, and the reaper or the errno of what failed. An
-/// error means the spawner is gone (or, `WouldBlock`, has not answered yet).
-fn answer(socket: BorrowedFd) -> io::Result<(u64, io::Result<Spawned>)> {
+/// Reads one answer and its tag. An error means the spawner is gone (or,
+/// `WouldBlock`, has not answered yet).
+fn answer(socket: BorrowedFd) -> io::Result<(u64, Answer)> {
     let mut answer = [0u8; ANSWER];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -314,13 +366,13 @@ fn answer(socket: BorrowedFd) -> io::Result<(u64, io::Result<Spawned>)> {
     let tag = u64::from_ne_bytes(answer[..8].try_into().unwrap_or_default());
     let pid = i32::from_ne_bytes(answer[8..12].try_into().unwrap_or_default());
     let errno = i32::from_ne_bytes(answer[12..].try_into().unwrap_or_default());
-    Ok((
-        tag,
-        match pidfd {
-            Some(pidfd) if pid > 0 => Ok(Spawned { pid, pidfd }),
-            _ => Err(io::Error::from_raw_os_error(if pid > 0 { libc::EPROTO } else { errno })),
-        },
-    ))
+    let answer = match (pid, errno, pidfd) {
+        (1.., CLONED, Some(pidfd)) => Answer::Cloned(Spawned { pid, pidfd }),
+        (1.., 0, None) => Answer::Started,
+        (0, 1.., None) => Answer::Failed(io::Error::from_raw_os_error(errno)),
+        _ => Answer::Failed(io::Error::from_raw_os_error(libc::EPROTO)),
+    };
+    Ok((tag, answer))
 }
 
 /// The descriptors a message brought.
@@ -403,6 +455,7 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
         }
     }
     let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let lose = base.iter().any(|(k, _)| k == TEST_LOSE_ENV);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut reapers = Reapers::default();
     loop {
@@ -420,10 +473,11 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
         let message = &buf[..got.bytes.min(buf.len())];
         let (tag, fields) = message.split_at_checked(8).unwrap_or((&[0; 8], &[]));
         let tag = u64::from_ne_bytes(tag.try_into().unwrap_or_default());
-        let answer = decode(fields, fds, &base).and_then(|r| r.spawn(&mut reapers));
-        match answer {
-            // A started reaper's pidfd goes with its pid (`spawn` pushed it last).
-            Ok(pid) => reply(&socket, tag, pid, 0, reapers.live.last().map(|(fd, _)| fd.as_fd())),
+        let cloned = |pid, pidfd: BorrowedFd<'_>| reply(&socket, tag, pid, CLONED, Some(pidfd));
+        match decode(fields, fds, &base).and_then(|r| r.spawn(&mut reapers, cloned)) {
+            // SAFETY: ends this process, as a kill would.
+            Ok(_) if lose => unsafe { libc::_exit(0) },
+            Ok(pid) => reply(&socket, tag, pid, 0, None),
             Err(e) => reply(&socket, tag, 0, e.raw_os_error().unwrap_or(libc::EINVAL), None),
         }
     }
@@ -593,7 +647,8 @@ impl Request {
     /// raw system calls only, and reads the request only until the command's
     /// exec, while the spawner waits for that on the error pipe. The command's
     /// child shares it too, the reaper suspended (`CLONE_VFORK`) until it execs.
-    fn spawn(self, reapers: &mut Reapers) -> io::Result<i32> {
+    /// `cloned` is told the reaper's pid and pidfd as soon as it is cloned.
+    fn spawn(self, reapers: &mut Reapers, cloned: impl FnOnce(i32, BorrowedFd)) -> io::Result<i32> {
         let (error_rx, error_tx) = io::pipe()?;
         let stack = reapers.stack()?;
         let argv: Vec<_> = self.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
@@ -622,7 +677,9 @@ impl Request {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel made this pidfd for the new reaper; it is ours alone.
-        reapers.live.push((unsafe { std::os::fd::FromRawFd::from_raw_fd(pidfd) }, stack));
+        let pidfd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(pidfd) };
+        cloned(pid, pidfd.as_fd());
+        reapers.live.push((pidfd, stack));
         drop(error_tx);
         let mut errno = Vec::new();
         // EOF: the command has exec'd (or failed) and the reaper closed its copy: `plan` is no longer read.
