@@ -111,11 +111,16 @@ impl Commands {
             (Some(_), Mode::Supervised) => CommandState::Pending,
             (Some(_), Mode::Auto) => CommandState::Running,
         };
-        self.record(&req, initial);
         let cancel = scope.child_token();
         let credit = (req.window > 0).then(|| Arc::new(Semaphore::new(req.window.min(OUTPUT_WINDOW) as usize)));
         let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit };
-        self.0.live.lock().unwrap().insert(req.id, live);
+        if let Err(message) = self.enter(req.id, live) {
+            // Not noted: the ring's entry under this id, and its state, are the live command's.
+            let msg = AgentMessage::Refused { id: req.id, reason: Refusal::BadRequest, message };
+            self.0.tasks.spawn(async move { out.send(Outgoing::Message(Box::new(msg))).await });
+            return;
+        }
+        self.record(&req, initial);
         let this = self.clone();
         self.0.tasks.spawn(async move {
             let id = req.id;
@@ -131,6 +136,21 @@ impl Commands {
             }
             this.0.live.lock().unwrap().remove(&id);
         });
+    }
+
+    /// Takes `id` into the live commands, unless a command with that id is
+    /// already there: then why not. Its cgroup, cancel and ring entry would
+    /// be taken over by the new one, and removed when that one ends.
+    fn enter(&self, id: Uuid, live: Live) -> Result<(), String> {
+        match self.0.live.lock().unwrap().entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(format!(
+                "a command with id {id} is already running on this machine; each command needs an id of its own"
+            )),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(live);
+                Ok(())
+            }
+        }
     }
 
     /// Admits something that is not a shell command (a file transfer, which
@@ -154,10 +174,10 @@ impl Commands {
             Mode::Supervised => CommandState::Pending,
             Mode::Auto => CommandState::Running,
         };
-        self.record(req, initial);
         let cancel = scope.child_token();
         let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit: None };
-        self.0.live.lock().unwrap().insert(req.id, live);
+        self.enter(req.id, live).map_err(|message| (Refusal::BadRequest, message))?;
+        self.record(req, initial);
         let admitted = Admitted { commands: self.clone(), id: req.id, cancel, _permit: permit, ended: false };
         let refused = match mode {
             Mode::Disabled => Some((
@@ -763,6 +783,28 @@ mod tests {
         );
         assert_eq!(state_of(&commands, second.id), CommandState::Refused);
         assert_eq!(state_of(&commands, first.id), CommandState::Pending);
+    }
+
+    #[tokio::test]
+    async fn a_second_command_with_the_id_of_a_live_one_is_refused_and_the_first_runs_on() {
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        let first = req("sleep 30");
+        commands.submit(first.clone(), out.clone(), &CancellationToken::new());
+        let Some(Outgoing::Message(started)) = rx.recv().await else { panic!("no started") };
+        assert_eq!(*started, AgentMessage::Started { id: first.id });
+        let second = ExecRequest { command: "echo second".into(), ..first.clone() };
+        commands.submit(second, out, &CancellationToken::new());
+        let Some(Outgoing::Message(refused)) = rx.recv().await else { panic!("no answer") };
+        let AgentMessage::Refused { id, reason, message } = *refused else { panic!("{refused:?}") };
+        assert_eq!((id, reason), (first.id, Refusal::BadRequest));
+        assert!(message.contains("already running"), "{message}");
+        assert_eq!((commands.traffic().len(), state_of(&commands, first.id)), (1, CommandState::Running));
+        // The first is still the one a cancel reaches.
+        assert!(commands.cancel(first.id));
+        let seen = until_end(&mut rx).await;
+        let Some(AgentMessage::Exit { exit, .. }) = seen.last() else { panic!("{seen:?}") };
+        assert_eq!(exit.exit_code, 128 + 15, "killed by SIGTERM: {seen:?}");
     }
 
     #[tokio::test]

@@ -162,7 +162,10 @@ impl Cell {
             sweep(&dir);
             let name = format!("{CELL_PREFIX}{id}");
             let path = dir.join(&name);
-            LIVE.lock().unwrap_or_else(PoisonError::into_inner).insert(name);
+            if !LIVE.lock().unwrap_or_else(PoisonError::into_inner).insert(name) {
+                // Another cell's: its cgroup and its place in `LIVE` stay its own.
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a command with this id is already running"));
+            }
             // Set first: dropped after a failure below, the cell leaves `LIVE` too.
             cell.cgroup = Some(path.clone());
             std::fs::create_dir(&path)?;
