@@ -286,7 +286,7 @@ async fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Re
     let (err_rx, err_tx) = std::io::pipe()?;
     enlarge(&out_rx);
     enlarge(&err_rx);
-    let null = std::fs::File::open("/dev/null")?;
+    let null = dev_null()?;
     let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&req.command)];
     let order = spawner::Order {
         argv: &argv,
@@ -294,7 +294,7 @@ async fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Re
         cwd: req.cwd.as_deref().map(Path::new),
         new_group: true,
     };
-    let Some(pid) = cell.spawn(&order, [null.as_fd(), out_tx.as_fd(), err_tx.as_fd()]).await.transpose()? else {
+    let Some(pid) = cell.spawn(&order, [null, out_tx.as_fd(), err_tx.as_fd()]).await.transpose()? else {
         return Ok(None);
     };
     // The command holds the writing ends now; these copies close here.
@@ -310,6 +310,18 @@ async fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Re
             Err(e)
         }
     }
+}
+
+/// `/dev/null` for reading, opened once (close-on-exec): every spawned
+/// command's stdin, which the spawner receives a copy of with each order.
+fn dev_null() -> std::io::Result<std::os::fd::BorrowedFd<'static>> {
+    use std::os::fd::AsFd;
+    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(null) = NULL.get() {
+        return Ok(null.as_fd());
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| null).as_fd())
 }
 
 /// Raises a command's output pipe to [`PIPE_SIZE`], if the kernel lets it.
