@@ -22,7 +22,7 @@ use super::shared::Daemon;
 use super::starting::Starts;
 use super::traffic::{self, Traffic};
 use crate::clock::now_ms;
-use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_WINDOW, Refusal, Requester, Stream};
+use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_HELD, Refusal, Requester, Stream};
 use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, TrafficEntry, append_tail};
 use crate::protocol::files::FrameKind;
 
@@ -80,6 +80,15 @@ struct Live {
     requester: Requester,
     /// The relay's credit for its output frames; `None` when it sends JSON output.
     credit: executor::Credit,
+    /// The most chunks of credit it holds at once: see [`window`].
+    window: usize,
+}
+
+/// The output credit `req` is read within, in chunks: the window the relay
+/// asked for, bounded by what a relay holds per command ([`OUTPUT_HELD`]
+/// bytes of the request's chunks).
+fn window(req: &ExecRequest) -> usize {
+    (req.window as usize).min(OUTPUT_HELD / req.output_chunk()).max(1)
 }
 
 impl Commands {
@@ -112,8 +121,8 @@ impl Commands {
             (Some(_), Mode::Auto) => CommandState::Running,
         };
         let cancel = scope.child_token();
-        let credit = (req.window > 0).then(|| Arc::new(Semaphore::new(req.window.min(OUTPUT_WINDOW) as usize)));
-        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit };
+        let credit = (req.window > 0).then(|| Arc::new(Semaphore::new(window(&req))));
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit, window: window(&req) };
         if let Err(message) = self.enter(req.id, live) {
             // Not noted: the ring's entry under this id, and its state, are the live command's.
             let msg = AgentMessage::Refused { id: req.id, reason: Refusal::BadRequest, message };
@@ -175,7 +184,7 @@ impl Commands {
             Mode::Auto => CommandState::Running,
         };
         let cancel = scope.child_token();
-        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit: None };
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit: None, window: 0 };
         self.enter(req.id, live).map_err(|message| (Refusal::BadRequest, message))?;
         self.record(req, initial);
         let admitted = Admitted { commands: self.clone(), id: req.id, cancel, _permit: permit, ended: false };
@@ -293,11 +302,13 @@ impl Commands {
     }
 
     /// The relay's credit for a command's output: `chunks` more frames, never
-    /// more than a window outstanding.
+    /// more than the request's window (see [`window`]) held.
     pub fn credit(&self, id: Uuid, chunks: u32) {
         let live = self.0.live.lock().unwrap();
-        if let Some(credit) = live.get(&id).and_then(|l| l.credit.as_ref()) {
-            let room = (OUTPUT_WINDOW as usize).saturating_sub(credit.available_permits());
+        if let Some(live) = live.get(&id)
+            && let Some(credit) = &live.credit
+        {
+            let room = live.window.saturating_sub(credit.available_permits());
             credit.add_permits((chunks as usize).min(room));
         }
     }
@@ -805,6 +816,25 @@ mod tests {
         let seen = until_end(&mut rx).await;
         let Some(AgentMessage::Exit { exit, .. }) = seen.last() else { panic!("{seen:?}") };
         assert_eq!(exit.exit_code, 128 + 15, "killed by SIGTERM: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn output_credit_held_never_passes_the_window_the_request_asked_for_nor_the_relays_bound() {
+        use crate::protocol::agent::OUTPUT_CHUNK_LARGE;
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        let large = OUTPUT_CHUNK_LARGE as u32;
+        for (window, chunk, held) in [(2, 0, 2), (1000, large, OUTPUT_HELD / OUTPUT_CHUNK_LARGE)] {
+            let r = ExecRequest { window, chunk, ..req("sleep 30") };
+            commands.submit(r.clone(), out.clone(), &CancellationToken::new());
+            let Some(Outgoing::Message(started)) = rx.recv().await else { panic!("no started") };
+            assert_eq!(*started, AgentMessage::Started { id: r.id });
+            commands.credit(r.id, 100);
+            let credit = commands.0.live.lock().unwrap()[&r.id].credit.clone().unwrap();
+            assert_eq!(credit.available_permits(), held, "window {window}, chunk {chunk}");
+            assert!(commands.cancel(r.id));
+            until_end(&mut rx).await;
+        }
     }
 
     #[tokio::test]
