@@ -1,7 +1,8 @@
 //! The web pages in a real headless Chromium (Debian's `chromium`, driven by
 //! npm's `playwright-core`, pinned in tests/browser/package.json): sign-in by
 //! a mailed link, the dashboard (a key made and revoked, a machine renamed), a
-//! cross-site POST refused, and the OAuth consent continuing to the client.
+//! cross-site POST refused, the OAuth consent continuing to the client, and
+//! that app revoked on the dashboard.
 //! Screenshots at desktop and phone widths are kept in
 //! target/test-artifacts/browser/.
 
@@ -112,10 +113,13 @@ async fn sign_in_dashboard_csrf_and_consent_in_chromium() {
         "ok key revoked",
         "ok cross-site POST refused",
         "ok consent continued to the client with code, state and iss",
+        "ok the dashboard lists the connected app",
+        "ok app revoked on the dashboard",
+        "ok the revoked token is refused with a sign-in challenge",
     ] {
         assert!(stdout.contains(step), "{step}: {stdout}");
     }
-    for name in ["04-dashboard-empty", "06-dashboard-machine", "09-consent"] {
+    for name in ["04-dashboard-empty", "06-dashboard-machine", "09-consent", "10-connected-app"] {
         for width in ["desktop", "phone"] {
             assert!(shots.join(format!("{name}-{width}.png")).exists(), "{name}-{width}");
         }

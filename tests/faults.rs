@@ -4,6 +4,7 @@
 
 mod common;
 
+use aic::protocol::agent::{Credentials, RelayMessage};
 use common::{RelayProcess, TestDaemon, client, eventually, within};
 use serde_json::json;
 
@@ -183,13 +184,31 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A fake agent's hello with no credentials: the relay's answer.
-async fn register(relay: &RelayProcess) -> Option<aic::protocol::agent::RelayMessage> {
+/// A fake agent's hello (a new machine's, without credentials): the relay's answer.
+async fn hello(relay: &RelayProcess, credentials: Option<Credentials>) -> Option<RelayMessage> {
     use aic::protocol::agent::{AgentInfo, AgentMessage, PROTOCOL_VERSION};
     let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
     let agent = AgentInfo { hostname: "new".into(), ..Default::default() };
-    common::send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
+    common::send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials }).await;
     common::recv(&mut ws).await
+}
+
+/// New machines register until the relay refuses one: its words, and the
+/// credentials of those it accepted.
+async fn register_until_refused(relay: &RelayProcess) -> (String, Vec<Credentials>) {
+    within("a new machine refused", async {
+        let mut saved = Vec::new();
+        loop {
+            match hello(relay, None).await {
+                Some(RelayMessage::Registered { code, token: Some(token), .. }) => {
+                    saved.push(Credentials { code, token })
+                }
+                Some(RelayMessage::HelloRefused { message, .. }) => return (message, saved),
+                other => panic!("a new machine's hello: {other:?}"),
+            }
+        }
+    })
+    .await
 }
 
 async fn exec_as(relay: &RelayProcess, key: Option<&str>, code: &str) -> (u16, serde_json::Value) {
@@ -223,14 +242,14 @@ fn add_account(data: &std::path::Path, email: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_data_disk_is_named_what_needs_no_write_still_works_and_nothing_is_lost() {
-    use aic::protocol::agent::RelayMessage;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
     let disk = match SmallDisk::mount(&data) {
         Ok(disk) => disk,
         Err(why) => return cannot_mount(&why),
     };
-    let relay = RelayProcess::start(&data, &[], &[]).await;
+    // No caps on requests or new machines: below, machines register until the disk refuses one.
+    let relay = RelayProcess::start(&data, &["--rate-limit", "0", "--registrations-per-day", "0"], &[]).await;
     let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
     let code = daemon.code().to_string();
     let (linked, newcomer) = (add_account(&data, "linked@example.com"), add_account(&data, "newcomer@example.com"));
@@ -252,18 +271,30 @@ async fn a_full_data_disk_is_named_what_needs_no_write_still_works_and_nothing_i
         let said = body["error"].as_str().unwrap();
         assert!(said.contains("disk holding its data directory is full") && said.contains("try again later"), "{said}");
     }
+    // A new machine is refused too, in words that say why; one told it was
+    // registered (room SQLite's files already held) really was saved.
+    let (refusal, saved) = register_until_refused(&relay).await;
+    assert!(refusal.contains("cannot register new machines right now"), "{refusal}");
+    assert!(refusal.contains("disk holding its data directory is full"), "{refusal}");
     disk.make_room();
+    for credentials in saved {
+        assert!(matches!(hello(&relay, Some(credentials)).await, Some(RelayMessage::Registered { .. })), "lost");
+    }
     let (status, body) = exec_as(&relay, Some(&newcomer), &code).await;
     assert_eq!((status, body["stdout"].as_str()), (200, Some("ok\n")), "{body}");
-    assert!(matches!(register(&relay).await, Some(RelayMessage::Registered { .. })));
+    assert!(matches!(hello(&relay, None).await, Some(RelayMessage::Registered { .. })));
     assert_eq!(exec_as(&relay, Some(&linked), &code).await.0, 200, "the first link is still there");
     daemon.stop().await;
-    // The log named the cause once, not per request, and said when it was over.
+    // The log named the cause once a spell of failures, not per request,
+    // and said when each spell was over.
     let log = relay.stop().await;
-    let named: Vec<&str> = log.lines().filter(|l| l.contains("disk holding its data directory is full")).collect();
-    assert_eq!(named.len(), 1, "{log}");
-    assert!(named[0].contains("free space"), "{log}");
-    assert!(log.contains("the relay can write its database again"), "{log}");
+    let (full, again) = ("disk holding its data directory is full", "the relay can write its database again");
+    let said: Vec<&str> = log.lines().filter(|l| l.contains(full) || l.contains(again)).collect();
+    assert!(!said.is_empty() && said.len() % 2 == 0, "{log}");
+    for pair in said.chunks(2) {
+        assert!(pair[0].contains(full) && pair[0].contains("free space") && pair[1].contains(again), "{log}");
+    }
+    assert!(said.len() / 2 < 4, "named per request, not once a spell: {log}");
 }
 
 /// Unmounts a directory when dropped, also when the test fails.

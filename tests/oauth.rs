@@ -4,7 +4,9 @@
 //! user through sign-in and consent (played here as a browser would), trades
 //! the code with PKCE, and runs `remote_exec` on a machine whose code is past
 //! its first hour once the operator approves the link. Refresh tokens work
-//! once; a dormant account's token gets 403 `reactivation_required`.
+//! once; a dormant account's token gets 403 `reactivation_required`. The
+//! account sees its connected apps on the dashboard and revokes them there;
+//! a client revokes its own tokens at `/oauth/revoke` (RFC 7009).
 
 #[path = "signin/browser.rs"]
 mod browser;
@@ -365,7 +367,7 @@ async fn a_stale_token_and_a_foreign_redirect_are_refused() {
 }
 
 #[tokio::test]
-async fn registrations_count_against_the_rate_limit() {
+async fn registrations_and_revocations_count_against_the_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = relay::Config::new(dir.path().to_path_buf());
     config.rate_limit = 2;
@@ -378,5 +380,201 @@ async fn registrations_count_against_the_rate_limit() {
     let refused = register().await.unwrap();
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
+    let form = [("token", "aicr_x"), ("client_id", "aicc_x")];
+    assert_eq!(form_post(&relay, "/oauth/revoke", &form).await.0, 429, "revocations count too");
+    relay.stop().await;
+}
+
+/// RFC 7636's example verifier, and its S256 challenge.
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// A form POST to the relay's OAuth endpoints: status and JSON body.
+async fn form_post(relay: &TestRelay, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = common::client()
+        .post(format!("{}{path}", relay.http()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(browser::urlencoded(form))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Registers a client by DCR; its id.
+async fn register(relay: &TestRelay, name: &str) -> String {
+    let answer: Value = common::client()
+        .post(format!("{}/register", relay.http()))
+        .json(&json!({"redirect_uris": [REDIRECT], "client_name": name}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["client_id"].as_str().unwrap().to_owned()
+}
+
+/// Connects `client_id` to the browser's account as a client would: the
+/// user allows it, the client trades the code. Its access and refresh tokens.
+async fn connect(relay: &TestRelay, browser: &mut Browser, client_id: &str, shown_name: &str) -> (String, String) {
+    let auth_url = format!(
+        "/authorize?response_type=code&client_id={client_id}&redirect_uri={}&code_challenge={CHALLENGE}\
+         &code_challenge_method=S256&state=s",
+        urlenc(REDIRECT)
+    );
+    let callback = url::Url::parse(&consent(browser, &auth_url, shown_name).await).unwrap();
+    let code = callback.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let (status, tokens) = form_post(
+        relay,
+        "/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", client_id),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    (tokens["access_token"].as_str().unwrap().to_owned(), tokens["refresh_token"].as_str().unwrap().to_owned())
+}
+
+/// An MCP `ping` at `/mcp/oauth` with `token`: status, and the `WWW-Authenticate` challenge if any.
+async fn ping(relay: &TestRelay, token: &str) -> (u16, Option<String>) {
+    let url = format!("{}/mcp/oauth", relay.http());
+    let (status, headers, _) = raw_post(&url, token, json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).await;
+    (status, headers.get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()))
+}
+
+/// A refresh with `refresh`: status and body.
+async fn refresh(relay: &TestRelay, refresh: &str, client_id: &str) -> (u16, Value) {
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("client_id", client_id)];
+    form_post(relay, "/token", &form).await
+}
+
+/// An RFC 7009 revocation of `token` by `client_id`: status and body.
+async fn revoke(relay: &TestRelay, token: &str, client_id: &str) -> (u16, Value) {
+    let form = [("token", token), ("token_type_hint", "refresh_token"), ("client_id", client_id)];
+    form_post(relay, "/oauth/revoke", &form).await
+}
+
+/// The "Connected apps" section of the account's dashboard.
+async fn apps_section(browser: &mut Browser) -> String {
+    let (status, page) = browser.get("/dashboard").await;
+    assert_eq!(status, 200, "{page}");
+    let section = page.split("<section id=\"apps\">").nth(1).expect("a Connected apps section");
+    section.split("</section>").next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_dashboard_lists_connected_apps_and_revoke_ends_their_tokens_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay::Config::new(dir.path().to_path_buf()), "127.0.0.1:0").await;
+    let client_id = register(&relay, "Claude <Code> & co").await;
+    let shown = "Claude &lt;Code&gt; &amp; co";
+    let mut mine = signed_in(&relay, "jo@example.com").await;
+    let mut theirs = signed_in(&relay, "kim@example.com").await;
+    assert!(apps_section(&mut mine).await.contains("No apps connected"));
+    let (access, refresh_token) = connect(&relay, &mut mine, &client_id, shown).await;
+    let (their_access, their_refresh) = connect(&relay, &mut theirs, &client_id, shown).await;
+    // Authorised an hour ago; the MCP call now is its last use.
+    sqlx::query(
+        "UPDATE oauth_grants SET authorized_at = authorized_at - 3600000, last_used_at = authorized_at - 3600000",
+    )
+    .execute(relay.state.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(ping(&relay, &access).await.0, 200);
+    relay.state.usage.flush(&relay.state.store).await.unwrap();
+
+    // Listed by name (escaped: it is the client's own text), with when it was authorised and last used.
+    let (authorized_at, last_used_at): (i64, i64) =
+        sqlx::query_as("SELECT g.authorized_at, g.last_used_at FROM oauth_grants g JOIN accounts a ON a.id = g.account_id WHERE a.email = 'jo@example.com'")
+            .fetch_one(relay.state.store.pool())
+            .await
+            .unwrap();
+    let section = apps_section(&mut mine).await;
+    assert!(section.contains(&format!("<td data-label=\"App\">{shown}</td>")), "{section}");
+    assert!(!section.contains("<Code>"), "{section}");
+    assert!(section.contains(&aic::duration::utc(authorized_at)), "{section}");
+    assert!(section.contains(&format!("<td data-label=\"Last used\">{}</td>", aic::duration::utc(last_used_at))));
+    assert!(last_used_at >= authorized_at + 3_500_000, "the MCP call counts as a use");
+
+    // Another site's page cannot revoke it.
+    let field = [("client_id", client_id.as_str())];
+    let forged = mine.post_from("/dashboard/apps/revoke", &field, "https://evil.example", "cross-site").await;
+    assert_eq!(forged.status(), 403);
+    assert_eq!(ping(&relay, &access).await.0, 200);
+
+    let revoked = mine.post("/dashboard/apps/revoke", &[("client_id", &client_id)]).await;
+    assert_eq!(revoked.status(), 303);
+    let location = revoked.headers()["location"].to_str().unwrap().to_owned();
+    let (_, page) = mine.get(&location).await;
+    assert!(page.contains("App disconnected"), "{page}");
+    let section = apps_section(&mut mine).await;
+    assert!(!section.contains(shown) && section.contains("No apps connected"), "{section}");
+
+    // The old access token starts a new sign-in; the refresh token is refused.
+    let (status, challenge) = ping(&relay, &access).await;
+    assert_eq!(status, 401);
+    let challenge = challenge.expect("a WWW-Authenticate challenge");
+    assert!(challenge.starts_with("Bearer resource_metadata=") && challenge.contains("error=\"invalid_token\""));
+    let (status, body) = refresh(&relay, &refresh_token, &client_id).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+
+    // The other account's grant of the same client acts on, and renews.
+    assert_eq!(ping(&relay, &their_access).await.0, 200);
+    assert!(apps_section(&mut theirs).await.contains(shown));
+    let (status, body) = refresh(&relay, &their_refresh, &client_id).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Revoking what is not (any more) the account's changes nothing and says so.
+    let again = mine.post("/dashboard/apps/revoke", &[("client_id", &client_id)]).await;
+    assert_eq!(again.headers()["location"].to_str().unwrap(), "/dashboard?note=not-found");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_revokes_its_own_tokens_as_rfc_7009_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay::Config::new(dir.path().to_path_buf()), "127.0.0.1:0").await;
+    let asm: Value = common::client()
+        .get(format!("{}/.well-known/oauth-authorization-server", relay.http()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asm["revocation_endpoint"], format!("{}/oauth/revoke", relay.http()));
+    let (app, other_app) = (register(&relay, "App").await, register(&relay, "Other").await);
+    let mut browser = signed_in(&relay, "lu@example.com").await;
+    let (access, refresh_token) = connect(&relay, &mut browser, &app, "App").await;
+    let (second_access, second_refresh) = connect(&relay, &mut browser, &app, "App").await;
+
+    assert_eq!(revoke(&relay, "aicr_never-issued", &app).await.0, 200, "an unknown token is 200");
+    assert_eq!(form_post(&relay, "/oauth/revoke", &[("client_id", &app)]).await.0, 400, "no token");
+    let (status, body) = revoke(&relay, &refresh_token, &other_app).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unauthorized_client")), "{body}");
+    assert_eq!(ping(&relay, &access).await.0, 200, "another client's revocation ends nothing");
+
+    // A refresh token ends with its access token; the client's other sign-in acts on.
+    assert_eq!(revoke(&relay, &refresh_token, &app).await, (200, json!({})));
+    assert_eq!(ping(&relay, &access).await.0, 401);
+    assert_eq!(refresh(&relay, &refresh_token, &app).await.1["error"], "invalid_grant");
+    assert_eq!(revoke(&relay, &refresh_token, &app).await.0, 200, "already revoked is 200");
+    assert_eq!(ping(&relay, &second_access).await.0, 200);
+
+    // An access token ends alone: its refresh token still renews.
+    assert_eq!(revoke(&relay, &second_access, &app).await.0, 200);
+    assert_eq!(ping(&relay, &second_access).await.0, 401);
+    let (status, renewed) = refresh(&relay, &second_refresh, &app).await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(ping(&relay, renewed["access_token"].as_str().unwrap()).await.0, 200);
+    assert!(apps_section(&mut browser).await.contains("App"), "still connected");
     relay.stop().await;
 }

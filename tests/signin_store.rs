@@ -90,7 +90,9 @@ async fn oauth_round_trip(store: &Store) {
     let code = grants::issue_code(store, &keys, &grant, 1_000).await.unwrap();
     assert_eq!(grants::take_code(store, &keys, &code, 1_001).await.unwrap(), Some(grant.clone()));
     assert_eq!(grants::take_code(store, &keys, &code, 1_002).await.unwrap(), None, "a code works once");
-    let tokens = grants::issue_tokens(store, &keys, &grant, 1_000).await.unwrap();
+    assert!(grants::issue_tokens(store, &keys, &grant, None, 1_000).await.unwrap().is_none(), "no grant, no tokens");
+    grants::authorize(store, account, &client, "App", 1_000).await.unwrap();
+    let tokens = grants::issue_tokens(store, &keys, &grant, None, 1_000).await.unwrap().unwrap();
     let bearer = grants::bearer(store, &keys, &tokens.access, 2_000).await.unwrap().unwrap();
     assert_eq!(
         (bearer.account_id, bearer.email.as_str(), bearer.daily_reactivation),
@@ -99,10 +101,56 @@ async fn oauth_round_trip(store: &Store) {
     assert!(grants::take_refresh(store, &keys, &tokens.refresh, "other", 2_000).await.unwrap().is_none());
     assert!(grants::take_refresh(store, &keys, &tokens.refresh, &client, 2_000).await.unwrap().is_some());
     assert!(grants::take_refresh(store, &keys, &tokens.refresh, &client, 2_001).await.unwrap().is_none());
+    grants_round_trip(store, &grant).await;
     let unused = grants::register(store, "Left", &["https://x.example/cb".into()], 1_000).await.unwrap();
     assert!(grants::sweep(store, 1_000 + grants::UNUSED_CLIENT.as_millis() as i64 + 1).await.unwrap() >= 1);
     assert!(grants::registered(store, &unused).await.unwrap().is_none(), "an unused registration is cleaned up");
     assert!(grants::registered(store, &client).await.unwrap().is_some(), "a used one stays");
+}
+
+/// Two token chains of one client for one account, and one of another
+/// account: "Connected apps", RFC 7009 revocation by chain, and the
+/// dashboard's revocation of a whole grant.
+async fn grants_round_trip(store: &Store, grant: &Grant) {
+    let keys = keys();
+    let other = signin::sign_in_account(store, "dee@example.com", 1_000).await.unwrap();
+    let others = Grant { account_id: other, ..grant.clone() };
+    grants::authorize(store, other, &grant.client_id, "App\u{7}", 1_500).await.unwrap();
+    let theirs = grants::issue_tokens(store, &keys, &others, None, 1_500).await.unwrap().unwrap();
+    let first = grants::issue_tokens(store, &keys, grant, None, 3_000).await.unwrap().unwrap();
+    let second = grants::issue_tokens(store, &keys, grant, None, 3_000).await.unwrap().unwrap();
+    let (_, chain) =
+        grants::take_refresh(store, &keys, &first.refresh, &grant.client_id, 3_500).await.unwrap().unwrap();
+    let renewed = grants::issue_tokens(store, &keys, grant, Some(&chain), 4_000).await.unwrap().unwrap();
+    let listed = grants::connected(store, other, 5_000).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), listed[0].authorized_at, listed[0].last_used_at), ("App", 1_500, 1_500));
+    let mine = grants::connected(store, grant.account_id, 5_000).await.unwrap();
+    assert_eq!((mine.len(), mine[0].authorized_at, mine[0].last_used_at), (1, 1_000, 4_000));
+
+    use grants::Revocation::*;
+    assert_eq!(grants::revoke_token(store, &keys, "aicr_unknown", &grant.client_id).await.unwrap(), Unknown);
+    assert_eq!(grants::revoke_token(store, &keys, &renewed.refresh, "another").await.unwrap(), OtherClient);
+    assert!(grants::bearer(store, &keys, &renewed.access, 5_000).await.unwrap().is_some(), "left alone");
+    assert_eq!(grants::revoke_token(store, &keys, &renewed.refresh, &grant.client_id).await.unwrap(), Revoked);
+    for ended in [&first.access, &renewed.access] {
+        assert!(grants::bearer(store, &keys, ended, 5_000).await.unwrap().is_none(), "the chain's access tokens end");
+    }
+    assert_eq!(grants::revoke_token(store, &keys, &renewed.refresh, &grant.client_id).await.unwrap(), Unknown);
+    assert!(grants::bearer(store, &keys, &second.access, 5_000).await.unwrap().is_some(), "another chain acts");
+    assert_eq!(grants::revoke_token(store, &keys, &second.access, &grant.client_id).await.unwrap(), Revoked);
+    assert!(grants::bearer(store, &keys, &second.access, 5_000).await.unwrap().is_none());
+
+    assert!(grants::revoke_grant(store, grant.account_id, &grant.client_id).await.unwrap());
+    assert!(grants::connected(store, grant.account_id, 5_000).await.unwrap().is_empty());
+    assert!(grants::take_refresh(store, &keys, &second.refresh, &grant.client_id, 5_000).await.unwrap().is_none());
+    assert!(grants::issue_tokens(store, &keys, grant, Some(&chain), 5_000).await.unwrap().is_none(), "revoked");
+    assert!(!grants::revoke_grant(store, grant.account_id, &grant.client_id).await.unwrap(), "nothing left");
+    assert!(grants::bearer(store, &keys, &theirs.access, 5_000).await.unwrap().is_some(), "another account's grant");
+    assert_eq!(grants::connected(store, other, 5_000).await.unwrap().len(), 1);
+    grants::authorize(store, grant.account_id, &grant.client_id, "App", 6_000).await.unwrap();
+    grants::issue_tokens(store, &keys, grant, None, 6_000).await.unwrap().unwrap();
+    assert_eq!(grants::connected(store, grant.account_id, 6_000).await.unwrap()[0].authorized_at, 6_000, "anew");
 }
 
 #[tokio::test]

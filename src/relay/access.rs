@@ -70,7 +70,11 @@ async fn oauth_account(state: &AppState, token: &str) -> Result<Option<Account>,
         .await
         .map_err(store_error(state))?;
     let resource = state.public.get().map(super::oauth::resource);
-    Ok(found.filter(|b| Some(&b.resource) == resource.as_ref()).map(|b| Account {
+    let found = found.filter(|b| Some(&b.resource) == resource.as_ref());
+    if let Some(b) = &found {
+        state.usage.note_grant(b.account_id, &b.client_id, super::now_ms());
+    }
+    Ok(found.map(|b| Account {
         id: b.account_id,
         email: b.email,
         key_id: format!("oauth:{}", b.client_id),

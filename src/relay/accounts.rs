@@ -490,6 +490,8 @@ pub async fn rename_link(
 pub struct Usage {
     keys: Mutex<HashMap<String, i64>>,
     links: Mutex<HashMap<i64, i64>>,
+    /// OAuth grants (account, client) whose access tokens acted, for the dashboard's "last used".
+    grants: Mutex<HashMap<(i64, String), i64>>,
 }
 
 impl Usage {
@@ -504,9 +506,15 @@ impl Usage {
         self.keys.lock().unwrap().insert(key_id.to_owned(), now);
     }
 
+    /// Notes that an OAuth client acted for an account now, with an access token.
+    pub fn note_grant(&self, account_id: i64, client_id: &str, now: i64) {
+        self.grants.lock().unwrap().insert((account_id, client_id.to_owned()), now);
+    }
+
     /// Writes what has been noted since the last flush. What could not be
     /// written (a full disk) is kept for the next one, unless newer times came.
     pub async fn flush(&self, store: &Store) -> anyhow::Result<()> {
+        self.flush_grants(store).await?;
         let keys = std::mem::take(&mut *self.keys.lock().unwrap());
         let links = std::mem::take(&mut *self.links.lock().unwrap());
         let mut keys = keys.into_iter().peekable();
@@ -535,6 +543,28 @@ impl Usage {
                 return Err(e.into());
             }
             links.next();
+        }
+        Ok(())
+    }
+
+    /// Writes the OAuth grants' last-used times noted since the last flush.
+    async fn flush_grants(&self, store: &Store) -> anyhow::Result<()> {
+        let grants = std::mem::take(&mut *self.grants.lock().unwrap());
+        let mut grants = grants.into_iter().peekable();
+        while let Some(((account_id, client_id), at)) = grants.peek() {
+            let written = sqlx::query(
+                "UPDATE oauth_grants SET last_used_at = $1 WHERE account_id = $2 AND client_id = $3 AND last_used_at < $1",
+            )
+            .bind(*at)
+            .bind(*account_id)
+            .bind(client_id.as_str())
+            .execute(store.pool())
+            .await;
+            if let Err(e) = written {
+                keep(&self.grants, grants);
+                return Err(e.into());
+            }
+            grants.next();
         }
         Ok(())
     }

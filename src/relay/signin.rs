@@ -224,12 +224,9 @@ pub async fn sign_in_account(store: &Store, email: &str, now: i64) -> anyhow::Re
     .bind(now)
     .execute(store.pool())
     .await?;
-    let row = sqlx::query("UPDATE accounts SET last_sign_in_at = $1 WHERE email = $2 RETURNING id")
-        .bind(now)
-        .bind(email)
-        .fetch_one(store.pool())
-        .await?;
-    Ok(row.get(0))
+    let query =
+        sqlx::query("UPDATE accounts SET last_sign_in_at = $1 WHERE email = $2 RETURNING id").bind(now).bind(email);
+    Ok(super::store::returning(query, store.pool()).await?.get(0))
 }
 
 /// Opens a web session for an account; returns its cookie value. `replaces`

@@ -17,6 +17,10 @@
 //! - `RETURNING id`, `ON CONFLICT (…) DO NOTHING/UPDATE`, `LOWER`, `COUNT(*)`,
 //!   `EXISTS` and `COALESCE` are portable; SQLite-only (`INSERT OR IGNORE`,
 //!   `datetime()`) and PostgreSQL-only (`ILIKE`, `::casts`, `NOW()`) forms are not.
+//! - A write with `RETURNING` goes through [`returning`], never `fetch_one`:
+//!   on SQLite, `fetch_one` stops at the first row, before the statement
+//!   finishes and commits, so a failed commit (a full disk) goes unseen and
+//!   the row may never be saved (sqlx issues #2099, #3430).
 //! - A new table or column is a new entry at the end of `MIGRATIONS`, never an edit of one.
 //! - Test it on both: `tests/store.rs` runs the store against a real PostgreSQL.
 
@@ -159,7 +163,37 @@ const MIGRATIONS: &[(i64, &str)] = &[
             used_at BIGINT
         )",
     ),
+    // What an account granted an OAuth client (versions from 201, apart from
+    // other branches' next numbers): the client's name as consented to, when it
+    // was first authorised and last used, for the dashboard's "Connected apps";
+    // tokens are issued only while it exists, so deleting it (with the tokens)
+    // revokes the client at once.
+    (
+        201,
+        "CREATE TABLE oauth_grants (
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            client_id TEXT NOT NULL,
+            client_name TEXT NOT NULL,
+            authorized_at BIGINT NOT NULL,
+            last_used_at BIGINT NOT NULL,
+            PRIMARY KEY (account_id, client_id)
+        )",
+    ),
+    // The chain of tokens one authorization code started, carried through each
+    // refresh, so revoking a refresh token (RFC 7009) ends that chain's access
+    // tokens and not another device's sign-in of the same client.
+    (202, "ALTER TABLE oauth_tokens ADD COLUMN family TEXT NOT NULL DEFAULT ''"),
 ];
+
+/// Runs a write with `RETURNING` to its end and gives its one row. Run to
+/// the end, a statement has committed (or said why not, e.g. a full disk)
+/// by the time this returns; `fetch_one` would return before that on SQLite.
+pub async fn returning<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    pool: &AnyPool,
+) -> anyhow::Result<AnyRow> {
+    query.fetch_all(pool).await?.into_iter().next().context("the write returned no row")
+}
 
 /// Which database engine a store is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,17 +460,15 @@ impl Store {
         now_ms: i64,
         info: &AgentInfo,
     ) -> anyhow::Result<i64> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO agents (code_hash, token_hash, code_created_ms, created_ms, last_seen_ms, agent_info)
              VALUES ($1, $2, $3, $3, $3, $4) RETURNING id",
         )
         .bind(&code_hash[..])
         .bind(&token_hash[..])
         .bind(now_ms)
-        .bind(serde_json::to_string(info)?)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.get(0))
+        .bind(serde_json::to_string(info)?);
+        Ok(returning(query, &self.pool).await?.get(0))
     }
 
     /// Finds an agent by its code's hash.

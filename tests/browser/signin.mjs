@@ -1,7 +1,7 @@
 // Drives Debian's chromium (never a downloaded browser) through the relay's
 // web pages, for tests/browser.rs: sign-in by mailed link, the dashboard (key
-// made and revoked, machine renamed), a cross-site POST refused, and the
-// OAuth consent continuing to the client. Screenshots at desktop and phone
+// made and revoked, machine renamed), a cross-site POST refused, the OAuth
+// consent continuing to the client, and that app revoked on the dashboard. Screenshots at desktop and phone
 // widths go to SHOTS. Prints one line per step done; exits non-zero on a failure.
 import { createRequire } from 'node:module';
 import { readFileSync, readdirSync, mkdirSync } from 'node:fs';
@@ -127,6 +127,36 @@ try {
   check(callback && callback.searchParams.get('code') && callback.searchParams.get('iss') === RELAY
     && callback.searchParams.get('state') === 'xyz', 'consent continued to the client with code, state and iss');
   client.close();
+
+  // The app trades its code (RFC 7636's example verifier matches the
+  // challenge), then the account revokes it on the dashboard.
+  const traded = await fetch(`${RELAY}/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({
+      grant_type: 'authorization_code', code: callback.searchParams.get('code'), redirect_uri: redirect.toString(),
+      client_id: authorize.searchParams.get('client_id'), code_verifier: 'dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk',
+    }),
+  });
+  check(traded.status === 200, 'the app traded its code for tokens');
+  const { access_token: access } = await traded.json();
+  const mcp = () => fetch(`${RELAY}/mcp/oauth`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream',
+      authorization: `Bearer ${access}` },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }),
+  });
+  check((await mcp()).status === 200, 'the app acts with its token');
+  await page.goto(`${RELAY}/dashboard`);
+  check((await page.textContent('#apps')).includes('Browser Test App'), 'the dashboard lists the connected app');
+  await shot('10-connected-app');
+  await Promise.all([page.waitForNavigation(), page.click('#apps button:has-text("Revoke")')]);
+  check((await page.content()).includes('App disconnected')
+    && !(await page.textContent('#apps')).includes('Browser Test App'), 'app revoked on the dashboard');
+  await shot('11-app-revoked');
+  const refused = await mcp();
+  check(refused.status === 401 && (refused.headers.get('www-authenticate') || '').startsWith('Bearer resource_metadata='),
+    'the revoked token is refused with a sign-in challenge');
   check(violations.length === 0, `no CSP violations ${violations.join(' | ')}`);
 } finally {
   await browser.close();

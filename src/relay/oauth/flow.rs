@@ -1,7 +1,8 @@
 //! The OAuth endpoints: `/authorize` (sign-in if needed, then consent, then
 //! a page that continues to the client with `code`, `state` and `iss`),
 //! `/token` (authorization code with PKCE S256, and refresh tokens that work
-//! once) and `/register` (Dynamic Client Registration).
+//! once), `/register` (Dynamic Client Registration) and `/oauth/revoke`
+//! (RFC 7009 token revocation).
 
 use std::sync::Arc;
 
@@ -247,7 +248,12 @@ pub async fn consent(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, Form(p
             code_challenge: checked.challenge.clone(),
             resource: checked.resource.clone(),
         };
-        let code = match grants::issue_code(&oauth.web.state.store, &oauth.web.state.keys, &grant, now_ms()).await {
+        let (store, keys, now) = (&oauth.web.state.store, &oauth.web.state.keys, now_ms());
+        let issued = async {
+            grants::authorize(store, account_id, &grant.client_id, &checked.client.name, now).await?;
+            grants::issue_code(store, keys, &grant, now).await
+        };
+        let code = match issued.await {
             Ok(code) => code,
             Err(e) => return crate::relay::web::internal(e),
         };
@@ -303,6 +309,7 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, form: Result<Form<TokenForm>
     };
     let (store, keys, now) = (&oauth.web.state.store, &oauth.web.state.keys, now_ms());
     let client_id = f.client_id.clone().unwrap_or_default();
+    let mut family = None;
     let grant = match f.grant_type.as_deref() {
         Some("authorization_code") => {
             let code = f.code.as_deref().unwrap_or_default();
@@ -315,7 +322,10 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, form: Result<Form<TokenForm>
         Some("refresh_token") => {
             let refresh = f.refresh_token.as_deref().unwrap_or_default();
             match grants::take_refresh(store, keys, refresh, &client_id, now).await {
-                Ok(Some(grant)) if f.resource.as_ref().is_none_or(|r| *r == grant.resource) => Ok(grant),
+                Ok(Some((grant, chain))) if f.resource.as_ref().is_none_or(|r| *r == grant.resource) => {
+                    family = Some(chain);
+                    Ok(grant)
+                }
                 Ok(Some(_)) => Err("resource differs from the one the token was issued for"),
                 Ok(None) => Err("the refresh token is unknown, expired or already used"),
                 Err(e) => return crate::relay::web::internal(e),
@@ -334,8 +344,13 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, form: Result<Form<TokenForm>
         Ok(_) => return token_error(StatusCode::BAD_REQUEST, "invalid_grant", "issued to another client"),
         Err(why) => return token_error(StatusCode::BAD_REQUEST, "invalid_grant", why),
     };
-    match grants::issue_tokens(store, keys, &grant, now).await {
-        Ok(t) => json_response(
+    issued(grants::issue_tokens(store, keys, &grant, family.as_deref(), now).await)
+}
+
+/// The token response for a pair, or why there is none.
+fn issued(tokens: anyhow::Result<Option<grants::Tokens>>) -> Response {
+    match tokens {
+        Ok(Some(t)) => json_response(
             StatusCode::OK,
             json!({
                 "access_token": t.access,
@@ -345,6 +360,50 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, form: Result<Form<TokenForm>
                 "scope": "mcp",
             }),
         ),
+        Ok(None) => token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the account revoked this app's access; sign in and allow it again",
+        ),
+        Err(e) => crate::relay::web::internal(e),
+    }
+}
+
+/// The fields of an RFC 7009 revocation request (`token_type_hint` is
+/// ignored, as the RFC allows: the token itself says what it is).
+#[derive(Debug, Default, Deserialize)]
+pub struct RevokeForm {
+    token: Option<String>,
+    client_id: Option<String>,
+}
+
+/// `POST /oauth/revoke` (RFC 7009): a public client names itself by
+/// `client_id` and ends one of its tokens; a refresh token ends its chain's
+/// access tokens too. An unknown, expired or already revoked token is 200,
+/// as the RFC says; another client's token is refused and left alone.
+pub async fn revoke(State(oauth): State<Arc<OAuth>>, form: Result<Form<RevokeForm>, FormRejection>) -> Response {
+    let Ok(Form(f)) = form else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send application/x-www-form-urlencoded fields",
+        );
+    };
+    let (Some(token), Some(client_id)) = (f.token.as_deref(), f.client_id.as_deref()) else {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_request", "send token and client_id");
+    };
+    match grants::revoke_token(&oauth.web.state.store, &oauth.web.state.keys, token, client_id).await {
+        Ok(grants::Revocation::OtherClient) => token_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "the token was issued to another client; nothing was revoked",
+        ),
+        Ok(done) => {
+            if done == grants::Revocation::Revoked {
+                tracing::info!(client = %client_id, "OAuth token revoked by its client");
+            }
+            json_response(StatusCode::OK, json!({}))
+        }
         Err(e) => crate::relay::web::internal(e),
     }
 }

@@ -1,6 +1,8 @@
-//! OAuth state in the store: registered clients, one-use authorization codes,
-//! and access and refresh tokens. Codes and tokens are stored only as keyed
-//! hashes; each is bound to its client, its account and its resource.
+//! OAuth state in the store: registered clients, what each account granted
+//! which client, one-use authorization codes, and access and refresh tokens.
+//! Codes and tokens are stored only as keyed hashes; each is bound to its
+//! client, its account and its resource, and is issued only while its grant
+//! stands, so revoking a grant (or a token, RFC 7009) ends its tokens at once.
 
 use std::time::Duration;
 
@@ -138,18 +140,30 @@ pub struct Tokens {
     pub refresh: String,
 }
 
-/// Issues a fresh pair for a grant's client, account and resource, and notes the client as used.
-pub async fn issue_tokens(store: &Store, keys: &Keys, grant: &Grant, now: i64) -> anyhow::Result<Tokens> {
+/// Issues a fresh pair for a grant's client, account and resource, in the
+/// token chain `family` (a new one for `None`: an authorization code), and
+/// notes the client and the grant as used. `None` when the account has no
+/// grant for the client (it was revoked): nothing is issued.
+pub async fn issue_tokens(
+    store: &Store,
+    keys: &Keys,
+    grant: &Grant,
+    family: Option<&str>,
+    now: i64,
+) -> anyhow::Result<Option<Tokens>> {
     let tokens = Tokens {
         access: format!("{ACCESS_PREFIX}{}", new_secret()),
         refresh: format!("{REFRESH_PREFIX}{}", new_secret()),
     };
+    let family = family.map_or_else(|| new_secret()[..16].to_owned(), str::to_owned);
+    let mut tx = store.pool().begin().await?;
     for (kind, token, lifetime) in
         [("access", &tokens.access, ACCESS_LIFETIME), ("refresh", &tokens.refresh, REFRESH_LIFETIME)]
     {
-        sqlx::query(
-            "INSERT INTO oauth_tokens (token_hash, kind, client_id, account_id, resource, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        let added = sqlx::query(
+            "INSERT INTO oauth_tokens (token_hash, kind, client_id, account_id, resource, expires_at, family)
+             SELECT $1, $2, $3, $4, $5, $6, $7
+             WHERE EXISTS (SELECT 1 FROM oauth_grants WHERE account_id = $4 AND client_id = $3)",
         )
         .bind(&keys.web_hash("oauth token", token)[..])
         .bind(kind)
@@ -157,26 +171,37 @@ pub async fn issue_tokens(store: &Store, keys: &Keys, grant: &Grant, now: i64) -
         .bind(grant.account_id)
         .bind(&grant.resource)
         .bind(now + ms(lifetime))
-        .execute(store.pool())
+        .bind(&family)
+        .execute(&mut *tx)
         .await?;
+        if added.rows_affected() != 1 {
+            return Ok(None);
+        }
     }
+    sqlx::query("UPDATE oauth_grants SET last_used_at = $1 WHERE account_id = $2 AND client_id = $3")
+        .bind(now)
+        .bind(grant.account_id)
+        .bind(&grant.client_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("UPDATE oauth_clients SET last_used_at = $1 WHERE client_id = $2")
         .bind(now)
         .bind(&grant.client_id)
-        .execute(store.pool())
+        .execute(&mut *tx)
         .await?;
-    Ok(tokens)
+    tx.commit().await?;
+    Ok(Some(tokens))
 }
 
 /// Spends a refresh token of `client_id` (once: a second use finds nothing)
-/// and returns what it was bound to.
+/// and returns what it was bound to, with its token chain.
 pub async fn take_refresh(
     store: &Store,
     keys: &Keys,
     token: &str,
     client_id: &str,
     now: i64,
-) -> anyhow::Result<Option<Grant>> {
+) -> anyhow::Result<Option<(Grant, String)>> {
     let hash = keys.web_hash("oauth token", token);
     let won = sqlx::query(
         "UPDATE oauth_tokens SET used_at = $1
@@ -190,17 +215,18 @@ pub async fn take_refresh(
     if won.rows_affected() != 1 {
         return Ok(None);
     }
-    let row = sqlx::query("SELECT account_id, resource FROM oauth_tokens WHERE token_hash = $1")
+    let row = sqlx::query("SELECT account_id, resource, family FROM oauth_tokens WHERE token_hash = $1")
         .bind(&hash[..])
         .fetch_one(store.pool())
         .await?;
-    Ok(Some(Grant {
+    let grant = Grant {
         client_id: client_id.to_owned(),
         account_id: row.get(0),
         redirect_uri: String::new(),
         code_challenge: String::new(),
         resource: row.get(1),
-    }))
+    };
+    Ok(Some((grant, row.get(2))))
 }
 
 /// The account and email an access token acts as, with its resource, its
@@ -244,8 +270,117 @@ pub async fn bearer(store: &Store, keys: &Keys, token: &str, now: i64) -> anyhow
     }))
 }
 
-/// Deletes expired and spent codes and tokens, and registrations no token
-/// came of within [`UNUSED_CLIENT`] (or unused for [`REFRESH_LIFETIME`]).
+/// Records that `account_id` allowed `client_id` (named `name`) now. A grant
+/// that still holds a live token keeps when it was first authorised; one
+/// that holds none (every token expired or revoked) starts over.
+pub async fn authorize(store: &Store, account_id: i64, client_id: &str, name: &str, now: i64) -> anyhow::Result<()> {
+    let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
+    sqlx::query(
+        "INSERT INTO oauth_grants (account_id, client_id, client_name, authorized_at, last_used_at)
+         VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (account_id, client_id) DO UPDATE SET client_name = $3, authorized_at = CASE
+           WHEN EXISTS (SELECT 1 FROM oauth_tokens t WHERE t.account_id = $1 AND t.client_id = $2
+                        AND t.used_at IS NULL AND t.expires_at > $4)
+           THEN oauth_grants.authorized_at ELSE $4 END",
+    )
+    .bind(account_id)
+    .bind(client_id)
+    .bind(&name)
+    .bind(now)
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// A client that holds a live token for an account, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// The client's id (a DCR id, or its metadata document's URL): what a revocation names.
+    pub client_id: String,
+    /// Its name as the account consented to it: the client's own text.
+    pub name: String,
+    /// When the account first authorised it (Unix ms).
+    pub authorized_at: i64,
+    /// When it last got tokens or acted with one (Unix ms).
+    pub last_used_at: i64,
+}
+
+/// The clients holding a live (unexpired, unspent) token for `account_id`, first authorised first.
+pub async fn connected(store: &Store, account_id: i64, now: i64) -> anyhow::Result<Vec<Connected>> {
+    let rows = sqlx::query(
+        "SELECT g.client_id, g.client_name, g.authorized_at, g.last_used_at FROM oauth_grants g
+         WHERE g.account_id = $1 AND EXISTS (SELECT 1 FROM oauth_tokens t WHERE t.account_id = g.account_id
+               AND t.client_id = g.client_id AND t.used_at IS NULL AND t.expires_at > $2)
+         ORDER BY g.authorized_at, g.client_id",
+    )
+    .bind(account_id)
+    .bind(now)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Connected { client_id: r.get(0), name: r.get(1), authorized_at: r.get(2), last_used_at: r.get(3) })
+        .collect())
+}
+
+/// Ends what `account_id` granted `client_id`: the grant, every access and
+/// refresh token, and codes not yet exchanged, at once; other accounts'
+/// grants of the client stay. Whether there was anything to end.
+pub async fn revoke_grant(store: &Store, account_id: i64, client_id: &str) -> anyhow::Result<bool> {
+    let mut tx = store.pool().begin().await?;
+    let mut ended = 0;
+    for sql in [
+        "DELETE FROM oauth_grants WHERE account_id = $1 AND client_id = $2",
+        "DELETE FROM oauth_tokens WHERE account_id = $1 AND client_id = $2",
+        "DELETE FROM oauth_codes WHERE account_id = $1 AND client_id = $2",
+    ] {
+        ended += sqlx::query(sql).bind(account_id).bind(client_id).execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(ended > 0)
+}
+
+/// What an RFC 7009 revocation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The token (and, for a refresh token, its chain) is ended.
+    Revoked,
+    /// No such token (never issued, expired, or already revoked): nothing to do.
+    Unknown,
+    /// The token is another client's: it is left alone.
+    OtherClient,
+}
+
+/// RFC 7009 for `client_id`: ends an access token, or a refresh token with
+/// every token of its chain (the access tokens it and its forerunners bought).
+pub async fn revoke_token(store: &Store, keys: &Keys, token: &str, client_id: &str) -> anyhow::Result<Revocation> {
+    let hash = keys.web_hash("oauth token", token);
+    let row = sqlx::query("SELECT kind, client_id, account_id, family FROM oauth_tokens WHERE token_hash = $1")
+        .bind(&hash[..])
+        .fetch_optional(store.pool())
+        .await?;
+    let Some(row) = row else { return Ok(Revocation::Unknown) };
+    let (kind, owner, account_id, family): (String, String, i64, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if owner != client_id {
+        return Ok(Revocation::OtherClient);
+    }
+    let ended = if kind == "refresh" {
+        sqlx::query("DELETE FROM oauth_tokens WHERE account_id = $1 AND client_id = $2 AND family = $3")
+            .bind(account_id)
+            .bind(client_id)
+            .bind(&family)
+            .execute(store.pool())
+            .await?
+    } else {
+        sqlx::query("DELETE FROM oauth_tokens WHERE token_hash = $1").bind(&hash[..]).execute(store.pool()).await?
+    };
+    Ok(if ended.rows_affected() > 0 { Revocation::Revoked } else { Revocation::Unknown })
+}
+
+/// Deletes expired and spent codes and tokens, registrations no token came
+/// of within [`UNUSED_CLIENT`] (or unused for [`REFRESH_LIFETIME`]), and
+/// grants left with no token and no code to exchange.
 pub async fn sweep(store: &Store, now: i64) -> anyhow::Result<u64> {
     let pool = store.pool();
     let mut gone = 0;
@@ -260,5 +395,16 @@ pub async fn sweep(store: &Store, now: i64) -> anyhow::Result<u64> {
             .execute(pool)
             .await?
             .rows_affected();
+    gone += sqlx::query(
+        "DELETE FROM oauth_grants WHERE last_used_at < $1
+         AND NOT EXISTS (SELECT 1 FROM oauth_tokens t WHERE t.account_id = oauth_grants.account_id
+                         AND t.client_id = oauth_grants.client_id AND t.used_at IS NULL)
+         AND NOT EXISTS (SELECT 1 FROM oauth_codes c WHERE c.account_id = oauth_grants.account_id
+                         AND c.client_id = oauth_grants.client_id AND c.used_at IS NULL)",
+    )
+    .bind(now - ms(CODE_LIFETIME))
+    .execute(pool)
+    .await?
+    .rows_affected();
     Ok(gone)
 }

@@ -3,8 +3,10 @@
 //! demands a token (401 with `resource_metadata` without one), described by
 //! RFC 9728 protected-resource metadata; the relay is its own authorization
 //! server (RFC 8414 metadata, `/authorize` with sign-in and consent, `/token`
-//! with PKCE S256 and rotating refresh tokens, `/register` for DCR, and Client
-//! ID Metadata Documents). A token acts exactly as its account's API key.
+//! with PKCE S256 and rotating refresh tokens, `/register` for DCR, Client ID
+//! Metadata Documents, and `/oauth/revoke` for RFC 7009). A token acts exactly
+//! as its account's API key, until it expires or is revoked (by its client, or
+//! by the account on its dashboard).
 
 pub mod cimd;
 mod flow;
@@ -68,8 +70,8 @@ pub fn resource_metadata_url(public: &PublicUrl) -> String {
 }
 
 /// The metadata and OAuth routes (the guarded MCP route is added by the
-/// caller). Authorizing (which may fetch a client's document), token requests
-/// and registrations count against the caller's rate limit.
+/// caller). Authorizing (which may fetch a client's document), token requests,
+/// revocations and registrations count against the caller's rate limit.
 pub fn router(web: Arc<Web>, policy: cimd::CimdPolicy) -> Router<AppState> {
     let limit = axum::middleware::from_fn_with_state(web.state.clone(), super::limit::middleware);
     let oauth = Arc::new(OAuth { web: Arc::clone(&web), documents: cimd::Fetcher::new(policy) });
@@ -80,6 +82,7 @@ pub fn router(web: Arc<Web>, policy: cimd::CimdPolicy) -> Router<AppState> {
     let endpoints = Router::new()
         .route("/token", axum::routing::post(flow::token))
         .route("/register", axum::routing::post(flow::register))
+        .route("/oauth/revoke", axum::routing::post(flow::revoke))
         .with_state(Arc::clone(&oauth));
     Router::new()
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
@@ -111,6 +114,8 @@ async fn authorization_server(State(oauth): State<Arc<OAuth>>) -> Response {
         "authorization_endpoint": public.join("/authorize"),
         "token_endpoint": public.join("/token"),
         "registration_endpoint": public.join("/register"),
+        "revocation_endpoint": public.join("/oauth/revoke"),
+        "revocation_endpoint_auth_methods_supported": ["none"],
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],

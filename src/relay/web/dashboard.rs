@@ -1,6 +1,7 @@
 //! The account's dashboard: who it is, its API keys (made, shown once,
-//! revoked), its machines (renamed, with their state and whether they are
-//! online), the daily re-activation switch, and signing out.
+//! revoked), the AI clients it connected by OAuth (revoked), its machines
+//! (renamed, with their state and whether they are online), the daily
+//! re-activation switch, and signing out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::page::{Page, esc, form};
 use crate::duration::utc;
 use crate::protocol::agent::AgentInfo;
 use crate::relay::accounts::{self, LinkState, Profile, RenameError};
+use crate::relay::oauth::grants::{self, Connected};
 use crate::relay::{now_ms, signin, status};
 
 /// The signed-in account, or the answer that sends the browser to sign in.
@@ -45,10 +47,13 @@ pub struct Note {
 fn note_text(note: Option<&str>) -> Option<&'static str> {
     Some(match note? {
         "revoked" => "Key revoked: requests with it get 401 from now on.",
+        "app-revoked" => {
+            "App disconnected: its tokens stopped working; it can act as you again only if you allow it again."
+        }
         "renamed" => "Machine renamed.",
         "reactivation-on" => "Daily re-activation is on.",
         "reactivation-off" => "Daily re-activation is off.",
-        "not-found" => "That key or machine is not one of yours (any more).",
+        "not-found" => "That key, app or machine is not one of yours (any more).",
         _ => return None,
     })
 }
@@ -63,10 +68,11 @@ pub async fn show(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q): Que
     let listed = async {
         Ok::<_, anyhow::Error>((
             accounts::list_keys(store, &profile.email).await?,
+            grants::connected(store, account, now_ms()).await?,
             accounts::machines_of_account(store, account).await?,
         ))
     };
-    let (keys, machines) = match listed.await {
+    let (keys, apps, machines) = match listed.await {
         Ok(listed) => listed,
         Err(e) => return internal(e),
     };
@@ -80,6 +86,7 @@ pub async fn show(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q): Que
     }
     page.raw(&account_section(&profile))
         .raw(&keys_section(&keys))
+        .raw(&apps_section(&apps))
         .raw(&machines_section(&machines, &online))
         .raw(&reactivation_section(&profile))
         .html()
@@ -125,6 +132,36 @@ fn keys_section(keys: &[accounts::KeyRow]) -> String {
         "<section><h2>API keys</h2><p>A key lets a program act as you: send it as \
          <code>Authorization: Bearer aic_…</code>.</p>{table}{}</section>",
         form("/dashboard/keys", &[], "Create a key", "primary")
+    )
+}
+
+fn apps_section(apps: &[Connected]) -> String {
+    let rows: String = apps
+        .iter()
+        .map(|a| {
+            format!(
+                "<tr><td data-label=\"App\">{name}</td><td data-label=\"Authorised\">{since}</td>\
+                 <td data-label=\"Last used\">{used}</td><td>{revoke}</td></tr>",
+                name = esc(&a.name),
+                since = esc(&utc(a.authorized_at)),
+                used = esc(&utc(a.last_used_at)),
+                revoke = form("/dashboard/apps/revoke", &[("client_id", &a.client_id)], "Revoke", "danger"),
+            )
+        })
+        .collect();
+    let body = if rows.is_empty() {
+        "<p>No apps connected. An AI client you sign in with OAuth (Claude Code, ChatGPT, any MCP client) \
+         is listed here until its access ends.</p>"
+            .to_owned()
+    } else {
+        format!(
+            "<table><thead><tr><th>App</th><th>Authorised</th><th>Last used</th><th></th></tr></thead>\
+             <tbody>{rows}</tbody></table>"
+        )
+    };
+    format!(
+        "<section id=\"apps\"><h2>Connected apps</h2><p>Each acts as you, as your API keys do. Revoke ends \
+         all its access at once; it must ask you again to act as you.</p>{body}</section>"
     )
 }
 
@@ -217,6 +254,28 @@ pub async fn revoke_key(State(web): State<Arc<Web>>, headers: HeaderMap, Form(f)
     };
     match accounts::revoke_own_key(&web.state.store, account, &f.key_id, now_ms()).await {
         Ok(true) => back("revoked"),
+        Ok(false) => back("not-found"),
+        Err(e) => internal(e),
+    }
+}
+
+/// The app revoke form's field.
+#[derive(Debug, Deserialize)]
+pub struct RevokeAppForm {
+    client_id: String,
+}
+
+/// `POST /dashboard/apps/revoke`: ends every token the account's grant of the client holds.
+pub async fn revoke_app(State(web): State<Arc<Web>>, headers: HeaderMap, Form(f): Form<RevokeAppForm>) -> Response {
+    let (account, profile) = match signed_in(&web, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    match grants::revoke_grant(&web.state.store, account, &f.client_id).await {
+        Ok(true) => {
+            tracing::info!(who = %crate::relay::mask::email(&profile.email), "OAuth client revoked on the dashboard");
+            back("app-revoked")
+        }
         Ok(false) => back("not-found"),
         Err(e) => internal(e),
     }

@@ -90,6 +90,7 @@ pub fn router(web: Arc<Web>) -> Router<AppState> {
         .route("/dashboard", get(dashboard::show))
         .route("/dashboard/keys", post(dashboard::create_key))
         .route("/dashboard/keys/revoke", post(dashboard::revoke_key))
+        .route("/dashboard/apps/revoke", post(dashboard::revoke_app))
         .route("/dashboard/machines/rename", post(dashboard::rename))
         .route("/dashboard/reactivation", post(dashboard::reactivation))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&web), guard))
