@@ -290,7 +290,7 @@ async fn a_full_data_disk_is_named_what_needs_no_write_still_works_and_nothing_i
     let log = relay.stop().await;
     let (full, again) = ("disk holding its data directory is full", "the relay can write its database again");
     let said: Vec<&str> = log.lines().filter(|l| l.contains(full) || l.contains(again)).collect();
-    assert!(!said.is_empty() && said.len() % 2 == 0, "{log}");
+    assert!(!said.is_empty() && said.len().is_multiple_of(2), "{log}");
     for pair in said.chunks(2) {
         assert!(pair[0].contains(full) && pair[0].contains("free space") && pair[1].contains(again), "{log}");
     }
