@@ -302,7 +302,7 @@ impl Commands {
     }
 
     /// The relay's credit for a command's output: `chunks` more frames, never
-    /// more than the request's window (see [`window`]) held.
+    /// more than the request's window (bounded by `OUTPUT_HELD`) held.
     pub fn credit(&self, id: Uuid, chunks: u32) {
         let live = self.0.live.lock().unwrap();
         if let Some(live) = live.get(&id)
