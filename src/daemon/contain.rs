@@ -247,12 +247,13 @@ impl Cell {
 
     /// Removes the command's cgroup once it is empty: call it when
     /// [`Status::gone`] has resolved and the reaper is reaped.
-    pub fn remover(&self) -> impl FnOnce() + Send + 'static {
+    /// The remover says whether it is done: false while the cgroup is busy,
+    /// as it is for a moment after its last process has exited.
+    pub fn remover(&self) -> impl FnMut() -> bool + Send + 'static {
         let cgroup = self.cgroup.clone();
-        move || {
-            if let Some(cgroup) = cgroup {
-                let _ = std::fs::remove_dir(cgroup);
-            }
+        move || match &cgroup {
+            Some(cgroup) => std::fs::remove_dir(cgroup).err().and_then(|e| e.raw_os_error()) != Some(libc::EBUSY),
+            None => true,
         }
     }
 

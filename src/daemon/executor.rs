@@ -377,7 +377,7 @@ fn running(
     };
     let (code_tx, code_rx) = oneshot::channel();
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
-    let remove = cell.remover();
+    let mut remove = cell.remover();
     let cgroup = cell.has_cgroup();
     let pidfd = cell.pidfd();
     tokio::spawn(async move {
@@ -400,7 +400,12 @@ fn running(
             }
         };
         let _ = code_tx.map(|tx| tx.send(reaped));
-        remove();
+        // The kernel lets go of the cgroup a moment after the reaper's exit
+        // (after its last switch); a cgroup still busy then is a later sweep's.
+        let until = tokio::time::Instant::now() + RELEASE_LIMIT;
+        while !remove() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let _ = gone_tx.send(());
     });
     let exit = Box::pin(async move { code_rx.await.unwrap_or(Ok(-1)) });
