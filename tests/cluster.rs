@@ -466,6 +466,59 @@ async fn mcp_sessions_stay_on_their_relay_behind_the_shipped_haproxy_config() {
     daemon.stop().await;
 }
 
+/// A JSON-RPC call on a new MCP session at `base` whose client declares the
+/// tasks extension: the answer.
+async fn mcp_tasks_call(base: &str, call: Value) -> Value {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+        "clientInfo": {"name": "tasks", "version": "0"}}});
+    let session = mcp_post(base, None, init).await.1.expect("a session id");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(mcp_post(base, Some(&session), initialized).await.0, 202);
+    let (_, _, body) = mcp_post(base, Some(&session), call).await;
+    let data = body.lines().filter_map(|l| l.strip_prefix("data:")).find(|d| !d.trim().is_empty());
+    serde_json::from_str(data.unwrap_or_else(|| panic!("no answer: {body}")).trim()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mcp_task_made_on_one_relay_is_read_on_another() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let mut holder = relay_process(&site).await;
+    let lb = balancer(vec![holder.addr, site.relays[0].addr]).await;
+    let mut daemon = TestDaemon::start(&format!("ws://{lb}"), &site.dir.path().join("daemon-lb")).await;
+    let code = daemon.code();
+    let go = site.dir.path().join("go");
+    let command = format!("while [ ! -e '{}' ]; do sleep 0.05; done; echo tasked", go.display());
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "remote_exec",
+        "arguments": {"code": code.to_string(), "command": command}}});
+    let answer = mcp_tasks_call(&holder.http(), call).await;
+    let task = answer["result"]["taskId"].as_str().unwrap_or_else(|| panic!("no task: {answer}")).to_owned();
+    let get = json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/get", "params": {"taskId": task}});
+
+    // Another relay opens the id; its machine is held elsewhere, so the task works on.
+    let there = mcp_tasks_call(&site.relays[1].http(), get.clone()).await;
+    assert_eq!(there["result"]["status"], "working", "{there}");
+    assert!(there["result"]["statusMessage"].as_str().unwrap().contains("not connected"), "{there}");
+
+    // The holding relay dies; the daemon comes back to another, where the task ends.
+    holder.child.start_kill().unwrap();
+    let _ = holder.child.wait().await;
+    daemon.offline().await;
+    assert_eq!(daemon.online().await, code);
+    std::fs::write(&go, "").unwrap();
+    let mut done = Value::Null;
+    for _ in 0..300 {
+        done = mcp_tasks_call(&site.relays[0].http(), get.clone()).await;
+        if done["result"]["status"] != "working" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert_eq!(done["result"]["result"]["structuredContent"]["stdout"], "tasked\n", "{done}");
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_clients_rate_limit_holds_across_relays() {
     let Some(site) = Site::start(|c| c.rate_limit = 10).await else { return };

@@ -332,6 +332,36 @@ async fn raw_output_is_stdout_exactly_with_how_it_ended_in_trailers() {
     daemon.stop().await;
 }
 
+/// Over HTTP/1.0 a body of unknown length ends when the connection closes:
+/// the cut that tells a failed command would look like a whole answer, so
+/// raw output is refused there (and the command never sent).
+#[tokio::test]
+async fn raw_output_over_http_1_0_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let (mut ws, creds) = fake_agent(&relay, &[CAP_OUTPUT_FRAMES, CAP_OUTPUT_CHUNK]).await;
+    let body = json!({"code": creds.code.to_string(), "command": "echo partial; exit 3"}).to_string();
+    let request = format!(
+        "POST /api/v1/exec HTTP/1.0\r\nhost: relay\r\ncontent-type: application/json\r\n\
+         accept: application/octet-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(relay.http().trim_start_matches("http://")).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let answer = within("the answer", async {
+        let mut wire = Vec::new();
+        tokio::select! {
+            read = tcp.read_to_end(&mut wire) => read.map(|_| String::from_utf8_lossy(&wire).into_owned()),
+            msg = recv(&mut ws) => panic!("the command went out: {msg:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("needs HTTP/1.1"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_output_of_a_failed_command_ends_without_its_last_chunk_for_a_client_without_trailers() {
     let dir = tempfile::tempdir().unwrap();

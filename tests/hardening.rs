@@ -15,8 +15,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A fake agent, registered: its socket and its code.
 async fn fake_agent(relay: &TestRelay) -> (Ws, Credentials) {
+    fake_agent_speaking(relay, &[]).await
+}
+
+/// A fake agent, registered with `capabilities`: its socket and its code.
+async fn fake_agent_speaking(relay: &TestRelay, capabilities: &[&str]) -> (Ws, Credentials) {
     let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
-    let agent = AgentInfo { hostname: "fake".into(), ..Default::default() };
+    let capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+    let agent = AgentInfo { hostname: "fake".into(), capabilities, ..Default::default() };
     send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
     match recv(&mut ws).await {
         Some(RelayMessage::Registered { code, token: Some(token), .. }) => (ws, Credentials { code, token }),
@@ -135,6 +141,108 @@ async fn output_past_the_link_budget_is_dropped_and_that_command_cancelled() {
     assert_eq!((status, cut["stdout"].as_str().unwrap(), &cut["truncated"]), (200, "", &json!(true)));
 }
 
+/// Waits for the relay to cancel command `id` (credit may come first), then
+/// says it exited, as a daemon would.
+async fn cancelled_then_exit(ws: &mut Ws, id: uuid::Uuid) {
+    loop {
+        match recv(ws).await {
+            Some(RelayMessage::Cancel { id: cancelled }) if cancelled == id => break,
+            Some(RelayMessage::OutputCredit { chunks, .. }) => assert!(chunks == 0, "credit for output never framed"),
+            other => panic!("expected the command cancelled, got {other:?}"),
+        }
+    }
+    exit(ws, id).await;
+}
+
+/// A daemon given credit for output frames that sends JSON output instead
+/// would be held outside its window, and its caller taking that output
+/// would earn it credit for frames it never sent: a window as large as it
+/// likes. The first JSON chunk cuts the command instead.
+#[tokio::test]
+async fn json_output_for_a_command_sent_with_credit_cuts_it_and_earns_no_credit() {
+    let (_dir, relay) = relay_with(|_| {}).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[agent::CAP_OUTPUT_FRAMES, agent::CAP_OUTPUT_CHUNK]).await;
+    let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "yes"}));
+    let req = next_exec(&mut ws).await;
+    assert!(req.window > 0, "the command went out with credit");
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    for _ in 0..req.window * 4 {
+        output(&mut ws, req.id, b"y".to_vec()).await;
+    }
+    cancelled_then_exit(&mut ws, req.id).await;
+    let (status, body) = caller.await.unwrap();
+    assert_eq!((status, body["stdout"].as_str(), &body["truncated"]), (200, Some(""), &json!(true)), "{body}");
+}
+
+/// Output frames within each command's credit still count against the
+/// link's budget: 64 commands' windows are more than it.
+#[tokio::test]
+async fn output_frames_past_the_link_budget_are_dropped_and_that_command_cancelled() {
+    use aic::protocol::files::{FrameKind, encode_frame};
+    use futures_util::SinkExt;
+    let (_dir, relay) = relay_with(|config| config.max_link_buffer = 100_000).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[agent::CAP_OUTPUT_FRAMES]).await;
+    let caller = call(&relay, json!({"code": creds.code.to_string(), "command": "cat big"}));
+    let req = next_exec(&mut ws).await;
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    // Within the command's window (an older daemon's frame may be 128 KiB), past the link's budget.
+    let frame = encode_frame(FrameKind::Stdout, req.id, 0, &vec![b'a'; 120_000]);
+    ws.send(Message::binary(frame)).await.unwrap();
+    cancelled_then_exit(&mut ws, req.id).await;
+    let (status, body) = caller.await.unwrap();
+    assert_eq!((status, body["stdout"].as_str(), &body["truncated"]), (200, Some(""), &json!(true)), "{body}");
+}
+
+/// A caller that stops reading its answer holds its command's output in the
+/// relay (up to a window of it, plus what the connection buffers) only until
+/// the connection's write stall limit: then it is cut off, and its command
+/// cancelled, whether the command still runs or not.
+#[tokio::test]
+async fn a_caller_that_stops_reading_is_cut_off_and_its_command_cancelled() {
+    use aic::protocol::files::{FrameKind, encode_frame};
+    use futures_util::SinkExt;
+    use tokio::io::AsyncWriteExt;
+    let (_dir, relay) = relay_with(|config| {
+        config.connections.write_stall = Duration::from_millis(300);
+        config.max_output = 1 << 30;
+    })
+    .await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[agent::CAP_OUTPUT_FRAMES, agent::CAP_OUTPUT_CHUNK]).await;
+    // A caller that takes as little as its socket allows, and then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut caller = socket.connect(relay.http().trim_start_matches("http://").parse().unwrap()).await.unwrap();
+    let body = json!({"code": creds.code.to_string(), "command": "cat /dev/zero"}).to_string();
+    let request = format!(
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n\
+         accept: application/octet-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    caller.write_all(request.as_bytes()).await.unwrap();
+    let req = next_exec(&mut ws).await;
+    send(&mut ws, &AgentMessage::Started { id: req.id }).await;
+    // Output within credit for as long as the relay grants it, until it cancels.
+    let chunk = vec![0u8; req.chunk as usize];
+    let (mut seq, mut allowed) = (0u64, u64::from(req.window));
+    within("the relay to cut the caller off and cancel", async {
+        loop {
+            while seq < allowed {
+                ws.send(Message::binary(encode_frame(FrameKind::Stdout, req.id, seq, &chunk))).await.unwrap();
+                seq += 1;
+            }
+            match recv(&mut ws).await {
+                Some(RelayMessage::OutputCredit { chunks, .. }) => allowed += u64::from(chunks),
+                Some(RelayMessage::Cancel { id }) if id == req.id => return,
+                other => panic!("expected credit or the cancel, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    let metrics = &relay.state.metrics;
+    eventually("the relay to let go of the output", || metrics.held() == 0).await;
+    drop(caller);
+}
+
 /// Reads from a raw connection until the relay closes it; what it said.
 async fn until_closed(tcp: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
@@ -170,6 +278,22 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(!said.contains("200"), "{said}");
 }
 
+/// Past its headers, a request's body must keep coming too: a client that
+/// stops sending it is answered and cut off at the header timeout, not held
+/// for as long as it trickles.
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay_config(dir.path()), "127.0.0.1:0").await;
+    let mut slow = raw(&relay.http()).await;
+    let head =
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+    slow.write_all(format!("{head}{{\"code\":").as_bytes()).await.unwrap();
+    let said = until_closed(&mut slow).await;
+    assert!(said.starts_with("HTTP/1.1 400") && said.contains("no part of the request body came"), "{said}");
+}
+
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed() {
     use tokio::io::AsyncWriteExt;
@@ -196,6 +320,27 @@ async fn connections_past_the_per_address_limit_are_refused_and_room_returns() {
             if resp.is_ok_and(|r| r.status() == 200) {
                 return;
             }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// An agent link is a connection like any other: upgraded, it still counts
+/// against its address's limit (else one address could hold as many
+/// WebSockets, and file descriptors, as it liked), and frees its place when it closes.
+#[tokio::test]
+async fn agent_websockets_count_against_the_per_address_limit() {
+    let (_dir, relay) = relay_with(|config| config.connections.max_per_ip = 2).await;
+    let url = format!("{}/agent/ws", relay.ws());
+    let first = tokio_tungstenite::connect_async(&url).await.unwrap().0;
+    let _second = tokio_tungstenite::connect_async(&url).await.unwrap().0;
+    let said = until_closed(&mut raw(&relay.http()).await).await;
+    assert!(said.starts_with("HTTP/1.1 429"), "a third connection beside two agent links: {said}");
+
+    drop(first);
+    within("room once a link closed", async {
+        while tokio_tungstenite::connect_async(&url).await.is_err() {
             tokio::task::yield_now().await;
         }
     })

@@ -527,3 +527,104 @@ async fn the_daemon_remembers_idempotency_keys_across_its_restart() {
     daemon.stop().await;
     relay.stop().await;
 }
+
+/// An MCP session on `http` whose client declares the tasks extension.
+async fn tasks_session(http: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+        "clientInfo": {"name": "tasks-test", "version": "0"}
+    }});
+    let session = mcp(http, None, init).await.0.expect("a session");
+    mcp(http, Some(&session), json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    session
+}
+
+/// `tasks/get` of `task`: the whole JSON-RPC answer.
+async fn task_get(http: &str, session: &str, task: &str) -> Value {
+    let get = json!({"jsonrpc": "2.0", "id": 7, "method": "tasks/get", "params": {"taskId": task}});
+    mcp(http, Some(session), get).await.1
+}
+
+/// Asserts that `answer` refuses `task` as an unknown task.
+fn refused_as_unknown(answer: &Value, task: &str) {
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert_eq!(answer["error"]["message"], format!("no task {task} on this relay"), "{answer}");
+    assert!(answer["result"].is_null(), "{answer}");
+}
+
+/// `task` with its middle character changed to another base64url character.
+fn tampered(task: &str) -> String {
+    let mut bytes = task.as_bytes().to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] = if bytes[middle] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Asserts that `task` holds neither `code` nor its base64 in clear.
+fn code_not_in(task: &str, code: &str) {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    assert!(!task.contains(code), "{task}");
+    for engine in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
+        for skip in 0..3 {
+            // Only the characters that depend on the code's bytes alone.
+            let aligned = engine.encode([&b"xx"[..skip], code.as_bytes()].concat());
+            let part = &aligned[(8 * skip).div_ceil(6)..aligned.len() - 2];
+            assert!(!task.contains(part), "{task} holds {part}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_task_outlives_a_relay_restart_and_a_garbled_or_foreign_id_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let relay = common::RelayProcess::start(&dir.path().join("relay"), &[], &[]).await;
+    let addr = relay.addr.to_string();
+    let mut daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
+    let code = daemon.online().await.to_string();
+    let session = tasks_session(&relay.http()).await;
+    let command = format!("{}; echo after-restart", until(&go));
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "remote_exec", "arguments": {"code": code, "command": command}}});
+    let (_, answer) = mcp(&relay.http(), Some(&session), call).await;
+    let result = &answer["result"];
+    let task = result["task"]["taskId"].as_str().or(result["taskId"].as_str()).expect("a task id").to_owned();
+    code_not_in(&task, &code);
+    assert_eq!(task_get(&relay.http(), &session, &task).await["result"]["status"], "working");
+
+    // The relay stops and starts again on the same data dir; the daemon comes back.
+    relay.stop().await;
+    daemon.offline().await;
+    let relay = common::RelayProcess::start_on(&dir.path().join("relay"), &addr, &[], &[]).await;
+    assert_eq!(daemon.online().await.to_string(), code);
+    let http = relay.http();
+    let session = tasks_session(&http).await;
+    let answer = task_get(&http, &session, &task).await;
+    assert_eq!(answer["result"]["status"], "working", "{answer}");
+    std::fs::write(&go, "").unwrap();
+    let mut done = Value::Null;
+    for _ in 0..500 {
+        done = task_get(&http, &session, &task).await;
+        if done["result"]["status"] != "working" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert_eq!(done["result"]["result"]["structuredContent"]["stdout"], "after-restart\n", "{done}");
+
+    // Refused alike: an id never issued, one with a character changed, one cut
+    // short, and one sealed under another secret (this relay's, at another).
+    let other = TestRelay::start(&dir.path().join("other")).await;
+    let other_session = tasks_session(&other.http()).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for bad in [unknown, tampered(&task), task[..task.len() - 4].to_owned()] {
+        refused_as_unknown(&task_get(&http, &session, &bad).await, &bad);
+    }
+    refused_as_unknown(&task_get(&other.http(), &other_session, &task).await, &task);
+    other.stop().await;
+    daemon.stop().await;
+    relay.stop().await;
+}

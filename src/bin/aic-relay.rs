@@ -607,6 +607,7 @@ fn relay_config(args: &Args, data_dir: PathBuf) -> anyhow::Result<relay::Config>
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,
         max_per_ip: args.max_connections_per_ip,
+        write_stall: relay::listen::WRITE_STALL,
     };
     config.tls = tls(args)?;
     if args.header_timeout.is_zero() {

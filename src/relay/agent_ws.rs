@@ -23,7 +23,8 @@ use super::hub::{AgentConn, Frame};
 use super::keys::{self, Digest};
 use super::readahead::ReadAhead;
 use crate::protocol::agent::{
-    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, PROTOCOL_VERSION, RelayMessage, VersionProbe,
+    self, AgentInfo, AgentMessage, Credentials, HelloRefusal, MAX_FRAME, OUTPUT_CHUNK_LARGE, PROTOCOL_VERSION,
+    RelayMessage, VersionProbe,
 };
 use crate::protocol::files::{FrameKind, HEADER_LEN, decode_frame};
 
@@ -232,7 +233,7 @@ async fn on_text(state: &AppState, conn: &Arc<AgentConn>, code_hash: &mut Digest
 fn on_binary(conn: &Arc<AgentConn>, bytes: Bytes) {
     let routed = decode_frame(&bytes).and_then(|frame| match frame.kind {
         FrameKind::Stdout | FrameKind::Stderr => {
-            conn.output_frame(&frame, bytes.slice(HEADER_LEN..));
+            conn.output_frame(&frame, payload(&bytes));
             Ok(())
         }
         FrameKind::FileData | FrameKind::FileEnd => conn.files.frame(conn, &bytes),
@@ -240,6 +241,18 @@ fn on_binary(conn: &Arc<AgentConn>, bytes: Bytes) {
     if let Err(e) = routed {
         conn.send(RelayMessage::Error { message: e.to_string() });
     }
+}
+
+/// An output frame's payload as the relay holds it until its caller takes
+/// it: a full chunk shares the frame's allocation (no copy on the fast path);
+/// anything shorter is copied out. The frame's bytes are a slice of the
+/// WebSocket's read buffer, which may be up to twice [`MAX_FRAME`] long and
+/// also held the frames read before it: a few bytes kept as a slice would
+/// keep all of it, so a daemon could make the relay hold hundreds of times
+/// what the command's credit and the link's budget count.
+fn payload(frame: &Bytes) -> Bytes {
+    let payload = frame.slice(HEADER_LEN..);
+    if payload.len() >= OUTPUT_CHUNK_LARGE { payload } else { Bytes::copy_from_slice(&payload) }
 }
 
 type Refused = (HelloRefusal, String);
@@ -394,6 +407,23 @@ mod tests {
     /// The cluster's NATS calls once did (a debug build's `run` was 5.4 KB
     /// with them, under 2.5 KB boxed; 11.8 KiB per idle agent against 8 KiB,
     /// BENCHMARKS.md). What `run` awaits once or rarely is boxed; this keeps it so.
+    /// A short output payload owns its bytes: held by a caller that reads
+    /// slowly, it must not keep the read buffer it came in (here 512 KiB).
+    #[test]
+    fn a_short_output_payload_does_not_keep_the_read_buffer_it_came_in() {
+        let id = uuid::Uuid::new_v4();
+        let mut buffer = crate::protocol::files::encode_frame(FrameKind::Stdout, id, 0, b"x");
+        let frame_len = buffer.len();
+        buffer.resize(MAX_FRAME, 0);
+        let buffer = Bytes::from(buffer);
+        let within = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
+        let short = payload(&buffer.slice(..frame_len));
+        assert_eq!(&short[..], b"x");
+        assert!(!within(&short), "a one-byte payload keeps the whole read buffer alive");
+        let full = buffer.slice(..HEADER_LEN + OUTPUT_CHUNK_LARGE);
+        assert!(within(&payload(&full)), "a full chunk is handed on as it was read");
+    }
+
     #[test]
     fn the_link_task_stays_small() {
         let size = future_size(run);

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream as FuturesStream;
@@ -65,6 +65,7 @@ Its output is then spooled on the machine until the key is forgotten. The same k
 pub async fn exec(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    version: Version,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -74,7 +75,16 @@ pub async fn exec(
     let raw = super::raw::wanted(&headers);
     if raw && key.is_some() {
         return Err(ApiError::bad_request(
-            "raw output (Accept: application/octet-stream) is not available with an Idempotency-Key; ask for              application/json or text/event-stream",
+            "raw output (Accept: application/octet-stream) is not available with an Idempotency-Key; ask for \
+             application/json or text/event-stream",
+        ));
+    }
+    // Over HTTP/1.0 a body ends when the connection closes, so the cut that
+    // tells a failed command would read as a whole answer.
+    if raw && version < Version::HTTP_11 {
+        return Err(ApiError::bad_request(
+            "raw output (Accept: application/octet-stream) needs HTTP/1.1 or later, where a failed command's \
+             body visibly ends short; over HTTP/1.0 ask for application/json or text/event-stream",
         ));
     }
     let caller = access::authenticate(&state, &headers, peer).await?;

@@ -54,7 +54,7 @@ pub struct AgentConn {
     /// What the daemon said about its machine.
     pub info: AgentInfo,
     /// The daemon sends output as binary frames within credit when asked
-    /// ([`CAP_OUTPUT_FRAMES`]); else as JSON messages, bounded by `max_buffered`.
+    /// ([`CAP_OUTPUT_FRAMES`]); else as JSON messages. `max_buffered` bounds both.
     framed: bool,
     /// The daemon reads and sends output in chunks of the size asked
     /// ([`CAP_OUTPUT_CHUNK`]): it is asked for [`OUTPUT_CHUNK_LARGE`].
@@ -157,10 +157,10 @@ pub struct LinkLimits {
     /// Commands in flight on the link at once; more are refused with 429.
     pub max_in_flight: usize,
     /// Output bytes held (received, not yet taken by their callers) for all
-    /// of the link's commands together, from a daemon that sends JSON output
-    /// messages without credit; past it, output is dropped and the command
-    /// that ran over is cancelled. A daemon that sends binary frames is held
-    /// to [`OUTPUT_HELD`] bytes per command instead.
+    /// of the link's commands together; past it, output is dropped and the
+    /// command that ran over is cancelled. A daemon that sends binary frames
+    /// is also held to [`OUTPUT_HELD`] bytes per command by its credit (64
+    /// commands' windows would be 64 MiB, twice the default budget).
     pub max_buffered: u64,
     /// How long past its timeout a started command may go without an exit
     /// before the relay answers for the machine (504) and cancels it.
@@ -422,18 +422,23 @@ impl AgentConn {
     }
 
     /// Routes a chunk of a command's output to its caller: from a JSON
-    /// message (`seq` is `None`; the link's `max_buffered` bounds it) or a
-    /// binary frame (the next in order, within the command's credit). A
-    /// chunk past either cancels the command, which ends truncated.
+    /// message (`seq` is `None`) to a command sent without credit, or a
+    /// binary frame (the next in order, within the command's credit) to one
+    /// sent with it; the link's `max_buffered` bounds both. A chunk past
+    /// either, or of the other kind, cancels the command, which ends truncated.
     fn output(&self, id: Uuid, stream: Stream, data: Bytes, seq: Option<u64>) {
         let len = data.len();
         let mut pending = self.pending.lock().unwrap();
-        let unpaced: u64 = if seq.is_none() { pending.values().map(|w| w.held).sum() } else { 0 };
+        let held: u64 = pending.values().map(|w| w.held).sum();
         let Some(waiter) = pending.get_mut(&id) else { return };
-        let within = match seq {
-            Some(seq) => waiter.credit.as_mut().is_some_and(|c| c.spend(seq, len)),
-            None => unpaced + len as u64 <= self.limits.max_buffered,
+        // A JSON chunk for a command with credit would be held outside its
+        // window, and, once taken, would earn the daemon credit for frames.
+        let paced = match (seq, waiter.credit.as_mut()) {
+            (Some(seq), Some(credit)) => credit.spend(seq, len),
+            (None, None) => true,
+            (Some(_), None) | (None, Some(_)) => false,
         };
+        let within = paced && held + len as u64 <= self.limits.max_buffered;
         if waiter.cut || waiter.bytes >= self.limits.max_output {
             return;
         }

@@ -82,6 +82,13 @@ impl Keys {
         self.mac(format!("aic web v1\0{kind}\0").as_bytes(), secret.as_bytes())
     }
 
+    /// The key MCP task ids are sealed under (AEAD): ids then carry what
+    /// the relay needs and open on every relay of a cluster, which share the
+    /// secret, and on this one after a restart.
+    pub fn task_key(&self) -> Digest {
+        self.mac(b"aic mcp task key v1\0", b"")
+    }
+
     /// What an agent token is stored as.
     pub fn token_hash(&self, token: &str) -> Digest {
         self.mac(b"aic agent token v1\0", token.as_bytes())

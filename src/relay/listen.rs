@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -37,7 +39,16 @@ pub struct ConnLimits {
     /// Connections held at once from one address (a trusted proxy is not
     /// counted); more are answered 429 and closed.
     pub max_per_ip: usize,
+    /// How long a connection may take none of what the relay writes to it;
+    /// past it the connection is closed. A caller that stops reading would
+    /// otherwise hold its command's output in the relay for as long as its
+    /// connection stays open.
+    pub write_stall: Duration,
 }
+
+/// [`ConnLimits::write_stall`] by default: far longer than any client that
+/// reads takes, shorter than a relay should hold output for one that does not.
+pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// Counts connections, overall and per address.
 struct Gate {
@@ -161,15 +172,95 @@ async fn connection(
     }
     let timeout = slot.gate.limits.header_timeout;
     match tls {
-        None => http(tcp, peer, app, timeout, shutdown).await,
+        None => http(Held::new(tcp, slot), peer, app, timeout, shutdown).await,
         // The handshake gets the same time as the headers would.
         Some(tls) => match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
-            Ok(Ok(stream)) => http(stream, peer, app, timeout, shutdown).await,
+            Ok(Ok(stream)) => http(Held::new(stream, slot), peer, app, timeout, shutdown).await,
             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, "TLS handshake took longer than {timeout:?}"),
         },
     }
-    drop(slot);
+}
+
+/// A connection's stream, holding its place in the counts until it is
+/// dropped: for a connection upgraded to an agent's WebSocket that is when
+/// the link closes (the HTTP connection's task ends at the upgrade). A write
+/// that stays blocked for the limits' `write_stall` fails.
+struct Held<I> {
+    io: I,
+    /// Freed with the stream.
+    slot: Slot,
+    /// Armed when a write blocks, disarmed when one goes through; made at
+    /// the first blocked write (most connections never have one).
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `stall` is counting.
+    armed: bool,
+}
+
+impl<I> Held<I> {
+    fn new(io: I, slot: Slot) -> Self {
+        Self { io, slot, stall: None, armed: false }
+    }
+
+    /// Passes on a write's outcome; a write blocked past the limit fails.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let limit = self.slot.gate.limits.write_stall;
+        let deadline = tokio::time::Instant::now() + limit;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            stall.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let message = format!("the client took nothing the relay wrote for {limit:?}");
+        Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message)))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
 }
 
 /// Serves HTTP on one connection, with upgrades (the agent WebSocket).
@@ -179,7 +270,7 @@ where
 {
     let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        request
+        request.map(|body| axum::body::Body::new(Paced { body, limit: header_timeout, stall: None, armed: false }))
     });
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
@@ -194,6 +285,53 @@ where
     };
     if let Err(e) = served {
         tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// A request's body, which must keep coming: a client that sends none of it
+/// for the header timeout (while the relay waits for it) gets an error for
+/// it, not a connection held for as long as it trickles.
+struct Paced {
+    body: Incoming,
+    /// How long the relay waits for the next part.
+    limit: Duration,
+    /// Counting while the relay waits; made at the first wait.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `stall` counts the current wait.
+    armed: bool,
+}
+
+impl hyper::body::Body for Paced {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let (limit, deadline) = (this.limit, tokio::time::Instant::now() + this.limit);
+        let stall = this.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !this.armed {
+            stall.as_mut().reset(deadline);
+            this.armed = true;
+        }
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(format!("no part of the request body came for {limit:?}").into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -74,7 +74,7 @@ pub struct Mcp {
     tool_router: Arc<ToolRouter<Mcp>>,
     /// Running calls by session, so a closed session's commands are killed at once.
     sessions: Sessions,
-    /// Tasks (MCP Tasks extension) and the machines their jobs run on.
+    /// Seals and opens the ids of tasks (MCP Tasks extension).
     tasks: tasks::Tasks,
 }
 
@@ -344,7 +344,7 @@ impl Endpoint {
         state.metrics.count_mcp_sessions_with(Box::new(move || counted.sessions.try_read().ok().map(|s| s.len())));
         let tools = Arc::new(Mcp::tool_router() + Mcp::job_tools() + Mcp::files_tools());
         let ours = Sessions::default();
-        let tasks = tasks::Tasks::default();
+        let tasks = tasks::Tasks::new(&state.keys);
         let make = {
             let (state, tools, ours) = (state.clone(), tools, ours.clone());
             move || Ok(Mcp::new(state.clone(), Arc::clone(&tools), ours.clone(), tasks.clone()))

@@ -149,6 +149,7 @@ impl Config {
                 header_timeout: Duration::from_secs(30),
                 max_connections: 4096,
                 max_per_ip: 256,
+                write_stall: listen::WRITE_STALL,
             },
             registrations_per_day: 50,
             tls: None,
