@@ -153,3 +153,33 @@ async fn a_reaper_shares_the_spawners_memory_and_has_descriptors_of_its_own() {
     drop(resp);
     daemon.stop().await;
 }
+
+/// Whether any process's command line holds `text` (its arguments joined by spaces).
+fn a_process_runs(text: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<i32>().is_ok())).any(|e| {
+        let pid: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        alive(pid) && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(text)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_start_the_spawner_lost_is_killed_and_the_caller_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    // The spawner ends right after the command's exec, before it answers.
+    let envs = [(aic::daemon::spawner::TEST_LOSE_ENV, "1")];
+    let daemon = DaemonProcess::start(&relay.ws(), &dir.path().join("daemon"), &envs).await;
+    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    let command = "exec sleep 86391";
+    let (status, body) = exec(&relay.http(), json!({"code": daemon.code.to_string(), "command": command})).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("spawner ended while starting")), "{body}");
+    // It had started (its exec came first); the daemon killed it, pid unknown to the relay and caller.
+    eventually("the lost command is killed", || !a_process_runs("sleep 86391")).await;
+    // Later commands are forked by the daemon itself.
+    let body = run(&relay.http(), daemon.code, "echo after").await;
+    assert_eq!(body["stdout"], "after\n", "{body}");
+    daemon.stop().await;
+}
