@@ -71,10 +71,11 @@ impl Plan {
                 "--bin" => plan.bin = value()?.into(),
                 "--ssh-config" => plan.ssh_config = Some(value()?.into()),
                 "--only" => plan.only = value()?.split(',').map(str::to_owned).collect(),
-                other => anyhow::bail!(
-                    "unknown argument {other}; use --quick, --agents N, --bin DIR, --ssh-config FILE, --only {}",
-                    SCENARIOS.join(",")
-                ),
+                "-h" | "--help" => {
+                    println!("{}", usage());
+                    std::process::exit(0);
+                }
+                other => anyhow::bail!("unknown argument {other}; {}", usage()),
             }
         }
         Ok(plan)
@@ -126,6 +127,15 @@ impl Plan {
 
 /// The scenarios `--only` picks from.
 pub const SCENARIOS: &[&str] = &["exec", "callers", "stream", "alone", "idle", "flood", "held", "ssh"];
+
+/// What the generator takes (`scripts/bench --help` says how to run it).
+fn usage() -> String {
+    format!(
+        "use --quick (a seconds-long smoke), --agents N (agents held), --bin DIR (aic-relay and aic-daemon), \
+         --ssh-config FILE (OpenSSH beside aic), --only {} (some scenarios)",
+        SCENARIOS.join(",")
+    )
+}
 
 /// Lets this process hold as many sockets as the machine allows it.
 fn raise_nofile() {
