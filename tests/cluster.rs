@@ -200,7 +200,12 @@ async fn fifty_megabytes_cross_relays_byte_for_byte() {
     until_online(&b, code, true).await;
     // Numbered lines, so a lost, doubled or reordered chunk shows.
     let command = format!("seq 1 100000000 | head -c {BYTES}");
-    let body = run(&b, code, &command).await;
+    let request =
+        client().post(format!("{b}/api/v1/exec")).json(&json!({"code": code.to_string(), "command": command}));
+    let body: Value = within_for(BULK_PATIENCE, "50 MiB across relays", async {
+        request.send().await.unwrap().error_for_status().unwrap().json().await.unwrap()
+    })
+    .await;
     let stdout = body["stdout"].as_str().unwrap();
     let expected: String = (1..)
         .map(|n| format!("{n}\n"))
@@ -675,7 +680,7 @@ async fn doctor_checks_postgres_and_nats() {
     assert!(said.contains(&format!("PostgreSQL at {} answers", site.pg.url())), "{said}");
     assert!(said.contains(&format!("{} answers", site.nats.url())), "{said}");
     assert!(said.contains("with JetStream (presence bucket aic_presence)"), "{said}");
-    let port = servers::free_port();
+    let (_closed, port) = servers::closed_port();
     let (ok, said) =
         doctor(format!("postgres://aic:hunter2@127.0.0.1:{port}/x"), format!("nats://127.0.0.1:{port}")).await;
     assert!(!ok, "{said}");

@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::num::NonZeroU16;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ struct Console {
     master: Box<dyn MasterPty + Send>,
     keys: Box<dyn Write + Send>,
     screen: Screen,
+    /// Set once the reader has met the pty's end: everything the console
+    /// wrote before it exited is on the screen.
+    drained: Arc<AtomicBool>,
 }
 
 impl Console {
@@ -72,7 +76,8 @@ impl Console {
         let screen: Screen =
             Arc::new(Mutex::new(vt100::Parser::new_with_callbacks(size(rows), size(cols), 0, Seen::default())));
         let mut reader = pair.master.try_clone_reader().unwrap();
-        let feed = screen.clone();
+        let (feed, drained) = (screen.clone(), Arc::new(AtomicBool::new(false)));
+        let at_end = drained.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = reader.read(&mut buf) {
@@ -81,9 +86,10 @@ impl Console {
                 }
                 feed.lock().unwrap().process(&buf[..n]);
             }
+            at_end.store(true, Ordering::Release);
         });
         let keys = pair.master.take_writer().unwrap();
-        Self { child, master: pair.master, keys, screen }
+        Self { child, master: pair.master, keys, screen, drained }
     }
 
     fn contents(&self) -> String {
@@ -102,6 +108,13 @@ impl Console {
     /// Waits (bounded) until the screen shows `text`; returns the screen.
     async fn shows(&self, text: &str) -> String {
         self.until(text, |screen| screen.contains(text)).await
+    }
+
+    /// Waits (bounded) until the screen shows every one of `texts`: a frame
+    /// drawn in part may hold the first and not yet the rest, so whatever a
+    /// test checks on a screen is waited for, not asserted on the first look.
+    async fn shows_all(&self, texts: &[&str]) -> String {
+        self.until(&format!("{texts:?}"), |screen| texts.iter().all(|text| screen.contains(text))).await
     }
 
     /// A screen is taken once two looks 20 ms apart agree: the pty can hand
@@ -123,14 +136,22 @@ impl Console {
         }
     }
 
-    /// Waits (bounded) for the console to exit; returns its exit code.
+    /// Waits (bounded) for the console to exit and for the reader to have
+    /// taken all it wrote (its last bytes give the terminal back); returns
+    /// its exit code.
     async fn exit_code(&mut self) -> u32 {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.try_wait().unwrap()
+                && self.drained.load(Ordering::Acquire)
+            {
                 return status.exit_code();
             }
-            assert!(tokio::time::Instant::now() < deadline, "aic-console did not exit:\n{}", self.contents());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aic-console did not exit, or its pty did not end:\n{}",
+                self.contents()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -159,8 +180,7 @@ async fn the_operator_approves_a_rest_command_with_y_and_the_caller_gets_its_out
     let code = daemon.code().to_string();
     let mut console = Console::start(&dir.path().join("daemon/aic.sock"), dir.path(), 100, 30);
     console.shows(&code).await;
-    let top = console.shows("daemon connected").await;
-    assert!(top.contains("mode supervised"), "{top}");
+    console.shows_all(&["daemon connected", "mode supervised"]).await;
 
     // A command whose text tries to set the clipboard, retitle and clear the terminal.
     let command = "printf 'approved-output\\n' # \x1b]52;c;aGFja2Vk\x07 \x1b]2;pwned\x07 \x1b[2J";
@@ -170,13 +190,15 @@ async fn the_operator_approves_a_rest_command_with_y_and_the_caller_gets_its_out
     assert!(console.seen(|s| s.bells) >= 1, "a new approval rings the bell");
 
     console.press("A");
-    let screen = console.shows("Waiting command 1 of 1").await;
-    assert!(screen.contains("From      anonymous (127.0.0.1)"), "{screen}");
-    assert!(screen.contains("Cwd       (the daemon's working directory)"), "{screen}");
-    assert!(
-        screen.contains("printf 'approved-output\\n' # ^[]52;c;aGFja2Vk^G ^[]2;pwned^G ^[[2J"),
-        "the command shows as visible text:\n{screen}"
-    );
+    console
+        .shows_all(&[
+            "Waiting command 1 of 1",
+            "From      anonymous (127.0.0.1)",
+            "Cwd       (the daemon's working directory)",
+            // The command shows as visible text.
+            "printf 'approved-output\\n' # ^[]52;c;aGFja2Vk^G ^[]2;pwned^G ^[[2J",
+        ])
+        .await;
     assert!(console.seen(|s| s.clipboard.is_empty() && s.titles == 0), "the command's sequences did nothing");
     assert!(!caller.is_finished(), "the caller waits for the operator");
 
@@ -184,9 +206,9 @@ async fn the_operator_approves_a_rest_command_with_y_and_the_caller_gets_its_out
     let (status, body) = within("the approved command", caller).await.unwrap();
     assert_eq!((status, body["stdout"].as_str()), (200, Some("approved-output\n")), "{body}");
     console.press("1");
-    let traffic = console.shows("exit 0").await;
-    assert!(traffic.contains("approved-output"), "the selected command's output tail:\n{traffic}");
-    assert!(!traffic.contains("waiting for approval"), "{traffic}");
+    // The selected command's end and output tail, and nothing left waiting.
+    let done = |s: &str| s.contains("exit 0") && s.contains("approved-output") && !s.contains("waiting for approval");
+    console.until("the approved command's exit and output, nothing waiting", done).await;
 
     // c copies the session code with OSC 52.
     console.press("c");
@@ -219,9 +241,11 @@ async fn the_console_waits_out_a_daemon_restart_resizes_and_restores_the_termina
     // 80x24 is usable: the header, the tabs and the footer all fit.
     console.master.resize(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 }).unwrap();
     console.screen.lock().unwrap().set_size(NonZeroU16::new(24).unwrap(), NonZeroU16::new(80).unwrap());
-    let small =
-        console.until("a redraw at 80x24", |s| s.lines().nth(23).is_some_and(|footer| footer.contains("q quit"))).await;
-    assert!(small.lines().nth(1).unwrap().contains("4 Relay"), "{small}");
+    let fits = |s: &str| {
+        s.lines().nth(1).is_some_and(|tabs| tabs.contains("4 Relay"))
+            && s.lines().nth(23).is_some_and(|footer| footer.contains("q quit"))
+    };
+    console.until("a redraw at 80x24 with the tabs and the footer", fits).await;
 
     terminate_pid(console.child.process_id().unwrap());
     assert_eq!(console.exit_code().await, 0);
@@ -237,8 +261,8 @@ async fn a_panic_restores_the_terminal_before_the_message_is_printed() {
     let mut console = Console::start_with(&dir.path().join("none.sock"), dir.path(), 100, 30, &env);
     assert_eq!(console.exit_code().await, 101, "a panic ends the console");
     assert!(console.restored(), "the terminal is restored after a panic");
-    let screen = console.shows("panicking on purpose").await;
-    assert!(screen.contains("panicked"), "the panic message is printed on the main screen:\n{screen}");
+    // The panic message is printed on the main screen.
+    console.shows_all(&["panicking on purpose", "panicked"]).await;
 }
 
 fn terminate_pid(pid: u32) {

@@ -449,14 +449,16 @@ async fn a_command_that_detached_itself_cannot_act_as_the_operator_either() {
 }
 
 /// Approves a command that leaves behind, as `detach` makes it do, a shell
-/// script that tries `aic-console mode auto` once the command has ended: the
-/// attempt is refused and supervision stays on.
+/// script that tries `aic-console mode auto` once the command has ended (the
+/// test opens its gate once the caller has the answer): the attempt is
+/// refused and supervision stays on.
 async fn a_later_attempt_is_refused(detach: impl Fn(&str) -> String) {
     let s = Setup::supervised(Duration::from_secs(600)).await;
     let mut watcher = s.subscribed().await;
-    let out = s.dir.path().join("attempt.out");
+    let (out, gate) = (s.dir.path().join("attempt.out"), s.dir.path().join("gate"));
     let attempt = format!(
-        "sleep 0.3; AIC_SOCKET={socket} {console_bin} mode auto >{out} 2>&1; echo rc=$? >>{out}",
+        "while [ ! -e {gate} ]; do sleep 0.02; done; AIC_SOCKET={socket} {console_bin} mode auto >{out} 2>&1; echo rc=$? >>{out}",
+        gate = gate.display(),
         socket = s.socket().display(),
         console_bin = env!("CARGO_BIN_EXE_aic-console"),
         out = out.display()
@@ -466,6 +468,7 @@ async fn a_later_attempt_is_refused(detach: impl Fn(&str) -> String) {
     assert_eq!(console(&s.socket(), &["approve", &id.to_string()]).await.code, 0);
     let (status, body) = within("the approved command", call).await.unwrap();
     assert_eq!(status, 200, "{body}");
+    std::fs::write(&gate, "").unwrap();
     let done = || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("rc="));
     eventually("the later attempt", done).await;
     let text = std::fs::read_to_string(&out).unwrap();

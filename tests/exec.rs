@@ -115,9 +115,10 @@ async fn pty_mode_gives_the_command_a_terminal() {
     assert_eq!(body["stdout"], "pipe\n");
 }
 
-/// Reads a whole SSE response into (event name or ":comment", data) pairs.
-async fn sse_events(resp: reqwest::Response) -> Vec<(String, String)> {
-    let text = within("the event stream to end", resp.text()).await.unwrap();
+/// Reads the rest of an SSE response after `text`, the part already read,
+/// into (event name or ":comment", data) pairs.
+async fn sse_events(mut text: String, resp: reqwest::Response) -> Vec<(String, String)> {
+    text.push_str(&within("the event stream to end", resp.text()).await.unwrap());
     let mut events = Vec::new();
     for block in text.split("\n\n").filter(|b| !b.is_empty()) {
         let (mut name, mut data) = (String::new(), String::new());
@@ -143,16 +144,30 @@ async fn event_stream_sends_heartbeats_output_then_one_result() {
     let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
     let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
 
-    let resp = client()
+    // The command goes on once the test has seen its first line and a heartbeat after it.
+    let gate = dir.path().join("gate");
+    let command = format!(
+        "echo one; while [ ! -e {} ]; do sleep 0.02; done; echo two >&2; printf '\\342\\202'; printf '\\254'",
+        gate.display()
+    );
+    let mut resp = client()
         .post(format!("{}/api/v1/exec", relay.http()))
         .header("accept", "text/event-stream")
-        .json(&json!({"code": daemon.code().to_string(), "command": "echo one; sleep 0.3; echo two >&2; printf '\\342\\202'; printf '\\254'"}))
+        .json(&json!({"code": daemon.code().to_string(), "command": command}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let events = sse_events(resp).await;
+    let mut seen = String::new();
+    within("a heartbeat after the first line", async {
+        while !seen.split_once(r#""text":"one\n""#).is_some_and(|(_, after)| after.contains(": heartbeat")) {
+            seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().expect("more of the stream")));
+        }
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    let events = sse_events(seen, resp).await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.last(), Some(&"result"), "{names:?}");
     assert_eq!(names.iter().filter(|n| **n == "result").count(), 1);
@@ -176,7 +191,7 @@ async fn event_stream_sends_heartbeats_output_then_one_result() {
     assert_eq!(result["stdout"], "one\n€");
     assert_eq!(result["stderr"], "two\n");
     assert_eq!(result["exitCode"], 0);
-    // The heartbeat comes before the output that follows the sleep.
+    // The heartbeat comes before the output that follows the wait.
     let first_heartbeat = names.iter().position(|n| *n == ":heartbeat").unwrap();
     assert!(first_heartbeat < names.iter().rposition(|n| *n == "output").unwrap());
 }

@@ -72,7 +72,7 @@ async fn sixty_four_mebibytes_stream_through_sse_with_the_default_link_buffer() 
     let relay = relay_for(dir.path(), BYTES).await;
     let daemon = TestDaemon::start(&relay.ws(), &dir.path().join("daemon")).await;
     let resp = sse(&relay, daemon.code(), &command_for(BYTES)).send().await.unwrap();
-    let text = within("64 MiB over SSE", resp.text()).await.unwrap();
+    let text = within_for(BULK_PATIENCE, "64 MiB over SSE", resp.text()).await.unwrap();
     let (stdout, result) = sse_stdout(&text);
     assert_eq!(stdout.len(), BYTES);
     assert!(stdout == numbered(BYTES), "the output differs");
@@ -274,7 +274,7 @@ async fn exec_on_the_wire(relay: &TestRelay, body: &serde_json::Value, accept: &
     let mut tcp = tokio::net::TcpStream::connect(relay.http().trim_start_matches("http://")).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut wire = Vec::new();
-    within("the answer", tcp.read_to_end(&mut wire)).await.unwrap();
+    within_for(BULK_PATIENCE, "the answer", tcp.read_to_end(&mut wire)).await.unwrap();
     wire
 }
 

@@ -42,14 +42,16 @@ async fn get(url: String) -> Value {
 
 /// Waits (bounded) until the job is in a final state; returns it.
 async fn ended(relay: &str, code: &str, id: &str) -> Value {
-    for _ in 0..500 {
-        let job = get(format!("{relay}/api/v1/jobs/{code}/{id}")).await["job"].clone();
-        if !["pending", "running"].contains(&job["state"].as_str().unwrap()) {
-            return job;
+    within(&format!("job {id} to end"), async {
+        loop {
+            let job = get(format!("{relay}/api/v1/jobs/{code}/{id}")).await["job"].clone();
+            if !["pending", "running"].contains(&job["state"].as_str().unwrap()) {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("job {id} never ended");
+    })
+    .await
 }
 
 /// A shell loop that waits for `file` to exist (the test's signal to go on).
@@ -86,6 +88,9 @@ async fn a_job_outlives_its_caller_the_relay_and_a_killed_daemon_and_is_followed
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "running");
     let id = body["jobId"].as_str().unwrap().to_owned();
+    // Its first line is written (the pages below read it) before anything restarts.
+    let spool = state.join("jobs").join(&id).join("out.0");
+    eventually("the job wrote its first line", || std::fs::read(&spool).is_ok_and(|b| b == b"one\n")).await;
 
     // The relay restarts, and the daemon is killed and started again.
     relay.stop().await;

@@ -38,6 +38,8 @@ fn version_names_binary_version_and_git_revision() {
 }
 
 mod common;
+#[path = "common/servers.rs"]
+mod servers;
 
 use common::{TestDaemon, TestRelay, client, within};
 
@@ -110,11 +112,12 @@ async fn metrics_parse_and_move_when_a_command_runs() {
 #[tokio::test]
 async fn metrics_listen_moves_metrics_off_the_api_address() {
     let dir = tempfile::tempdir().unwrap();
-    // A free port to hand the binary: bound, read, let go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    let relay = common::RelayProcess::start(dir.path(), &["--metrics-listen", &metrics_addr], &[]).await;
-    let text = scrape(&format!("http://{metrics_addr}/metrics")).await;
+    // Port 0, and the port it got from its log: a port picked here and let go
+    // could be taken by another test before the relay binds it.
+    let mut relay = common::RelayProcess::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"], &[]).await;
+    let said = relay.logged("aic-relay metrics on http://").await;
+    let url = said.split("metrics on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let text = scrape(&url).await;
     assert_eq!(sample(&text, "aic_agents_online"), 0.0);
     let api = within("GET /metrics on the API", client().get(format!("{}/metrics", relay.http())).send()).await;
     assert_eq!(api.unwrap().status(), 404);
@@ -207,8 +210,8 @@ async fn daemon_doctor_names_each_problem_and_its_fix() {
     write_file(&state.join("state.json"), "{}", 0o644);
     let run_dir = dir.path().join("run");
     mkdir(&run_dir, 0o777);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let relay = format!("ws://{closed}");
+    let (_closed, port) = servers::closed_port();
+    let relay = format!("ws://127.0.0.1:{port}");
     let socket = run_dir.join("aic.sock");
     let args =
         ["doctor", "--relay", &relay, "--state-dir", state.to_str().unwrap(), "--socket", socket.to_str().unwrap()];
@@ -220,7 +223,7 @@ async fn daemon_doctor_names_each_problem_and_its_fix() {
         format!(
             "problem  state file: {state}/state.json has mode 644: others can reach it; fix: chmod 600 {state}/state.json"
         ),
-        format!("problem  relay: cannot connect to 127.0.0.1:{}", closed.port()),
+        format!("problem  relay: cannot connect to 127.0.0.1:{port}"),
         format!("problem  socket: {} must be a directory", run_dir.display()),
     ] {
         assert!(text.lines().any(|l| l.starts_with(&expected)), "no line {expected:?} in\n{text}");

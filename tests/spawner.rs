@@ -15,14 +15,27 @@ fn parent_and_name(pid: i32) -> Option<(i32, String)> {
     Some((tail.split_whitespace().nth(1)?.parse().ok()?, name))
 }
 
-/// The daemon's spawner, a child of it named `aic-spawner`.
-fn spawner_of(daemon: &DaemonProcess) -> Option<i32> {
+/// The daemon's spawner, a child of it named `aic-spawner`, as /proc shows it now.
+fn find_spawner(daemon: &DaemonProcess) -> Option<i32> {
     let daemon = daemon.child.id()? as i32;
     std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(
         |&pid| {
             parent_and_name(pid).is_some_and(|(parent, name)| parent == daemon && name == "aic-spawner" && alive(pid))
         },
     )
+}
+
+/// The daemon's spawner, waited for (bounded): the forked spawner names
+/// itself on its own time, which on a loaded machine may come after the
+/// daemon is already online.
+async fn spawner_of(daemon: &DaemonProcess) -> i32 {
+    let mut found = None;
+    eventually("the daemon runs a spawner", || {
+        found = find_spawner(daemon);
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
 }
 
 async fn pair(dir: &std::path::Path) -> (TestRelay, DaemonProcess) {
@@ -35,7 +48,7 @@ async fn pair(dir: &std::path::Path) -> (TestRelay, DaemonProcess) {
 async fn a_command_runs_under_a_reaper_the_spawner_forked_with_its_bytes_and_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, daemon) = pair(dir.path()).await;
-    let spawner = spawner_of(&daemon).expect("the daemon runs a spawner");
+    let spawner = spawner_of(&daemon).await;
     // $PPID is the command's reaper.
     let body = run(&relay.http(), daemon.code, r"echo $PPID; printf 'a\377\000b' >&2; exit 7").await;
     assert_eq!(body["exitCode"], 7, "{body}");
@@ -57,7 +70,7 @@ async fn a_command_runs_under_a_reaper_the_spawner_forked_with_its_bytes_and_exi
 async fn a_detached_process_of_a_spawned_command_is_killed_on_cancel() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, daemon) = pair(dir.path()).await;
-    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    spawner_of(&daemon).await;
     a_hang_up_kills_what_the_command_detached(&relay.http(), &daemon.code.to_string()).await;
     daemon.stop().await;
 }
@@ -66,7 +79,7 @@ async fn a_detached_process_of_a_spawned_command_is_killed_on_cancel() {
 async fn with_the_spawner_gone_commands_still_run_and_the_log_says_so_once() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, daemon) = pair(dir.path()).await;
-    let spawner = spawner_of(&daemon).expect("the daemon runs a spawner");
+    let spawner = spawner_of(&daemon).await;
     let pid = rustix::process::Pid::from_raw(spawner).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     for n in 0..3 {
@@ -81,7 +94,7 @@ async fn with_the_spawner_gone_commands_still_run_and_the_log_says_so_once() {
 async fn no_descriptor_of_the_daemon_reaches_a_spawned_command() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, daemon) = pair(dir.path()).await;
-    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    spawner_of(&daemon).await;
     // `ls` opens the directory it lists as 3.
     let body = run(&relay.http(), daemon.code, "ls /proc/self/fd").await;
     assert_eq!(body["stdout"], "0\n1\n2\n3\n", "{body}");
@@ -92,7 +105,7 @@ async fn no_descriptor_of_the_daemon_reaches_a_spawned_command() {
 async fn a_spawned_command_at_its_timeout_ends_143_or_137_if_it_ignores_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, daemon) = pair(dir.path()).await;
-    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    spawner_of(&daemon).await;
     let code = daemon.code.to_string();
     for (command, exit) in [("sleep 100", 143), ("trap '' TERM; sleep 100", 137)] {
         let (status, body) = exec(&relay.http(), json!({"code": code, "command": command, "timeout_ms": 1000})).await;
@@ -123,7 +136,7 @@ async fn a_reaper_shares_the_spawners_memory_and_has_descriptors_of_its_own() {
     const KCMP_FILES: libc::c_long = 2;
     let dir = tempfile::tempdir().unwrap();
     let (relay, daemon) = pair(dir.path()).await;
-    let spawner = spawner_of(&daemon).expect("the daemon runs a spawner");
+    let spawner = spawner_of(&daemon).await;
     let body = json!({"code": daemon.code.to_string(), "command": "echo $PPID; sleep 100"});
     let request = client().post(format!("{}/api/v1/exec", relay.http())).header("accept", "text/event-stream");
     let mut resp = request.json(&body).send().await.unwrap();
@@ -138,5 +151,35 @@ async fn a_reaper_shares_the_spawners_memory_and_has_descriptors_of_its_own() {
         }
     }
     drop(resp);
+    daemon.stop().await;
+}
+
+/// Whether any process's command line holds `text` (its arguments joined by spaces).
+fn a_process_runs(text: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<i32>().is_ok())).any(|e| {
+        let pid: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        alive(pid) && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(text)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_start_the_spawner_lost_is_killed_and_the_caller_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    // The spawner ends right after the command's exec, before it answers.
+    let envs = [(aic::daemon::spawner::TEST_LOSE_ENV, "1")];
+    let daemon = DaemonProcess::start(&relay.ws(), &dir.path().join("daemon"), &envs).await;
+    assert!(spawner_of(&daemon).is_some(), "the daemon runs a spawner");
+    let command = "exec sleep 86391";
+    let (status, body) = exec(&relay.http(), json!({"code": daemon.code.to_string(), "command": command})).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("spawner ended while starting")), "{body}");
+    // It had started (its exec came first); the daemon killed it, pid unknown to the relay and caller.
+    eventually("the lost command is killed", || !a_process_runs("sleep 86391")).await;
+    // Later commands are forked by the daemon itself.
+    let body = run(&relay.http(), daemon.code, "echo after").await;
+    assert_eq!(body["stdout"], "after\n", "{body}");
     daemon.stop().await;
 }

@@ -134,7 +134,7 @@ async fn a_bad_database_url_says_what_to_do() {
     let err = Store::connect("mysql://u:hunter2@db/x").await.err().unwrap();
     let text = format!("{err:#}");
     assert!(text.contains("only postgres:// URLs") && !text.contains("hunter2"), "{text}");
-    let port = servers::free_port();
+    let (_closed, port) = servers::closed_port();
     let err = Store::connect(&format!("postgres://u:hunter2@127.0.0.1:{port}/x")).await.err().unwrap();
     let text = format!("{err:#}");
     assert!(text.contains("is PostgreSQL running there?") && !text.contains("hunter2"), "{text}");

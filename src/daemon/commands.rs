@@ -22,7 +22,7 @@ use super::shared::Daemon;
 use super::starting::Starts;
 use super::traffic::{self, Traffic};
 use crate::clock::now_ms;
-use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_WINDOW, Refusal, Requester, Stream};
+use crate::protocol::agent::{AgentMessage, ExecRequest, OUTPUT_HELD, Refusal, Requester, Stream};
 use crate::protocol::control::{Approval, CommandState, Decision, Event, Mode, TrafficEntry, append_tail};
 use crate::protocol::files::FrameKind;
 
@@ -80,6 +80,15 @@ struct Live {
     requester: Requester,
     /// The relay's credit for its output frames; `None` when it sends JSON output.
     credit: executor::Credit,
+    /// The most chunks of credit it holds at once: see [`window`].
+    window: usize,
+}
+
+/// The output credit `req` is read within, in chunks: the window the relay
+/// asked for, bounded by what a relay holds per command ([`OUTPUT_HELD`]
+/// bytes of the request's chunks).
+fn window(req: &ExecRequest) -> usize {
+    (req.window as usize).min(OUTPUT_HELD / req.output_chunk()).max(1)
 }
 
 impl Commands {
@@ -111,11 +120,16 @@ impl Commands {
             (Some(_), Mode::Supervised) => CommandState::Pending,
             (Some(_), Mode::Auto) => CommandState::Running,
         };
-        self.record(&req, initial);
         let cancel = scope.child_token();
-        let credit = (req.window > 0).then(|| Arc::new(Semaphore::new(req.window.min(OUTPUT_WINDOW) as usize)));
-        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit };
-        self.0.live.lock().unwrap().insert(req.id, live);
+        let credit = (req.window > 0).then(|| Arc::new(Semaphore::new(window(&req))));
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit, window: window(&req) };
+        if let Err(message) = self.enter(req.id, live) {
+            // Not noted: the ring's entry under this id, and its state, are the live command's.
+            let msg = AgentMessage::Refused { id: req.id, reason: Refusal::BadRequest, message };
+            self.0.tasks.spawn(async move { out.send(Outgoing::Message(Box::new(msg))).await });
+            return;
+        }
+        self.record(&req, initial);
         let this = self.clone();
         self.0.tasks.spawn(async move {
             let id = req.id;
@@ -131,6 +145,21 @@ impl Commands {
             }
             this.0.live.lock().unwrap().remove(&id);
         });
+    }
+
+    /// Takes `id` into the live commands, unless a command with that id is
+    /// already there: then why not. Its cgroup, cancel and ring entry would
+    /// be taken over by the new one, and removed when that one ends.
+    fn enter(&self, id: Uuid, live: Live) -> Result<(), String> {
+        match self.0.live.lock().unwrap().entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(format!(
+                "a command with id {id} is already running on this machine; each command needs an id of its own"
+            )),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(live);
+                Ok(())
+            }
+        }
     }
 
     /// Admits something that is not a shell command (a file transfer, which
@@ -154,10 +183,10 @@ impl Commands {
             Mode::Supervised => CommandState::Pending,
             Mode::Auto => CommandState::Running,
         };
-        self.record(req, initial);
         let cancel = scope.child_token();
-        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit: None };
-        self.0.live.lock().unwrap().insert(req.id, live);
+        let live = Live { cancel: cancel.clone(), requester: req.requester.clone(), credit: None, window: 0 };
+        self.enter(req.id, live).map_err(|message| (Refusal::BadRequest, message))?;
+        self.record(req, initial);
         let admitted = Admitted { commands: self.clone(), id: req.id, cancel, _permit: permit, ended: false };
         let refused = match mode {
             Mode::Disabled => Some((
@@ -273,11 +302,13 @@ impl Commands {
     }
 
     /// The relay's credit for a command's output: `chunks` more frames, never
-    /// more than a window outstanding.
+    /// more than the request's window (bounded by `OUTPUT_HELD`) held.
     pub fn credit(&self, id: Uuid, chunks: u32) {
         let live = self.0.live.lock().unwrap();
-        if let Some(credit) = live.get(&id).and_then(|l| l.credit.as_ref()) {
-            let room = (OUTPUT_WINDOW as usize).saturating_sub(credit.available_permits());
+        if let Some(live) = live.get(&id)
+            && let Some(credit) = &live.credit
+        {
+            let room = live.window.saturating_sub(credit.available_permits());
             credit.add_permits((chunks as usize).min(room));
         }
     }
@@ -763,6 +794,47 @@ mod tests {
         );
         assert_eq!(state_of(&commands, second.id), CommandState::Refused);
         assert_eq!(state_of(&commands, first.id), CommandState::Pending);
+    }
+
+    #[tokio::test]
+    async fn a_second_command_with_the_id_of_a_live_one_is_refused_and_the_first_runs_on() {
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        let first = req("sleep 30");
+        commands.submit(first.clone(), out.clone(), &CancellationToken::new());
+        let Some(Outgoing::Message(started)) = rx.recv().await else { panic!("no started") };
+        assert_eq!(*started, AgentMessage::Started { id: first.id });
+        let second = ExecRequest { command: "echo second".into(), ..first.clone() };
+        commands.submit(second, out, &CancellationToken::new());
+        let Some(Outgoing::Message(refused)) = rx.recv().await else { panic!("no answer") };
+        let AgentMessage::Refused { id, reason, message } = *refused else { panic!("{refused:?}") };
+        assert_eq!((id, reason), (first.id, Refusal::BadRequest));
+        assert!(message.contains("already running"), "{message}");
+        assert_eq!((commands.traffic().len(), state_of(&commands, first.id)), (1, CommandState::Running));
+        // The first is still the one a cancel reaches.
+        assert!(commands.cancel(first.id));
+        let seen = until_end(&mut rx).await;
+        let Some(AgentMessage::Exit { exit, .. }) = seen.last() else { panic!("{seen:?}") };
+        assert_eq!(exit.exit_code, 128 + 15, "killed by SIGTERM: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn output_credit_held_never_passes_the_window_the_request_asked_for_nor_the_relays_bound() {
+        use crate::protocol::agent::OUTPUT_CHUNK_LARGE;
+        let (_dir, commands) = lifecycle(Mode::Auto, 4);
+        let (out, mut rx) = mpsc::channel(64);
+        let large = OUTPUT_CHUNK_LARGE as u32;
+        for (window, chunk, held) in [(2, 0, 2), (1000, large, OUTPUT_HELD / OUTPUT_CHUNK_LARGE)] {
+            let r = ExecRequest { window, chunk, ..req("sleep 30") };
+            commands.submit(r.clone(), out.clone(), &CancellationToken::new());
+            let Some(Outgoing::Message(started)) = rx.recv().await else { panic!("no started") };
+            assert_eq!(*started, AgentMessage::Started { id: r.id });
+            commands.credit(r.id, 100);
+            let credit = commands.0.live.lock().unwrap()[&r.id].credit.clone().unwrap();
+            assert_eq!(credit.available_permits(), held, "window {window}, chunk {chunk}");
+            assert!(commands.cancel(r.id));
+            until_end(&mut rx).await;
+        }
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, PidfdFlags, Signal};
 use uuid::Uuid;
 
 /// The leaf of the delegated cgroup the daemon itself moves into.
@@ -139,6 +139,10 @@ pub struct Cell {
     status_rx: Option<OwnedFd>,
     /// The reaper's pid (= the command's process group), once spawned.
     reaper: i32,
+    /// The reaper's pidfd, once spawned (none on a kernel before 5.3). Once the
+    /// reaper is reaped its pid may name another process; this still names
+    /// the reaper, so a signal through it cannot reach that other process.
+    pidfd: Option<OwnedFd>,
 }
 
 impl Cell {
@@ -146,13 +150,22 @@ impl Cell {
     /// delegated one, and the exit-code pipe).
     pub fn new(id: Uuid) -> io::Result<Self> {
         let (rx, tx) = io::pipe()?;
-        let mut cell =
-            Self { cgroup: None, procs: None, status_tx: Some(tx.into()), status_rx: Some(rx.into()), reaper: 0 };
+        let mut cell = Self {
+            cgroup: None,
+            procs: None,
+            status_tx: Some(tx.into()),
+            status_rx: Some(rx.into()),
+            reaper: 0,
+            pidfd: None,
+        };
         if let Some(dir) = delegated() {
             sweep(&dir);
             let name = format!("{CELL_PREFIX}{id}");
             let path = dir.join(&name);
-            LIVE.lock().unwrap_or_else(PoisonError::into_inner).insert(name);
+            if !LIVE.lock().unwrap_or_else(PoisonError::into_inner).insert(name) {
+                // Another cell's: its cgroup and its place in `LIVE` stay its own.
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a command with this id is already running"));
+            }
             // Set first: dropped after a failure below, the cell leaves `LIVE` too.
             cell.cgroup = Some(path.clone());
             std::fs::create_dir(&path)?;
@@ -175,16 +188,52 @@ impl Cell {
 
     /// Has the spawner fork this cell's reaper for `order` with `stdio`: the
     /// reaper's pid, or `None` when there is no spawner (then [`Cell::prepare`]).
-    pub fn spawn(&self, order: &super::spawner::Order, stdio: [std::os::fd::BorrowedFd; 3]) -> Option<io::Result<i32>> {
+    /// From then on [`Cell::kill`] reaches the command.
+    pub async fn spawn(
+        &mut self,
+        order: &super::spawner::Order<'_>,
+        stdio: [std::os::fd::BorrowedFd<'_>; 3],
+    ) -> Option<io::Result<i32>> {
         use std::os::fd::AsFd;
         let status = self.status_tx.as_ref()?.as_fd();
         let fds = super::spawner::Fds { stdio, status, procs: self.procs.as_ref().map(AsFd::as_fd) };
-        super::spawner::spawn(order, &fds)
+        Some(match super::spawner::spawn(order, &fds).await? {
+            Ok(spawned) => {
+                (self.reaper, self.pidfd) = (spawned.pid, Some(spawned.pidfd));
+                Ok(spawned.pid)
+            }
+            Err(super::spawner::Failed::NotStarted(e)) => Err(e),
+            Err(super::spawner::Failed::Lost(reaper)) => {
+                if let Some(reaper) = reaper {
+                    (self.reaper, self.pidfd) = (reaper.pid, Some(reaper.pidfd));
+                }
+                self.kill_lost();
+                Err(io::Error::other(
+                    "the daemon's spawner ended while starting the command, which was stopped if it had started (it may have run in part); check before retrying",
+                ))
+            }
+        })
+    }
+
+    /// Kills a command whose start was lost with the spawner, wherever that
+    /// start had got to.
+    fn kill_lost(&self) {
+        if self.cgroup.is_some() {
+            // The reaper first: it may not have joined the cgroup yet, and
+            // once dead it starts nothing there after the cgroup's kill.
+            self.signal_reaper(Signal::KILL);
+        }
+        self.kill();
     }
 
     /// After the spawn, with the reaper's pid: the daemon's copies of the
     /// child's ends are closed, and the status pipe's reading end is returned.
+    /// A reaper the daemon forked is not reaped yet, so its pidfd is opened here.
     pub fn started(&mut self, reaper: i32) -> Option<OwnedFd> {
+        if self.pidfd.is_none() {
+            self.pidfd =
+                Pid::from_raw(reaper).and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
+        }
         self.reaper = reaper;
         self.status_tx = None;
         self.procs = None;
@@ -198,12 +247,13 @@ impl Cell {
 
     /// Removes the command's cgroup once it is empty: call it when
     /// [`Status::gone`] has resolved and the reaper is reaped.
-    pub fn remover(&self) -> impl FnOnce() + Send + 'static {
+    /// The remover says whether it is done: false while the cgroup is busy,
+    /// as it is for a moment after its last process has exited.
+    pub fn remover(&self) -> impl FnMut() -> bool + Send + 'static {
         let cgroup = self.cgroup.clone();
-        move || {
-            if let Some(cgroup) = cgroup {
-                let _ = std::fs::remove_dir(cgroup);
-            }
+        move || match &cgroup {
+            Some(cgroup) => std::fs::remove_dir(cgroup).err().and_then(|e| e.raw_os_error()) != Some(libc::EBUSY),
+            None => true,
         }
     }
 
@@ -212,6 +262,33 @@ impl Cell {
         for pid in self.members() {
             send(pid, signal);
         }
+    }
+
+    /// Sends `signal` to the command's process group (the reaper's pid), only
+    /// while the reaper has not ended: after it, the group is empty and its
+    /// number may be another process's.
+    pub fn signal_group(&self, signal: Signal) {
+        if let Some(pgid) = Pid::from_raw(self.reaper)
+            && self.reaper_alive()
+        {
+            // ESRCH (the group is already gone) is the expected way for this to fail.
+            let _ = rustix::process::kill_process_group(pgid, signal);
+        }
+    }
+
+    /// Whether the reaper has not exited yet (so its pid is still its own);
+    /// without a pidfd, assumed.
+    fn reaper_alive(&self) -> bool {
+        self.pidfd.as_ref().is_none_or(|fd| {
+            let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one pollfd on a pidfd this cell owns; no wait.
+            unsafe { libc::poll(&mut poll, 1, 0) == 0 }
+        })
+    }
+
+    /// The reaper's pidfd, for [`released`].
+    pub fn pidfd(&self) -> Option<OwnedFd> {
+        self.pidfd.as_ref().and_then(|fd| fd.try_clone().ok())
     }
 
     /// Kills every process of the command, its reaper included, however it
@@ -231,7 +308,19 @@ impl Cell {
             }
             members.into_iter().for_each(|pid| send(pid, Signal::KILL));
         }
-        send(self.reaper, Signal::KILL);
+        self.signal_group(Signal::KILL);
+        self.signal_reaper(Signal::KILL);
+    }
+
+    /// Signals the reaper itself, through its pidfd when it has one.
+    fn signal_reaper(&self, signal: Signal) {
+        match &self.pidfd {
+            Some(pidfd) => {
+                // ESRCH (it has exited) is the expected way for this to fail.
+                let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+            }
+            None => send(self.reaper, signal),
+        }
     }
 
     /// The command's live processes, its reaper left out.
@@ -243,7 +332,11 @@ impl Cell {
                 .filter_map(|l| l.parse().ok())
                 .filter(|&pid| pid != self.reaper)
                 .collect(),
-            None if self.reaper > 0 => descendants(self.reaper),
+            None if self.reaper > 0 && self.reaper_alive() => {
+                let found = descendants(self.reaper);
+                // Had the reaper ended during the walk, its pid might have named another process's tree.
+                if self.reaper_alive() { found } else { Vec::new() }
+            }
             None => Vec::new(),
         }
     }
@@ -283,6 +376,15 @@ impl Status {
     pub async fn gone(&mut self) {
         let mut rest = [0u8; 16];
         while tokio::io::AsyncReadExt::read(&mut self.0, &mut rest).await.is_ok_and(|n| n > 0) {}
+    }
+}
+
+/// Resolves once the process of `pidfd` has exited, or after `limit`.
+pub async fn released(pidfd: OwnedFd, limit: std::time::Duration) {
+    // SAFETY: an `OwnedFd` stays open, the same descriptor, while the `AsyncFd` owns it.
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+    if let Ok(fd) = registered {
+        let _ = tokio::time::timeout(limit, fd.readable()).await;
     }
 }
 
@@ -458,5 +560,32 @@ mod tests {
         assert!(read_all(std::fs::File::from(rx)).is_empty(), "the pipe closes: the reaper is gone");
         assert!(state_and_parent(detached).is_none_or(|(s, _)| s == 'Z'), "the detached sleep is gone");
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn once_the_reaper_is_reaped_its_pid_given_to_another_process_is_not_signalled() {
+        use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+        let mut cell = Cell::new(Uuid::new_v4()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        cmd.process_group(0);
+        let mut cmd = tokio::process::Command::from(cmd);
+        cell.prepare(&mut cmd);
+        let mut child = cmd.as_std_mut().spawn().unwrap();
+        let rx = cell.started(child.id() as i32).unwrap();
+        assert_eq!(read_all(std::fs::File::from(rx)), 0i32.to_ne_bytes(), "the command ended, then its reaper");
+        child.wait().unwrap();
+        // The reaper is reaped: the kernel may give its pid to another process, here one leading a group.
+        let mut other = std::process::Command::new("sleep").arg("100").process_group(0).spawn().unwrap();
+        cell.reaper = other.id() as i32;
+        cell.signal(Signal::TERM);
+        cell.signal_group(Signal::KILL);
+        cell.kill();
+        // A SIGKILL sent above would end it first; only this SIGTERM must.
+        send(other.id() as i32, Signal::TERM);
+        assert_eq!(
+            other.wait().unwrap().signal(),
+            Some(libc::SIGTERM),
+            "the other process got no signal of the cell's"
+        );
     }
 }

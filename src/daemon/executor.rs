@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -151,7 +151,7 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken, c
         return;
     }
     let started = Instant::now();
-    let spawned = if req.pty { spawn_pty(&req, credit.clone()) } else { spawn_pipes(&req, credit.clone()) };
+    let spawned = if req.pty { spawn_pty(&req, credit.clone()) } else { spawn_pipes(&req, credit.clone()).await };
     let running = match spawned {
         Ok(running) => running,
         Err(e) => {
@@ -161,7 +161,7 @@ pub async fn run(req: ExecRequest, events: Events, cancel: &CancellationToken, c
         }
     };
     if events.send(ProcessEvent::Started { pgid: running.pgid }).await.is_err() {
-        signal_all(running.pgid, &running.cell, rustix::process::Signal::KILL);
+        signal_all(&running.cell, rustix::process::Signal::KILL);
         return;
     }
     let mut exit = supervise(&req, running, &events, cancel, credit.as_deref()).await;
@@ -187,7 +187,7 @@ async fn supervise(
         // What follows is dropped here, or read by nobody: the pipes drain unpaced.
         credit.filter(|_| unpace).inspect(|c| c.close());
         if kill_at.is_none() {
-            signal_all(p.pgid, &p.cell, rustix::process::Signal::TERM);
+            signal_all(&p.cell, rustix::process::Signal::TERM);
             *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
         }
     };
@@ -219,7 +219,7 @@ async fn supervise(
             }
             _ = cancel.cancelled(), if kill_at.is_none() => term(&mut kill_at, true),
             _ = tokio::time::sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && !killed => {
-                signal_all(p.pgid, &p.cell, rustix::process::Signal::KILL);
+                signal_all(&p.cell, rustix::process::Signal::KILL);
                 killed = true;
             }
         }
@@ -234,20 +234,14 @@ async fn supervise(
 
 /// Signals the command's process group and what left it (`setsid`, a double
 /// fork): all of it is still the command's.
-fn signal_all(pgid: i32, cell: &contain::Cell, signal: rustix::process::Signal) {
-    // The cell first: killing the group kills the reaper, and what is below it is then no longer found by ancestry.
+fn signal_all(cell: &contain::Cell, signal: rustix::process::Signal) {
     if signal == rustix::process::Signal::KILL {
+        // What left the group, the group, then the reaper.
         cell.kill()
     } else {
-        cell.signal(signal)
-    }
-    kill_group(pgid, signal);
-}
-
-fn kill_group(pgid: i32, signal: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
-        // ESRCH (the group is already gone) is the expected way for this to fail.
-        let _ = rustix::process::kill_process_group(pid, signal);
+        // The cell first: a group's signal may end the reaper, and what is below it is then no longer found by ancestry.
+        cell.signal(signal);
+        cell.signal_group(signal);
     }
 }
 
@@ -256,9 +250,9 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
 }
 
-fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
+async fn spawn_pipes(req: &ExecRequest, credit: Credit) -> std::io::Result<Running> {
     let mut cell = contain::Cell::new(req.id)?;
-    let (stdout, stderr, reaper) = match via_spawner(req, &cell)? {
+    let (stdout, stderr, reaper) = match via_spawner(req, &mut cell).await? {
         Some(spawned) => spawned,
         None => {
             let mut cmd = shell(req);
@@ -283,7 +277,7 @@ type Output = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Starts the command on pipes through the spawner (no fork of the daemon);
 /// `None` when there is no spawner.
-fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Option<(Output, Output, Reaper)>> {
+async fn via_spawner(req: &ExecRequest, cell: &mut contain::Cell) -> std::io::Result<Option<(Output, Output, Reaper)>> {
     use std::os::fd::AsFd;
     if !spawner::available() {
         return Ok(None);
@@ -292,7 +286,7 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
     let (err_rx, err_tx) = std::io::pipe()?;
     enlarge(&out_rx);
     enlarge(&err_rx);
-    let null = std::fs::File::open("/dev/null")?;
+    let null = dev_null()?;
     let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&req.command)];
     let order = spawner::Order {
         argv: &argv,
@@ -300,7 +294,7 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
         cwd: req.cwd.as_deref().map(Path::new),
         new_group: true,
     };
-    let Some(pid) = cell.spawn(&order, [null.as_fd(), out_tx.as_fd(), err_tx.as_fd()]).transpose()? else {
+    let Some(pid) = cell.spawn(&order, [null, out_tx.as_fd(), err_tx.as_fd()]).await.transpose()? else {
         return Ok(None);
     };
     // The command holds the writing ends now; these copies close here.
@@ -312,12 +306,22 @@ fn via_spawner(req: &ExecRequest, cell: &contain::Cell) -> std::io::Result<Optio
         Ok((out, err)) => Ok(Some((out, err, Reaper::Spawned(pid)))),
         Err(e) => {
             // Started, but the daemon could not watch it: it must not run on.
-            if let Some(group) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-            }
+            cell.kill();
             Err(e)
         }
     }
+}
+
+/// `/dev/null` for reading, opened once (close-on-exec): every spawned
+/// command's stdin, which the spawner receives a copy of with each order.
+fn dev_null() -> std::io::Result<std::os::fd::BorrowedFd<'static>> {
+    use std::os::fd::AsFd;
+    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(null) = NULL.get() {
+        return Ok(null.as_fd());
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| null).as_fd())
 }
 
 /// Raises a command's output pipe to [`PIPE_SIZE`], if the kernel lets it.
@@ -373,8 +377,9 @@ fn running(
     };
     let (code_tx, code_rx) = oneshot::channel();
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
-    let remove = cell.remover();
+    let mut remove = cell.remover();
     let cgroup = cell.has_cgroup();
+    let pidfd = cell.pidfd();
     tokio::spawn(async move {
         let mut code_tx = Some(code_tx);
         if let Some(mut status) = status {
@@ -386,16 +391,21 @@ fn running(
         let reaped = match reaper {
             Reaper::Child(mut child) => child.wait().await.map(exit_code),
             // The reaper ignores every signal but SIGKILL, so one that went without saying was killed.
-            Reaper::Spawned(pid) => {
-                // Only a cgroup to remove needs it; a failed /proc lookup per command was 10% of the daemon's CPU.
-                if cgroup {
-                    released(pid).await;
+            Reaper::Spawned(_) => {
+                // Only a cgroup to remove needs it to be released.
+                if let Some(pidfd) = pidfd.filter(|_| cgroup) {
+                    contain::released(pidfd, RELEASE_LIMIT).await;
                 }
                 Ok(128 + libc::SIGKILL)
             }
         };
         let _ = code_tx.map(|tx| tx.send(reaped));
-        remove();
+        // The kernel lets go of the cgroup a moment after the reaper's exit
+        // (after its last switch); a cgroup still busy then is a later sweep's.
+        let until = tokio::time::Instant::now() + RELEASE_LIMIT;
+        while !remove() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let _ = gone_tx.send(());
     });
     let exit = Box::pin(async move { code_rx.await.unwrap_or(Ok(-1)) });
@@ -405,18 +415,10 @@ fn running(
     Ok(Running { pgid, output, exit, gone, cell, _keep: keep })
 }
 
-/// Waits until the spawner's reaper `pid` is released (the spawner has the
-/// kernel reap it), so that its cgroup is empty and can be removed; bounded
-/// at 2 s, after which a later sweep removes the cgroup.
-async fn released(pid: i32) {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    for _ in 0..400 {
-        if !proc.exists() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+/// How long a spawner's reaper whose status pipe closed is waited for to
+/// exit, so that its cgroup is empty and can be removed; past it, a later
+/// sweep removes the cgroup.
+const RELEASE_LIMIT: Duration = Duration::from_secs(2);
 
 async fn pump(
     mut reader: impl AsyncRead + Unpin,

@@ -4,13 +4,27 @@
 //!
 //! [`start`] forks the spawner at the very start of `aic-daemon run`, before
 //! any thread exists, linked to the daemon by a `SOCK_SEQPACKET` socket pair.
-//! For each command the daemon sends one message (argv, the variables it sets,
+//! For each command the daemon sends one message (a tag, argv, the variables it sets,
 //! cwd, whether to lead a process group) with the descriptors (stdin, stdout,
 //! stderr, the status pipe's writing end, the cgroup's `cgroup.procs`); the
 //! spawner starts the reaper, which does what `contain` does after a fork of
 //! the daemon (cgroup, subreaper, process group, stdio, cwd, the command's
-//! start and exec, then the reaping), and answers with the reaper's pid or the
-//! errno of what failed. The spawner exits when the daemon goes.
+//! start and exec, then the reaping), and answers with the tag and the
+//! reaper's pid and pidfd, or the errno of what failed. The spawner exits
+//! when the daemon goes. Starts are async on the daemon's side: one task
+//! reads every answer and hands it to the start that waits for its tag, so
+//! no start holds a lock or a worker thread while the spawner works, and
+//! orders queue in the socket rather than behind one another's round trips.
+//!
+//! The spawner has the kernel reap each reaper the moment it exits, so the
+//! reaper's pid may name another process from then on. The daemon therefore
+//! never signals a reaper by its pid: the answer carries a pidfd of it
+//! (`SCM_RIGHTS`), and the daemon signals through `pidfd_send_signal` and
+//! sees the exit by polling the pidfd; the command's process group and the
+//! /proc walk for the reaper's descendants are used only while the pidfd
+//! says the reaper has not exited. Passing the pidfd was chosen over having
+//! the spawner signal on the daemon's behalf: a kill then needs no round trip
+//! and still works once the spawner is gone.
 //!
 //! Neither the reaper nor the command's child is a `fork()`: both are clones
 //! that share the spawner's memory (see `Request::spawn`), so a command
@@ -22,19 +36,23 @@
 //! [`spawn`] answers `None` and the caller forks the old way.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IoSlice, IoSliceMut, Read as _};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
     SendFlags, SocketFlags, SocketType,
 };
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
 
 /// The most descriptors one message carries: stdin, stdout, stderr, status, `cgroup.procs`.
 const MAX_FDS: usize = 5;
@@ -43,18 +61,91 @@ const MAX_FDS: usize = 5;
 /// over 128 KiB anyway. A larger one is forked the old way.
 const MAX_MESSAGE: usize = 160 * 1024;
 
+/// An answer's bytes: the order's tag (u64), the reaper's pid (0 when it
+/// did not start) and the errno of what failed (i32s). Each order gets two
+/// when its reaper starts: [`CLONED`] with the reaper's pidfd, then errno 0
+/// once the command has exec'd (or the errno of what failed).
+const ANSWER: usize = 16;
+
+/// The errno field of the answer sent right after the reaper's clone.
+const CLONED: i32 = -1;
+
+/// Set in the daemon's environment by a test: the spawner ends right after a
+/// command's exec, without answering, as if killed then.
+pub const TEST_LOSE_ENV: &str = "AIC_SPAWNER_TEST_LOSE_ORDER";
+
 /// The spawner's process name, as `ps` shows it.
 const NAME: &[u8] = b"aic-spawner\0";
 
-/// The daemon's end of the link, while the spawner is there.
-static LINK: Mutex<Option<Link>> = Mutex::new(None);
+/// The daemon's link to its spawner.
+static LINK: Mutex<State> = Mutex::new(State::None);
 
-/// The daemon's side of a running spawner.
+/// Where the daemon's link to its spawner stands.
+enum State {
+    /// No spawner (none was forked, or it is gone).
+    None,
+    /// Forked by [`start`], before the runtime: no order sent yet.
+    Forked(Link),
+    /// Orders go down the socket; a task reads the answers.
+    Open(Arc<Conn>),
+}
+
+/// The daemon's side of a running spawner, as [`start`] leaves it.
 struct Link {
     /// The socket the orders go down and the answers come up.
     socket: OwnedFd,
     /// The spawner's pid, to reap it once it is found gone.
     pid: i32,
+}
+
+/// The link once orders flow: each order is tagged and its start waits for
+/// the answer with that tag, which one task reads. No start holds a lock or a
+/// worker thread while the spawner works, and the spawner finds the next
+/// order waiting in its socket as soon as it has answered one.
+struct Conn {
+    /// The socket, non-blocking.
+    socket: AsyncFd<OwnedFd>,
+    /// The spawner's pid, to reap it once it is found gone.
+    pid: i32,
+    /// The orders sent and not yet answered.
+    waiting: Mutex<Waiting>,
+}
+
+/// The orders a [`Conn`] waits for answers to.
+#[derive(Default)]
+struct Waiting {
+    /// The next order's tag.
+    next: u64,
+    /// Where each tag's answer goes.
+    answers: HashMap<u64, Waiter>,
+}
+
+/// A start waiting for its answer.
+struct Waiter {
+    /// Where the answer goes.
+    answer: oneshot::Sender<Result<Spawned, Failed>>,
+    /// The reaper, once the spawner has said it cloned it (before the
+    /// command's exec): a start lost with the spawner can still be killed.
+    reaper: Option<Spawned>,
+}
+
+/// Why a start through the spawner failed.
+pub enum Failed {
+    /// The command did not start: the errno of what failed.
+    NotStarted(io::Error),
+    /// The spawner ended after it took the order: the command may have
+    /// started, under this reaper if the spawner had told it.
+    Lost(Option<Spawned>),
+}
+
+/// One answer of the spawner.
+enum Answer {
+    /// The reaper is cloned; its command is not exec'd yet.
+    Cloned(Spawned),
+    /// The command is exec'd (under the reaper `Cloned` told).
+    Started,
+    /// The command did not start: the errno of what failed.
+    Failed(io::Error),
 }
 
 /// What the spawner runs.
@@ -109,82 +200,196 @@ pub fn start() {
         pid => {
             drop(theirs);
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(&ours, 2 * MAX_MESSAGE);
-            *LINK.lock().unwrap_or_else(PoisonError::into_inner) = Some(Link { socket: ours, pid });
+            *LINK.lock().unwrap_or_else(PoisonError::into_inner) = State::Forked(Link { socket: ours, pid });
         }
     }
 }
 
 /// Whether a spawner is there to ask.
 pub fn available() -> bool {
-    LINK.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    !matches!(*LINK.lock().unwrap_or_else(PoisonError::into_inner), State::None)
 }
 
-/// Has the spawner fork a reaper for `order` with `fds`: its pid (= the
-/// command's process group when `new_group`), or why it could not start.
-/// `None` when there is no spawner: the caller forks the old way.
-pub fn spawn(order: &Order, fds: &Fds) -> Option<io::Result<i32>> {
-    let message = match encode(order, fds.procs.is_some()) {
+/// A reaper the spawner started.
+pub struct Spawned {
+    /// Its pid (= the command's process group when `new_group`).
+    pub pid: i32,
+    /// Its pidfd: the spawner has the kernel reap it the moment it exits, after
+    /// which `pid` may name another process; this still names the reaper.
+    pub pidfd: OwnedFd,
+}
+
+/// Has the spawner fork a reaper for `order` with `fds`, or says why it could
+/// not start. `None` when there is no spawner: the caller forks the old way.
+pub async fn spawn(order: &Order<'_>, fds: &Fds<'_>) -> Option<Result<Spawned, Failed>> {
+    let conn = conn()?;
+    let (tag, answer) = conn.expect();
+    let message = match encode(tag, order, fds.procs.is_some()) {
         Ok(message) if message.len() <= MAX_MESSAGE => message,
-        Ok(_) => return None,
-        Err(e) => return Some(Err(e)),
-    };
-    let mut link = LINK.lock().unwrap_or_else(PoisonError::into_inner);
-    let socket = link.as_ref()?.socket.as_fd();
-    let gone = match exchange(socket, &message, fds) {
-        Ok(answer) => return Some(answer),
-        Err(gone) => gone,
-    };
-    let pid = link.take().map_or(0, |l| l.pid);
-    let (Gone::Before(e) | Gone::After(e)) = &gone;
-    tracing::warn!(error = %e, "the spawner process is gone; the daemon forks each command itself from now on");
-    // SAFETY: reaps the spawner, the daemon's own child, if it has ended.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-    match gone {
-        Gone::Before(_) => None,
-        // It took the order and may have started the command: starting it
-        // again the old way could run it twice.
-        Gone::After(e) => Some(Err(io::Error::other(format!(
-            "the daemon's spawner ended while starting the command, which may have started; check before retrying ({e})"
-        )))),
-    }
-}
-
-/// How an exchange with a spawner that went away failed.
-enum Gone {
-    /// It never took the order: starting the command another way is safe.
-    Before(io::Error),
-    /// It took the order, then went without an answer.
-    After(io::Error),
-}
-
-/// Sends one order and reads its answer; an error means the spawner is gone.
-fn exchange(socket: BorrowedFd, message: &[u8], fds: &Fds) -> Result<io::Result<i32>, Gone> {
-    let mut all = fds.stdio.to_vec();
-    all.push(fds.status);
-    all.extend(fds.procs);
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&all));
-    rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL)
-        .map_err(|e| Gone::Before(e.into()))?;
-    let mut answer = [0u8; 8];
-    let n = loop {
-        match rustix::net::recv(socket, &mut answer, RecvFlags::empty()) {
-            Err(Errno::INTR) => continue,
-            other => break other.map_err(|e| Gone::After(e.into()))?.0,
+        other => {
+            conn.forget(tag);
+            return other.err().map(|e| Err(Failed::NotStarted(e)));
         }
     };
-    if n != answer.len() {
-        return Err(Gone::After(io::Error::new(io::ErrorKind::UnexpectedEof, "the spawner closed its socket")));
+    if let Err(e) = conn.send(&message, fds).await {
+        // It never took the order: the caller may start the command another way.
+        conn.forget(tag);
+        conn.gone(&e);
+        return None;
     }
-    let pid = i32::from_ne_bytes(answer[..4].try_into().unwrap_or_default());
-    let errno = i32::from_ne_bytes(answer[4..].try_into().unwrap_or_default());
-    Ok(if pid > 0 { Ok(pid) } else { Err(io::Error::from_raw_os_error(errno)) })
+    // Unanswered, it was lost with the spawner (see `Conn::gone`).
+    Some(answer.await.unwrap_or(Err(Failed::Lost(None))))
 }
 
-/// The message: NUL-ended fields, `flags`, argc, cwd (empty for none), the
+/// The open link, opened on the first order (it needs the runtime).
+fn conn() -> Option<Arc<Conn>> {
+    let mut link = LINK.lock().unwrap_or_else(PoisonError::into_inner);
+    if let State::Forked(_) = &*link {
+        let State::Forked(Link { socket, pid }) = std::mem::replace(&mut *link, State::None) else { unreachable!() };
+        let _ = rustix::io::ioctl_fionbio(&socket, true);
+        // SAFETY: an `OwnedFd` stays open, the same descriptor, while the `AsyncFd` owns it.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE) };
+        let Ok(socket) = socket else {
+            tracing::warn!("cannot watch the spawner's socket; the daemon forks each command itself");
+            return None;
+        };
+        let conn = Arc::new(Conn { socket, pid, waiting: Mutex::default() });
+        tokio::spawn(answers(Arc::clone(&conn)));
+        *link = State::Open(conn);
+    }
+    match &*link {
+        State::Open(conn) => Some(Arc::clone(conn)),
+        _ => None,
+    }
+}
+
+impl Conn {
+    /// A new order's tag, and where its answer will come.
+    fn expect(&self) -> (u64, oneshot::Receiver<Result<Spawned, Failed>>) {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let tag = waiting.next;
+        waiting.next += 1;
+        waiting.answers.insert(tag, Waiter { answer: tx, reaper: None });
+        (tag, rx)
+    }
+
+    /// Hands the spawner's answer to order `tag` on.
+    fn answered(&self, tag: u64, answer: Answer) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = match answer {
+            Answer::Cloned(reaper) => {
+                if let Some(waiter) = waiting.answers.get_mut(&tag) {
+                    waiter.reaper = Some(reaper);
+                }
+                return;
+            }
+            Answer::Started => waiting.answers.remove(&tag).map(|w| {
+                let reaper = w.reaper.ok_or_else(|| Failed::NotStarted(io::Error::from_raw_os_error(libc::EPROTO)));
+                (w.answer, reaper)
+            }),
+            Answer::Failed(e) => waiting.answers.remove(&tag).map(|w| (w.answer, Err(Failed::NotStarted(e)))),
+        };
+        if let Some((tx, outcome)) = outcome {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Stops waiting for the answer to `tag`.
+    fn forget(&self, tag: u64) {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.remove(&tag);
+    }
+
+    /// Sends one order with its descriptors, waiting for room in the socket.
+    async fn send(&self, message: &[u8], fds: &Fds<'_>) -> io::Result<()> {
+        let mut all = fds.stdio.to_vec();
+        all.push(fds.status);
+        all.extend(fds.procs);
+        loop {
+            let mut ready = self.socket.writable().await?;
+            let sent = ready.try_io(|socket| {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                control.push(SendAncillaryMessage::ScmRights(&all));
+                let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+                Ok(rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, flags)?)
+            });
+            if let Ok(sent) = sent {
+                return sent.map(drop);
+            }
+        }
+    }
+
+    /// The spawner is gone: from now on the daemon forks each command
+    /// itself, and every start still waiting learns its order was lost.
+    fn gone(self: &Arc<Self>, error: &io::Error) {
+        let mut link = LINK.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(&*link, State::Open(conn) if Arc::ptr_eq(conn, self)) {
+            *link = State::None;
+            tracing::warn!(error = %error, "the spawner process is gone; the daemon forks each command itself from now on");
+            // SAFETY: reaps the spawner, the daemon's own child, if it has ended.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+        drop(link);
+        // It took these orders and may have started their commands: starting
+        // them again the old way could run them twice.
+        for (_, waiter) in self.waiting.lock().unwrap_or_else(PoisonError::into_inner).answers.drain() {
+            let _ = waiter.answer.send(Err(Failed::Lost(waiter.reaper)));
+        }
+    }
+}
+
+/// The one reader of the spawner's answers: each goes to the start that
+/// waits for its tag, until the spawner is gone.
+async fn answers(conn: Arc<Conn>) {
+    let error = loop {
+        match conn.socket.async_io(Interest::READABLE, |socket| answer(socket.as_fd())).await {
+            Ok((tag, answer)) => conn.answered(tag, answer),
+            Err(e) => break e,
+        }
+    };
+    conn.gone(&error);
+}
+
+/// Reads one answer and its tag. An error means the spawner is gone (or,
+/// `WouldBlock`, has not answered yet).
+fn answer(socket: BorrowedFd) -> io::Result<(u64, Answer)> {
+    let mut answer = [0u8; ANSWER];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let got = rustix::net::recvmsg(socket, &mut [IoSliceMut::new(&mut answer)], &mut control, flags)?.bytes;
+    let pidfd = received(&mut control).into_iter().next();
+    if got != answer.len() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the spawner closed its socket"));
+    }
+    let tag = u64::from_ne_bytes(answer[..8].try_into().unwrap_or_default());
+    let pid = i32::from_ne_bytes(answer[8..12].try_into().unwrap_or_default());
+    let errno = i32::from_ne_bytes(answer[12..].try_into().unwrap_or_default());
+    let answer = match (pid, errno, pidfd) {
+        (1.., CLONED, Some(pidfd)) => Answer::Cloned(Spawned { pid, pidfd }),
+        (1.., 0, None) => Answer::Started,
+        (0, 1.., None) => Answer::Failed(io::Error::from_raw_os_error(errno)),
+        _ => Answer::Failed(io::Error::from_raw_os_error(libc::EPROTO)),
+    };
+    Ok((tag, answer))
+}
+
+/// The descriptors a message brought.
+fn received(control: &mut RecvAncillaryBuffer) -> Vec<OwnedFd> {
+    control
+        .drain()
+        .filter_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds.collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// The message: the tag (8 bytes), then NUL-ended fields, `flags`, argc, cwd (empty for none), the
 /// arguments, then `NAME=value` for each variable.
-fn encode(order: &Order, procs: bool) -> io::Result<Vec<u8>> {
+fn encode(tag: u64, order: &Order, procs: bool) -> io::Result<Vec<u8>> {
     let flags = match (order.new_group, procs) {
         (true, true) => "gp",
         (true, false) => "g",
@@ -196,7 +401,7 @@ fn encode(order: &Order, procs: bool) -> io::Result<Vec<u8>> {
     let vars = order.env.iter().map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat());
     let fields = [flags.as_bytes().to_vec(), argc.into_bytes(), cwd.as_bytes().to_vec()].into_iter();
     let fields = fields.chain(order.argv.iter().map(|a| a.as_bytes().to_vec())).chain(vars);
-    let mut message = Vec::new();
+    let mut message = tag.to_ne_bytes().to_vec();
     for field in fields {
         if field.contains(&0) {
             return Err(io::Error::new(
@@ -250,6 +455,7 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
         }
     }
     let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let lose = base.iter().any(|(k, _)| k == TEST_LOSE_ENV);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut reapers = Reapers::default();
     loop {
@@ -262,23 +468,29 @@ fn serve(socket: OwnedFd, parent: libc::pid_t) -> ! {
             // The daemon is gone.
             _ => unsafe { libc::_exit(0) },
         };
-        let fds: Vec<OwnedFd> = control
-            .drain()
-            .filter_map(|m| match m {
-                RecvAncillaryMessage::ScmRights(fds) => Some(fds.collect::<Vec<_>>()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let fds = received(&mut control);
         reapers.sweep();
-        let answer = decode(&buf[..got.bytes.min(buf.len())], fds, &base).and_then(|r| r.spawn(&mut reapers));
-        let (pid, errno) = match answer {
-            Ok(pid) => (pid, 0),
-            Err(e) => (0, e.raw_os_error().unwrap_or(libc::EINVAL)),
-        };
-        let reply = [pid.to_ne_bytes(), errno.to_ne_bytes()].concat();
-        let _ = rustix::net::send(&socket, &reply, SendFlags::NOSIGNAL);
+        let message = &buf[..got.bytes.min(buf.len())];
+        let (tag, fields) = message.split_at_checked(8).unwrap_or((&[0; 8], &[]));
+        let tag = u64::from_ne_bytes(tag.try_into().unwrap_or_default());
+        let cloned = |pid, pidfd: BorrowedFd<'_>| reply(&socket, tag, pid, CLONED, Some(pidfd));
+        match decode(fields, fds, &base).and_then(|r| r.spawn(&mut reapers, cloned)) {
+            // SAFETY: ends this process, as a kill would.
+            Ok(_) if lose => unsafe { libc::_exit(0) },
+            Ok(pid) => reply(&socket, tag, pid, 0, None),
+            Err(e) => reply(&socket, tag, 0, e.raw_os_error().unwrap_or(libc::EINVAL), None),
+        }
     }
+}
+
+/// Answers order `tag`: the reaper's pid and pidfd, or (pid 0) an errno.
+fn reply(socket: &OwnedFd, tag: u64, pid: i32, errno: i32, pidfd: Option<BorrowedFd>) {
+    let answer = [&tag.to_ne_bytes()[..], &pid.to_ne_bytes(), &errno.to_ne_bytes()].concat();
+    let pidfd: Vec<BorrowedFd> = pidfd.into_iter().collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&pidfd));
+    let _ = rustix::net::sendmsg(socket, &[IoSlice::new(&answer)], &mut control, SendFlags::NOSIGNAL);
 }
 
 /// Reads a message [`encode`] made.
@@ -435,7 +647,8 @@ impl Request {
     /// raw system calls only, and reads the request only until the command's
     /// exec, while the spawner waits for that on the error pipe. The command's
     /// child shares it too, the reaper suspended (`CLONE_VFORK`) until it execs.
-    fn spawn(self, reapers: &mut Reapers) -> io::Result<i32> {
+    /// `cloned` is told the reaper's pid and pidfd as soon as it is cloned.
+    fn spawn(self, reapers: &mut Reapers, cloned: impl FnOnce(i32, BorrowedFd)) -> io::Result<i32> {
         let (error_rx, error_tx) = io::pipe()?;
         let stack = reapers.stack()?;
         let argv: Vec<_> = self.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
@@ -464,7 +677,9 @@ impl Request {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel made this pidfd for the new reaper; it is ours alone.
-        reapers.live.push((unsafe { std::os::fd::FromRawFd::from_raw_fd(pidfd) }, stack));
+        let pidfd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(pidfd) };
+        cloned(pid, pidfd.as_fd());
+        reapers.live.push((pidfd, stack));
         drop(error_tx);
         let mut errno = Vec::new();
         // EOF: the command has exec'd (or failed) and the reaper closed its copy: `plan` is no longer read.

@@ -18,9 +18,18 @@ use tokio_util::sync::CancellationToken;
 /// Upper bound for anything a test waits on; a hang fails instead of stalling CI.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Upper bound for moving tens of MiB through relay and daemon in one wait:
+/// a debug build on a loaded 2-core machine was seen to take over 30 s.
+pub const BULK_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Awaits `fut`, failing the test after [`PATIENCE`].
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    within_for(PATIENCE, what, fut).await
+}
+
+/// Awaits `fut`, failing the test after `limit`.
+pub async fn within_for<T>(limit: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// A relay running in this process.
@@ -134,7 +143,7 @@ pub fn daemon_config(relay_ws: &str, state_dir: &Path) -> daemon::Config {
 pub struct DaemonProcess {
     pub child: tokio::process::Child,
     pub code: SessionCode,
-    stderr: JoinHandle<String>,
+    stderr: Log,
 }
 
 impl DaemonProcess {
@@ -165,7 +174,7 @@ impl DaemonProcess {
         terminate(&self.child);
         let status = within("aic-daemon exit", self.child.wait()).await.unwrap();
         assert!(status.success(), "aic-daemon exited with {status}");
-        within("aic-daemon stderr", self.stderr).await.unwrap()
+        self.stderr.all().await
     }
 }
 
@@ -179,7 +188,7 @@ impl Watched {
         mut command: tokio::process::Command,
         what: &str,
         mut ready: impl FnMut(&str) -> Option<T>,
-    ) -> (tokio::process::Child, T, JoinHandle<String>) {
+    ) -> (tokio::process::Child, T, Log) {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -200,14 +209,41 @@ impl Watched {
             panic!("it exited before {what}:\n{seen}")
         })
         .await;
-        let stderr = tokio::spawn(async move {
+        let (tx, so_far) = watch::channel(seen);
+        let task = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                seen.push_str(&line);
-                seen.push('\n');
+                tx.send_modify(|seen| {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                });
             }
-            seen
+            tx.borrow().clone()
         });
-        (child, value, stderr)
+        (child, value, Log { so_far, task })
+    }
+}
+
+/// A binary's stderr, collected in the background.
+struct Log {
+    /// Everything it has written so far, to wait on a line.
+    so_far: watch::Receiver<String>,
+    /// Ends with everything it wrote, once it has closed stderr.
+    task: JoinHandle<String>,
+}
+
+impl Log {
+    /// Waits (bounded) until it has written `text`; returns the line that holds it.
+    async fn until(&mut self, text: &str) -> String {
+        let closed =
+            within(&format!("{text:?} in the log"), self.so_far.wait_for(|seen| seen.contains(text))).await.is_err();
+        let seen = self.so_far.borrow();
+        assert!(!closed, "it closed stderr without writing {text:?}:\n{}", *seen);
+        seen.lines().find(|line| line.contains(text)).unwrap().to_owned()
+    }
+
+    /// Everything it wrote, once it has closed stderr.
+    async fn all(self) -> String {
+        within("its stderr to close", self.task).await.unwrap()
     }
 }
 
@@ -289,16 +325,15 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
     pids
 }
 
-/// Polls `check` until it is true, a bounded number of times. For facts no
-/// event announces (a process being reaped by the kernel).
+/// Polls `check` (every 20 ms) until it is true, for at most [`PATIENCE`]:
+/// a loaded machine may take seconds over what is quick on an idle one. For
+/// facts no event announces (a process being reaped by the kernel).
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if check() {
-            return;
-        }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never became true: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("never became true: {what}");
 }
 
 /// Streams a command that detaches `setsid sleep 300` and prints its pid,
@@ -322,7 +357,7 @@ pub async fn a_hang_up_kills_what_the_command_detached(relay: &str, code: &str) 
 pub struct RelayProcess {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
-    stderr: JoinHandle<String>,
+    stderr: Log,
 }
 
 impl RelayProcess {
@@ -352,12 +387,18 @@ impl RelayProcess {
         format!("ws://{}", self.addr)
     }
 
+    /// Waits (bounded) until it has logged `text`: the signal that something
+    /// it does on its own time (a reload on SIGHUP) is done. Returns the line.
+    pub async fn logged(&mut self, text: &str) -> String {
+        self.stderr.until(text).await
+    }
+
     /// Sends SIGTERM, expects a clean exit, and returns its stderr.
     pub async fn stop(mut self) -> String {
         terminate(&self.child);
         let status = within("aic-relay exit", self.child.wait()).await.unwrap();
         assert!(status.success(), "aic-relay exited with {status}");
-        within("aic-relay stderr", self.stderr).await.unwrap()
+        self.stderr.all().await
     }
 }
 

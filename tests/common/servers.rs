@@ -41,6 +41,17 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A loopback port that refuses connections for as long as the returned
+/// socket lives: bound but never listening, so no other test's server can
+/// take it meanwhile (as one could a port picked and let go).
+pub fn closed_port() -> (rustix::fd::OwnedFd, u16) {
+    use rustix::net::{AddressFamily, SocketType};
+    let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&socket, &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let bound = std::net::SocketAddrV4::try_from(rustix::net::getsockname(&socket).unwrap()).unwrap();
+    (socket, bound.port())
+}
+
 /// A server process in the foreground, its stderr drained by a thread.
 struct Running {
     child: Child,

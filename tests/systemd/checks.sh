@@ -47,6 +47,9 @@ install_sh() { inside bash /root/install.sh "$@"; }
 
 nothing_installed() { ! inside test -e /usr/local/bin/aic-daemon; }
 
+# Whether the daemon's status line in systemd is exactly $1.
+status_is() { [ "$(inside systemctl show -P StatusText aic-daemon)" = "$1" ]; }
+
 refuses_a_tampered_archive() {
   local out
   out=$(install_sh --base-url "$release_url/tampered" --pubkey "$pubkey" --relay "ws://127.0.0.1:1" 2>&1) && return 1
@@ -69,8 +72,10 @@ installs_and_prints_the_code() {
   code=$(echo "$out" | grep -oE '^Session: AIC-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$' | cut -d' ' -f2)
   [ -n "$code" ] || { say "  $out"; return 1; }
   inside test -s /usr/local/share/man/man1/aic-daemon.1 || { say "  no man page installed"; return 1; }
-  # Type=notify: systemd has heard from the daemon what its link is doing.
-  inside systemctl show -P StatusText aic-daemon | grep -q 'linked to the relay' \
+  # Type=notify: systemd hears from the daemon what its link is doing. The
+  # status may follow the Session line (it is sent once the link is up), and
+  # "not linked to the relay; retrying" must not pass for it.
+  until_ok 300 status_is 'linked to the relay' \
     || { say "  status: $(inside systemctl show -P StatusText aic-daemon)"; return 1; }
   inside systemctl is-active --quiet aic-relay aic-daemon
 }
@@ -150,7 +155,7 @@ a_job_runs_in_a_scope_of_its_own() {
     "http://127.0.0.1:$relay_port/api/v1/jobs")
   job_id=$(echo "$body" | grep -o '"jobId":"[^"]*"' | cut -d'"' -f4)
   [ -n "$job_id" ] || { say "  $body"; return 1; }
-  until_ok 50 inside systemctl is-active --quiet "aic-job-${job_id//-/}.scope" \
+  until_ok 300 inside systemctl is-active --quiet "aic-job-${job_id//-/}.scope" \
     || { say "  no scope aic-job-${job_id//-/}.scope"; return 1; }
 }
 
@@ -186,11 +191,13 @@ a_detached_command_cannot_change_the_mode() {
   local body
   body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' --data-binary @- \
     "http://127.0.0.1:$relay_port/api/v1/exec" <<JSON
-{"code":"$code","command":"setsid -f sh -c 'sleep 0.2; aic-console mode disabled >/tmp/guard.out 2>&1; echo rc=\$? >>/tmp/guard.out'"}
+{"code":"$code","command":"setsid -f sh -c 'while [ ! -e /tmp/guard.go ]; do sleep 0.05; done; aic-console mode disabled >/tmp/guard.out 2>&1; echo rc=\$? >>/tmp/guard.out' >/dev/null 2>&1"}
 JSON
   )
   echo "$body" | grep -q '"exitCode":0' || { say "  $body"; return 1; }
-  until_ok 100 inside grep -q 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
+  # It tries once its command has ended and answered.
+  inside touch /tmp/guard.go
+  until_ok 100 inside grep -qs 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
   inside grep -q 'rc=1' /tmp/guard.out && inside grep -q "refused: process" /tmp/guard.out \
     || { say "  $(inside cat /tmp/guard.out)"; return 1; }
   [ "$(inside aic-console mode)" = auto ]
@@ -211,9 +218,9 @@ JSON
     || { say "  not in a cgroup of its own: $body"; return 1; }
   pid=$(echo "$body" | grep -oE 'pid=[0-9]+' | cut -d= -f2)
   [ -n "$pid" ] || { say "  $body"; return 1; }
-  until_ok 50 inside sh -c "! test -e /proc/$pid || grep -q '^State:.*Z' /proc/$pid/status" \
+  until_ok 300 inside sh -c "! test -e /proc/$pid || grep -q '^State:.*Z' /proc/$pid/status" \
     || { say "  sleep 301 outlived its command"; return 1; }
-  until_ok 50 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
+  until_ok 300 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
     || { say "  the command's cgroup is still there"; return 1; }
 }
 
@@ -235,7 +242,7 @@ parallel_commands_each_get_their_cgroup() {
   done
   rm -rf "$dir"
   [ "$failed" = 0 ] || return 1
-  until_ok 50 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
+  until_ok 300 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
     || { say "  command cgroups left behind"; return 1; }
 }
 
