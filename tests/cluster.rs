@@ -496,32 +496,121 @@ async fn an_mcp_task_made_on_one_relay_is_read_on_another() {
     let command = format!("while [ ! -e '{}' ]; do sleep 0.05; done; echo tasked", go.display());
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "remote_exec",
         "arguments": {"code": code.to_string(), "command": command}}});
-    let answer = mcp_tasks_call(&holder.http(), call).await;
+    // Made through relay B, for the machine the holding relay has.
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    let answer = mcp_tasks_call(&b, call).await;
     let task = answer["result"]["taskId"].as_str().unwrap_or_else(|| panic!("no task: {answer}")).to_owned();
     let get = json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/get", "params": {"taskId": task}});
 
-    // Another relay opens the id; its machine is held elsewhere, so the task works on.
-    let there = mcp_tasks_call(&site.relays[1].http(), get.clone()).await;
+    // Relay C opens the id and reaches the job through the holding relay.
+    let there = mcp_tasks_call(&site.relays[2].http(), get.clone()).await;
     assert_eq!(there["result"]["status"], "working", "{there}");
-    assert!(there["result"]["statusMessage"].as_str().unwrap().contains("not connected"), "{there}");
+    assert!(there["result"]["statusMessage"].as_str().unwrap().starts_with("running"), "{there}");
 
-    // The holding relay dies; the daemon comes back to another, where the task ends.
+    // It completes through B while the machine stays where it is.
+    std::fs::write(&go, "").unwrap();
+    let done = task_done(&b, &get).await;
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert_eq!(done["result"]["result"]["structuredContent"]["stdout"], "tasked\n", "{done}");
+    assert_eq!((site.relays[0].state.hub.online(), site.relays[1].state.hub.online()), (0, 0));
+
+    // The holding relay dies; the daemon comes back to another, where the task reads the same.
     holder.child.start_kill().unwrap();
     let _ = holder.child.wait().await;
     daemon.offline().await;
     assert_eq!(daemon.online().await, code);
-    std::fs::write(&go, "").unwrap();
+    let again = task_done(&site.relays[0].http(), &get).await;
+    assert_eq!(again["result"]["status"], "completed", "{again}");
+    assert_eq!(again["result"]["result"]["structuredContent"]["stdout"], "tasked\n", "{again}");
+    daemon.stop().await;
+}
+
+/// Asks `tasks/get` on `relay` until the task is no longer working (bounded): the last answer.
+async fn task_done(relay: &str, get: &Value) -> Value {
     let mut done = Value::Null;
     for _ in 0..300 {
-        done = mcp_tasks_call(&site.relays[0].http(), get.clone()).await;
+        done = mcp_tasks_call(relay, get.clone()).await;
         if done["result"]["status"] != "working" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(done["result"]["status"], "completed", "{done}");
-    assert_eq!(done["result"]["result"]["structuredContent"]["stdout"], "tasked\n", "{done}");
+    done
+}
+
+/// A call on relay `base`'s jobs API (`path` under `/api/v1/jobs`), with a JSON body for a POST.
+async fn jobs_api(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = client().request(method, format!("{base}/api/v1/jobs{path}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let resp = within("a jobs call", request.send()).await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Asks relay `base` for the job until `done` says so of it (bounded): the job.
+async fn job_until(base: &str, at: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..500 {
+        let (status, body) = jobs_api(base, reqwest::Method::GET, at, None).await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body["job"]) {
+            return body["job"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the job {at} never got there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_of_a_machine_held_by_another_relay_work_through_any_relay() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    assert_eq!(site.relays[1].state.hub.online(), 0, "relay B holds no link");
+    let start = |command: &str| json!({"code": code.to_string(), "command": command});
+
+    // 588 895 bytes of numbered lines: three output calls of 256 KiB at most.
+    let (status, body) = jobs_api(&b, reqwest::Method::POST, "", Some(start("seq 1 100000"))).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("running")), "{body}");
+    let at = format!("/{code}/{}", body["jobId"].as_str().unwrap());
+    let job = job_until(&b, &at, |job| job["state"] != "running").await;
+    assert_eq!((job["state"].as_str(), job["exitCode"].as_i64()), (Some("exited"), Some(0)), "{job}");
+    let (mut text, mut offset, mut calls) = (String::new(), 0, 0);
+    loop {
+        let (status, page) = jobs_api(&b, reqwest::Method::GET, &format!("{at}/output?offset={offset}"), None).await;
+        assert_eq!((status, page["offset"].as_u64()), (200, Some(offset)), "{page}");
+        text.push_str(page["text"].as_str().unwrap());
+        offset = page["nextOffset"].as_u64().unwrap();
+        calls += 1;
+        if page["done"] == true {
+            break;
+        }
+        assert!(calls < 20, "the output never ended: {page}");
+    }
+    let expected: String = (1..=100_000).map(|n| format!("{n}\n")).collect();
+    assert!(text == expected, "the output differs: {} bytes, not {}", text.len(), expected.len());
+    assert_eq!(calls, 3);
+
+    // A cancel through B reaches the job on A's machine.
+    let (status, body) = jobs_api(&b, reqwest::Method::POST, "", Some(start("echo started; exec sleep 60"))).await;
+    assert_eq!(status, 200, "{body}");
+    let sleeper = format!("/{code}/{}", body["jobId"].as_str().unwrap());
+    job_until(&b, &sleeper, |job| job["outputBytes"].as_u64() > Some(0)).await;
+    let (status, body) = jobs_api(&b, reqwest::Method::DELETE, &sleeper, None).await;
+    assert_eq!(status, 200, "{body}");
+    let job = job_until(&b, &sleeper, |job| job["state"] != "running").await;
+    assert_eq!((job["state"].as_str(), job["exitCode"].as_i64()), (Some("cancelled"), Some(143)), "{job}");
+    let (status, body) = jobs_api(&b, reqwest::Method::GET, &format!("/{code}"), None).await;
+    assert_eq!((status, body["jobs"].as_array().map(Vec::len)), (200, Some(2)), "{body}");
     daemon.stop().await;
+
+    // A machine online nowhere is offline for jobs too.
+    until_online(&b, code, false).await;
+    let (status, body) = jobs_api(&b, reqwest::Method::GET, &sleeper, None).await;
+    assert_eq!((status, body["reason"].as_str()), (503, Some("agent_offline")), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

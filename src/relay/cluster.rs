@@ -13,9 +13,10 @@
 //! both ways: a holder silent for [`SILENCE`] fails the caller's request; a
 //! caller silent as long gets its command cancelled. Which machines some
 //! relay holds is noted in a JetStream KV bucket ([`super::presence`]), for
-//! status and listing. Only the exec request and its output frames carry
-//! command text or output, and nothing in NATS keeps them (no JetStream
-//! stream holds them).
+//! status and listing. Job calls go the same way, one request and one
+//! answer each, under NATS's payload limit. Only the exec request, its output
+//! frames and job calls and their answers carry command text or output, and
+//! nothing in NATS keeps them (no JetStream stream holds them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ use super::keys::Digest;
 use super::metrics::Metrics;
 use super::presence::{self, Presence};
 use crate::protocol::agent::{ExecRequest, ExitStatus, Refusal, Stream};
+use crate::protocol::jobs::{JobCall, JobReply};
 
 /// Output frames a holder sends past the caller's last acknowledgement at most.
 pub const WINDOW: u64 = 16;
@@ -48,6 +50,8 @@ pub const SILENCE: Duration = Duration::from_secs(12);
 /// machine no relay holds is refused long before: NATS says at once that the
 /// subject has no responders.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than the wait it gives its daemon a job call waits for the holding relay.
+const JOB_MARGIN: Duration = Duration::from_secs(5);
 /// How long a status lookup waits for the holding relay (without presence in KV).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The queue group all relays' agent subscriptions join.
@@ -84,6 +88,13 @@ enum Ask {
         /// The caller's inbox for output frames.
         frames: String,
     },
+    /// Carry this job call to the daemon (the caller's relay checked access).
+    Job {
+        /// The call, with the owner the caller's relay named.
+        call: Box<JobCall>,
+        /// How long the daemon may take to answer, in milliseconds.
+        within_ms: u64,
+    },
 }
 
 /// The holding relay's answer to an [`Ask`].
@@ -98,6 +109,33 @@ enum Answer {
     },
     /// The command could not be handed over.
     NotStarted(StartError),
+    /// The daemon's answer to a job call; `None` when it gave none in time
+    /// or the link went away.
+    Job(Option<Box<JobReply>>),
+    /// The daemon's answer to a job call, `bytes` long, exceeds NATS's payload `limit`.
+    TooLarge {
+        /// The answer's size.
+        bytes: usize,
+        /// The server's `max_payload`.
+        limit: usize,
+    },
+}
+
+/// Why a job call came back with no answer through the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobError {
+    /// No relay holds the machine's link (or it let go, its daemon did not
+    /// answer in time, or NATS is down).
+    Offline,
+    /// The call (`answer` false) or its answer exceeds NATS's payload limit.
+    TooLarge {
+        /// Whether it is the answer that does not fit.
+        answer: bool,
+        /// Its size.
+        bytes: usize,
+        /// The server's `max_payload`.
+        limit: usize,
+    },
 }
 
 /// A command's event as a frame carries it (output goes as raw bytes).
@@ -242,6 +280,10 @@ impl Cluster {
         let (request, issuer, frames) = match ask {
             Ask::Probe => return self.publish(reply.to_string(), json(&Answer::Here)).await,
             Ask::AccountsChanged => return,
+            Ask::Job { call, within_ms } => {
+                let answer = conn.job(*call, Duration::from_millis(within_ms)).await;
+                return self.publish(reply.to_string(), fit(answer, self.client.server_info().max_payload)).await;
+            }
             Ask::Exec { request, issuer, frames } => (request, issuer, frames),
         };
         let exec = match conn.start(*request, issuer) {
@@ -320,6 +362,26 @@ impl Cluster {
         Ok(Exec::new(id, rx, timeout, super::hub::START_ALLOWANCE, self.grace, Arc::clone(&self.metrics), link))
     }
 
+    /// Sends a job call to the relay holding the machine's link, whose daemon
+    /// gets `within` to answer it, as over a link held here.
+    pub async fn job(&self, code_hash: &Digest, call: JobCall, within: Duration) -> Result<JobReply, JobError> {
+        let ask = json(&Ask::Job { call: Box::new(call), within_ms: within.as_millis() as u64 });
+        let limit = self.client.server_info().max_payload;
+        if limit > 0 && ask.len() > limit {
+            return Err(JobError::TooLarge { answer: false, bytes: ask.len(), limit });
+        }
+        let request = async_nats::Request::new().payload(ask.into()).timeout(Some(within + JOB_MARGIN));
+        let reply = self.client.send_request(subject(code_hash), request).await.map_err(|e| {
+            request_failed(&e);
+            JobError::Offline
+        })?;
+        match serde_json::from_slice::<Answer>(&reply.payload) {
+            Ok(Answer::Job(Some(reply))) => Ok(*reply),
+            Ok(Answer::TooLarge { bytes, limit }) => Err(JobError::TooLarge { answer: true, bytes, limit }),
+            _ => Err(JobError::Offline),
+        }
+    }
+
     /// Tells the relay holding the machine's link that its accounts changed (a new link).
     pub async fn accounts_changed(&self, code_hash: &Digest) {
         self.publish(subject(code_hash), json(&Ask::AccountsChanged)).await;
@@ -389,6 +451,31 @@ fn request_failed(e: &async_nats::RequestError) -> StartError {
         tracing::warn!("routing a command through NATS: {e}");
     }
     StartError::Offline
+}
+
+/// A daemon's answer to a job call as a payload of at most `limit` bytes:
+/// output cut short when it would not fit (the caller reads on from where it
+/// ends, as after any page), else, for an answer that cannot be cut, its size.
+fn fit(reply: Option<JobReply>, limit: usize) -> Vec<u8> {
+    let mut answer = Answer::Job(reply.map(Box::new));
+    loop {
+        let payload = json(&answer);
+        if limit == 0 || payload.len() <= limit {
+            return payload;
+        }
+        let too_large = || json(&Answer::TooLarge { bytes: payload.len(), limit });
+        let Answer::Job(Some(reply)) = &mut answer else { return too_large() };
+        let JobReply::Output { data, stderr, .. } = reply.as_mut() else { return too_large() };
+        let mut none = Vec::new();
+        let stderr = stderr.as_mut().unwrap_or(&mut none);
+        let longer = if data.len() >= stderr.len() { &mut *data } else { &mut *stderr };
+        // Base64 carries 3 bytes in 4 characters.
+        let cut = (payload.len() - limit).div_ceil(4) * 3 + 3;
+        longer.truncate(longer.len().saturating_sub(cut));
+        if data.is_empty() && stderr.is_empty() {
+            return too_large();
+        }
+    }
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -558,6 +645,39 @@ mod tests {
         let frames = encode(Some(ExecEvent::Exit(exit)), &mut seq);
         assert_eq!(decode(&frames[0]).unwrap(), (4, Some(ExecEvent::Exit(exit))));
         assert_eq!(decode(&encode(None, &mut seq)[0]).unwrap(), (5, Some(ExecEvent::RelayLost)));
+    }
+
+    fn output(data: usize, stderr: Option<usize>) -> JobReply {
+        let job = serde_json::from_value(serde_json::json!({"id": uuid::Uuid::nil(), "state": "running",
+            "command": "x".repeat(1000), "who": "anonymous", "createdMs": 1, "durationMs": 2, "outputBytes": 3,
+            "droppedBytes": 0, "truncated": false}))
+        .unwrap();
+        JobReply::Output { job, offset: 5, data: vec![b'd'; data], stderr: stderr.map(|n| vec![b'e'; n]) }
+    }
+
+    fn back(payload: &[u8]) -> JobReply {
+        let Ok(Answer::Job(Some(reply))) = serde_json::from_slice(payload) else { panic!("not a job answer") };
+        *reply
+    }
+
+    #[test]
+    fn job_answers_are_cut_to_the_payload_limit() {
+        let full = output(256 * 1024, Some(256 * 1024));
+        assert_eq!(back(&fit(Some(full.clone()), 1024 * 1024)), full, "an answer that fits goes whole");
+        for (data, stderr, limit) in [(256 * 1024, Some(256 * 1024), 400_000), (300_000, None, 100_000)] {
+            let payload = fit(Some(output(data, stderr)), limit);
+            assert!(payload.len() <= limit, "{} > {limit}", payload.len());
+            let JobReply::Output { offset, data: d, stderr: e, .. } = back(&payload) else { panic!("not output") };
+            assert_eq!(offset, 5);
+            assert!(!d.is_empty() && d.len() < data && d.iter().all(|b| *b == b'd'), "{}", d.len());
+            assert_eq!(e.is_some(), stderr.is_some());
+            assert!(e.is_none_or(|e| !e.is_empty() && e.iter().all(|b| *b == b'e')));
+        }
+        let JobReply::Output { job, .. } = output(0, None) else { unreachable!() };
+        let payload = fit(Some(JobReply::List { jobs: vec![job; 200] }), 100_000);
+        let Ok(Answer::TooLarge { bytes, limit }) = serde_json::from_slice(&payload) else { panic!("not too large") };
+        assert!(bytes > limit && limit == 100_000, "{bytes} {limit}");
+        assert!(matches!(serde_json::from_slice(&fit(None, 100)), Ok(Answer::Job(None))));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Jobs through the relay: the caller's checks, the call to the machine's
 //! daemon (which keeps the jobs, their output and the idempotency keys), and
-//! the answers REST and MCP share. Also `POST /api/v1/exec` under an
+//! the answers REST and MCP share. A machine held by another relay of a
+//! cluster gets its calls through that relay. Also `POST /api/v1/exec` under an
 //! `Idempotency-Key`: the command runs as a job the daemon remembers by the
 //! key, so a retry (even through a restarted relay) gets the first request's
 //! result instead of running it again. The relay stores nothing of a job.
@@ -13,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::access::{self, Caller, Purpose};
+use super::cluster::{Cluster, JobError};
 use super::error::{ApiError, Reason};
 use super::exec::{self, ExecParams, Outcome};
 use super::hub::AgentConn;
+use super::keys::Digest;
 use crate::protocol::agent::{ExitStatus, Refusal};
 use crate::protocol::jobs::{JobCall, JobInfo, JobKind, JobRefusal, JobReply, JobState, OUTPUT_LIMIT};
 
@@ -109,10 +112,18 @@ pub struct JobOutput {
     pub job: JobInfo,
 }
 
+/// How job calls reach a machine's daemon.
+pub enum Link {
+    /// Over its link, held by this relay.
+    Here(Arc<AgentConn>),
+    /// Through the cluster to the relay holding its link, found by its code's keyed hash.
+    Cluster(Arc<Cluster>, Digest),
+}
+
 /// A machine a caller reached, and the caller as the daemon knows job owners.
 pub struct Reached {
-    /// The daemon's link.
-    pub conn: Arc<AgentConn>,
+    /// The way to the daemon.
+    pub link: Link,
     /// Whose jobs: the account, or for anonymous callers the holder of this code.
     pub owner: String,
 }
@@ -125,16 +136,44 @@ pub async fn reach(state: &AppState, caller: &Caller, code: &str, purpose: Purpo
         // A code reset makes a new code with a new time: its holder is another.
         None => format!("anonymous:{}", target.code_created_ms),
     };
-    Ok(Reached { conn: target.online()?, owner })
+    let link = match (target.conn, &state.cluster) {
+        (Some(conn), _) => Link::Here(conn),
+        (None, Some(cluster)) => Link::Cluster(Arc::clone(cluster), target.code_hash),
+        (None, None) => return Err(ApiError::agent_offline()),
+    };
+    Ok(Reached { link, owner })
 }
 
 /// Asks the daemon; its refusals become API errors.
-pub async fn call(conn: &AgentConn, call: JobCall, wait: Duration) -> Result<JobReply, ApiError> {
-    match conn.job(call, CALL_TIMEOUT + wait).await {
-        None => Err(ApiError::agent_offline()),
-        Some(JobReply::Refused { reason, message }) => Err(refusal(reason, &message)),
-        Some(reply) => Ok(reply),
+pub async fn call(link: &Link, call: JobCall, wait: Duration) -> Result<JobReply, ApiError> {
+    let reply = match link {
+        Link::Here(conn) => conn.job(call, CALL_TIMEOUT + wait).await.ok_or_else(ApiError::agent_offline)?,
+        Link::Cluster(cluster, code_hash) => {
+            cluster.job(code_hash, call, CALL_TIMEOUT + wait).await.map_err(carried)?
+        }
+    };
+    match reply {
+        JobReply::Refused { reason, message } => Err(refusal(reason, &message)),
+        reply => Ok(reply),
     }
+}
+
+/// A job call that did not come back through the cluster, as an API error.
+fn carried(e: JobError) -> ApiError {
+    let (answer, bytes, limit) = match e {
+        JobError::Offline => return ApiError::agent_offline(),
+        JobError::TooLarge { answer, bytes, limit } => (answer, bytes, limit),
+    };
+    let what = if answer { "the machine's answer" } else { "this request" };
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Reason::TooLarge,
+        format!(
+            "The machine is connected to another relay of this cluster, and {what} is {bytes} bytes, over the \
+             {limit} bytes NATS carries between relays (its max_payload). Send a shorter command, or ask the \
+             relay's operator to raise max_payload in nats-server's configuration."
+        ),
+    )
 }
 
 fn refusal(reason: JobRefusal, message: &str) -> ApiError {
@@ -199,7 +238,7 @@ pub async fn start(
     request.timeout_ms = timeout.as_millis() as u64;
     let reached = reach(state, caller, &params.code, Purpose::Use).await?;
     let start = JobCall::Start { request, owner: reached.owner, key, kind: JobKind::Job };
-    match call(&reached.conn, start, Duration::ZERO).await? {
+    match call(&reached.link, start, Duration::ZERO).await? {
         JobReply::Started { job, existing } => {
             Ok(JobStarted { ok: true, job_id: job.id, state: job.state, existing, job })
         }
@@ -216,7 +255,7 @@ pub fn unexpected() -> ApiError {
 /// The caller's jobs on the machine.
 pub async fn list(state: &AppState, caller: &Caller, code: &str) -> Result<JobList, ApiError> {
     let reached = reach(state, caller, code, Purpose::Look).await?;
-    match call(&reached.conn, JobCall::List { owner: reached.owner }, Duration::ZERO).await? {
+    match call(&reached.link, JobCall::List { owner: reached.owner }, Duration::ZERO).await? {
         JobReply::List { jobs } => Ok(JobList { ok: true, jobs }),
         _ => Err(unexpected()),
     }
@@ -234,7 +273,7 @@ pub async fn status(
     let reached = reach(state, caller, code, Purpose::Look).await?;
     let owner = reached.owner;
     let asked = if cancel { JobCall::Cancel { owner, id } } else { JobCall::Status { owner, id } };
-    match call(&reached.conn, asked, Duration::ZERO).await? {
+    match call(&reached.link, asked, Duration::ZERO).await? {
         JobReply::Job { job } => Ok(JobBody { ok: true, job }),
         _ => Err(unexpected()),
     }
@@ -264,7 +303,7 @@ pub async fn page(
         wait_ms: wait.as_millis() as u64,
         stderr_offset: None,
     };
-    let JobReply::Output { job, offset, data, .. } = call(&reached.conn, asked, wait).await? else {
+    let JobReply::Output { job, offset, data, .. } = call(&reached.link, asked, wait).await? else {
         return Err(unexpected());
     };
     let next_offset = offset + data.len() as u64;
@@ -284,7 +323,7 @@ pub async fn exec_keyed(
     let request = exec::request(params, caller.requester(&state.keys), state.config.max_output)?;
     let reached = reach(state, caller, &params.code, Purpose::Use).await?;
     let start = JobCall::Start { request, owner: reached.owner.clone(), key: Some(key), kind: JobKind::Exec };
-    match call(&reached.conn, start, Duration::ZERO).await? {
+    match call(&reached.link, start, Duration::ZERO).await? {
         JobReply::Started { job, .. } => Ok((reached, job)),
         _ => Err(unexpected()),
     }
@@ -317,7 +356,7 @@ impl Follow {
             wait_ms: FOLLOW_WAIT.as_millis() as u64,
             stderr_offset: Some(self.outcome.stderr.len() as u64),
         };
-        let JobReply::Output { job, data, stderr, .. } = call(&self.reached.conn, asked, FOLLOW_WAIT).await? else {
+        let JobReply::Output { job, data, stderr, .. } = call(&self.reached.link, asked, FOLLOW_WAIT).await? else {
             return Err(unexpected());
         };
         let stderr = stderr.unwrap_or_default();
