@@ -306,6 +306,15 @@ pub struct RateLimited(pub ErrorBody<'static>);
 )]
 pub struct Internal(pub ErrorBody<'static>);
 
+/// 413 of a job route whose answer comes from another relay of a cluster.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 413,
+    description = "`too_large`: in a cluster, the answer of the relay holding the machine would not fit NATS's \
+                   `max_payload`; ask for less, or raise `max_payload`"
+)]
+pub struct TooLargeForCluster(pub ErrorBody<'static>);
+
 /// 503 of a route that needs the machine's daemon connected.
 #[derive(utoipa::IntoResponses)]
 #[response(status = 503, description = "`agent_offline`: the machine's daemon is not connected")]

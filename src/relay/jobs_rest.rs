@@ -17,7 +17,9 @@ use serde::Deserialize;
 use super::AppState;
 use super::access::{self, Purpose};
 use super::api;
-use super::error::{AgentOffline, ApiError, ErrorBody, Internal, KeyNotValid, NotJson, RateLimited};
+use super::error::{
+    AgentOffline, ApiError, ErrorBody, Internal, KeyNotValid, NotJson, RateLimited, TooLargeForCluster,
+};
 use super::exec::{self, ExecResult};
 use super::jobs::{self, Follow, JobBody, JobList, JobOutput, JobParams, JobStarted, Reached};
 use crate::protocol::agent::Stream;
@@ -45,7 +47,7 @@ With `Idempotency-Key`, a repeated request of the same caller within 10 minutes 
         (status = 403, description = "`anonymous_expired`, `approval_required`, `blocked`, or `forbidden` (the machine's mode is disabled)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such machine for this account", body = ErrorBody),
         (status = 409, description = "`conflict`: the Idempotency-Key was used for another command", body = ErrorBody),
-        (status = 413, description = "`too_large`: the request body is over the relay's limit", body = ErrorBody),
+        (status = 413, description = "`too_large`: the request body is over the relay's limit, or, in a cluster, the job would not fit NATS's `max_payload`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many requests, or the machine runs its maximum of jobs (32 by default)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         NotJson, Internal, AgentOffline,
@@ -95,7 +97,7 @@ started with this code), newest first, until the machine's retention deletes the
     params(("code" = String, Path, description = "Session code or alias")),
     responses(
         (status = 200, description = "The jobs", body = JobList),
-        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline, TooLargeForCluster,
     )
 )]
 pub async fn list(
@@ -118,7 +120,7 @@ pub async fn list(
     params(("code" = String, Path, description = "Session code or alias"), ("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = JobBody),
-        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline, TooLargeForCluster,
     )
 )]
 pub async fn status(
@@ -142,7 +144,7 @@ The answer shows the job as it is at once; its end follows in its status.",
     params(("code" = String, Path, description = "Session code or alias"), ("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = JobBody),
-        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline, TooLargeForCluster,
     )
 )]
 pub async fn cancel(
@@ -182,7 +184,7 @@ pub struct OutputQuery {
     ),
     responses(
         (status = 200, description = "A page of output, or the event stream", content((JobOutput = "application/json"), (String = "text/event-stream"))),
-        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline,
+        JobLookupRefusals, KeyNotValid, RateLimited, Internal, AgentOffline, TooLargeForCluster,
     )
 )]
 pub async fn output(
