@@ -190,35 +190,26 @@ struct Held<I> {
     io: I,
     /// Freed with the stream.
     slot: Slot,
-    /// Armed when a write blocks, disarmed when one goes through; made at
-    /// the first blocked write (most connections never have one).
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether `stall` is counting.
-    armed: bool,
+    /// How long writes have been blocked.
+    stall: Stall,
 }
 
 impl<I> Held<I> {
     fn new(io: I, slot: Slot) -> Self {
-        Self { io, slot, stall: None, armed: false }
+        let stall = Stall::new(slot.gate.limits.write_stall);
+        Self { io, slot, stall }
     }
 
     /// Passes on a write's outcome; a write blocked past the limit fails.
     fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
         if polled.is_ready() {
-            self.armed = false;
+            self.stall.progressed();
             return polled;
         }
-        let limit = self.slot.gate.limits.write_stall;
-        let deadline = tokio::time::Instant::now() + limit;
-        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            stall.as_mut().reset(deadline);
-            self.armed = true;
-        }
-        if stall.as_mut().poll(cx).is_pending() {
+        if !self.stall.expired(cx) {
             return Poll::Pending;
         }
-        let message = format!("the client took nothing the relay wrote for {limit:?}");
+        let message = format!("the client took nothing the relay wrote for {:?}", self.stall.limit);
         Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message)))
     }
 }
@@ -270,7 +261,7 @@ where
 {
     let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        request.map(|body| axum::body::Body::new(Paced { body, limit: header_timeout, stall: None, armed: false }))
+        request.map(|body| axum::body::Body::new(Paced { body, stall: Stall::new(header_timeout) }))
     });
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
@@ -293,12 +284,40 @@ where
 /// it, not a connection held for as long as it trickles.
 struct Paced {
     body: Incoming,
-    /// How long the relay waits for the next part.
+    /// How long the relay has waited for the next part.
+    stall: Stall,
+}
+
+/// How long something has been blocked, against a limit. The timer is made
+/// at the first block: most connections and bodies never have one.
+struct Stall {
     limit: Duration,
-    /// Counting while the relay waits; made at the first wait.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether `stall` counts the current wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` counts the current block.
     armed: bool,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Self {
+        Self { limit, timer: None, armed: false }
+    }
+
+    /// The blocked operation went through: a later block counts afresh.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// The operation is blocked: whether for longer than the limit. If not,
+    /// `cx` is woken when it would be.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl hyper::body::Body for Paced {
@@ -311,19 +330,13 @@ impl hyper::body::Body for Paced {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-            this.armed = false;
+            this.stall.progressed();
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let (limit, deadline) = (this.limit, tokio::time::Instant::now() + this.limit);
-        let stall = this.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !this.armed {
-            stall.as_mut().reset(deadline);
-            this.armed = true;
-        }
-        if stall.as_mut().poll(cx).is_pending() {
+        if !this.stall.expired(cx) {
             return Poll::Pending;
         }
-        Poll::Ready(Some(Err(format!("no part of the request body came for {limit:?}").into())))
+        Poll::Ready(Some(Err(format!("no part of the request body came for {:?}", this.stall.limit).into())))
     }
 
     fn is_end_stream(&self) -> bool {
