@@ -514,60 +514,43 @@ impl Usage {
     /// Writes what has been noted since the last flush. What could not be
     /// written (a full disk) is kept for the next one, unless newer times came.
     pub async fn flush(&self, store: &Store) -> anyhow::Result<()> {
-        self.flush_grants(store).await?;
-        let keys = std::mem::take(&mut *self.keys.lock().unwrap());
-        let links = std::mem::take(&mut *self.links.lock().unwrap());
-        let mut keys = keys.into_iter().peekable();
-        while let Some((key_id, at)) = keys.peek() {
-            let written = sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2")
-                .bind(*at)
-                .bind(key_id.as_str())
-                .execute(store.pool())
-                .await;
-            if let Err(e) = written {
-                keep(&self.keys, keys);
-                keep(&self.links, links);
-                return Err(e.into());
-            }
-            keys.next();
-        }
-        let mut links = links.into_iter().peekable();
-        while let Some(&(link_id, at)) = links.peek() {
-            let written = sqlx::query("UPDATE links SET last_used_at = $1 WHERE id = $2")
-                .bind(at)
-                .bind(link_id)
-                .execute(store.pool())
-                .await;
-            if let Err(e) = written {
-                keep(&self.links, links);
-                return Err(e.into());
-            }
-            links.next();
-        }
-        Ok(())
-    }
-
-    /// Writes the OAuth grants' last-used times noted since the last flush.
-    async fn flush_grants(&self, store: &Store) -> anyhow::Result<()> {
-        let grants = std::mem::take(&mut *self.grants.lock().unwrap());
-        let mut grants = grants.into_iter().peekable();
-        while let Some(((account_id, client_id), at)) = grants.peek() {
-            let written = sqlx::query(
+        write_times(&self.grants, store, |(account_id, client_id), at| {
+            sqlx::query(
                 "UPDATE oauth_grants SET last_used_at = $1 WHERE account_id = $2 AND client_id = $3 AND last_used_at < $1",
             )
-            .bind(*at)
+            .bind(at)
             .bind(*account_id)
             .bind(client_id.as_str())
-            .execute(store.pool())
-            .await;
-            if let Err(e) = written {
-                keep(&self.grants, grants);
-                return Err(e.into());
-            }
-            grants.next();
-        }
-        Ok(())
+        })
+        .await?;
+        write_times(&self.keys, store, |key_id, at| {
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2").bind(at).bind(key_id.as_str())
+        })
+        .await?;
+        write_times(&self.links, store, |link_id, at| {
+            sqlx::query("UPDATE links SET last_used_at = $1 WHERE id = $2").bind(at).bind(*link_id)
+        })
+        .await
     }
+}
+
+/// Writes each time taken from `noted` with the update `query` makes for it;
+/// at the first failure, what is not written goes back (see [`keep`]).
+async fn write_times<K: std::hash::Hash + Eq>(
+    noted: &Mutex<HashMap<K, i64>>,
+    store: &Store,
+    query: impl for<'k> Fn(&'k K, i64) -> sqlx::query::Query<'k, sqlx::Any, sqlx::any::AnyArguments>,
+) -> anyhow::Result<()> {
+    let taken = std::mem::take(&mut *noted.lock().unwrap());
+    let mut taken = taken.into_iter().peekable();
+    while let Some((k, at)) = taken.peek() {
+        if let Err(e) = query(k, *at).execute(store.pool()).await {
+            keep(noted, taken);
+            return Err(e.into());
+        }
+        taken.next();
+    }
+    Ok(())
 }
 
 /// Puts times that were not written back, where no newer one was noted since.

@@ -188,8 +188,8 @@ async fn connection(
 /// that stays blocked for the limits' `write_stall` fails.
 struct Held<I> {
     io: I,
-    /// Freed with the stream.
-    slot: Slot,
+    /// The connection's place in the counts, freed with the stream.
+    _slot: Slot,
     /// How long writes have been blocked.
     stall: Stall,
 }
@@ -197,7 +197,7 @@ struct Held<I> {
 impl<I> Held<I> {
     fn new(io: I, slot: Slot) -> Self {
         let stall = Stall::new(slot.gate.limits.write_stall);
-        Self { io, slot, stall }
+        Self { io, _slot: slot, stall }
     }
 
     /// Passes on a write's outcome; a write blocked past the limit fails.
