@@ -169,14 +169,7 @@ async fn an_oauth_client_registers_signs_in_and_runs_a_command_with_rotating_ref
     assert!(challenge.starts_with(&format!("Bearer resource_metadata=\"{metadata_url}\"")), "{challenge}");
     let prm: Value = common::client().get(&metadata_url).send().await.unwrap().json().await.unwrap();
     assert_eq!(prm["resource"], format!("{}/mcp/oauth", relay.http()));
-    let asm: Value = common::client()
-        .get(format!("{}/.well-known/oauth-authorization-server", relay.http()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asm = server_metadata(&relay).await;
     assert_eq!(asm["issuer"], relay.http());
     assert_eq!(asm["code_challenge_methods_supported"], json!(["S256"]));
 
@@ -403,6 +396,12 @@ async fn form_post(relay: &TestRelay, path: &str, form: &[(&str, &str)]) -> (u16
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// The relay's authorization server metadata (RFC 8414).
+async fn server_metadata(relay: &TestRelay) -> Value {
+    let url = format!("{}/.well-known/oauth-authorization-server", relay.http());
+    common::client().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Registers a client by DCR; its id.
 async fn register(relay: &TestRelay, name: &str) -> String {
     let answer: Value = common::client()
@@ -542,14 +541,7 @@ async fn the_dashboard_lists_connected_apps_and_revoke_ends_their_tokens_at_once
 async fn a_client_revokes_its_own_tokens_as_rfc_7009_says() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start_with(relay::Config::new(dir.path().to_path_buf()), "127.0.0.1:0").await;
-    let asm: Value = common::client()
-        .get(format!("{}/.well-known/oauth-authorization-server", relay.http()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asm = server_metadata(&relay).await;
     assert_eq!(asm["revocation_endpoint"], format!("{}/oauth/revoke", relay.http()));
     let (app, other_app) = (register(&relay, "App").await, register(&relay, "Other").await);
     let mut browser = signed_in(&relay, "lu@example.com").await;

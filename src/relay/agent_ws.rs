@@ -401,12 +401,6 @@ mod tests {
         size_of::<F>()
     }
 
-    /// Every idle agent costs the relay its link's task, and tokio allocates
-    /// a task as large as the largest future it may ever await: a step awaited
-    /// inline in `run` grows every link by its size, whether it runs or not.
-    /// The cluster's NATS calls once did (a debug build's `run` was 5.4 KB
-    /// with them, under 2.5 KB boxed; 11.8 KiB per idle agent against 8 KiB,
-    /// BENCHMARKS.md). What `run` awaits once or rarely is boxed; this keeps it so.
     /// A short output payload owns its bytes: held by a caller that reads
     /// slowly, it must not keep the read buffer it came in (here 512 KiB).
     #[test]
@@ -424,6 +418,12 @@ mod tests {
         assert!(within(&payload(&full)), "a full chunk is handed on as it was read");
     }
 
+    /// Every idle agent costs the relay its link's task, and tokio allocates
+    /// a task as large as the largest future it may ever await: a step awaited
+    /// inline in `run` grows every link by its size, whether it runs or not.
+    /// The cluster's NATS calls once did (a debug build's `run` was 5.4 KB
+    /// with them, under 2.5 KB boxed; 11.8 KiB per idle agent against 8 KiB,
+    /// BENCHMARKS.md). What `run` awaits once or rarely is boxed; this keeps it so.
     #[test]
     fn the_link_task_stays_small() {
         let size = future_size(run);

@@ -277,6 +277,11 @@ fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
     json_response(status, json!({"error": error, "error_description": description}))
 }
 
+/// The refusal of a `/token` or `/oauth/revoke` body that is not a form.
+fn not_a_form() -> Response {
+    token_error(StatusCode::BAD_REQUEST, "invalid_request", "send application/x-www-form-urlencoded fields")
+}
+
 /// The fields of a token request.
 #[derive(Debug, Default, Deserialize)]
 pub struct TokenForm {
@@ -300,13 +305,7 @@ pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
 
 /// `POST /token`.
 pub async fn token(State(oauth): State<Arc<OAuth>>, form: Result<Form<TokenForm>, FormRejection>) -> Response {
-    let Ok(Form(f)) = form else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "send application/x-www-form-urlencoded fields",
-        );
-    };
+    let Ok(Form(f)) = form else { return not_a_form() };
     let (store, keys, now) = (&oauth.web.state.store, &oauth.web.state.keys, now_ms());
     let client_id = f.client_id.clone().unwrap_or_default();
     let mut family = None;
@@ -382,13 +381,7 @@ pub struct RevokeForm {
 /// access tokens too. An unknown, expired or already revoked token is 200,
 /// as the RFC says; another client's token is refused and left alone.
 pub async fn revoke(State(oauth): State<Arc<OAuth>>, form: Result<Form<RevokeForm>, FormRejection>) -> Response {
-    let Ok(Form(f)) = form else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "send application/x-www-form-urlencoded fields",
-        );
-    };
+    let Ok(Form(f)) = form else { return not_a_form() };
     let (Some(token), Some(client_id)) = (f.token.as_deref(), f.client_id.as_deref()) else {
         return token_error(StatusCode::BAD_REQUEST, "invalid_request", "send token and client_id");
     };
