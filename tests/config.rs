@@ -1,7 +1,8 @@
 //! Config files, run through the real binaries: flags beat `AIC_*`
 //! variables, which beat the file, which beats the default; bad files are
 //! refused with the file, the key and what was expected; the shipped examples
-//! parse.
+//! parse. Account, key and login-link commands pointed at no relay's data
+//! refuse instead of making a new database or secret.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -70,7 +71,7 @@ fn relay_refuses_unknown_keys_and_bad_values() {
             "aic-relay: config file {typo}: unknown key `rate_limt`; expected one of listen, public_url, \
              data_dir, database_url, nats_url, anonymous_window, max_output, rate_limit, trusted_proxy, metrics_listen, tls_cert, tls_key, \
              max_connections, max_connections_per_ip, header_timeout, registrations_per_day, mcp_output_max, \
-             mcp_sessions_per_client, max_file, max_in_flight, smtp_url, mail_from"
+             mcp_sessions_per_client, max_file, mcp_inline_max, file_link_ttl, max_in_flight, smtp_url, mail_from"
         )
     );
     let bad = write(dir.path(), "bad.toml", "rate_limit = \"many\"\n");
@@ -191,4 +192,49 @@ fn shipped_example_files_parse() {
         let out = daemon(&["run", "--config", file, "--relay", "ws://far.example"], &[]);
         assert!(stderr(&out).contains("unencrypted to far.example"), "{file}: {}", stderr(&out));
     }
+}
+
+/// `account add` on a data dir no relay made, or on PostgreSQL without the relays' secret, would hand
+/// out a key no relay accepts: it refuses, saying what to give, and leaves nothing behind.
+#[test]
+fn admin_commands_refuse_data_no_relay_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    let out = relay(&["--data-dir", empty.to_str().unwrap(), "account", "add", "ops@example.com"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let expected =
+        format!("aic-relay: no relay database in {}: give the relay's data dir with --data-dir", empty.display());
+    assert!(stderr(&out).starts_with(&expected), "{}", stderr(&out));
+    assert!(!empty.exists(), "made {}", empty.display());
+    // With a database URL the secret must come from somewhere: refused before connecting.
+    let pg = ["--data-dir", empty.to_str().unwrap(), "--database-url", "postgres://aic@127.0.0.1:1/aic"];
+    let out = relay(&[&pg[..], &["key", "list", "ops@example.com"]].concat(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("aic-relay: no server secret:"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("AIC_RELAY_SECRET"), "{}", stderr(&out));
+    assert!(!empty.exists(), "made {}", empty.display());
+}
+
+/// `login-link` without a public URL says which address its link names, and how to name another.
+#[test]
+fn login_link_says_when_it_names_the_default_url() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // What a relay leaves in its data dir: the secret, and the database (an empty file is an empty one).
+    for (name, text) in [("secret.key", "ab".repeat(32)), ("relay.db", String::new())] {
+        let path = write(dir.path(), name, &text);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = relay(&["--data-dir", data, "login-link", "ops@example.com"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http://127.0.0.1:8080/login/link?t="));
+    let note = stderr(&out);
+    assert!(note.contains("the link names http://127.0.0.1:8080") && note.contains("--public-url"), "{note}");
+    let named = ["--data-dir", data, "--public-url", "https://relay.example.com", "login-link", "ops@example.com"];
+    let out = relay(&named, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("https://relay.example.com/login/link?t="));
+    assert_eq!(stderr(&out), "");
 }

@@ -213,9 +213,39 @@ enum KeyCmd {
     },
 }
 
+/// Refuses an account, key or login-link command that would not meet the relay's own data: one that
+/// made a new secret or SQLite file would hand out keys and links that no relay accepts.
+fn check_relay_data(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
+    let dir = data_dir.display();
+    let missing = |name: &str| match std::fs::metadata(data_dir.join(name)) {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read {dir}/{name} ({e}): run this as the relay's user, e.g. sudo -u aic-relay aic-relay --data-dir {dir} …"
+        )),
+    };
+    if args.database_url.is_none() && missing(relay::store::DB_FILE)? {
+        anyhow::bail!(
+            "no relay database in {dir}: give the relay's data dir with --data-dir (or its --config file, or \
+             --database-url for relays on PostgreSQL); a relay makes {} there when it first starts",
+            relay::store::DB_FILE
+        );
+    }
+    if args.secret.is_none() && missing(relay::keys::SECRET_FILE)? {
+        anyhow::bail!(
+            "no server secret: {dir}/{} does not exist and neither --secret nor AIC_RELAY_SECRET is set. Give the \
+             secret the relays use (AIC_RELAY_SECRET) or the relay's --data-dir: keys and links made under another \
+             secret would never work",
+            relay::keys::SECRET_FILE
+        );
+    }
+    Ok(())
+}
+
 /// Runs an account or key command against the data dir.
 async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Result<()> {
     use aic::relay::accounts;
+    check_relay_data(args, &data_dir)?;
     let secret = args.secret.as_deref().map(Keys::parse).transpose()?;
     let (store, keys) = relay::open_store(&data_dir, args.database_url.as_deref(), secret).await?;
     let now = relay::now_ms();
@@ -240,18 +270,7 @@ async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Res
                 println!("Daily re-activation is {daily_reactivation} for {email}.");
             }
         }
-        Command::LoginLink { email } => {
-            let email = accounts::normalize_email(email)?;
-            let token = relay::signin::create_link(&store, &keys, &email, None, "/dashboard", now).await?;
-            let url = args.public_url()?.join(&format!("/login/link?t={token}"));
-            if json {
-                println!("{}", serde_json::json!({"email": email, "url": url}));
-            } else {
-                println!(
-                    "Sign-in link for {email} (works once, for 15 minutes; whoever opens it signs in):\n\n  {url}\n"
-                );
-            }
-        }
+        Command::LoginLink { email } => login_link(args, &store, &keys, email, now).await?,
         Command::Account(AccountCmd::Remove { email }) => {
             accounts::remove_account(&store, email).await?;
             if !json {
@@ -272,6 +291,32 @@ async fn admin(args: &Args, data_dir: PathBuf, command: &Command) -> anyhow::Res
         Command::ConnectLines | Command::Doctor | Command::Generate(_) => {}
     }
     store.close().await;
+    Ok(())
+}
+
+/// `login-link EMAIL`: a one-time sign-in link, printed here only; a note on stderr when it names the default URL.
+async fn login_link(
+    args: &Args,
+    store: &relay::store::Store,
+    keys: &Keys,
+    email: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    let email = relay::accounts::normalize_email(email)?;
+    let token = relay::signin::create_link(store, keys, &email, None, "/dashboard", now).await?;
+    let base = args.public_url()?;
+    let url = base.join(&format!("/login/link?t={token}"));
+    if args.json {
+        println!("{}", serde_json::json!({"email": email, "url": url}));
+    } else {
+        println!("Sign-in link for {email} (works once, for 15 minutes; whoever opens it signs in):\n\n  {url}\n");
+    }
+    if args.public_url.is_none() {
+        eprintln!(
+            "aic-relay: the link names {base}, the default; if the relay is reached at another address, \
+             run this again with its --public-url (or AIC_RELAY_PUBLIC_URL, or its --config file)"
+        );
+    }
     Ok(())
 }
 
@@ -424,6 +469,8 @@ const FILE_KEYS: &[&str] = &[
     "mcp_output_max",
     "mcp_sessions_per_client",
     "max_file",
+    "mcp_inline_max",
+    "file_link_ttl",
     "max_in_flight",
     "smtp_url",
     "mail_from",
@@ -523,6 +570,10 @@ impl Args {
         fill(&mut self.mcp_sessions_per_client, sessions, given("mcp_sessions_per_client"));
         let max_file = file.integer("max_file", "a number of bytes such as 104857600")?;
         fill(&mut self.max_file, max_file, given("max_file"));
+        let inline = file.integer("mcp_inline_max", "a number of bytes such as 262144")?;
+        fill(&mut self.mcp_inline_max, inline, given("mcp_inline_max"));
+        let ttl = file.parsed("file_link_ttl", "a duration such as \"10m\" or \"1h\"", aic::duration::parse)?;
+        fill(&mut self.file_link_ttl, ttl, given("file_link_ttl"));
         fill(&mut self.max_in_flight, file.integer("max_in_flight", count)?, given("max_in_flight"));
         let smtp = file.string("smtp_url", "a URL such as \"smtps://user:password@mail.example.com:465\"")?;
         fill(&mut self.smtp_url, smtp.map(Some), given("smtp_url"));
