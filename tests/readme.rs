@@ -1,7 +1,7 @@
 //! README.md and the shipped config examples against the binaries' own `--help`: every flag of
 //! `aic-relay` and `aic-daemon run` has one row in its README table naming its variable, every
 //! setting a flag takes is also a config file key, and the example config files show every key.
-//! A flag added without its documentation fails here.
+//! A flag added without its documentation fails here. Each binary's `-h` says what that binary is.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -133,4 +133,19 @@ fn every_setting_is_a_config_key_and_in_the_example() {
     let run = ["run", "--relay", "ws://127.0.0.1:1"];
     assert_eq!(file_keys(daemon_bin, &run, dir.path()), daemon, "aic-daemon's config keys and its flags");
     check_example("daemon.toml", &daemon);
+}
+
+#[test]
+fn each_binary_says_what_it_is() {
+    let first_line = |bin: &str| {
+        let out = run(bin, &["-h"]);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_string()
+    };
+    let relay = first_line(env!("CARGO_BIN_EXE_aic-relay"));
+    let daemon = first_line(env!("CARGO_BIN_EXE_aic-daemon"));
+    let console = first_line(env!("CARGO_BIN_EXE_aic-console"));
+    assert!(daemon.starts_with("The aic daemon: keeps an outbound link to an aic relay"), "{daemon}");
+    assert!(console.starts_with("Watch and steer the aic daemon on this machine"), "{console}");
+    assert!(relay != daemon && relay != console, "{relay}");
 }

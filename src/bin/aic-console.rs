@@ -18,7 +18,7 @@ use aic::tui::run::Settings;
 /// With no subcommand in a terminal, opens the console; without a terminal,
 /// prints the status.
 #[derive(Parser, Debug)]
-#[command(name = "aic-console", version = aic::VERSION, about, long_about)]
+#[command(name = "aic-console", version = aic::VERSION)]
 struct Args {
     /// The daemon's control socket [default: /run/aic-daemon/aic.sock if it exists, else $XDG_RUNTIME_DIR/aic-daemon.sock].
     #[arg(long, env = "AIC_SOCKET", global = true)]

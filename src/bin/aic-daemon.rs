@@ -17,7 +17,7 @@ use aic::daemon::{self, Mode};
 /// Settings come from flags, then AIC_* environment variables, then the
 /// config file, then defaults.
 #[derive(Parser, Debug)]
-#[command(name = "aic-daemon", version = aic::VERSION, about, long_about)]
+#[command(name = "aic-daemon", version = aic::VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
