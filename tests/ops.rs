@@ -247,6 +247,10 @@ async fn relay_doctor_passes_a_good_setup_and_names_problems() {
     let out = run_async("aic-relay", &[&common[..], &["doctor"]].concat()).await;
     let lines = doctor_lines(&out);
     assert_eq!(lines.len(), 6, "{}", stdout(&out));
+    // The default config file is named as the source only when it is there.
+    let config = lines[0].1.strip_prefix("ok       config: ").expect("a config line");
+    let named = config.split(" (listen ").next().unwrap();
+    assert!(config.starts_with("no file at ") || std::path::Path::new(named).is_file(), "{config}");
     assert!(lines.iter().all(|(status, _)| status == "ok"), "{}", stdout(&out));
     assert_eq!(out.status.code(), Some(0));
 

@@ -425,7 +425,11 @@ async fn doctor(args: &Args, file: Result<PathBuf, ConfigError>) -> anyhow::Resu
     });
     match checked {
         Ok((path, data_dir)) => {
-            report.add("config", Ok(format!("{} (listen {})", path.display(), args.listen)));
+            let source = match path.exists() {
+                true => path.display().to_string(),
+                false => format!("no file at {}, so flags, variables and defaults", path.display()),
+            };
+            report.add("config", Ok(format!("{source} (listen {})", args.listen)));
             let shared = relay::doctor::Shared {
                 database_url: args.database_url.as_deref(),
                 nats_url: args.nats_url.as_deref(),
