@@ -24,8 +24,9 @@ struct Args {
     #[arg(long, env = "AIC_RELAY_LISTEN", default_value = "127.0.0.1:8080", global = true)]
     listen: SocketAddr,
 
-    /// The URL clients reach this relay at, e.g. https://relay.example.com [default: http://<listen address>, or https:// with --tls-cert].
-    /// SKILL.md, the OpenAPI document and connect-lines name it; /mcp answers only for its host and loopback.
+    /// The URL clients reach this relay at, e.g. https://relay.example.com
+    /// [default: http://<listen address>, or https:// with --tls-cert]. SKILL.md, the OpenAPI document and
+    /// connect-lines name it; /mcp answers only for its host and loopback.
     #[arg(long, env = "AIC_RELAY_PUBLIC_URL", global = true)]
     public_url: Option<PublicUrl>,
 
