@@ -243,6 +243,29 @@ async fn a_caller_that_stops_reading_is_cut_off_and_its_command_cancelled() {
     drop(caller);
 }
 
+/// A body that comes a byte at a time, each well within the header timeout,
+/// is cut off too once too little of it came in that time.
+#[tokio::test]
+async fn a_client_that_trickles_its_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay_config(dir.path()), "127.0.0.1:0").await;
+    let (mut read, mut write) = raw(&relay.http()).await.into_split();
+    let head =
+        "POST /api/v1/exec HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n";
+    write.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        while write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut seen = Vec::new();
+    within("the relay to close the connection", read.read_to_end(&mut seen)).await.unwrap();
+    let said = String::from_utf8_lossy(&seen);
+    assert!(said.starts_with("HTTP/1.1 400") && said.contains("request body came"), "{said}");
+    trickle.abort();
+}
+
 /// Reads from a raw connection until the relay closes it; what it said.
 async fn until_closed(tcp: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
