@@ -539,6 +539,19 @@ fn sleep_with_pid(pid: i32) -> Result<i32, std::io::Error> {
     }
 }
 
+/// A child of this test, killed and reaped when dropped.
+struct KilledOnDrop(i32);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: a child of this test, killed and reaped.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// Whether this kernel tells a Unix socket's peer by pidfd (Linux 6.5).
 fn peer_pidfds() -> bool {
     use std::os::fd::AsRawFd;
@@ -581,8 +594,8 @@ async fn a_client_whose_pid_another_process_took_cannot_act_as_the_operator() {
     let pid = client.id() as i32;
     assert!(client.wait().unwrap().success());
     // Its pid goes to a process the daemon would take for the operator.
-    let taker = match sleep_with_pid(pid) {
-        Ok(taker) => taker,
+    let _taker = match sleep_with_pid(pid) {
+        Ok(taker) => KilledOnDrop(taker),
         Err(e) => {
             eprintln!("skipped: could not start a process with pid {pid}: {e}");
             return;
@@ -596,11 +609,6 @@ async fn a_client_whose_pid_another_process_took_cannot_act_as_the_operator() {
         line
     });
     let said = within("the daemon's answer", said).await.unwrap();
-    // SAFETY: a child of this test, killed and reaped.
-    unsafe {
-        libc::kill(taker, libc::SIGKILL);
-        libc::waitpid(taker, std::ptr::null_mut(), 0);
-    }
     let said: Value = serde_json::from_str(&said).unwrap_or_else(|_| panic!("not JSON: {said}"));
     assert_eq!(said["type"], "error", "{said}");
     assert!(said["message"].as_str().unwrap().contains("exited after it connected"), "{said}");
