@@ -577,7 +577,8 @@ async fn jobs_of_a_machine_held_by_another_relay_work_through_any_relay() {
 
     // 588 895 bytes of numbered lines: three output calls of 256 KiB at most.
     let (status, body) = jobs_api(&b, reqwest::Method::POST, "", Some(start("seq 1 100000"))).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("running")), "{body}");
+    // So short a job may have ended by the time its start is answered (seen under load).
+    assert!(status == 200 && ["running", "exited"].contains(&body["state"].as_str().unwrap_or("")), "{body}");
     let at = format!("/{code}/{}", body["jobId"].as_str().unwrap());
     let job = job_until(&b, &at, |job| job["state"] != "running").await;
     assert_eq!((job["state"].as_str(), job["exitCode"].as_i64()), (Some("exited"), Some(0)), "{job}");
