@@ -214,7 +214,8 @@ mod tests {
     fn this_process_and_processes_outside_command_groups_are_not_commands() {
         let me = getpid().as_raw_nonzero().get();
         assert_eq!(origin_of_pid(me, &[]), None);
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        // Killed below; long enough to outlast the checks on a slow machine.
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         assert_eq!(command_ancestor(child.id() as i32, &[]), None);
         assert!(descends_from_this_daemon(child.id() as i32));
         assert!(!descends_from_this_daemon(me) && !descends_from_this_daemon(1));
@@ -226,7 +227,7 @@ mod tests {
     fn a_command_and_its_descendants_are_even_in_a_group_of_their_own() {
         use std::os::unix::process::CommandExt;
         let mut child =
-            std::process::Command::new("sh").args(["-c", "setsid sleep 5 & wait"]).process_group(0).spawn().unwrap();
+            std::process::Command::new("sh").args(["-c", "setsid sleep 60 & wait"]).process_group(0).spawn().unwrap();
         let root = child.id() as i32;
         assert_eq!(command_ancestor(root, &[root]), Some(root));
         let detached = wait_for_child_of(root);
@@ -243,7 +244,9 @@ mod tests {
     }
 
     fn wait_for_child_of(parent: i32) -> i32 {
-        for _ in 0..500 {
+        // Bounded by the clock: each look reads all of /proc, slower on a loaded machine.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
                 let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
                 (parent_and_group(pid)?.0 == parent).then_some(pid)
