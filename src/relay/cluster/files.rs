@@ -222,6 +222,10 @@ async fn receive(client: Client, mut frames: Subscriber, holder: String, ends: E
                 }
                 got = seq;
                 if !deliver(&ends, said) {
+                    if ends.tx.is_closed() {
+                        // The caller let go as its last events came: the holder need not wait for silence.
+                        let _ = client.publish(holder.clone(), vec![CANCEL].into()).await;
+                    }
                     return;
                 }
             }
@@ -404,5 +408,34 @@ impl Pump<'_> {
             _ => {}
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(payload: &[u8]) -> (u64, Option<FileEvent>) {
+        match decode(payload) {
+            Some((seq, Heard::Event(event))) => (seq, event),
+            _ => panic!("not an event frame"),
+        }
+    }
+
+    #[test]
+    fn transfer_frames_carry_bytes_events_and_credit() {
+        let chunk = vec![9u8; FILE_CHUNK];
+        let data = frame(OUTPUT, 0, 1, &chunk);
+        assert!(data.len() + FRAME_ROOM <= 1024 * 1024, "a chunk's frame fits NATS's default max_payload");
+        assert_eq!(event(&data), (1, Some(FileEvent::Data(chunk))));
+        let end = frame(EVENT, 0, 2, &json(&Some(FileEvent::End)));
+        assert_eq!(event(&end), (2, Some(FileEvent::End)));
+        let gone = frame(EVENT, 0, 3, &json(&None::<FileEvent>));
+        assert_eq!(event(&gone), (3, None), "the daemon's link went away");
+        let Some((4, Heard::Credit(8))) = decode(&frame(CREDIT, 0, 4, &8u64.to_be_bytes())) else {
+            panic!("not credit")
+        };
+        assert!(matches!(decode(&frame(BEAT, 0, 0, &[])), Some((0, Heard::Beat))));
+        assert!(decode(b"x").is_none() && decode(&frame(b'?', 0, 5, &[])).is_none());
     }
 }
