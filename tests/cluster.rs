@@ -197,7 +197,8 @@ async fn files_move_through_a_relay_not_holding_the_machine() {
     assert_eq!(resp.headers()["content-range"], range.as_str());
     assert!(within("the range's bytes", resp.bytes()).await.unwrap() == bytes[1_000_000..], "the range differs");
 
-    // MCP through relay C: a small file into and out of the result, a large one through a download link.
+    // MCP through relay C: a small file into and out of the result, a large
+    // one through a download link used on relay B, an upload link on relay A.
     let small = site.dir.path().join("small.bin");
     let args = json!({"code": code.to_string(), "path": small, "content_base64": "AAEC/w=="});
     let result = mcp_tool(&c, "remote_push", args).await;
@@ -208,9 +209,23 @@ async fn files_move_through_a_relay_not_holding_the_machine() {
     let result = mcp_tool(&c, "remote_pull", json!({"code": code.to_string(), "path": path})).await;
     let blocks = result["content"].as_array().unwrap_or_else(|| panic!("no content in {result}"));
     let link = blocks.iter().find(|b| b["type"] == "resource_link").unwrap_or_else(|| panic!("no link: {result}"));
-    let resp = within("the download link", client().get(link["uri"].as_str().unwrap()).send()).await.unwrap();
+    let link = link["uri"].as_str().unwrap().replace(&c, &b);
+    assert!(link.starts_with(&format!("{b}/")), "{link}");
+    let resp = within("the download link", client().get(&link).send()).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(within("the linked bytes", resp.bytes()).await.unwrap() == bytes, "the linked bytes differ");
+    let again = within("the link again", client().get(link.replace(&b, &c)).send()).await.unwrap();
+    assert_eq!(again.status(), 410, "a link works once, whichever relay it reaches");
+
+    let uploaded = site.dir.path().join("uploaded.bin");
+    let result = mcp_tool(&c, "remote_push", json!({"code": code.to_string(), "path": uploaded})).await;
+    let blocks = result["content"].as_array().unwrap_or_else(|| panic!("no content in {result}"));
+    let link = blocks.iter().find(|b| b["type"] == "resource_link").unwrap_or_else(|| panic!("no link: {result}"));
+    let link = link["uri"].as_str().unwrap().replace(&c, &site.relays[0].http());
+    assert!(link.starts_with(&format!("{}/", site.relays[0].http())), "{link}");
+    let resp = within("the upload link", client().put(&link).body(bytes.clone()).send()).await.unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    assert!(std::fs::read(&uploaded).unwrap() == bytes, "the uploaded file differs");
     daemon.stop().await;
 }
 

@@ -20,6 +20,7 @@
 //! bytes, and nothing in NATS keeps them (no JetStream stream holds them).
 
 mod files;
+mod links;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,7 @@ use crate::protocol::agent::{ExecRequest, ExitStatus, Refusal, Stream};
 use crate::protocol::jobs::{JobCall, JobReply};
 
 pub use files::RemoteTransfer;
+pub use links::LinkUse;
 
 /// Output frames a holder sends past the caller's last acknowledgement at most.
 pub const WINDOW: u64 = 16;

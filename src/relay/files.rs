@@ -457,12 +457,17 @@ pub async fn push_body(
     spec: PushSpec,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut transfer = begin_push(state, caller, code, &spec).await?;
+    let transfer = begin_push(state, caller, code, &spec).await?;
+    push_stream(transfer, spec.path, spec.size, body).await
+}
+
+/// The bytes of an open push to `path` from a request body of `size` bytes, then the rename. 201 with [`PushResult`].
+pub async fn push_stream(mut transfer: Transfer, path: String, size: u64, body: Body) -> Result<Response, ApiError> {
     // Nothing of the body is read until the machine is ready for it.
     transfer.ready().await.map_err(unexpected)?;
-    stream_body(&mut transfer, body, spec.size).await?;
+    stream_body(&mut transfer, body, size).await?;
     let (size, sha256) = finish_push(transfer).await?;
-    Ok((StatusCode::CREATED, Json(PushResult { ok: true, path: spec.path, size, sha256 })).into_response())
+    Ok((StatusCode::CREATED, Json(PushResult { ok: true, path, size, sha256 })).into_response())
 }
 
 /// Streams the request body to the daemon in chunks, each waiting for credit.

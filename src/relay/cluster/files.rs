@@ -63,6 +63,12 @@ impl Cluster {
             Ok(Answer::NotOpened(e)) => return Err(e),
             _ => return Err(OpenError::Offline),
         };
+        Ok(self.remote(id, frames, holder))
+    }
+
+    /// The caller's handle on a transfer `holder` (an inbox of the relay
+    /// serving it) relays to `frames`.
+    pub(super) fn remote(&self, id: uuid::Uuid, frames: Subscriber, holder: String) -> Transfer {
         let (tx, events) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(0));
         let (cancel, progress) = (CancellationToken::new(), Arc::new(Progress::default()));
@@ -70,7 +76,7 @@ impl Cluster {
         tokio::spawn(receive(self.client.clone(), frames, holder.clone(), ends));
         let remote =
             RemoteTransfer { client: self.client.clone(), holder, progress, seq: 0, _cancel: cancel.drop_guard() };
-        Ok(Transfer::remote(id, remote, events, credit))
+        Transfer::remote(id, remote, events, credit)
     }
 
     /// Opens the transfer a caller's relay asked for on the link `conn`,
@@ -86,6 +92,12 @@ impl Cluster {
         // Dropping the transfer (here, or when the pump ends) cancels it on the machine.
         let Ok(inbound) = self.client.subscribe(inbox.clone()).await else { return };
         self.publish(reply, json(&Answer::Accepted { acks: inbox })).await;
+        self.relay_to(frames, push, transfer, inbound).await;
+    }
+
+    /// Relays `transfer` (a push when `push`) to a caller's `frames` inbox,
+    /// hearing the caller on `inbound`, until it ends.
+    pub(super) async fn relay_to(&self, frames: String, push: bool, transfer: Transfer, inbound: Subscriber) {
         let pump = Pump {
             cluster: self,
             frames,
