@@ -15,7 +15,8 @@
 //! relay holds is noted in a JetStream KV bucket ([`super::presence`]), for
 //! status and listing. Job calls go the same way, one request and one
 //! answer each, under NATS's payload limit. File transfers go as output does
-//! ([`files`]). Only the exec request, its output frames, job calls and their
+//! ([`RemoteTransfer`]), and so do one-use file links kept by another relay
+//! ([`LinkUse`]). Only the exec request, its output frames, job calls and their
 //! answers carry command text or output, only transfer frames carry file
 //! bytes, and nothing in NATS keeps them (no JetStream stream holds them).
 
