@@ -57,7 +57,8 @@ async fn says_online(relay: &str, code: SessionCode) -> bool {
 
 /// Waits (bounded) until `relay` sees the machine as online, or as offline.
 async fn until_online(relay: &str, code: SessionCode, online: bool) {
-    for _ in 0..300 {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
         if says_online(relay, code).await == online {
             return;
         }
@@ -423,7 +424,8 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_resume() {
     assert_eq!(body["ok"], false, "{body}");
     site.pg.restart();
     let mut answer = exec_as(&b, None, &code.to_string(), "echo up").await;
-    for _ in 0..100 {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
         if answer.0 == 200 {
             break;
         }
@@ -663,7 +665,8 @@ async fn an_mcp_task_made_on_one_relay_is_read_on_another() {
 /// Asks `tasks/get` on `relay` until the task is no longer working (bounded): the last answer.
 async fn task_done(relay: &str, get: &Value) -> Value {
     let mut done = Value::Null;
-    for _ in 0..300 {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
         done = mcp_tasks_call(relay, get.clone()).await;
         if done["result"]["status"] != "working" {
             break;
@@ -685,7 +688,8 @@ async fn jobs_api(base: &str, method: reqwest::Method, path: &str, body: Option<
 
 /// Asks relay `base` for the job until `done` says so of it (bounded): the job.
 async fn job_until(base: &str, at: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..500 {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
         let (status, body) = jobs_api(base, reqwest::Method::GET, at, None).await;
         assert_eq!(status, 200, "{body}");
         if done(&body["job"]) {
@@ -708,7 +712,8 @@ async fn jobs_of_a_machine_held_by_another_relay_work_through_any_relay() {
 
     // 588 895 bytes of numbered lines: three output calls of 256 KiB at most.
     let (status, body) = jobs_api(&b, reqwest::Method::POST, "", Some(start("seq 1 100000"))).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("running")), "{body}");
+    // So short a job may have ended by the time its start is answered (seen under load).
+    assert!(status == 200 && ["running", "exited"].contains(&body["state"].as_str().unwrap_or("")), "{body}");
     let at = format!("/{code}/{}", body["jobId"].as_str().unwrap());
     let job = job_until(&b, &at, |job| job["state"] != "running").await;
     assert_eq!((job["state"].as_str(), job["exitCode"].as_i64()), (Some("exited"), Some(0)), "{job}");
@@ -752,20 +757,18 @@ async fn a_clients_rate_limit_holds_across_relays() {
     let Some(site) = Site::start(|c| c.rate_limit = 10).await else { return };
     let (a, b) = (site.relays[0].http(), site.relays[1].http());
     let status = |relay: &str| client().get(format!("{relay}/api/v1/status/AIC-2345-6789-ABCD")).send();
-    for _ in 0..10 {
-        assert_ne!(within("status", status(&a)).await.unwrap().status().as_u16(), 429);
-    }
-    assert_eq!(within("status", status(&a)).await.unwrap().status().as_u16(), 429);
-    // Relay B hears within a moment what A let through; on its own it would allow 10 more.
+    // Spent on A until A refuses (a token comes back every 6 s: a slow machine may get one more).
     let mut allowed = 0;
-    for _ in 0..9 {
-        match within("status", status(&b)).await.unwrap().status().as_u16() {
-            429 => break,
-            _ => allowed += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    while within("status", status(&a)).await.unwrap().status().as_u16() != 429 {
+        allowed += 1;
+        assert!(allowed <= 20, "relay A never refused");
     }
-    assert!(allowed < 9, "relay B let {allowed} more through: each relay counted alone");
+    assert!(allowed >= 10, "relay A refused after {allowed}");
+    // Relay B hears what A let through on its own time: waited for, not
+    // assumed within a few tries. On its own it would allow 10 more.
+    let loopback = "127.0.0.1".parse().unwrap();
+    eventually("relay B to hear what A let through", || site.relays[1].state.limiter.exhausted(loopback)).await;
+    assert_eq!(within("status", status(&b)).await.unwrap().status().as_u16(), 429, "relay B counted alone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -497,3 +497,120 @@ async fn an_approval_shows_the_code_it_came_with_and_a_code_reset_drops_it() {
     let listed = console(&s.socket(), &["approvals"]).await.stdout;
     assert_eq!(listed.trim(), "No commands are waiting for approval.");
 }
+
+/// `clone3`'s arguments (linux/sched.h), up to `set_tid`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
+
+/// Starts `sleep 600` as a child of this process with the pid `pid` (root
+/// only: clone3's set_tid), or says why it could not.
+fn sleep_with_pid(pid: i32) -> Result<i32, std::io::Error> {
+    let (program, arg) = (c"/bin/sleep", c"600");
+    let argv = [program.as_ptr(), arg.as_ptr(), std::ptr::null()];
+    let tids = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork; the child only execs (all
+    // it needs was allocated before) or exits.
+    let got = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, std::mem::size_of::<CloneArgs>()) };
+    match got {
+        0 => unsafe {
+            libc::execv(program.as_ptr(), argv.as_ptr());
+            libc::_exit(127)
+        },
+        -1 => Err(std::io::Error::last_os_error()),
+        child => Ok(child as i32),
+    }
+}
+
+/// A child of this test, killed and reaped when dropped.
+struct KilledOnDrop(i32);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: a child of this test, killed and reaped.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Whether this kernel tells a Unix socket's peer by pidfd (Linux 6.5).
+fn peer_pidfds() -> bool {
+    use std::os::fd::AsRawFd;
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (mut fd, mut len) = (-1 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+    // SAFETY: SO_PEERPIDFD (77) writes one int.
+    let got = unsafe { libc::getsockopt(a.as_raw_fd(), libc::SOL_SOCKET, 77, (&raw mut fd).cast(), &mut len) };
+    if got == 0 {
+        // SAFETY: the descriptor the call just made.
+        unsafe { libc::close(fd) };
+    }
+    got == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_pid_another_process_took_cannot_act_as_the_operator() {
+    if !rustix::process::geteuid().is_root() || !peer_pidfds() {
+        eprintln!("skipped: needs root (to choose a pid) and Linux 6.5 (SO_PEERPIDFD)");
+        return;
+    }
+    let s = Setup::supervised(Duration::from_secs(600)).await;
+    // The client connects, leaves its connection to a child and exits.
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.connect(sys.argv[1])\n\
+                  if os.fork() == 0:\n    \
+                      sys.stdin.readline()\n    \
+                      s.sendall(b'{\"id\":1,\"op\":\"set_mode\",\"mode\":\"auto\"}\\n')\n    \
+                      sys.stdout.write(s.makefile().readline())\n    \
+                      sys.stdout.flush()\n\
+                  os._exit(0)\n";
+    let mut client = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(s.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut go, answer) = (client.stdin.take().unwrap(), client.stdout.take().unwrap());
+    let pid = client.id() as i32;
+    assert!(client.wait().unwrap().success());
+    // Its pid goes to a process the daemon would take for the operator.
+    let _taker = match sleep_with_pid(pid) {
+        Ok(taker) => KilledOnDrop(taker),
+        Err(e) => {
+            eprintln!("skipped: could not start a process with pid {pid}: {e}");
+            return;
+        }
+    };
+    let said = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, Write};
+        go.write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(answer).read_line(&mut line).unwrap();
+        line
+    });
+    let said = within("the daemon's answer", said).await.unwrap();
+    let said: Value = serde_json::from_str(&said).unwrap_or_else(|_| panic!("not JSON: {said}"));
+    assert_eq!(said["type"], "error", "{said}");
+    assert!(said["message"].as_str().unwrap().contains("exited after it connected"), "{said}");
+    assert_eq!(console(&s.socket(), &["mode"]).await.stdout.trim(), "supervised");
+}

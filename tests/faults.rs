@@ -107,7 +107,9 @@ async fn forward(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_stalls_without_closing_is_noticed_by_both_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let silence = std::time::Duration::from_secs(1);
+    // Fifteen pings' worth: a loaded machine may hold a ping back a second,
+    // and the link must not fall before the stall the test makes.
+    let silence = std::time::Duration::from_secs(3);
     let mut config = aic::relay::Config::new(dir.path().join("relay"));
     config.link_timeout = silence;
     let relay = common::TestRelay::start_with(config, "127.0.0.1:0").await;

@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aic::daemon::Mode;
 use aic::protocol::control::{Decision, Event, Op};
@@ -58,7 +59,12 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let resp = within("the transfer", req.send()).await.unwrap();
+    send_for(PATIENCE, req).await
+}
+
+/// [`send`], for a transfer whose request body may take up to `limit` to go.
+async fn send_for(limit: Duration, req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let resp = within_for(limit, "the transfer", req.send()).await.unwrap();
     let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
     (status, headers, within("the body", resp.bytes()).await.unwrap().to_vec())
 }
@@ -249,7 +255,8 @@ async fn a_200_mib_file_round_trips_and_a_slow_reader_keeps_the_relay_small() {
     let pid = relay.child.id().unwrap();
     let before = rss(pid);
     let req = client().put(&url).header("x-content-sha256", &want).body(bytes);
-    let (status, _, body) = send(req).await;
+    // 200 MiB up in one wait: a loaded debug build may take longer than PATIENCE.
+    let (status, _, body) = send_for(BULK_PATIENCE, req).await;
     assert_eq!((status, json(&body)["sha256"].as_str()), (201, Some(want.as_str())));
     let pushed = rss(pid).saturating_sub(before);
     assert!(pushed < 64 * 1024 * 1024, "the relay grew by {} MiB during a 200 MiB push", pushed >> 20);

@@ -311,13 +311,12 @@ async fn a_supervised_job_waits_for_approval_and_the_console_lists_and_cancels_i
     assert_eq!((listed[0]["id"].as_str(), listed[0]["state"].as_str()), (Some(id.as_str()), Some("pending")));
     let said = console(&socket, &["approve", &id[..8]]).await;
     assert_eq!(said.code, 0, "{}", said.stdout);
-    for _ in 0..500 {
-        let page = get(format!("{http}/api/v1/jobs/{code}/{id}/output?offset=0")).await;
-        if page["text"] == "approved\n" {
-            break;
+    within("the approved job's output", async {
+        while get(format!("{http}/api/v1/jobs/{code}/{id}/output?offset=0")).await["text"] != "approved\n" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let shown = console(&socket, &["jobs"]).await;
     let text = shown.stdout;
     assert!(
@@ -373,15 +372,17 @@ async fn a_client_that_declares_mcp_tasks_gets_remote_exec_as_a_task_backed_by_a
     let task = result["task"]["taskId"].as_str().or(result["taskId"].as_str()).expect("a task id").to_owned();
     let get =
         |id: u64, task: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tasks/get", "params": {"taskId": task}});
-    let mut done = Value::Null;
-    for n in 0..500 {
-        let (_, answer) = mcp(&http, Some(&session), get(10 + n, &task)).await;
-        if answer["result"]["status"] != "working" {
-            done = answer;
-            break;
+    let done = within("the task to end", async {
+        for n in 10.. {
+            let (_, answer) = mcp(&http, Some(&session), get(n, &task)).await;
+            if answer["result"]["status"] != "working" {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        unreachable!()
+    })
+    .await;
     assert_eq!(done["result"]["status"], "completed", "{done}");
     assert_eq!(done["result"]["result"]["structuredContent"]["stdout"], "task-out\n", "{done}");
 
@@ -391,15 +392,17 @@ async fn a_client_that_declares_mcp_tasks_gets_remote_exec_as_a_task_backed_by_a
     let cancel = json!({"jsonrpc": "2.0", "id": 4, "method": "tasks/cancel", "params": {"taskId": task}});
     let (_, answer) = mcp(&http, Some(&session), cancel).await;
     assert!(answer["error"].is_null(), "{answer}");
-    let mut status = Value::Null;
-    for n in 0..500 {
-        let (_, answer) = mcp(&http, Some(&session), get(1000 + n, &task)).await;
-        status = answer["result"]["status"].clone();
-        if status != "working" {
-            break;
+    let status = within("the cancelled task to end", async {
+        for n in 1000.. {
+            let (_, answer) = mcp(&http, Some(&session), get(n, &task)).await;
+            if answer["result"]["status"] != "working" {
+                return answer["result"]["status"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        unreachable!()
+    })
+    .await;
     assert_eq!(status, "cancelled");
     daemon.stop().await;
     relay.stop().await;
@@ -427,14 +430,16 @@ async fn past_the_machines_maximum_a_job_start_is_refused_and_a_job_cannot_act_a
     assert_eq!((status, body["reason"].as_str()), (429, Some("rate_limited")), "{body}");
     assert!(body["error"].as_str().unwrap().contains("already runs 1 jobs"), "{body}");
 
-    let mut text = String::new();
-    for _ in 0..500 {
-        text = get(format!("{http}/api/v1/jobs/{code}/{id}/output")).await["text"].as_str().unwrap().to_owned();
-        if text.contains("rc=") {
-            break;
+    let text = within("the job's attempt", async {
+        loop {
+            let text = get(format!("{http}/api/v1/jobs/{code}/{id}/output")).await["text"].as_str().unwrap().to_owned();
+            if text.contains("rc=") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(text.contains("refused") && text.contains("rc=1"), "{text}");
     assert_eq!(console_mode(&socket).await, "auto");
     call(reqwest::Method::DELETE, format!("{http}/api/v1/jobs/{code}/{id}"), None).await;
@@ -609,14 +614,16 @@ async fn an_mcp_task_outlives_a_relay_restart_and_a_garbled_or_foreign_id_is_unk
     let answer = task_get(&http, &session, &task).await;
     assert_eq!(answer["result"]["status"], "working", "{answer}");
     std::fs::write(&go, "").unwrap();
-    let mut done = Value::Null;
-    for _ in 0..500 {
-        done = task_get(&http, &session, &task).await;
-        if done["result"]["status"] != "working" {
-            break;
+    let done = within("the task to end", async {
+        loop {
+            let done = task_get(&http, &session, &task).await;
+            if done["result"]["status"] != "working" {
+                return done;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert_eq!(done["result"]["status"], "completed", "{done}");
     assert_eq!(done["result"]["result"]["structuredContent"]["stdout"], "after-restart\n", "{done}");
 

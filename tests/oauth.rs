@@ -570,3 +570,31 @@ async fn a_client_revokes_its_own_tokens_as_rfc_7009_says() {
     assert!(apps_section(&mut browser).await.contains("App"), "still connected");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_spent_refresh_token_presented_again_ends_what_it_bought() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(relay::Config::new(dir.path().to_path_buf()), "127.0.0.1:0").await;
+    let app = register(&relay, "App").await;
+    let mut browser = signed_in(&relay, "mo@example.com").await;
+    let (_, stolen) = connect(&relay, &mut browser, &app, "App").await;
+    let (_, other_sign_in) = connect(&relay, &mut browser, &app, "App").await;
+    let (status, renewed) = refresh(&relay, &stolen, &app).await;
+    assert_eq!(status, 200, "{renewed}");
+    let (access, next) = (renewed["access_token"].as_str().unwrap(), renewed["refresh_token"].as_str().unwrap());
+
+    // At once (two instances of one client refreshing together): only refused.
+    assert_eq!(refresh(&relay, &stolen, &app).await.1["error"], "invalid_grant");
+    assert_eq!(ping(&relay, access).await.0, 200);
+    // Later, one of the two presenting it is not the client: its chain ends.
+    sqlx::query("UPDATE oauth_tokens SET used_at = used_at - 60000 WHERE used_at IS NOT NULL")
+        .execute(relay.state.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(refresh(&relay, &stolen, &app).await.1["error"], "invalid_grant");
+    assert_eq!(ping(&relay, access).await.0, 401, "the access token it bought ended");
+    assert_eq!(refresh(&relay, next, &app).await.1["error"], "invalid_grant", "and the refresh token");
+    let (status, body) = refresh(&relay, &other_sign_in, &app).await;
+    assert_eq!(status, 200, "another sign-in of the app renews: {body}");
+    relay.stop().await;
+}

@@ -5,6 +5,8 @@
 //! only addresses and TLS are swapped for loopback ones.
 
 mod common;
+#[path = "common/servers.rs"]
+mod servers;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -12,11 +14,6 @@ use std::time::Duration;
 
 use common::{TestDaemon, TestRelay, client, within};
 use futures_util::StreamExt;
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Whether the proxy binary is here; under CI it must be.
 fn have(binary: &str) -> bool {
@@ -57,8 +54,9 @@ fn caddy_config(port: u16, relay: u16) -> String {
     format!("{{\n\tadmin off\n\tauto_https off\n}}\n{snippet}")
 }
 
-/// Starts the proxy and waits until it accepts connections.
-async fn start_proxy(which: &str, dir: &Path, port: u16, relay: u16) -> tokio::process::Child {
+/// Starts the proxy and waits until it listens on `port`; `None` if it
+/// exited first (the port, picked free and let go, was taken meanwhile).
+async fn start_proxy(which: &str, dir: &Path, port: u16, relay: u16) -> Option<tokio::process::Child> {
     let mut command = match which {
         "nginx" => {
             std::fs::write(dir.join("nginx.conf"), nginx_config(dir, port, relay)).unwrap();
@@ -74,14 +72,39 @@ async fn start_proxy(which: &str, dir: &Path, port: u16, relay: u16) -> tokio::p
             c
         }
     };
-    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().unwrap();
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().unwrap();
+    let pid = child.id().unwrap();
+    // Its own socket, not whoever else may listen on the port: looked for in /proc.
     within("the proxy to listen", async {
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while child.try_wait().unwrap().is_none() {
+            if servers::listens_on(pid, port) {
+                return Some(());
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        None
     })
-    .await;
-    child
+    .await
+    .map(|()| child)
+}
+
+/// A relay, and `which` proxy in front of it on a port picked free. The port
+/// is let go before the proxy binds it, and another test may take it
+/// meanwhile: then the proxy exits, and another port (and a relay whose
+/// public URL names it) is tried.
+async fn proxied(which: &str, dir: &Path) -> (TestRelay, tokio::process::Child, u16) {
+    for attempt in 0..5 {
+        let port = servers::free_port();
+        let mut config = aic::relay::Config::new(dir.join(format!("relay-{attempt}")));
+        config.public_url = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
+        config.proxies = aic::relay::limit::Proxies(vec!["127.0.0.1".parse().unwrap()]);
+        let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
+        if let Some(proxy) = start_proxy(which, dir, port, relay.addr.port()).await {
+            return (relay, proxy, port);
+        }
+        relay.stop().await;
+    }
+    panic!("{which} exited five times without listening: were its ports taken?");
 }
 
 /// Runs a command over SSE through the proxy that prints a line, then waits
@@ -121,12 +144,7 @@ async fn behind(which: &str) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut config = aic::relay::Config::new(dir.path().join("relay"));
-    config.public_url = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
-    config.proxies = aic::relay::limit::Proxies(vec!["127.0.0.1".parse().unwrap()]);
-    let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
-    let mut proxy = start_proxy(which, dir.path(), port, relay.addr.port()).await;
+    let (relay, mut proxy, port) = proxied(which, dir.path()).await;
     let base = format!("http://127.0.0.1:{port}");
     let daemon = TestDaemon::start(&format!("ws://127.0.0.1:{port}"), &dir.path().join("d")).await;
     streams_unbuffered(&base, &daemon.code().to_string(), &dir.path().join("gate")).await;

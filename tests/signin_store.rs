@@ -102,6 +102,7 @@ async fn oauth_round_trip(store: &Store) {
     assert!(grants::take_refresh(store, &keys, &tokens.refresh, &client, 2_000).await.unwrap().is_some());
     assert!(grants::take_refresh(store, &keys, &tokens.refresh, &client, 2_001).await.unwrap().is_none());
     grants_round_trip(store, &grant).await;
+    chains_end_also_mid_refresh(store, &grant).await;
     let unused = grants::register(store, "Left", &["https://x.example/cb".into()], 1_000).await.unwrap();
     assert!(grants::sweep(store, 1_000 + grants::UNUSED_CLIENT.as_millis() as i64 + 1).await.unwrap() >= 1);
     assert!(grants::registered(store, &unused).await.unwrap().is_none(), "an unused registration is cleaned up");
@@ -151,6 +152,31 @@ async fn grants_round_trip(store: &Store, grant: &Grant) {
     grants::authorize(store, grant.account_id, &grant.client_id, "App", 6_000).await.unwrap();
     grants::issue_tokens(store, &keys, grant, None, 6_000).await.unwrap().unwrap();
     assert_eq!(grants::connected(store, grant.account_id, 6_000).await.unwrap()[0].authorized_at, 6_000, "anew");
+}
+
+/// A chain revoked (RFC 7009) while a refresh of it is under way, between
+/// its spend and its new pair, gets no new pair; a spent refresh token
+/// presented again after the grace ends its chain, sooner it is only refused.
+async fn chains_end_also_mid_refresh(store: &Store, grant: &Grant) {
+    let keys = keys();
+    grants::authorize(store, grant.account_id, &grant.client_id, "App", 7_000).await.unwrap();
+    let first = grants::issue_tokens(store, &keys, grant, None, 7_000).await.unwrap().unwrap();
+    let (_, chain) =
+        grants::take_refresh(store, &keys, &first.refresh, &grant.client_id, 7_100).await.unwrap().unwrap();
+    let revoked = grants::revoke_token(store, &keys, &first.refresh, &grant.client_id).await.unwrap();
+    assert_eq!(revoked, grants::Revocation::Revoked);
+    assert!(grants::issue_tokens(store, &keys, grant, Some(&chain), 7_200).await.unwrap().is_none(), "revoked");
+
+    let first = grants::issue_tokens(store, &keys, grant, None, 8_000).await.unwrap().unwrap();
+    let (_, chain) =
+        grants::take_refresh(store, &keys, &first.refresh, &grant.client_id, 8_000).await.unwrap().unwrap();
+    let second = grants::issue_tokens(store, &keys, grant, Some(&chain), 8_000).await.unwrap().unwrap();
+    assert!(grants::take_refresh(store, &keys, &first.refresh, &grant.client_id, 8_001).await.unwrap().is_none());
+    assert!(grants::bearer(store, &keys, &second.access, 8_002).await.unwrap().is_some(), "within the grace");
+    let later = 8_000 + grants::REUSE_GRACE.as_millis() as i64 + 1;
+    assert!(grants::take_refresh(store, &keys, &first.refresh, &grant.client_id, later).await.unwrap().is_none());
+    assert!(grants::bearer(store, &keys, &second.access, later).await.unwrap().is_none(), "the chain ended");
+    assert!(grants::take_refresh(store, &keys, &second.refresh, &grant.client_id, later).await.unwrap().is_none());
 }
 
 #[tokio::test]

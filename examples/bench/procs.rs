@@ -17,15 +17,19 @@ pub struct Proc {
     pub pid: u32,
 }
 
+/// How long a relay or daemon may take to say it is ready: a patience bound,
+/// generous for CI's smoke on a slow, loaded machine.
+const READY_PATIENCE: Duration = Duration::from_secs(60);
+
 impl Proc {
-    /// Starts `command` and waits (10 s at most) for a stderr line `ready` finds a
-    /// value in; the rest of stderr is read and dropped so the pipe never fills.
+    /// Starts `command` and waits ([`READY_PATIENCE`] at most) for a stderr line
+    /// `ready` finds a value in; the rest of stderr is read and dropped so the pipe never fills.
     async fn start<T>(mut command: Command, ready: impl Fn(&str) -> Option<T>) -> anyhow::Result<(Self, T)> {
         let mut child =
             command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).spawn()?;
         let pid = child.id().context("the child's pid")?;
         let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
+        let found = tokio::time::timeout(READY_PATIENCE, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(value) = ready(&line) {
                     return Ok(value);
@@ -34,7 +38,7 @@ impl Proc {
             bail!("it exited before it was ready")
         })
         .await
-        .context("not ready within 10 s")??;
+        .with_context(|| format!("not ready within {READY_PATIENCE:?}"))??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok((Self { child, pid }, found))
     }

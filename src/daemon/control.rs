@@ -15,6 +15,7 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::commands::Commands;
+use super::peer::Peer;
 use super::shared::Daemon;
 use crate::protocol::agent::{OperatorOp, OperatorOutcome};
 use crate::protocol::control::{
@@ -160,14 +161,14 @@ fn groups_of(pid: i32) -> Vec<u32> {
 }
 
 impl Access {
-    fn check(&self, stream: &UnixStream) -> Result<(), String> {
+    fn check(&self, stream: &UnixStream, peer: &Peer) -> Result<(), String> {
         let cred = stream.peer_cred().map_err(|e| format!("could not read the client's credentials: {e}"))?;
         let uid = cred.uid();
         if uid == 0 || uid == self.uid {
             return Ok(());
         }
         if let Some(gid) = self.group
-            && (cred.gid() == gid || cred.pid().is_some_and(|pid| groups_of(pid).contains(&gid)))
+            && (cred.gid() == gid || (groups_of(peer.pid).contains(&gid) && peer.still_there()))
         {
             return Ok(());
         }
@@ -198,15 +199,15 @@ pub async fn serve(socket: ControlSocket, daemon: Daemon, commands: Commands, sh
 }
 
 async fn client(daemon: Daemon, commands: Commands, stream: UnixStream, access: Access, shutdown: CancellationToken) {
-    if let Err(message) = access.check(&stream) {
+    // The client's process, checked at each operator action (not once now:
+    // a command's process group is known only once it has started).
+    let peer = Peer::of(&stream);
+    if let Err(message) = access.check(&stream, &peer) {
         tracing::warn!("control socket: {message}");
         let mut stream = stream;
         let _ = stream.write_all(&line(&ServerFrame::Error { id: None, message })).await;
         return;
     }
-    // The client's process, checked at each operator action (not once now:
-    // a command's process group is known only once it has started).
-    let peer = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(CLIENT_QUEUE);
     let writer = tokio::spawn(async move {
@@ -236,7 +237,7 @@ async fn client(daemon: Daemon, commands: Commands, stream: UnixStream, access: 
         if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let frame = answer(&daemon, &commands, &bytes, peer, &mut forwarder, &tx).await;
+        let frame = answer(&daemon, &commands, &bytes, &peer, &mut forwarder, &tx).await;
         if tx.send(frame).await.is_err() {
             break;
         }
@@ -255,7 +256,7 @@ async fn answer(
     daemon: &Daemon,
     commands: &Commands,
     bytes: &[u8],
-    peer: i32,
+    peer: &Peer,
     forwarder: &mut Option<tokio::task::JoinHandle<()>>,
     tx: &mpsc::Sender<ServerFrame>,
 ) -> ServerFrame {
@@ -271,11 +272,12 @@ async fn answer(
     // so after the limit only this daemon's descendants are refused.
     if op.is_operator_action()
         && !commands.starts_settled(SETTLE_LIMIT).await
-        && super::peer::descends_from_this_daemon(peer)
+        && super::peer::descends_from_this_daemon(peer.pid)
     {
         let message = format!(
-            "refused: process {peer} descends from this daemon, and a command is still starting, so the daemon \
-             cannot yet tell whether it is that command; try again in a moment"
+            "refused: process {} descends from this daemon, and a command is still starting, so the daemon \
+             cannot yet tell whether it is that command; try again in a moment",
+            peer.pid
         );
         return ServerFrame::Error { id: Some(id), message };
     }

@@ -16,14 +16,103 @@
 //! A command that detached itself with `setsid` and a double fork is still a
 //! descendant of its reaper (see `contain`), which leads the command's group.
 
+// For SO_PEERPIDFD and poll, which rustix does not offer.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
 use rustix::process::getpid;
 
 /// Ancestors walked at most, in case /proc changes under the walk.
 const MAX_DEPTH: usize = 4096;
 
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd for the process that connected.
+/// Its number differs on SPARC, where it is not asked for.
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A control-socket client's process as it connected: its pid, and whether
+/// that pid still names it. Everything read about the client goes through
+/// /proc by pid, and a pid is given again once its process is gone, so a
+/// client that connects and exits (leaving the socket to a child) could be
+/// checked as whatever process takes its pid next.
+#[derive(Debug)]
+pub struct Peer {
+    /// The pid `SO_PEERCRED` gave at connect (0 when unknown).
+    pub pid: i32,
+    /// How to tell that the process behind `pid` is still the one that connected.
+    watch: Watch,
+}
+
+#[derive(Debug)]
+enum Watch {
+    /// A pidfd for it: readable once it exits.
+    Pidfd(OwnedFd),
+    /// It exited before the daemon could hold on to it.
+    Gone,
+    /// The kernel has no `SO_PEERPIDFD` (before 6.5): the pid is trusted as before.
+    Unknown,
+}
+
+impl Peer {
+    /// The process that connected `stream`.
+    pub fn of(stream: &tokio::net::UnixStream) -> Self {
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
+        Self { pid, watch: pidfd_of_peer(stream.as_raw_fd()) }
+    }
+
+    /// Whether the process that connected has not exited, so what /proc
+    /// said about `pid` until now was said about it; assumed on kernels
+    /// without `SO_PEERPIDFD`.
+    pub fn still_there(&self) -> bool {
+        match &self.watch {
+            Watch::Pidfd(fd) => {
+                let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one pollfd on a pidfd this peer owns; no wait.
+                unsafe { libc::poll(&mut poll, 1, 0) == 0 }
+            }
+            Watch::Gone => false,
+            Watch::Unknown => true,
+        }
+    }
+}
+
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+fn pidfd_of_peer(socket: libc::c_int) -> Watch {
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_PEERPIDFD writes one int, a new descriptor this peer then owns.
+    let got = unsafe { libc::getsockopt(socket, libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut pidfd).cast(), &mut len) };
+    match std::io::Error::last_os_error().raw_os_error() {
+        // SAFETY: a descriptor the kernel just made for this call, owned by no one else.
+        _ if got == 0 && pidfd >= 0 => Watch::Pidfd(unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        Some(libc::ENOPROTOOPT) => Watch::Unknown,
+        _ => Watch::Gone,
+    }
+}
+
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+fn pidfd_of_peer(_: libc::c_int) -> Watch {
+    Watch::Unknown
+}
+
+/// Why the client `peer` counts as a command of this daemon, or `None`.
+/// `command_groups` are the process groups of the commands running now. A
+/// client whose process exited is refused, even if its pid now names another.
+pub fn command_origin(peer: &Peer, command_groups: &[i32]) -> Option<String> {
+    let why = origin_of_pid(peer.pid, command_groups);
+    // Asked after every /proc read: still there, those reads were about it.
+    match why {
+        None if !peer.still_there() => Some(format!(
+            "process {} exited after it connected, so the daemon cannot tell who holds its connection",
+            peer.pid
+        )),
+        why => why,
+    }
+}
+
 /// Why process `peer` counts as a command of this daemon, or `None`.
-/// `command_groups` are the process groups of the commands running now.
-pub fn command_origin(peer: i32, command_groups: &[i32]) -> Option<String> {
+fn origin_of_pid(peer: i32, command_groups: &[i32]) -> Option<String> {
     let me = getpid().as_raw_nonzero().get();
     if peer == me {
         return None;
@@ -124,8 +213,9 @@ mod tests {
     #[test]
     fn this_process_and_processes_outside_command_groups_are_not_commands() {
         let me = getpid().as_raw_nonzero().get();
-        assert_eq!(command_origin(me, &[]), None);
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert_eq!(origin_of_pid(me, &[]), None);
+        // Killed below; long enough to outlast the checks on a slow machine.
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         assert_eq!(command_ancestor(child.id() as i32, &[]), None);
         assert!(descends_from_this_daemon(child.id() as i32));
         assert!(!descends_from_this_daemon(me) && !descends_from_this_daemon(1));
@@ -137,12 +227,12 @@ mod tests {
     fn a_command_and_its_descendants_are_even_in_a_group_of_their_own() {
         use std::os::unix::process::CommandExt;
         let mut child =
-            std::process::Command::new("sh").args(["-c", "setsid sleep 5 & wait"]).process_group(0).spawn().unwrap();
+            std::process::Command::new("sh").args(["-c", "setsid sleep 60 & wait"]).process_group(0).spawn().unwrap();
         let root = child.id() as i32;
         assert_eq!(command_ancestor(root, &[root]), Some(root));
         let detached = wait_for_child_of(root);
         assert_eq!(command_ancestor(detached, &[root]), Some(root), "setsid left its group, not its parent");
-        assert!(command_origin(detached, &[root]).unwrap().contains(&format!("process group {root}")));
+        assert!(origin_of_pid(detached, &[root]).unwrap().contains(&format!("process group {root}")));
         assert_eq!(command_ancestor(detached, &[]), None);
         let group = rustix::process::Pid::from_raw(root).unwrap();
         let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
@@ -154,7 +244,9 @@ mod tests {
     }
 
     fn wait_for_child_of(parent: i32) -> i32 {
-        for _ in 0..500 {
+        // Bounded by the clock: each look reads all of /proc, slower on a loaded machine.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
                 let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
                 (parent_and_group(pid)?.0 == parent).then_some(pid)

@@ -258,6 +258,19 @@ impl RateLimiter {
         global.charge(self.global, n, now);
     }
 
+    /// Whether a request from `ip` would be refused now, counting nothing:
+    /// shows what a relay has heard from the others of a cluster, which it
+    /// does on its own time (tests wait on it).
+    pub fn exhausted(&self, ip: IpAddr) -> bool {
+        if self.per_ip == 0.0 {
+            return false;
+        }
+        let table = self.table.lock().unwrap();
+        let Some(bucket) = table.clients.get(&network(ip)) else { return false };
+        let refilled = bucket.tokens + bucket.at.elapsed().as_secs_f64() * self.per_ip / 60.0;
+        refilled < 1.0
+    }
+
     /// Lets a request from `ip` through, or says when to retry and how long
     /// to hold the answer.
     pub fn check(&self, ip: IpAddr) -> Result<(), Refused> {

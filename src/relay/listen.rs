@@ -39,16 +39,27 @@ pub struct ConnLimits {
     /// Connections held at once from one address (a trusted proxy is not
     /// counted); more are answered 429 and closed.
     pub max_per_ip: usize,
-    /// How long a connection may take none of what the relay writes to it;
-    /// past it the connection is closed. A caller that stops reading would
-    /// otherwise hold its command's output in the relay for as long as its
-    /// connection stays open.
+    /// How long a connection may take less than [`WRITE_PACE`] bytes of
+    /// what the relay waits to write to it; past it the connection is
+    /// closed. A caller that stops reading (or reads a little now and then)
+    /// would otherwise hold its command's output in the relay for as long as
+    /// its connection stays open.
     pub write_stall: Duration,
 }
 
 /// [`ConnLimits::write_stall`] by default: far longer than any client that
 /// reads takes, shorter than a relay should hold output for one that does not.
 pub const WRITE_STALL: Duration = Duration::from_secs(60);
+
+/// Bytes a connection the relay waits to write to must take within
+/// [`ConnLimits::write_stall`] (about 1 KiB/s at the default): taking a
+/// packet a minute kept a 1 MiB window of output held for hours.
+pub const WRITE_PACE: usize = 64 * 1024;
+
+/// Bytes of a request body that must come within the header timeout while
+/// the relay waits for them (about 550 B/s at the default 30 s): a byte
+/// every 29 s held a connection for as long as its Content-Length.
+pub const BODY_PACE: usize = 16 * 1024;
 
 /// Counts connections, overall and per address.
 struct Gate {
@@ -184,8 +195,9 @@ async fn connection(
 
 /// A connection's stream, holding its place in the counts until it is
 /// dropped: for a connection upgraded to an agent's WebSocket that is when
-/// the link closes (the HTTP connection's task ends at the upgrade). A write
-/// that stays blocked for the limits' `write_stall` fails.
+/// the link closes (the HTTP connection's task ends at the upgrade). Writes
+/// that stay blocked, or move less than [`WRITE_PACE`] bytes, for the limits'
+/// `write_stall` fail.
 struct Held<I> {
     io: I,
     /// The connection's place in the counts, freed with the stream.
@@ -196,20 +208,29 @@ struct Held<I> {
 
 impl<I> Held<I> {
     fn new(io: I, slot: Slot) -> Self {
-        let stall = Stall::new(slot.gate.limits.write_stall);
+        let stall = Stall::new(slot.gate.limits.write_stall, WRITE_PACE);
         Self { io, _slot: slot, stall }
     }
 
-    /// Passes on a write's outcome; a write blocked past the limit fails.
-    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
-        if polled.is_ready() {
-            self.stall.progressed();
+    /// Passes on a write's outcome (`moved`: the bytes it took); writes
+    /// blocked past the limit fail.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+        moved: impl Fn(&T) -> usize,
+    ) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(done) = &polled {
+            self.stall.progressed(done.as_ref().map_or(usize::MAX, moved));
             return polled;
         }
         if !self.stall.expired(cx) {
             return Poll::Pending;
         }
-        let message = format!("the client took nothing the relay wrote for {:?}", self.stall.limit);
+        let message = format!(
+            "the client took less than {} bytes of what the relay wrote in {:?}",
+            self.stall.pace, self.stall.limit
+        );
         Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message)))
     }
 }
@@ -227,7 +248,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
 impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, data);
-        self.watch(cx, polled)
+        self.watch(cx, polled, |&n| n)
     }
 
     fn poll_write_vectored(
@@ -236,7 +257,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.watch(cx, polled)
+        self.watch(cx, polled, |&n| n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -245,12 +266,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let polled = Pin::new(&mut self.io).poll_flush(cx);
-        self.watch(cx, polled)
+        self.watch(cx, polled, |()| 0)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let polled = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.watch(cx, polled)
+        self.watch(cx, polled, |()| usize::MAX)
     }
 }
 
@@ -261,7 +282,7 @@ where
 {
     let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        request.map(|body| axum::body::Body::new(Paced { body, stall: Stall::new(header_timeout) }))
+        request.map(|body| axum::body::Body::new(Paced { body, stall: Stall::new(header_timeout, BODY_PACE) }))
     });
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
@@ -279,32 +300,41 @@ where
     }
 }
 
-/// A request's body, which must keep coming: a client that sends none of it
-/// for the header timeout (while the relay waits for it) gets an error for
-/// it, not a connection held for as long as it trickles.
+/// A request's body, which must keep coming: a client that sends less than
+/// [`BODY_PACE`] bytes of it in the header timeout (while the relay waits for
+/// it) gets an error for it, not a connection held for as long as it trickles.
 struct Paced {
     body: Incoming,
     /// How long the relay has waited for the next part.
     stall: Stall,
 }
 
-/// How long something has been blocked, against a limit. The timer is made
-/// at the first block: most connections and bodies never have one.
+/// How long something has been blocked, against a limit: from its first
+/// block until `pace` bytes have moved. The timer is made at the first
+/// block: most connections and bodies never have one.
 struct Stall {
     limit: Duration,
+    /// Bytes that must move within `limit` of the first block.
+    pace: usize,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether `timer` counts the current block.
     armed: bool,
+    /// Bytes moved since `timer` was armed.
+    moved: usize,
 }
 
 impl Stall {
-    fn new(limit: Duration) -> Self {
-        Self { limit, timer: None, armed: false }
+    fn new(limit: Duration, pace: usize) -> Self {
+        Self { limit, pace, timer: None, armed: false, moved: 0 }
     }
 
-    /// The blocked operation went through: a later block counts afresh.
-    fn progressed(&mut self) {
-        self.armed = false;
+    /// The blocked operation moved `bytes`: once `pace` have moved since the
+    /// block began, a later block counts afresh.
+    fn progressed(&mut self, bytes: usize) {
+        self.moved = self.moved.saturating_add(bytes);
+        if self.moved >= self.pace || !self.armed {
+            (self.armed, self.moved) = (false, 0);
+        }
     }
 
     /// The operation is blocked: whether for longer than the limit. If not,
@@ -330,13 +360,22 @@ impl hyper::body::Body for Paced {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-            this.stall.progressed();
+            let data = |f: &hyper::body::Frame<Self::Data>| f.data_ref().map_or(usize::MAX, |d| d.len());
+            this.stall.progressed(match &frame {
+                Some(Ok(f)) => data(f),
+                _ => usize::MAX,
+            });
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         if !this.stall.expired(cx) {
             return Poll::Pending;
         }
-        Poll::Ready(Some(Err(format!("no part of the request body came for {:?}", this.stall.limit).into())))
+        let (limit, moved, pace) = (this.stall.limit, this.stall.moved, this.stall.pace);
+        let why = match moved {
+            0 => format!("no part of the request body came for {limit:?}"),
+            _ => format!("the request body came too slowly: {moved} bytes in {limit:?}, fewer than {pace}"),
+        };
+        Poll::Ready(Some(Err(why.into())))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -370,4 +409,30 @@ fn turn_away(tcp: TcpStream, why: TurnedAway) {
         body.len()
     );
     let _ = tcp.try_write(response.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One look at whether `stall` has expired.
+    async fn expired(stall: &mut Stall) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(stall.expired(cx))).await
+    }
+
+    #[tokio::test]
+    async fn a_trickle_does_not_stop_the_stall_clock_and_the_pace_does() {
+        let mut stall = Stall::new(Duration::from_millis(200), 1000);
+        assert!(!expired(&mut stall).await, "a block starts the clock");
+        stall.progressed(1000);
+        assert!(!expired(&mut stall).await, "the pace met, a new block starts afresh");
+        // 10 bytes every 20 ms: the limit passes with far fewer than 1000 moved.
+        let mut ticks = 0;
+        while !expired(&mut stall).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stall.progressed(10);
+            ticks += 1;
+            assert!(ticks < 1000, "still not expired after {ticks} trickles");
+        }
+    }
 }

@@ -41,6 +41,26 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Whether process `pid` holds a socket listening on TCP `port` (any address,
+/// IPv4 or IPv6): a server handed a port picked free may find it taken by the
+/// time it binds, and a connection to that port then reaches someone else.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && fields[1].ends_with(&suffix) && fields[3] == "0A" {
+                sockets.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+    fds.filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+}
+
 /// A loopback port that refuses connections for as long as the returned
 /// socket lives: bound but never listening, so no other test's server can
 /// take it meanwhile (as one could a port picked and let go).
@@ -325,21 +345,29 @@ impl Haproxy {
         if skipped("HAProxy", bin.as_deref(), "apt-get install haproxy") {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let file = dir.path().join("haproxy.cfg");
-        std::fs::write(&file, config.replace("{port}", &port.to_string())).unwrap();
-        let check = Command::new(bin.as_ref().unwrap()).arg("-c").arg("-f").arg(&file).output().unwrap();
-        assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
-        let mut cmd = Command::new(bin.unwrap());
-        cmd.arg("-db").arg("-f").arg(&file).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let server = Running { child: cmd.spawn().expect("spawning haproxy") };
-        // HAProxy announces nothing when it listens: connect until it answers.
-        let ready = (0..3000).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(ready, "haproxy did not listen on {port}");
-        Some(Self { _dir: dir, port, _server: server })
+        let bin = bin.unwrap();
+        // The port is let go between the pick and HAProxy's bind, and another
+        // test may take it meanwhile: then HAProxy exits, and another is picked.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let file = dir.path().join("haproxy.cfg");
+            std::fs::write(&file, config.replace("{port}", &port.to_string())).unwrap();
+            let check = Command::new(&bin).arg("-c").arg("-f").arg(&file).output().unwrap();
+            assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-db").arg("-f").arg(&file).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let mut server = Running { child: cmd.spawn().expect("spawning haproxy") };
+            // HAProxy announces nothing when it listens: its socket is looked for.
+            let deadline = std::time::Instant::now() + START_PATIENCE;
+            while server.child.try_wait().unwrap().is_none() {
+                if listens_on(server.pid(), port) {
+                    return Some(Self { _dir: dir, port, _server: server });
+                }
+                assert!(std::time::Instant::now() < deadline, "haproxy did not listen on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("haproxy exited five times without listening: were its ports taken?");
     }
 }

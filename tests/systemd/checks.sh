@@ -34,12 +34,27 @@ make_releases() {
 serve_releases() {
   python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$work/releases" >"$work/http.log" 2>&1 &
   http_server=$!
-  until_ok 100 grep -q 'port [0-9]' "$work/http.log" || die "the release file server did not start"
+  until_ok 60 grep -q 'port [0-9]' "$work/http.log" || die "the release file server did not start"
   release_url="http://127.0.0.1:$(grep -oE 'port [0-9]+' "$work/http.log" | head -n 1 | cut -d' ' -f2)"
 }
 
+# A free loopback port below the kernel's ephemeral range. The relay binds it
+# again at each of its (re)starts over the run; a port the kernel hands out
+# could meanwhile go to another test's port-0 listener or outgoing connection.
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(100):
+    port = random.randrange(10000, low) if low > 11000 else 0
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+PY
 }
 
 # Runs the installer in the container.
@@ -75,7 +90,7 @@ installs_and_prints_the_code() {
   # Type=notify: systemd hears from the daemon what its link is doing. The
   # status may follow the Session line (it is sent once the link is up), and
   # "not linked to the relay; retrying" must not pass for it.
-  until_ok 300 status_is 'linked to the relay' \
+  until_ok 120 status_is 'linked to the relay' \
     || { say "  status: $(inside systemctl show -P StatusText aic-daemon)"; return 1; }
   inside systemctl is-active --quiet aic-relay aic-daemon
 }
@@ -155,7 +170,7 @@ a_job_runs_in_a_scope_of_its_own() {
     "http://127.0.0.1:$relay_port/api/v1/jobs")
   job_id=$(echo "$body" | grep -o '"jobId":"[^"]*"' | cut -d'"' -f4)
   [ -n "$job_id" ] || { say "  $body"; return 1; }
-  until_ok 300 inside systemctl is-active --quiet "aic-job-${job_id//-/}.scope" \
+  until_ok 120 inside systemctl is-active --quiet "aic-job-${job_id//-/}.scope" \
     || { say "  no scope aic-job-${job_id//-/}.scope"; return 1; }
 }
 
@@ -166,7 +181,7 @@ a_job_outlives_systemctl_restart() {
   [ -n "$job_id" ] || return 1
   curl -sS --max-time 20 "$url" | grep -q '"state":"running"' || { say "  $(curl -sS "$url")"; return 1; }
   inside touch /tmp/job.go
-  until_ok 100 sh -c "curl -sS --max-time 5 '$url' | grep -q '\"state\":\"exited\"'" \
+  until_ok 60 sh -c "curl -sS --max-time 5 '$url' | grep -q '\"state\":\"exited\"'" \
     || { say "  $(curl -sS "$url")"; return 1; }
   curl -sS --max-time 5 "$url" | grep -q '"exitCode":0' || return 1
   curl -sS --max-time 5 "$url/output" | grep -q '"text":"begun\\nfinished\\n"' \
@@ -175,13 +190,13 @@ a_job_outlives_systemctl_restart() {
 
 restart_keeps_the_code() {
   inside systemctl restart aic-daemon || return 1
-  until_ok 100 session_line 2 >/dev/null || return 1
+  until_ok 60 session_line 2 >/dev/null || return 1
   [ "$(session_line 2)" = "$code" ]
 }
 
 restarts_after_a_crash() {
   inside systemctl kill --signal=KILL aic-daemon || return 1
-  until_ok 150 session_line 3 >/dev/null || { inside systemctl status aic-daemon --no-pager >&2; return 1; }
+  until_ok 60 session_line 3 >/dev/null || { inside systemctl status aic-daemon --no-pager >&2; return 1; }
   [ "$(session_line 3)" = "$code" ] && [ "$(inside systemctl show -P NRestarts aic-daemon)" = 1 ]
 }
 
@@ -197,7 +212,7 @@ JSON
   echo "$body" | grep -q '"exitCode":0' || { say "  $body"; return 1; }
   # It tries once its command has ended and answered.
   inside touch /tmp/guard.go
-  until_ok 100 inside grep -qs 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
+  until_ok 60 inside grep -qs 'rc=' /tmp/guard.out || { say "  the detached command never ran"; return 1; }
   inside grep -q 'rc=1' /tmp/guard.out && inside grep -q "refused: process" /tmp/guard.out \
     || { say "  $(inside cat /tmp/guard.out)"; return 1; }
   [ "$(inside aic-console mode)" = auto ]
@@ -218,9 +233,9 @@ JSON
     || { say "  not in a cgroup of its own: $body"; return 1; }
   pid=$(echo "$body" | grep -oE 'pid=[0-9]+' | cut -d= -f2)
   [ -n "$pid" ] || { say "  $body"; return 1; }
-  until_ok 300 inside sh -c "! test -e /proc/$pid || grep -q '^State:.*Z' /proc/$pid/status" \
+  until_ok 120 inside sh -c "! test -e /proc/$pid || grep -q '^State:.*Z' /proc/$pid/status" \
     || { say "  sleep 301 outlived its command"; return 1; }
-  until_ok 300 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
+  until_ok 120 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
     || { say "  the command's cgroup is still there"; return 1; }
 }
 
@@ -244,7 +259,7 @@ parallel_commands_each_get_their_cgroup() {
   done
   rm -rf "$dir"
   [ "$failed" = 0 ] || return 1
-  until_ok 300 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
+  until_ok 120 eval '[ -z "$(inside find /sys/fs/cgroup -maxdepth 5 -name "cmd-*" 2>/dev/null)" ]' \
     || { say "  command cgroups left behind"; return 1; }
 }
 
@@ -255,7 +270,7 @@ boot_never_waits_on_the_relay() {
   inside timeout 60 systemctl restart aic-daemon || return 1
   inside systemctl show -P StatusText aic-daemon | grep -q 'retrying' || return 1
   inside systemctl start aic-relay || return 1
-  until_ok 400 session_line 4 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
+  until_ok 120 session_line 4 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
   [ "$(session_line 4)" = "$code" ]
 }
 
@@ -266,7 +281,7 @@ runs_as_a_dedicated_user() {
   mkdir -p "$root/etc/systemd/system/aic-daemon.service.d"
   inside cp /usr/local/share/aic/aic-daemon-user.conf /etc/systemd/system/aic-daemon.service.d/user.conf
   inside systemctl daemon-reload && inside systemctl restart aic-daemon || return 1
-  until_ok 100 session_line 5 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
+  until_ok 60 session_line 5 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
   [ "$(session_line 5)" = "$code" ] || return 1
   body=$(curl -sS --max-time 20 -H 'Content-Type: application/json' \
     -d "{\"code\":\"$code\",\"command\":\"id -un\"}" "http://127.0.0.1:$relay_port/api/v1/exec")
@@ -288,7 +303,7 @@ deb_installs_and_runs() {
     >"$root/etc/systemd/system/aic-relay.service.d/listen.conf"
   printf 'relay = "ws://127.0.0.1:%s"\nmode = "auto"\n' "$relay_port" >"$root/etc/aic-daemon/config.toml"
   inside systemctl daemon-reload && inside systemctl start aic-relay aic-daemon || return 1
-  until_ok 100 session_line 6 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
+  until_ok 60 session_line 6 >/dev/null || { journal aic-daemon | tail -n 5 >&2; return 1; }
   code=$(session_line 6)
   exec_runs_as_root
 }

@@ -343,7 +343,7 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, form: Result<Form<TokenForm>
         Ok(_) => return token_error(StatusCode::BAD_REQUEST, "invalid_grant", "issued to another client"),
         Err(why) => return token_error(StatusCode::BAD_REQUEST, "invalid_grant", why),
     };
-    issued(grants::issue_tokens(store, keys, &grant, family.as_deref(), now).await)
+    issued(grants::issue_tokens(store, keys, &grant, family.as_ref(), now).await)
 }
 
 /// The token response for a pair, or why there is none.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use crate::relay::keys::Keys;
+use crate::relay::keys::{Digest, Keys};
 use crate::relay::signin::new_secret;
 use crate::relay::store::Store;
 
@@ -140,23 +140,40 @@ pub struct Tokens {
     pub refresh: String,
 }
 
+/// A token chain a refresh continues: its id, and the refresh token just
+/// spent, which must still stand (not revoked) when the next pair is issued.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The chain's id: every token of one authorization shares it.
+    family: String,
+    /// The keyed hash of the refresh token spent to continue it.
+    spent: Digest,
+}
+
 /// Issues a fresh pair for a grant's client, account and resource, in the
-/// token chain `family` (a new one for `None`: an authorization code), and
-/// notes the client and the grant as used. `None` when the account has no
-/// grant for the client (it was revoked): nothing is issued.
+/// token `chain` (a new one for `None`: an authorization code), and notes
+/// the client and the grant as used. `None` when the account has no grant
+/// for the client, or the chain's spent refresh token is gone (either was
+/// revoked, also while this refresh was under way): nothing is issued.
 pub async fn issue_tokens(
     store: &Store,
     keys: &Keys,
     grant: &Grant,
-    family: Option<&str>,
+    chain: Option<&Chain>,
     now: i64,
 ) -> anyhow::Result<Option<Tokens>> {
     let tokens = Tokens {
         access: format!("{ACCESS_PREFIX}{}", new_secret()),
         refresh: format!("{REFRESH_PREFIX}{}", new_secret()),
     };
-    let family = family.map_or_else(|| new_secret()[..16].to_owned(), str::to_owned);
+    let family = chain.map_or_else(|| new_secret()[..16].to_owned(), |c| c.family.clone());
     let mut tx = store.pool().begin().await?;
+    // Written first, so that the rows a revocation deletes are held until
+    // this commits: a revocation then waits, and its next statement sees
+    // (and deletes) this pair; one that came first leaves nothing to hold.
+    if !hold(&mut tx, grant, chain, now).await? {
+        return Ok(None);
+    }
     for (kind, token, lifetime) in
         [("access", &tokens.access, ACCESS_LIFETIME), ("refresh", &tokens.refresh, REFRESH_LIFETIME)]
     {
@@ -178,12 +195,6 @@ pub async fn issue_tokens(
             return Ok(None);
         }
     }
-    sqlx::query("UPDATE oauth_grants SET last_used_at = $1 WHERE account_id = $2 AND client_id = $3")
-        .bind(now)
-        .bind(grant.account_id)
-        .bind(&grant.client_id)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("UPDATE oauth_clients SET last_used_at = $1 WHERE client_id = $2")
         .bind(now)
         .bind(&grant.client_id)
@@ -193,15 +204,49 @@ pub async fn issue_tokens(
     Ok(Some(tokens))
 }
 
+/// Notes the grant as used and checks that it, and the refresh token
+/// `chain` spent, still stand; both rows stay locked until `tx` ends.
+async fn hold(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    grant: &Grant,
+    chain: Option<&Chain>,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let granted = sqlx::query("UPDATE oauth_grants SET last_used_at = $1 WHERE account_id = $2 AND client_id = $3")
+        .bind(now)
+        .bind(grant.account_id)
+        .bind(&grant.client_id)
+        .execute(&mut **tx)
+        .await?;
+    if granted.rows_affected() != 1 {
+        return Ok(false);
+    }
+    let Some(chain) = chain else { return Ok(true) };
+    let spent = sqlx::query("UPDATE oauth_tokens SET used_at = used_at WHERE token_hash = $1 AND family = $2")
+        .bind(&chain.spent[..])
+        .bind(&chain.family)
+        .execute(&mut **tx)
+        .await?;
+    Ok(spent.rows_affected() == 1)
+}
+
+/// A spent refresh token presented again this long after its first use
+/// ends its whole chain (RFC 9700 4.14.2: one of the two presenting it stole
+/// it). Sooner, it is only refused: a client whose instances share one
+/// token store may refresh twice at once.
+pub const REUSE_GRACE: Duration = Duration::from_secs(10);
+
 /// Spends a refresh token of `client_id` (once: a second use finds nothing)
-/// and returns what it was bound to, with its token chain.
+/// and returns what it was bound to, with its token chain. A token spent
+/// before (more than [`REUSE_GRACE`] ago) ends its chain: every access and
+/// refresh token it and its successors bought.
 pub async fn take_refresh(
     store: &Store,
     keys: &Keys,
     token: &str,
     client_id: &str,
     now: i64,
-) -> anyhow::Result<Option<(Grant, String)>> {
+) -> anyhow::Result<Option<(Grant, Chain)>> {
     let hash = keys.web_hash("oauth token", token);
     let won = sqlx::query(
         "UPDATE oauth_tokens SET used_at = $1
@@ -213,6 +258,7 @@ pub async fn take_refresh(
     .execute(store.pool())
     .await?;
     if won.rows_affected() != 1 {
+        reused(store, &hash, now).await?;
         return Ok(None);
     }
     let row = sqlx::query("SELECT account_id, resource, family FROM oauth_tokens WHERE token_hash = $1")
@@ -226,7 +272,36 @@ pub async fn take_refresh(
         code_challenge: String::new(),
         resource: row.get(1),
     };
-    Ok(Some((grant, row.get(2))))
+    Ok(Some((grant, Chain { family: row.get(2), spent: hash })))
+}
+
+/// Ends the chain of the refresh token `hash` when it was spent before
+/// [`REUSE_GRACE`]; whether it did.
+async fn reused(store: &Store, hash: &Digest, now: i64) -> anyhow::Result<bool> {
+    let row = sqlx::query(
+        "SELECT account_id, client_id, family FROM oauth_tokens
+         WHERE token_hash = $1 AND kind = 'refresh' AND used_at IS NOT NULL AND used_at < $2",
+    )
+    .bind(&hash[..])
+    .bind(now - ms(REUSE_GRACE))
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    let (account_id, client_id, family): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+    end_chain(store, account_id, &client_id, &family).await?;
+    tracing::warn!(client = %client_id, "a spent OAuth refresh token was presented again; its token chain is ended");
+    Ok(true)
+}
+
+/// Deletes every token of one chain of `account_id`'s grant of `client_id`.
+async fn end_chain(store: &Store, account_id: i64, client_id: &str, family: &str) -> anyhow::Result<u64> {
+    let ended = sqlx::query("DELETE FROM oauth_tokens WHERE account_id = $1 AND client_id = $2 AND family = $3")
+        .bind(account_id)
+        .bind(client_id)
+        .bind(family)
+        .execute(store.pool())
+        .await?;
+    Ok(ended.rows_affected())
 }
 
 /// The account and email an access token acts as, with its resource, its
@@ -365,17 +440,14 @@ pub async fn revoke_token(store: &Store, keys: &Keys, token: &str, client_id: &s
     if owner != client_id {
         return Ok(Revocation::OtherClient);
     }
-    let ended = if kind == "refresh" {
-        sqlx::query("DELETE FROM oauth_tokens WHERE account_id = $1 AND client_id = $2 AND family = $3")
-            .bind(account_id)
-            .bind(client_id)
-            .bind(&family)
-            .execute(store.pool())
-            .await?
-    } else {
-        sqlx::query("DELETE FROM oauth_tokens WHERE token_hash = $1").bind(&hash[..]).execute(store.pool()).await?
-    };
-    Ok(if ended.rows_affected() > 0 { Revocation::Revoked } else { Revocation::Unknown })
+    // The token itself first: a refresh it is paying for holds it until
+    // its pair is written, which the chain's deletion then sees.
+    let deleted = sqlx::query("DELETE FROM oauth_tokens WHERE token_hash = $1").bind(&hash[..]);
+    let mut ended = deleted.execute(store.pool()).await?.rows_affected();
+    if kind == "refresh" {
+        ended += end_chain(store, account_id, client_id, &family).await?;
+    }
+    Ok(if ended > 0 { Revocation::Revoked } else { Revocation::Unknown })
 }
 
 /// Deletes expired and spent codes and tokens, registrations no token came
