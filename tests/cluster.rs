@@ -135,6 +135,140 @@ async fn a_machine_no_relay_holds_is_offline_at_once() {
     // loaded CI machine (the 100 ms is measured in BENCHMARKS.md).
     let timeout = aic::relay::cluster::ASK_TIMEOUT;
     assert!(asked.elapsed() < timeout / 10, "took {:?}: a timeout, not no responders", asked.elapsed());
+
+    // A pull and a push are refused the same way, as soon.
+    let url = format!("{b}/api/v1/files/{code}?path=/tmp/aic-nowhere");
+    let asked = Instant::now();
+    let pulled = within("a pull", client().get(&url).send()).await.unwrap();
+    let pushed = within("a push", client().put(&url).body("x").send()).await.unwrap();
+    assert!(asked.elapsed() < timeout / 5, "took {:?}: a timeout, not no responders", asked.elapsed());
+    for resp in [pulled, pushed] {
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!((status, body["reason"].as_str()), (503, Some("agent_offline")), "{body}");
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A tool call on `relay`'s MCP endpoint, statelessly: its JSON-RPC result,
+/// whether it came as JSON or as an event stream.
+async fn mcp_tool(relay: &str, tool: &str, args: Value) -> Value {
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args}});
+    let (status, _, text) = mcp_post(relay, None, call).await;
+    assert_eq!(status, 200, "{text}");
+    let mut candidates = std::iter::once(text.as_str()).chain(text.lines().filter_map(|l| l.strip_prefix("data:")));
+    let answer = candidates
+        .find_map(|c| serde_json::from_str::<Value>(c.trim()).ok().filter(|v| v.get("result").is_some()))
+        .unwrap_or_else(|| panic!("no JSON-RPC result in {text}"));
+    answer["result"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_move_through_a_relay_not_holding_the_machine() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let (b, c) = (site.relays[1].http(), site.relays[2].http());
+    until_online(&b, code, true).await;
+    until_online(&c, code, true).await;
+    // A few MiB in which a lost, doubled or moved chunk shows.
+    let bytes: Vec<u8> =
+        (0..3 * 1024 * 1024 + 12_345u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let path = site.dir.path().join("upload.bin");
+    let url = format!("{b}/api/v1/files/{code}?path={}", path.display());
+    let push = client().put(&url).header("x-content-sha256", sha256_hex(&bytes)).body(bytes.clone());
+    let resp = within("the push", push.send()).await.unwrap();
+    let status = resp.status().as_u16();
+    let pushed: Value = within("the push's answer", resp.json()).await.unwrap();
+    assert_eq!((status, &pushed["size"]), (201, &json!(bytes.len())), "{pushed}");
+    assert!(std::fs::read(&path).unwrap() == bytes, "the file on the machine differs from the one pushed");
+
+    let resp = within("the pull", client().get(&url).send()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-content-sha256"], sha256_hex(&bytes).as_str());
+    assert!(within("the pulled bytes", resp.bytes()).await.unwrap() == bytes, "the pulled bytes differ");
+
+    let resp = within("a range", client().get(&url).header("range", "bytes=1000000-").send()).await.unwrap();
+    assert_eq!(resp.status(), 206);
+    let range = format!("bytes 1000000-{}/{}", bytes.len() - 1, bytes.len());
+    assert_eq!(resp.headers()["content-range"], range.as_str());
+    assert!(within("the range's bytes", resp.bytes()).await.unwrap() == bytes[1_000_000..], "the range differs");
+
+    // MCP through relay C: a small file into and out of the result, a large
+    // one through a download link used on relay B, an upload link on relay A.
+    let small = site.dir.path().join("small.bin");
+    let args = json!({"code": code.to_string(), "path": small, "content_base64": "AAEC/w=="});
+    let result = mcp_tool(&c, "remote_push", args).await;
+    assert_eq!(result["isError"], false, "{result}");
+    assert_eq!(std::fs::read(&small).unwrap(), [0u8, 1, 2, 255]);
+    let result = mcp_tool(&c, "remote_pull", json!({"code": code.to_string(), "path": small})).await;
+    assert_eq!(result["content"][1]["resource"]["blob"], "AAEC/w==", "{result}");
+    let result = mcp_tool(&c, "remote_pull", json!({"code": code.to_string(), "path": path})).await;
+    let blocks = result["content"].as_array().unwrap_or_else(|| panic!("no content in {result}"));
+    let link = blocks.iter().find(|b| b["type"] == "resource_link").unwrap_or_else(|| panic!("no link: {result}"));
+    let link = link["uri"].as_str().unwrap().replace(&c, &b);
+    assert!(link.starts_with(&format!("{b}/")), "{link}");
+    let resp = within("the download link", client().get(&link).send()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(within("the linked bytes", resp.bytes()).await.unwrap() == bytes, "the linked bytes differ");
+    let again = within("the link again", client().get(link.replace(&b, &c)).send()).await.unwrap();
+    assert_eq!(again.status(), 410, "a link works once, whichever relay it reaches");
+
+    let uploaded = site.dir.path().join("uploaded.bin");
+    let result = mcp_tool(&c, "remote_push", json!({"code": code.to_string(), "path": uploaded})).await;
+    let blocks = result["content"].as_array().unwrap_or_else(|| panic!("no content in {result}"));
+    let link = blocks.iter().find(|b| b["type"] == "resource_link").unwrap_or_else(|| panic!("no link: {result}"));
+    let link = link["uri"].as_str().unwrap().replace(&c, &site.relays[0].http());
+    assert!(link.starts_with(&format!("{}/", site.relays[0].http())), "{link}");
+    let resp = within("the upload link", client().put(&link).body(bytes.clone()).send()).await.unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    assert!(std::fs::read(&uploaded).unwrap() == bytes, "the uploaded file differs");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holding_relay_killed_mid_download_cuts_the_body() {
+    // Far more than every window and buffer on the way holds, so the body cannot be whole before the kill.
+    const BYTES: usize = 64 * 1024 * 1024;
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let mut holder = relay_process(&site).await;
+    let daemon = TestDaemon::start(&holder.ws(), &site.dir.path().join("daemon-held")).await;
+    let code = daemon.code();
+    let b = site.relays[1].http();
+    until_online(&b, code, true).await;
+    let path = site.dir.path().join("big.bin");
+    std::fs::write(&path, vec![7u8; BYTES]).unwrap();
+    let url = format!("{b}/api/v1/files/{code}?path={}", path.display());
+    let resp = within("the pull", client().get(&url).send()).await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.content_length()), (200, Some(BYTES as u64)));
+    let mut body = resp.bytes_stream();
+    let mut got = within("the first bytes", body.next()).await.expect("the body ended at once").unwrap().len();
+    holder.child.start_kill().unwrap();
+    // The caller's relay gives up after SILENCE without a word from the holder.
+    let patience = aic::relay::cluster::SILENCE + PATIENCE;
+    let cut = loop {
+        match within_for(patience, "the cut body", body.next()).await {
+            Some(Ok(chunk)) => got += chunk.len(),
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    assert!(
+        cut && got < BYTES,
+        "the body ended {} after {got} of {BYTES} bytes",
+        if cut { "in error" } else { "cleanly" }
+    );
+    // Asked again, the relay says the machine is offline (its daemon dialled the dead relay only).
+    let resp = within("a second pull", client().get(&url).send()).await.unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!((status, body["reason"].as_str()), (503, Some("agent_offline")), "{body}");
+    let _ = holder.child.wait().await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,9 +14,14 @@
 //! caller silent as long gets its command cancelled. Which machines some
 //! relay holds is noted in a JetStream KV bucket ([`super::presence`]), for
 //! status and listing. Job calls go the same way, one request and one
-//! answer each, under NATS's payload limit. Only the exec request, its output
-//! frames and job calls and their answers carry command text or output, and
-//! nothing in NATS keeps them (no JetStream stream holds them).
+//! answer each, under NATS's payload limit. File transfers go as output does
+//! ([`RemoteTransfer`]), and so do one-use file links kept by another relay
+//! ([`LinkUse`]). Only the exec request, its output frames, job calls and their
+//! answers carry command text or output, only transfer frames carry file
+//! bytes, and nothing in NATS keeps them (no JetStream stream holds them).
+
+mod files;
+mod links;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +42,9 @@ use super::metrics::Metrics;
 use super::presence::{self, Presence};
 use crate::protocol::agent::{ExecRequest, ExitStatus, Refusal, Stream};
 use crate::protocol::jobs::{JobCall, JobReply};
+
+pub use files::RemoteTransfer;
+pub use links::LinkUse;
 
 /// Output frames a holder sends past the caller's last acknowledgement at most.
 pub const WINDOW: u64 = 16;
@@ -95,6 +103,15 @@ enum Ask {
         /// How long the daemon may take to answer, in milliseconds.
         within_ms: u64,
     },
+    /// Open this file transfer (the caller's relay checked access); send its frames to `frames`.
+    Transfer {
+        /// The pull or push.
+        open: Box<super::transfer::Open>,
+        /// The account that asked, if any: blocking it stops the transfer.
+        account: Option<i64>,
+        /// The caller's inbox for frames.
+        frames: String,
+    },
 }
 
 /// The holding relay's answer to an [`Ask`].
@@ -109,6 +126,8 @@ enum Answer {
     },
     /// The command could not be handed over.
     NotStarted(StartError),
+    /// The file transfer could not be handed over.
+    NotOpened(super::transfer::OpenError),
     /// The daemon's answer to a job call; `None` when it gave none in time
     /// or the link went away.
     Job(Option<Box<JobReply>>),
@@ -283,6 +302,10 @@ impl Cluster {
             Ask::Job { call, within_ms } => {
                 let answer = conn.job(*call, Duration::from_millis(within_ms)).await;
                 return self.publish(reply.to_string(), fit(answer, self.client.server_info().max_payload)).await;
+            }
+            Ask::Transfer { open, account, frames } => {
+                let ask = files::TransferAsk { open: *open, account, frames };
+                return self.serve_transfer(&conn, ask, reply.to_string()).await;
             }
             Ask::Exec { request, issuer, frames } => (request, issuer, frames),
         };
@@ -486,6 +509,13 @@ fn number(bytes: &[u8]) -> u64 {
     bytes.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
 }
 
+/// An acknowledgement of `n` events (or chunks) taken, caller to holder.
+fn acknowledgement(n: u64) -> Vec<u8> {
+    let mut payload = vec![ACK];
+    payload.extend_from_slice(&n.to_be_bytes());
+    payload
+}
+
 /// A frame: kind, stream, sequence number, body.
 fn frame(kind: u8, stream: u8, seq: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(10 + body.len());
@@ -559,11 +589,7 @@ struct Ends {
 
 /// The caller's side of a remote command: frames in, events out, acknowledgements back.
 async fn receive(client: Client, mut frames: Subscriber, acks: String, ends: Ends) {
-    let ack = |n: u64| {
-        let mut payload = vec![ACK];
-        payload.extend_from_slice(&n.to_be_bytes());
-        client.publish(acks.clone(), payload.into())
-    };
+    let ack = |n: u64| client.publish(acks.clone(), acknowledgement(n).into());
     let (mut got, mut acked, mut heard) = (0u64, 0u64, Instant::now());
     let mut beat = tokio::time::interval(HEARTBEAT);
     loop {

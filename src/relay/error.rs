@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::protocol::agent::Refusal;
 
 /// The `reason` word of an error body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Anonymous use of an unknown code, or of a code past its first hour.

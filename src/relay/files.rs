@@ -2,6 +2,7 @@
 //! push one to it, streamed through the relay with a credit window, checked
 //! with SHA-256. REST and MCP share [`begin_pull`] and [`begin_push`]. No byte
 //! of a file is logged or kept: it passes through memory a window at a time.
+//! In a cluster, a machine another relay holds is reached through it.
 
 use std::net::SocketAddr;
 
@@ -18,7 +19,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::access::{self, Caller};
 use super::error::{AgentOffline, ApiError, ErrorBody, MAX_MACHINE_TEXT, Reason, machine_text};
-use super::transfer::{FileEvent, OpenError, Transfer};
+use super::transfer::{FileEvent, Open, OpenError, Transfer};
 use crate::protocol::files::{
     ByteRange, CONTENT_TYPES, FILE_CHUNK, FILE_WINDOW, FileFailure, FileOpened, FrameKind, PullRequest, PushRequest,
     human_size, is_sha256_hex,
@@ -147,6 +148,12 @@ pub fn unexpected(event: Option<FileEvent>) -> ApiError {
         None => ApiError::agent_offline(),
         Some(FileEvent::Failed(failure, message)) => from_failure(failure, &message),
         Some(FileEvent::Revoked(why)) => ApiError::revoked(why),
+        Some(FileEvent::RelayLost) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::AgentOffline,
+            "The relay holding the machine's connection stopped answering mid-transfer, so the file may or may not \
+             be complete on the machine. Its daemon reconnects to another relay within seconds: retry then.",
+        ),
         Some(_) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             Reason::Internal,
@@ -171,24 +178,43 @@ fn open_error(e: OpenError) -> ApiError {
     match e {
         OpenError::Offline => ApiError::agent_offline(),
         OpenError::Busy(max) => ApiError::link_busy(max),
+        OpenError::PayloadLimit(limit) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Internal,
+            format!(
+                "The machine is connected to another relay of this cluster, and NATS's max_payload ({limit} bytes) \
+                 is below a file chunk ({FILE_CHUNK} bytes). Ask the relay's operator to raise max_payload in \
+                 nats-server's configuration (the default, 1 MiB, works)."
+            ),
+        ),
     }
 }
 
-/// The machine `code` names, online and able to move files.
-async fn machine(
-    state: &AppState,
-    caller: &Caller,
-    code: &str,
-) -> Result<std::sync::Arc<super::hub::AgentConn>, ApiError> {
-    let conn = access::admit(state, caller, code, access::Purpose::Use).await?.online()?;
-    if !conn.info.capabilities.iter().any(|c| c == CAPABILITY) {
+/// The machine `code` names, online (here, or on another relay of a cluster) and able to move files.
+async fn machine(state: &AppState, caller: &Caller, code: &str) -> Result<access::Target, ApiError> {
+    let target = access::admit(state, caller, code, access::Purpose::Use).await?;
+    if target.conn.is_none() && state.cluster.is_none() {
+        return Err(ApiError::agent_offline());
+    }
+    if !target.info.capabilities.iter().any(|c| c == CAPABILITY) {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             Reason::BadRequest,
             "This machine's daemon is too old to move files. Ask its operator to upgrade aic-daemon, or use remote_exec.",
         ));
     }
-    Ok(conn)
+    Ok(target)
+}
+
+/// Opens a transfer on the machine's link: here, or through the relay of the cluster holding it.
+async fn open(state: &AppState, target: access::Target, open: Open, caller: &Caller) -> Result<Transfer, ApiError> {
+    let account = caller.account.as_ref().map(|a| a.id);
+    let opened = match (&target.conn, &state.cluster) {
+        (Some(conn), _) => Transfer::open(conn, open, state.config.max_in_flight, account),
+        (None, Some(cluster)) => cluster.open(&target.code_hash, open, account).await,
+        (None, None) => Err(OpenError::Offline),
+    };
+    opened.map_err(open_error)
 }
 
 /// Opens a pull: access, the operator's approval, the file's size and checksum.
@@ -201,7 +227,7 @@ pub async fn begin_pull(
     window: u32,
 ) -> Result<(FileOpened, Transfer), ApiError> {
     let path = check_path(path)?;
-    let conn = machine(state, caller, code).await?;
+    let target = machine(state, caller, code).await?;
     let req = PullRequest {
         id: Uuid::new_v4(),
         path,
@@ -210,8 +236,7 @@ pub async fn begin_pull(
         window,
         requester: caller.requester(&state.keys),
     };
-    let account = caller.account.as_ref().map(|a| a.id);
-    let mut transfer = Transfer::pull(&conn, req, state.config.max_in_flight, account).map_err(open_error)?;
+    let mut transfer = open(state, target, Open::Pull(req), caller).await?;
     match transfer.next().await {
         Some(FileEvent::Opened(opened)) => Ok((opened, transfer)),
         other => Err(unexpected(other)),
@@ -223,7 +248,7 @@ pub async fn begin_push(state: &AppState, caller: &Caller, code: &str, spec: &Pu
     if spec.size > state.config.max_file {
         return Err(too_large(spec.size, state.config.max_file));
     }
-    let conn = machine(state, caller, code).await?;
+    let target = machine(state, caller, code).await?;
     let req = PushRequest {
         id: Uuid::new_v4(),
         path: spec.path.clone(),
@@ -234,8 +259,7 @@ pub async fn begin_push(state: &AppState, caller: &Caller, code: &str, spec: &Pu
         max_size: state.config.max_file,
         requester: caller.requester(&state.keys),
     };
-    let account = caller.account.as_ref().map(|a| a.id);
-    Transfer::push(&conn, req, state.config.max_in_flight, account).map_err(open_error)
+    open(state, target, Open::Push(req), caller).await
 }
 
 /// Sends `bytes` (all of a small push) and waits for the file to be in place.
@@ -339,6 +363,7 @@ fn body_stream(transfer: Transfer) -> impl futures_util::Stream<Item = Result<By
             other => {
                 let why = match other {
                     Some(FileEvent::Failed(_, message)) => machine_text(&message, MAX_MACHINE_TEXT),
+                    Some(FileEvent::RelayLost) => "the relay holding the machine stopped answering".into(),
                     _ => "the machine's daemon went away".into(),
                 };
                 Some((Err(std::io::Error::other(why)), None))
@@ -432,12 +457,17 @@ pub async fn push_body(
     spec: PushSpec,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut transfer = begin_push(state, caller, code, &spec).await?;
+    let transfer = begin_push(state, caller, code, &spec).await?;
+    push_stream(transfer, spec.path, spec.size, body).await
+}
+
+/// The bytes of an open push to `path` from a request body of `size` bytes, then the rename. 201 with [`PushResult`].
+pub async fn push_stream(mut transfer: Transfer, path: String, size: u64, body: Body) -> Result<Response, ApiError> {
     // Nothing of the body is read until the machine is ready for it.
     transfer.ready().await.map_err(unexpected)?;
-    stream_body(&mut transfer, body, spec.size).await?;
+    stream_body(&mut transfer, body, size).await?;
     let (size, sha256) = finish_push(transfer).await?;
-    Ok((StatusCode::CREATED, Json(PushResult { ok: true, path: spec.path, size, sha256 })).into_response())
+    Ok((StatusCode::CREATED, Json(PushResult { ok: true, path, size, sha256 })).into_response())
 }
 
 /// Streams the request body to the daemon in chunks, each waiting for credit.

@@ -340,6 +340,11 @@ impl AgentConn {
         Credit { window, chunk: max, allowance: window, next_seq: 0, taken: 0 }
     }
 
+    /// How many commands (and, separately, transfers) this link carries at once at most.
+    pub fn max_in_flight(&self) -> usize {
+        self.limits.max_in_flight
+    }
+
     /// Queues a frame for the daemon. False when the link is gone.
     pub fn send(&self, msg: RelayMessage) -> bool {
         self.tx.send(Frame::Text(agent::encode(&msg))).is_ok()

@@ -6,6 +6,8 @@
 //! (1 h by default). A download link holds its pull open (approved, the file
 //! hashed, nothing read yet) until it is used or expires; an upload link
 //! holds only what the push will be, and the push is approved when it arrives.
+//! In a cluster, a link reaching a relay that does not keep it is used through
+//! the one that does ([`super::cluster`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::access::Caller;
+use super::cluster::LinkUse;
 use super::error::{ApiError, Reason};
 use super::files::{self, PushSpec};
 use super::transfer::Transfer;
@@ -54,7 +57,8 @@ pub struct FileLinks {
     links: Mutex<HashMap<[u8; 32], (Instant, Offer)>>,
 }
 
-fn token_hash(token: &str) -> [u8; 32] {
+/// The hash a link is kept under (and, in a cluster, asked for by).
+pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -74,7 +78,12 @@ impl FileLinks {
 
     /// The offer behind `token`, once: a used, expired or unknown token gives `None`.
     pub fn take(&self, token: &str) -> Option<Offer> {
-        let (expires, offer) = self.links.lock().unwrap().remove(&token_hash(token))?;
+        self.take_hashed(&token_hash(token))
+    }
+
+    /// The offer kept under `hash`, once, as [`Self::take`].
+    pub fn take_hashed(&self, hash: &[u8; 32]) -> Option<Offer> {
+        let (expires, offer) = self.links.lock().unwrap().remove(hash)?;
         (expires > Instant::now()).then_some(offer)
     }
 
@@ -100,23 +109,48 @@ fn gone() -> ApiError {
     )
 }
 
+/// The answer for a link of the other kind (now used up too).
+fn wrong_kind(upload: bool) -> ApiError {
+    let message = if upload {
+        "This is an upload link: PUT the file to it (curl -T FILE URL). It is now used up; ask for a new one."
+    } else {
+        "This is a download link: GET it (curl -o FILE URL). It is now used up; ask for a new one."
+    };
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Reason::BadRequest, message)
+}
+
+/// Keeps the link `token` answering for the other relays of a cluster until it expires in `ttl`.
+pub async fn share(state: &AppState, token: &str, ttl: Duration) {
+    if let Some(cluster) = &state.cluster {
+        cluster.keep_link(state, token_hash(token), ttl).await;
+    }
+}
+
+/// Uses the link `token` through the relay of a cluster that keeps it.
+async fn kept_elsewhere(state: &AppState, token: &str, push: Option<(u64, Option<String>)>) -> LinkUse {
+    match &state.cluster {
+        Some(cluster) => cluster.use_link(&token_hash(token), push).await,
+        None => LinkUse::Gone(None),
+    }
+}
+
 /// `GET /api/v1/files/link/{token}`: the file a download link stands for.
 pub async fn download(State(state): State<AppState>, Path(token): Path<String>) -> Result<Response, ApiError> {
-    match state.file_links.take(&token) {
-        Some(Offer::Download { opened, mut transfer }) => {
-            transfer.start();
-            Ok(files::pull_response(&opened, None, transfer))
-        }
+    let (opened, mut transfer) = match state.file_links.take(&token) {
+        Some(Offer::Download { opened, transfer }) => (opened, transfer),
         Some(upload @ Offer::Upload { .. }) => {
             drop(upload);
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Reason::BadRequest,
-                "This is an upload link: PUT the file to it (curl -T FILE URL). It is now used up; ask for a new one.",
-            ))
+            return Err(wrong_kind(true));
         }
-        None => Err(gone()),
-    }
+        None => match kept_elsewhere(&state, &token, None).await {
+            LinkUse::Download(opened, transfer) => (opened, transfer),
+            LinkUse::Gone(Some(upload)) => return Err(wrong_kind(upload)),
+            LinkUse::Refused(e) => return Err(e),
+            LinkUse::Upload(..) | LinkUse::Gone(None) => return Err(gone()),
+        },
+    };
+    transfer.start();
+    Ok(files::pull_response(&opened, None, transfer))
 }
 
 /// `PUT /api/v1/files/link/{token}`: the push an upload link stands for, with the request body.
@@ -132,12 +166,16 @@ pub async fn upload(
             let spec = PushSpec { path, size, mode, overwrite, sha256 };
             files::push_body(&state, &caller, &code, spec, body).await
         }
-        Some(Offer::Download { .. }) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            Reason::BadRequest,
-            "This is a download link: GET it (curl -o FILE URL). It is now used up; ask for a new one.",
-        )),
-        None => Err(gone()),
+        Some(Offer::Download { .. }) => Err(wrong_kind(false)),
+        None => {
+            let (size, sha256) = files::body_facts(&headers)?;
+            match kept_elsewhere(&state, &token, Some((size, sha256))).await {
+                LinkUse::Upload(path, transfer) => files::push_stream(transfer, path, size, body).await,
+                LinkUse::Gone(Some(upload)) => Err(wrong_kind(upload)),
+                LinkUse::Refused(e) => Err(e),
+                LinkUse::Download(..) | LinkUse::Gone(None) => Err(gone()),
+            }
+        }
     }
 }
 

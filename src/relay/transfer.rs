@@ -1,6 +1,8 @@
 //! File transfers in flight on one agent link: the daemon's messages and
 //! binary frames routed to the one caller waiting on each, and the credit
 //! window that keeps the relay from holding more than a window per transfer.
+//! A transfer on a machine another relay of a cluster holds goes through
+//! [`super::cluster`], behind the same [`Transfer`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,7 @@ use crate::protocol::files::{
 };
 
 /// What a caller hears about its transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FileEvent {
     /// A pulled file is open: its size, mode and checksum.
     Opened(FileOpened),
@@ -35,6 +37,8 @@ pub enum FileEvent {
     Failed(FileFailure, String),
     /// The operator's decision (a block, a code reset) stopped it.
     Revoked(Revocation),
+    /// The relay of the cluster holding the machine's link stopped answering mid-transfer.
+    RelayLost,
 }
 
 /// The transfers of one link. The map is touched for a moment per message,
@@ -58,12 +62,14 @@ struct Route {
 }
 
 /// Why a transfer could not be handed to the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OpenError {
     /// The link is gone.
     Offline,
     /// The link carries as many transfers as it may.
     Busy(usize),
+    /// In a cluster, NATS's `max_payload` (this many bytes) is below a file frame.
+    PayloadLimit(usize),
 }
 
 impl Transfers {
@@ -177,6 +183,15 @@ impl Transfers {
     }
 }
 
+/// A transfer to open, as a caller's relay asks the relay holding the machine's link.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Open {
+    /// Fetch a file.
+    Pull(PullRequest),
+    /// Write a file.
+    Push(PushRequest),
+}
+
 /// What a caller keeps of a new route: its events and (push) the daemon's credit.
 type RouteEnds = (mpsc::UnboundedReceiver<FileEvent>, Arc<Semaphore>);
 
@@ -184,7 +199,8 @@ type RouteEnds = (mpsc::UnboundedReceiver<FileEvent>, Arc<Semaphore>);
 /// ends cancels it on the machine (a push's temporary file is removed).
 pub struct Transfer {
     id: Uuid,
-    conn: Arc<AgentConn>,
+    /// Where its frames and credit go.
+    link: Link,
     events: mpsc::UnboundedReceiver<FileEvent>,
     /// A push's credit from the daemon.
     credit: Arc<Semaphore>,
@@ -196,12 +212,28 @@ pub struct Transfer {
     finished: bool,
 }
 
+/// Where a transfer runs.
+enum Link {
+    /// On a link this relay holds.
+    Local(Arc<AgentConn>),
+    /// Through the relay of the cluster that holds the machine's link.
+    Remote(super::cluster::RemoteTransfer),
+}
+
 impl Transfer {
+    /// Opens `open` on the link `conn`, which carries `max` transfers at most.
+    pub fn open(conn: &Arc<AgentConn>, open: Open, max: usize, account: Option<i64>) -> Result<Self, OpenError> {
+        match open {
+            Open::Pull(req) => Self::pull(conn, req, max, account),
+            Open::Push(req) => Self::push(conn, req, max, account),
+        }
+    }
+
     /// Asks the daemon for a file.
     pub fn pull(conn: &Arc<AgentConn>, req: PullRequest, max: usize, account: Option<i64>) -> Result<Self, OpenError> {
         let id = req.id;
         let (events, credit) = conn.files.open(id, u64::from(req.window), max, account)?;
-        let this = Self::new(conn, id, events, credit);
+        let this = Self::new(Link::Local(Arc::clone(conn)), id, events, credit);
         if !conn.send(RelayMessage::FilePull(req)) {
             return Err(OpenError::Offline);
         }
@@ -212,27 +244,38 @@ impl Transfer {
     pub fn push(conn: &Arc<AgentConn>, req: PushRequest, max: usize, account: Option<i64>) -> Result<Self, OpenError> {
         let id = req.id;
         let (events, credit) = conn.files.open(id, 0, max, account)?;
-        let this = Self::new(conn, id, events, credit);
+        let this = Self::new(Link::Local(Arc::clone(conn)), id, events, credit);
         if !conn.send(RelayMessage::FilePush(req)) {
             return Err(OpenError::Offline);
         }
         Ok(this)
     }
 
-    fn new(
-        conn: &Arc<AgentConn>,
+    /// A transfer through another relay: its events arrive on `events`, and
+    /// `credit` holds the permits that relay grants a push.
+    pub(super) fn remote(
         id: Uuid,
+        remote: super::cluster::RemoteTransfer,
         events: mpsc::UnboundedReceiver<FileEvent>,
         credit: Arc<Semaphore>,
     ) -> Self {
-        Self { id, conn: Arc::clone(conn), events, credit, consumed: 0, seq: 0, finished: false }
+        Self::new(Link::Remote(remote), id, events, credit)
+    }
+
+    fn new(link: Link, id: Uuid, events: mpsc::UnboundedReceiver<FileEvent>, credit: Arc<Semaphore>) -> Self {
+        Self { id, link, events, credit, consumed: 0, seq: 0, finished: false }
     }
 
     /// Lets the daemon start sending a pull asked for with no window (one
     /// parked behind a download link until it is used).
     pub fn start(&mut self) {
-        if self.conn.files.grant(self.id, FILE_WINDOW) {
-            self.conn.send(RelayMessage::FileCredit { id: self.id, chunks: FILE_WINDOW });
+        match &self.link {
+            Link::Local(conn) => {
+                if conn.files.grant(self.id, FILE_WINDOW) {
+                    conn.send(RelayMessage::FileCredit { id: self.id, chunks: FILE_WINDOW });
+                }
+            }
+            Link::Remote(remote) => remote.start(),
         }
     }
 
@@ -241,13 +284,16 @@ impl Transfer {
     pub async fn next(&mut self) -> Option<FileEvent> {
         let event = self.events.recv().await;
         match &event {
-            Some(FileEvent::Data(_)) => {
-                self.consumed += 1;
-                if self.consumed >= FILE_WINDOW / 2 && self.conn.files.grant(self.id, self.consumed) {
-                    self.conn.send(RelayMessage::FileCredit { id: self.id, chunks: self.consumed });
-                    self.consumed = 0;
+            Some(FileEvent::Data(_)) => match &self.link {
+                Link::Local(conn) => {
+                    self.consumed += 1;
+                    if self.consumed >= FILE_WINDOW / 2 && conn.files.grant(self.id, self.consumed) {
+                        conn.send(RelayMessage::FileCredit { id: self.id, chunks: self.consumed });
+                        self.consumed = 0;
+                    }
                 }
-            }
+                Link::Remote(remote) => remote.took(),
+            },
             Some(FileEvent::Opened(_)) => {}
             _ => self.finished = true,
         }
@@ -282,16 +328,25 @@ impl Transfer {
                 return Err(event);
             }
         }
-        let frame = encode_frame(kind, self.id, self.seq, payload);
         self.seq += 1;
-        if self.conn.send_frame(frame) { Ok(()) } else { Err(None) }
+        match &mut self.link {
+            Link::Local(conn) => {
+                let frame = encode_frame(kind, self.id, self.seq - 1, payload);
+                if conn.send_frame(frame) { Ok(()) } else { Err(None) }
+            }
+            Link::Remote(remote) => remote.send(kind, payload).await.map_err(|()| None),
+        }
     }
 }
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        if !self.finished && self.conn.files.close(self.id) {
-            self.conn.send(RelayMessage::Cancel { id: self.id });
+        // A remote transfer's guard tells the holding relay, which drops its own.
+        if let Link::Local(conn) = &self.link
+            && !self.finished
+            && conn.files.close(self.id)
+        {
+            conn.send(RelayMessage::Cancel { id: self.id });
         }
     }
 }

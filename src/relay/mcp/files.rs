@@ -19,7 +19,7 @@ use crate::protocol::files::{FileOpened, hex, human_size};
 use crate::relay::AppState;
 use crate::relay::error::ApiError;
 use crate::relay::files::{self as relay_files, PushSpec, check_path, parse_mode};
-use crate::relay::links::Offer;
+use crate::relay::links::{self, Offer};
 use crate::relay::machines::{self, MachineList};
 use crate::relay::transfer::{FileEvent, Transfer};
 
@@ -248,6 +248,7 @@ impl Mcp {
         let ttl = self.state.config.file_link_ttl;
         let (size, sha256, content_type) = (opened.size, opened.sha256.clone(), opened.content_type.clone());
         let token = self.state.file_links.offer(Offer::Download { opened, transfer }, ttl);
+        links::share(&self.state, &token, ttl).await;
         let url = format!("{}/api/v1/files/link/{token}", base_url(&self.state, ctx.extensions.get::<Parts>()));
         let name = file_name(&path);
         let text = format!(
@@ -272,7 +273,7 @@ within {} min, from {url} (curl -fo {name} '{url}'); the link stops working afte
             (None, Some(b64)) => STANDARD.decode(b64.trim()).map_err(|e| {
                 ApiError::bad_request(format!("content_base64 is not base64 ({e}); send the bytes base64-encoded"))
             })?,
-            (None, None) => return Ok(self.upload_link(caller, args.code, path, mode, overwrite, ctx)),
+            (None, None) => return Ok(self.upload_link(caller, args.code, path, mode, overwrite, ctx).await),
         };
         let sha256 = hex(&Sha256::digest(&bytes));
         let spec = PushSpec { path: path.clone(), size: bytes.len() as u64, mode, overwrite, sha256: Some(sha256) };
@@ -286,7 +287,7 @@ within {} min, from {url} (curl -fo {name} '{url}'); the link stops working afte
     }
 
     /// An upload link for a push whose bytes come later, straight from the user's side.
-    fn upload_link(
+    async fn upload_link(
         &self,
         caller: crate::relay::access::Caller,
         code: String,
@@ -298,6 +299,7 @@ within {} min, from {url} (curl -fo {name} '{url}'); the link stops working afte
         let ttl = self.state.config.file_link_ttl;
         let offer = Offer::Upload { caller, code: code.clone(), path: path.clone(), mode, overwrite };
         let token = self.state.file_links.offer(offer, ttl);
+        links::share(&self.state, &token, ttl).await;
         let url = format!("{}/api/v1/files/link/{token}", base_url(&self.state, ctx.extensions.get::<Parts>()));
         let text = format!(
             "Upload the file for {path} on {code} once, within {} min: curl -fT FILE '{url}' (add -H 'X-Content-SHA256: \
