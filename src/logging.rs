@@ -7,6 +7,11 @@ use tracing_subscriber::prelude::*;
 /// error level: rmcp its JSON-RPC, tungstenite its WebSocket frames.
 const PAYLOAD_LOGGERS: [&str; 3] = ["rmcp", "tungstenite", "tokio_tungstenite"];
 
+/// The filter without `--log-level` or `AIC_LOG`: info, but PostgreSQL's
+/// notices (sqlx logs them at info) only from warnings up, since each relay
+/// start draws "relation … already exists, skipping" for every table.
+const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 /// Whether log lines may carry colour codes: only on a terminal (a journal
 /// or a file stores them as binary), and never with `NO_COLOR` set
 /// (<https://no-color.org>: any non-empty value).
@@ -31,7 +36,7 @@ pub struct LogArgs {
 }
 
 /// Logs to stderr at `--log-level` when given, else the `AIC_LOG` filter
-/// (default `info`), or with `--log-dir` to daily files named after `name`.
+/// (default [`DEFAULT_FILTER`]), or with `--log-dir` to daily files named after `name`.
 /// Whatever the filter says, the payload loggers above only get their errors through.
 pub fn init_with(name: &str, args: &LogArgs) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -39,7 +44,7 @@ pub fn init_with(name: &str, args: &LogArgs) -> anyhow::Result<()> {
     let filter = match &args.log_level {
         Some(level) => tracing_subscriber::EnvFilter::try_new(level)
             .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}; write e.g. info, debug or aic=debug"))?,
-        None => tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()),
+        None => tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into()),
     };
     let no_payloads = tracing_subscriber::filter::filter_fn(|meta| {
         *meta.level() <= tracing::Level::ERROR || !PAYLOAD_LOGGERS.iter().any(|t| meta.target().starts_with(t))

@@ -890,3 +890,13 @@ async fn a_killed_relays_machines_go_offline_within_the_presence_max_age() {
     assert_eq!(presence_entry(&site, code).await, None);
     daemon.stop().await;
 }
+
+/// A relay joining a database the others already made logs no PostgreSQL
+/// notices ("relation … already exists, skipping"): to an operator reading
+/// the journal they look like trouble, and they say nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_joining_a_made_database_logs_no_notices() {
+    let Some(site) = Site::start(|_| {}).await else { return };
+    let log = relay_process(&site).await.stop().await;
+    assert!(!log.contains("already exists"), "{log}");
+}
