@@ -36,7 +36,7 @@ pub struct LogArgs {
 }
 
 /// Logs to stderr at `--log-level` when given, else the `AIC_LOG` filter
-/// (default [`DEFAULT_FILTER`]), or with `--log-dir` to daily files named after `name`.
+/// (default info, PostgreSQL notices only from warnings), or with `--log-dir` to daily files named after `name`.
 /// Whatever the filter says, the payload loggers above only get their errors through.
 pub fn init_with(name: &str, args: &LogArgs) -> anyhow::Result<()> {
     use anyhow::Context;
