@@ -307,16 +307,7 @@ async fn a_stale_token_and_a_foreign_redirect_are_refused() {
     assert_eq!(status, 401);
     assert!(headers["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
 
-    let registered: Value = common::client()
-        .post(format!("{}/register", relay.http()))
-        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "x"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = registered["client_id"].as_str().unwrap();
+    let client_id = &register(&relay, "x").await;
 
     // Not signed in: /authorize sends the browser to sign in, and back to itself after.
     let query = format!(
