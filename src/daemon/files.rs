@@ -6,11 +6,14 @@
 //! its bytes is logged.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::commands::{Admitted, Commands};
+use super::pathwalk::{Refused, Resolved, resolve};
 use crate::protocol::agent::{AgentMessage, ExecRequest, Requester};
 use crate::protocol::files::{
     FILE_CHUNK, FILE_WINDOW, FileFailure, FileOpened, FrameError, FrameKind, PullRequest, PushRequest, decode_frame,
@@ -209,14 +213,17 @@ impl Files {
         // What is there now only shapes the operator's question; whether the
         // path is refused is told only after admission, so a caller cannot
         // learn which files exist without the operator's yes.
-        let existing = std::fs::symlink_metadata(&req.path).ok().filter(|m| m.is_file()).map(|m| m.mode() & 0o7777);
+        // A replaced file lends only its permission bits: never its setuid,
+        // setgid or sticky bit, which a local user may have set on a file of
+        // theirs for root's push to inherit.
+        let existing = std::fs::symlink_metadata(&req.path).ok().filter(|m| m.is_file()).map(|m| m.mode() & 0o777);
         let mode = req.mode.or(existing).unwrap_or(DEFAULT_MODE);
         let overwrite = if req.overwrite { ", overwrite" } else { "" };
         let what = format!("push {} to {}, mode {mode:04o}{overwrite}", human_size(req.size), req.path);
         let admitted = self.admit(&what, req.id, &req.requester, scope).await?;
         let started = Instant::now();
-        let result = match check_push_target(Path::new(&req.path), req.overwrite) {
-            Ok(_) => receive_file(req, mode, rx, out, &admitted).await,
+        let result = match push_target(&req.path, req.overwrite) {
+            Ok(at) => receive_file(req, &at, mode, rx, out, &admitted).await,
             Err(refused) => Err(refused),
         };
         admitted.finish(started, result.as_ref().err().map(|(_, m)| m.as_str()));
@@ -227,6 +234,23 @@ impl Files {
 /// Sends a frame to the link; fails when the link is gone.
 async fn send(out: &FileOutbox, frame: Outgoing) -> Result<(), Failure> {
     out.send(frame).await.map_err(|_| (FileFailure::Failed, "the link to the relay went away".into()))
+}
+
+fn errno_failure(e: rustix::io::Errno) -> Failure {
+    io_failure(e.into())
+}
+
+/// Why a transfer's path was not resolved, as the relay is told.
+fn refusal(path: &str, e: Refused) -> Failure {
+    match e {
+        Refused::Io(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            FileFailure::NotFound,
+            format!("{path}: a directory on the way does not exist on this machine; create it first (mkdir -p)"),
+        ),
+        Refused::Io(e) => io_failure(e),
+        Refused::NoName | Refused::DotDot => (FileFailure::BadRequest, format!("{path}: {e}")),
+        e => (FileFailure::NotAFile, e.to_string()),
+    }
 }
 
 fn io_failure(e: std::io::Error) -> Failure {
@@ -257,7 +281,11 @@ fn directory_refusal(path: &str) -> Failure {
 
 /// Opens a file to pull: a regular file within the cap. Its size and mode.
 async fn open_for_pull(path: &str, cap: u64) -> Result<(std::fs::File, u64, u32), Failure> {
-    let file = std::fs::File::open(path).map_err(io_failure)?;
+    let at = resolve(Path::new(path), true).map_err(|e| refusal(path, e))?;
+    // Non-blocking: a FIFO put where a file was expected must not hold a thread until a writer comes.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&at.dir, at.name.as_os_str(), flags, Mode::empty()).map_err(errno_failure)?;
+    let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(io_failure)?;
     if meta.is_dir() {
         return Err(directory_refusal(path));
@@ -327,74 +355,79 @@ async fn stream_out(
     Ok(hex(&hasher.finalize()))
 }
 
-/// Checks where a push goes: its directory exists; it is not a directory or a
-/// symbolic link (a link is refused, never written through or replaced); an
-/// existing file only with `overwrite`. The existing file's mode, if any.
-fn check_push_target(path: &Path, overwrite: bool) -> Result<Option<u32>, Failure> {
-    let shown = path.display();
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if path.file_name().is_none() {
-        return Err((FileFailure::BadRequest, format!("{shown} does not name a file")));
-    }
-    if !parent.is_dir() {
-        let message =
-            format!("the directory {} does not exist on this machine; create it first (mkdir -p)", parent.display());
-        return Err((FileFailure::NotFound, message));
-    }
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_failure(e)),
-        Ok(meta) if meta.file_type().is_symlink() => {
-            let target = std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
-            Err((
-                FileFailure::NotAFile,
-                format!("{shown} is a symbolic link (to {target}); push to the path it points to instead"),
-            ))
-        }
-        Ok(meta) if meta.is_dir() => Err(directory_refusal(&shown.to_string())),
-        Ok(_) if !overwrite => {
-            Err((FileFailure::Exists, format!("{shown} already exists; send overwrite=true to replace it")))
-        }
-        Ok(meta) => Ok(Some(meta.mode() & 0o7777)),
+/// Resolves where a push goes ([`resolve`]: its directory opened once, no
+/// link followed that another user could have made) and checks it.
+fn push_target(path: &str, overwrite: bool) -> Result<Resolved, Failure> {
+    let at = resolve(Path::new(path), false).map_err(|e| refusal(path, e))?;
+    check_push_target(&at, path, overwrite)?;
+    Ok(at)
+}
+
+/// Checks the final name of a push: it is not a directory or a symbolic link
+/// (a link is refused, never written through or replaced); an existing file
+/// only with `overwrite`. The existing file's mode, if any.
+fn check_push_target(at: &Resolved, shown: &str, overwrite: bool) -> Result<Option<u32>, Failure> {
+    match rustix::fs::statat(&at.dir, at.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(errno_failure(e)),
+        Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(&at.dir, at.name.as_os_str(), Vec::new())
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Err((
+                    FileFailure::NotAFile,
+                    format!("{shown} is a symbolic link (to {target}); push to the path it points to instead"),
+                ))
+            }
+            FileType::Directory => Err(directory_refusal(shown)),
+            _ if !overwrite => {
+                Err((FileFailure::Exists, format!("{shown} already exists; send overwrite=true to replace it")))
+            }
+            _ => Ok(Some(st.st_mode & 0o7777)),
+        },
     }
 }
 
-/// A temporary file beside the target, removed unless it was renamed into place.
+/// A temporary file in the target's directory, removed unless it was renamed into place.
 struct TempFile {
-    path: PathBuf,
+    /// The directory it is in, as resolved once for the push.
+    dir: OwnedFd,
+    /// Its name there.
+    name: OsString,
+    /// Renamed into place: not to be removed.
     kept: bool,
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.kept {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = rustix::fs::unlinkat(&self.dir, self.name.as_os_str(), AtFlags::empty());
         }
     }
 }
 
-/// Creates `.<name>.aic-<random>.tmp` beside `target`, exclusively, mode 0600.
-fn create_temp(target: &Path) -> Result<(std::fs::File, TempFile), Failure> {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let path = dir.join(format!(".{name}.aic-{}.tmp", &Uuid::new_v4().simple().to_string()[..12]));
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io_failure)?;
-    Ok((file, TempFile { path, kept: false }))
+/// Creates `.<name>.aic-<random>.tmp` in the target's directory, exclusively, mode 0600, never through a link.
+fn create_temp(at: &Resolved) -> Result<(std::fs::File, TempFile), Failure> {
+    let mut name = OsString::from(".");
+    name.push(&at.name);
+    name.push(format!(".aic-{}.tmp", &Uuid::new_v4().simple().to_string()[..12]));
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&at.dir, name.as_os_str(), flags, Mode::from_raw_mode(0o600)).map_err(errno_failure)?;
+    let dir = at.dir.try_clone().map_err(io_failure)?;
+    Ok((std::fs::File::from(fd), TempFile { dir, name, kept: false }))
 }
 
 /// Receives a push's bytes into a temporary file and puts it in place.
 async fn receive_file(
     req: &PushRequest,
+    at: &Resolved,
     mode: u32,
     mut rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
     out: &FileOutbox,
     admitted: &Admitted,
 ) -> Result<(u64, String), Failure> {
-    let target = Path::new(&req.path);
-    let (file, mut temp) = create_temp(target)?;
+    let (file, mut temp) = create_temp(at)?;
     let mut file = tokio::fs::File::from_std(file);
     let credit = |chunks| Outgoing::Message(Box::new(AgentMessage::FileCredit { id: req.id, chunks }));
     send(out, credit(FILE_WINDOW)).await?;
@@ -432,34 +465,28 @@ async fn receive_file(
     file.sync_all().await.map_err(io_failure)?;
     file.set_permissions(std::fs::Permissions::from_mode(mode)).await.map_err(io_failure)?;
     drop(file);
-    put_in_place(&temp.path, target, req.overwrite)?;
+    put_in_place(&temp, at, &req.path, req.overwrite)?;
     temp.kept = true;
     Ok((written, sha256))
 }
 
-/// Renames the temporary file onto the target (never onto one that appeared
-/// meanwhile unless `overwrite`), then syncs the directory.
-fn put_in_place(temp: &Path, target: &Path, overwrite: bool) -> Result<(), Failure> {
+/// Renames the temporary file onto the target within the directory resolved
+/// once (never onto one that appeared meanwhile unless `overwrite`), then
+/// syncs the directory.
+fn put_in_place(temp: &TempFile, at: &Resolved, shown: &str, overwrite: bool) -> Result<(), Failure> {
+    use rustix::fs::{RenameFlags, renameat_with};
     // Checked again just before: a link or directory made meanwhile is not replaced.
-    check_push_target(target, true)?;
-    if overwrite {
-        std::fs::rename(temp, target).map_err(io_failure)?;
-    } else {
-        use rustix::fs::{CWD, RenameFlags, renameat_with};
-        match renameat_with(CWD, temp, CWD, target, RenameFlags::NOREPLACE) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::EXIST) => {
-                let message =
-                    format!("{} appeared while the file was sent; send overwrite=true to replace it", target.display());
-                return Err((FileFailure::Exists, message));
-            }
-            Err(e) => return Err((FileFailure::Failed, format!("renaming into place: {e}"))),
+    check_push_target(at, shown, true)?;
+    let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
+    match renameat_with(&at.dir, temp.name.as_os_str(), &at.dir, at.name.as_os_str(), flags) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => {
+            let message = format!("{shown} appeared while the file was sent; send overwrite=true to replace it");
+            return Err((FileFailure::Exists, message));
         }
+        Err(e) => return Err((FileFailure::Failed, format!("renaming into place: {e}"))),
     }
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
+    let _ = rustix::fs::fsync(&at.dir);
     Ok(())
 }
 
@@ -467,30 +494,73 @@ fn put_in_place(temp: &Path, target: &Path, overwrite: bool) -> Result<(), Failu
 mod tests {
     use super::*;
 
+    fn target(path: &Path, overwrite: bool) -> Result<Option<u32>, FileFailure> {
+        let shown = path.display().to_string();
+        let at = resolve(path, false).map_err(|e| refusal(&shown, e).0)?;
+        check_push_target(&at, &shown, overwrite).map_err(|e| e.0)
+    }
+
     #[test]
     fn push_targets_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
-        assert_eq!(check_push_target(&file, false), Ok(None));
+        assert_eq!(target(&file, false), Ok(None));
         std::fs::write(&file, b"x").unwrap();
-        assert_eq!(check_push_target(&file, false).unwrap_err().0, FileFailure::Exists);
-        assert!(check_push_target(&file, true).unwrap().is_some());
+        assert_eq!(target(&file, false), Err(FileFailure::Exists));
+        assert!(target(&file, true).unwrap().is_some());
         let link = dir.path().join("l");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        assert_eq!(check_push_target(&link, true).unwrap_err().0, FileFailure::NotAFile);
-        assert_eq!(check_push_target(dir.path(), true).unwrap_err().0, FileFailure::NotAFile);
-        assert_eq!(check_push_target(&dir.path().join("no/f"), false).unwrap_err().0, FileFailure::NotFound);
+        assert_eq!(target(&link, true), Err(FileFailure::NotAFile));
+        assert_eq!(target(dir.path(), true), Err(FileFailure::NotAFile));
+        assert_eq!(target(&dir.path().join("no/f"), false), Err(FileFailure::NotFound));
+        assert_eq!(target(&dir.path().join("x/../f"), true), Err(FileFailure::BadRequest));
     }
 
     #[test]
     fn a_temporary_file_is_private_and_removed_unless_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, temp) = create_temp(&dir.path().join("target")).unwrap();
-        let mode = std::fs::metadata(&temp.path).unwrap().permissions().mode() & 0o777;
+        let at = resolve(&dir.path().join("target"), false).unwrap();
+        let (_, temp) = create_temp(&at).unwrap();
+        let path = dir.path().join(&temp.name);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(temp.path.parent(), Some(dir.path()));
-        let path = temp.path.clone();
         drop(temp);
         assert!(!path.exists());
+    }
+
+    /// A local user swaps a directory of the path for a link to another
+    /// directory after the push was resolved: the file still lands in the
+    /// directory resolved, and nothing is written where the link points.
+    #[test]
+    fn a_directory_swapped_for_a_link_does_not_redirect_a_push() {
+        let base = tempfile::tempdir().unwrap();
+        let (user, elsewhere) = (base.path().join("user"), base.path().join("etc"));
+        std::fs::create_dir(&user).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        let at = resolve(&user.join("x"), false).unwrap();
+        let (file, temp) = create_temp(&at).unwrap();
+        drop(file);
+        std::fs::rename(&user, base.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &user).unwrap();
+        put_in_place(&temp, &at, "x", false).unwrap();
+        assert!(base.path().join("moved/x").is_file());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_pull_neither_follows_a_planted_link_nor_waits_on_a_fifo() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = tempfile::tempdir().unwrap();
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::write(base.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(base.path().join("secret"), open.join("log")).unwrap();
+        let refused = open_for_pull(open.join("log").to_str().unwrap(), 1 << 20).await.unwrap_err();
+        assert_eq!(refused.0, FileFailure::NotAFile, "{}", refused.1);
+        let fifo = base.path().join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        let refused = open_for_pull(fifo.to_str().unwrap(), 1 << 20).await.unwrap_err();
+        assert_eq!(refused.0, FileFailure::NotAFile, "{}", refused.1);
     }
 }

@@ -10,6 +10,7 @@ pub mod files;
 pub mod jobs;
 pub mod link;
 pub mod notify;
+pub mod pathwalk;
 pub mod peer;
 pub mod shared;
 pub mod spawner;
