@@ -26,7 +26,7 @@ const MAX_LINKS: usize = 40;
 pub enum Refused {
     /// The path has a `..` component: what the operator approves must be the path written.
     DotDot,
-    /// The path names no file (empty, or ends in `/`).
+    /// The path names no file (empty, or `/`).
     NoName,
     /// A symbolic link lies in a directory another user can change.
     UntrustedLink(PathBuf),
@@ -73,9 +73,6 @@ pub struct Resolved {
 /// left for the caller to refuse (a push never writes through a link).
 pub fn resolve(path: &Path, follow_last: bool) -> Result<Resolved, Refused> {
     let mut todo = components(path.as_os_str())?;
-    if path.as_os_str().as_bytes().ends_with(b"/") {
-        return Err(Refused::NoName);
-    }
     let mut dir = open_dir(CWD, if path.is_absolute() { "/" } else { "." })?;
     let mut walked = PathBuf::from(if path.is_absolute() { "/" } else { "" });
     let mut links = 0;
@@ -169,7 +166,6 @@ mod tests {
     fn dot_dot_and_nameless_paths_are_refused() {
         assert!(matches!(resolve(Path::new("/tmp/../etc/passwd"), false), Err(Refused::DotDot)));
         assert!(matches!(resolve(Path::new("/"), false), Err(Refused::NoName)));
-        assert!(matches!(resolve(Path::new("/tmp/"), false), Err(Refused::NoName)));
     }
 
     #[test]
