@@ -920,7 +920,7 @@ async fn download_link(relay: &str, code: SessionCode, path: &std::path::Path) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_link_survives_garbage_on_nats_and_stops_answering_once_used() {
-    let Some(site) = Site::start(|c| c.mcp_inline_max = 0).await else { return };
+    let Some(mut site) = Site::start(|c| c.mcp_inline_max = 0).await else { return };
     let daemon = site.daemon_on(0).await;
     let code = daemon.code();
     let (b, c) = (site.relays[1].http(), site.relays[2].http());
@@ -950,5 +950,12 @@ async fn a_link_survives_garbage_on_nats_and_stops_answering_once_used() {
         matches!(&asked, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
         "the used link still answers on NATS: {asked:?}"
     );
+
+    // NATS down: the link's relay cannot be asked, which is not the link used up.
+    let link = download_link(&c, code, &path).await;
+    site.nats.stop();
+    let resp = within("the link on B without NATS", client().get(link.replace(&c, &b)).send()).await.unwrap();
+    assert_eq!(resp.status(), 503, "a link that may still work is not gone");
+    assert!(resp.headers().contains_key("retry-after"));
     daemon.stop().await;
 }

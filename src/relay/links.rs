@@ -233,4 +233,19 @@ mod tests {
         assert!(links.take(&expired).is_none(), "an expired link");
         assert!(links.take("not a token").is_none());
     }
+
+    #[test]
+    fn what_answers_for_a_link_elsewhere_hears_when_it_is_used_or_swept() {
+        let links = FileLinks::default();
+        let token = links.offer(upload_offer(), Duration::from_secs(60));
+        let gone = links.gone(&token_hash(&token)).expect("a link just made");
+        assert!(!gone.is_cancelled());
+        assert!(links.take(&token).is_some());
+        assert!(gone.is_cancelled(), "the link was used");
+        assert!(links.gone(&token_hash(&token)).is_none(), "a used link has nothing to answer for");
+        let expired = links.offer(upload_offer(), Duration::ZERO);
+        let gone = links.gone(&token_hash(&expired)).unwrap();
+        links.sweep();
+        assert!(gone.is_cancelled(), "the link expired");
+    }
 }
