@@ -623,7 +623,7 @@ async fn receive(client: Client, mut frames: Subscriber, acks: String, ends: End
                     return;
                 };
                 let Some(event) = event else { continue };
-                if seq != got + 1 {
+                if Some(seq) != got.checked_add(1) {
                     tracing::warn!("a frame of a command's output was lost between relays");
                     let _ = ends.tx.send(ExecEvent::RelayLost);
                     return;
