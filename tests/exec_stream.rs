@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use aic::protocol::agent::{
-    self, AgentInfo, AgentMessage, CAP_OUTPUT_CHUNK, CAP_OUTPUT_FRAMES, Credentials, ExecRequest, OUTPUT_CHUNK_LARGE,
-    OUTPUT_HELD, OUTPUT_WINDOW, PROTOCOL_VERSION, RelayMessage,
+    self, AgentMessage, CAP_OUTPUT_CHUNK, CAP_OUTPUT_FRAMES, ExecRequest, OUTPUT_CHUNK_LARGE, OUTPUT_HELD,
+    OUTPUT_WINDOW, RelayMessage,
 };
 use aic::protocol::files::{FrameKind, encode_frame};
 use common::*;
@@ -127,18 +127,6 @@ async fn eventually_async(what: &str, check: impl Fn() -> bool) {
     .await;
 }
 
-/// A fake daemon, registered with `capabilities`: its socket and its code.
-async fn fake_agent(relay: &TestRelay, capabilities: &[&str]) -> (Ws, Credentials) {
-    let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
-    let capabilities = capabilities.iter().map(|c| c.to_string()).collect();
-    let agent = AgentInfo { hostname: "fake".into(), capabilities, ..Default::default() };
-    send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
-    match recv(&mut ws).await {
-        Some(RelayMessage::Registered { code, token: Some(token), .. }) => (ws, Credentials { code, token }),
-        other => panic!("expected a registration, got {other:?}"),
-    }
-}
-
 async fn next_exec(ws: &mut Ws) -> ExecRequest {
     match recv(ws).await {
         Some(RelayMessage::Exec(req)) => req,
@@ -174,7 +162,7 @@ async fn a_daemon_without_output_frames_gets_json_and_its_held_output_is_bounded
     let mut config = aic::relay::Config::new(dir.path().to_path_buf());
     config.max_link_buffer = 100_000;
     let relay = TestRelay::start_with(config, "127.0.0.1:0").await;
-    let (mut ws, creds) = fake_agent(&relay, &["pty"]).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &["pty"]).await;
     let http = relay.http();
     let body = json!({"code": creds.code.to_string(), "command": "cat big"});
     let caller = tokio::spawn(async move { exec(&http, body).await });
@@ -199,7 +187,7 @@ async fn a_daemon_without_output_frames_gets_json_and_its_held_output_is_bounded
 async fn output_frames_arrive_in_order_within_credit_and_a_frame_out_of_order_cuts_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let (mut ws, creds) = fake_agent(&relay, &[CAP_OUTPUT_FRAMES]).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[CAP_OUTPUT_FRAMES]).await;
     let http = relay.http();
     let body = json!({"code": creds.code.to_string(), "command": "cat big"});
     let caller = tokio::spawn(async move { exec(&http, body).await });
@@ -234,7 +222,7 @@ async fn output_frames_arrive_in_order_within_credit_and_a_frame_out_of_order_cu
 async fn a_daemon_that_reads_large_chunks_is_asked_for_them_within_the_same_bytes_and_a_larger_frame_cuts() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let (mut ws, creds) = fake_agent(&relay, &[CAP_OUTPUT_FRAMES, CAP_OUTPUT_CHUNK]).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[CAP_OUTPUT_FRAMES, CAP_OUTPUT_CHUNK]).await;
     let http = relay.http();
     let body = json!({"code": creds.code.to_string(), "command": "cat big"});
     let caller = tokio::spawn(async move { exec(&http, body).await });
@@ -340,7 +328,7 @@ async fn raw_output_over_http_1_0_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let (mut ws, creds) = fake_agent(&relay, &[CAP_OUTPUT_FRAMES, CAP_OUTPUT_CHUNK]).await;
+    let (mut ws, creds) = fake_agent_speaking(&relay, &[CAP_OUTPUT_FRAMES, CAP_OUTPUT_CHUNK]).await;
     let body = json!({"code": creds.code.to_string(), "command": "echo partial; exit 3"}).to_string();
     let request = format!(
         "POST /api/v1/exec HTTP/1.0\r\nhost: relay\r\ncontent-type: application/json\r\n\

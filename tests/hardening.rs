@@ -18,18 +18,6 @@ async fn fake_agent(relay: &TestRelay) -> (Ws, Credentials) {
     fake_agent_speaking(relay, &[]).await
 }
 
-/// A fake agent, registered with `capabilities`: its socket and its code.
-async fn fake_agent_speaking(relay: &TestRelay, capabilities: &[&str]) -> (Ws, Credentials) {
-    let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
-    let capabilities = capabilities.iter().map(|c| c.to_string()).collect();
-    let agent = AgentInfo { hostname: "fake".into(), capabilities, ..Default::default() };
-    send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
-    match recv(&mut ws).await {
-        Some(RelayMessage::Registered { code, token: Some(token), .. }) => (ws, Credentials { code, token }),
-        other => panic!("expected a registration, got {other:?}"),
-    }
-}
-
 /// A relay on a temporary directory, its configuration changed by `tune`.
 async fn relay_with(tune: impl FnOnce(&mut aic::relay::Config)) -> (tempfile::TempDir, TestRelay) {
     let dir = tempfile::tempdir().unwrap();

@@ -180,15 +180,13 @@ async fn resolve_approval(client: &mut Client, prefix: &str) -> Result<Uuid, Cli
         return Ok(id);
     }
     let approvals: Vec<Approval> = client.ask_for(Op::Approvals).await?;
-    let wanted = prefix.to_ascii_lowercase();
-    let matches: Vec<_> = approvals.iter().filter(|a| a.id.to_string().starts_with(&wanted)).collect();
-    match matches.as_slice() {
-        [one] => Ok(one.id),
-        [] => Err(ClientError::Daemon(format!(
-            "no command waiting for approval has an id starting with {prefix:?}; list them with `aic-console approvals`"
-        ))),
-        _ => Err(ClientError::Daemon(format!("{prefix:?} matches several waiting commands; give more of the id"))),
-    }
+    pick_by_prefix(
+        approvals.iter().map(|a| a.id),
+        prefix,
+        "command waiting for approval",
+        "waiting commands",
+        "approvals",
+    )
 }
 
 /// The job whose id is or starts with `prefix`.
@@ -197,14 +195,26 @@ async fn resolve_job(client: &mut Client, prefix: &str) -> Result<Uuid, ClientEr
         return Ok(id);
     }
     let jobs: Vec<JobInfo> = client.ask_for(Op::Jobs).await?;
+    pick_by_prefix(jobs.iter().map(|j| j.id), prefix, "job", "jobs", "jobs")
+}
+
+/// The one id among `ids` that starts with `prefix` (any case); refuses none or several, naming the
+/// `aic-console` subcommand that lists them. `one` and `many` name the things in the refusal.
+fn pick_by_prefix(
+    ids: impl Iterator<Item = Uuid>,
+    prefix: &str,
+    one: &str,
+    many: &str,
+    list: &str,
+) -> Result<Uuid, ClientError> {
     let wanted = prefix.to_ascii_lowercase();
-    let matches: Vec<_> = jobs.iter().filter(|j| j.id.to_string().starts_with(&wanted)).collect();
+    let matches: Vec<Uuid> = ids.filter(|id| id.to_string().starts_with(&wanted)).collect();
     match matches.as_slice() {
-        [one] => Ok(one.id),
+        [id] => Ok(*id),
         [] => Err(ClientError::Daemon(format!(
-            "no job has an id starting with {prefix:?}; list them with `aic-console jobs`"
+            "no {one} has an id starting with {prefix:?}; list them with `aic-console {list}`"
         ))),
-        _ => Err(ClientError::Daemon(format!("{prefix:?} matches several jobs; give more of the id"))),
+        _ => Err(ClientError::Daemon(format!("{prefix:?} matches several {many}; give more of the id"))),
     }
 }
 
@@ -442,5 +452,17 @@ mod tests {
             text,
             "  1. a****@ex****.com  alias web  active\n  2. p****@ex****.com  alias web  pending\nBlocked:\n  3. b****@ex****.com  alias web  blocked"
         );
+    }
+
+    #[test]
+    fn an_id_prefix_picks_one_or_says_why_not() {
+        let a: Uuid = "0a1b2c3d-0000-4000-8000-000000000001".parse().unwrap();
+        let b: Uuid = "0a1bffff-0000-4000-8000-000000000002".parse().unwrap();
+        let pick = |prefix: &str| pick_by_prefix([a, b].into_iter(), prefix, "job", "jobs", "jobs");
+        assert_eq!(pick("0A1B2C").unwrap(), a);
+        let several = pick("0a1b").unwrap_err().to_string();
+        assert!(several.contains("\"0a1b\" matches several jobs; give more of the id"), "{several}");
+        let none = pick("ff").unwrap_err().to_string();
+        assert!(none.contains("no job has an id starting with \"ff\"; list them with `aic-console jobs`"), "{none}");
     }
 }

@@ -431,6 +431,19 @@ pub async fn send(ws: &mut Ws, msg: &aic::protocol::agent::AgentMessage) {
     ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap();
 }
 
+/// A fake agent, registered with `capabilities`: its socket and its code.
+pub async fn fake_agent_speaking(relay: &TestRelay, capabilities: &[&str]) -> (Ws, aic::protocol::agent::Credentials) {
+    use aic::protocol::agent::{AgentInfo, AgentMessage, Credentials, PROTOCOL_VERSION, RelayMessage};
+    let mut ws = tokio_tungstenite::connect_async(format!("{}/agent/ws", relay.ws())).await.unwrap().0;
+    let capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+    let agent = AgentInfo { hostname: "fake".into(), capabilities, ..Default::default() };
+    send(&mut ws, &AgentMessage::Hello { protocol: PROTOCOL_VERSION, agent, credentials: None }).await;
+    match recv(&mut ws).await {
+        Some(RelayMessage::Registered { code, token: Some(token), .. }) => (ws, Credentials { code, token }),
+        other => panic!("expected a registration, got {other:?}"),
+    }
+}
+
 /// The next protocol message, skipping control frames; `None` once closed.
 pub async fn recv(ws: &mut Ws) -> Option<aic::protocol::agent::RelayMessage> {
     use futures_util::StreamExt;
