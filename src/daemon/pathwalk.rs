@@ -30,7 +30,7 @@ pub enum Refused {
     NoName,
     /// A symbolic link lies in a directory another user can change.
     UntrustedLink(PathBuf),
-    /// More than [`MAX_LINKS`] links.
+    /// More than 40 links (Linux's own limit).
     Loop,
     /// A component is missing or is not a directory, or the system refused.
     Io(std::io::Error),
