@@ -152,6 +152,21 @@ fn daemon_refuses_unknown_keys_and_bad_values() {
     }
 }
 
+/// A config file another user could change (here: anyone) is refused, as
+/// sshd refuses one: the daemon, often root, would obey its relay and mode.
+#[test]
+fn daemon_refuses_a_config_file_others_can_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A plain ws:// relay far away: without the check the daemon would refuse it, not the file, and exit.
+    let file = write(dir.path(), "daemon.toml", "relay = \"ws://far.example\"\nmode = \"auto\"\n");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = daemon(&["run", "--config", &file, "--state-dir", dir.path().join("state").to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("can be written by other users (mode 0666)") && err.contains("chmod go-w"), "{err}");
+}
+
 /// The example in packaging/config, and the same with every commented-out `# key = value` line switched on.
 fn example(name: &str) -> (PathBuf, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config").join(name);

@@ -133,7 +133,21 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<ConfigFile> {
         None => ConfigFile::read(&default_dir("/etc/aic-daemon", |d| d.config_dir())?.join("config.toml"), true)?,
     };
     file.check_keys(FILE_KEYS)?;
+    refuse_if_others_can_change(file.path())?;
     Ok(file)
+}
+
+/// The daemon (often root) obeys its config file: its relay, its mode. One
+/// another user could change would let them point it at their relay in
+/// `auto` mode, so it is refused, the way sshd refuses such files.
+fn refuse_if_others_can_change(path: &Path) -> anyhow::Result<()> {
+    match daemon::pathwalk::changeable_by_others(path) {
+        Ok(Some(why)) => anyhow::bail!(
+            "config file {}: {why}; this daemon would obey whoever changes it. Make it root's (or yours) and not writable by others: chown root {0}; chmod go-w {0} and its directory",
+            path.display()
+        ),
+        Ok(None) | Err(_) => Ok(()),
+    }
 }
 
 fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {

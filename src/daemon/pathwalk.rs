@@ -152,6 +152,40 @@ fn trusted(dir: &OwnedFd) -> Result<bool, Refused> {
     Ok(owner_ok && st.st_mode & 0o022 == 0)
 }
 
+/// Why another user could change `path` (a file the daemon obeys, such as
+/// its config), if one could: the file or its directory owned by someone other
+/// than root or this process's user, or writable by others, or by a group
+/// other than root's or this process's (so that a umask of 002 is fine). A
+/// directory with the sticky bit (like `/tmp`) lets nobody replace a file
+/// they do not own.
+pub fn changeable_by_others(path: &Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::metadata(path)?;
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::metadata(dir)?,
+        None => std::fs::metadata(".")?,
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let my_group = rustix::process::getegid().as_raw();
+    let writable = |meta: &std::fs::Metadata| {
+        let group_ok = meta.gid() == 0 || meta.gid() == my_group;
+        meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && !group_ok)
+    };
+    let foreign = |meta: &std::fs::Metadata| meta.uid() != 0 && meta.uid() != me;
+    let shown = path.display();
+    Ok(if foreign(&file) {
+        Some(format!("{shown} belongs to uid {}, not to root or to this user", file.uid()))
+    } else if writable(&file) {
+        Some(format!("{shown} can be written by other users (mode {:04o})", file.mode() & 0o7777))
+    } else if foreign(&dir) {
+        Some(format!("the directory holding {shown} belongs to uid {}, who could replace it", dir.uid()))
+    } else if writable(&dir) && dir.mode() & 0o1000 == 0 {
+        Some(format!("the directory holding {shown} can be written by other users, who could replace it"))
+    } else {
+        None
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{PermissionsExt, symlink};
@@ -185,6 +219,22 @@ mod tests {
         assert!(matches!(resolve(&open.join("file"), true), Err(Refused::UntrustedLink(_))));
         // A push is told the final link is a link; it is not followed.
         assert_eq!(name_of(&resolve(&open.join("file"), false).unwrap()), "file");
+    }
+
+    #[test]
+    fn a_file_others_can_change_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, b"").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(changeable_by_others(&file).unwrap(), None);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o646)).unwrap();
+        assert!(changeable_by_others(&file).unwrap().unwrap().contains("mode 0646"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(changeable_by_others(&file).unwrap().unwrap().contains("could replace it"));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(changeable_by_others(&file).unwrap(), None);
     }
 
     #[test]

@@ -29,6 +29,28 @@ pub struct StateFile {
     path: PathBuf,
 }
 
+/// The state dir holds the machine's code and its jobs' output: it must be
+/// this user's, and is made 0700 if it was more open (someone may have made
+/// it beforehand, or with another umask). One belonging to another user, who
+/// could read the code or swap paths in it, is refused.
+fn keep_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).with_context(|| format!("checking the state dir {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        anyhow::bail!(
+            "the state dir {} belongs to uid {}, not to this daemon's user (uid {me}); it would share this machine's code. Give it to this user (chown) or pass another --state-dir",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making the state dir {} private (chmod 700)", dir.display()))?;
+    }
+    Ok(())
+}
+
 impl StateFile {
     /// The state file in `dir`; the dir is created (mode 0700) if missing.
     pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
@@ -38,6 +60,7 @@ impl StateFile {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating the state dir {}", dir.display()))?;
+        keep_private(dir)?;
         Ok(Self { path: dir.join(STATE_FILE) })
     }
 
@@ -85,6 +108,23 @@ mod tests {
     use super::*;
     use crate::protocol::SessionCode;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_state_dir_made_beforehand_is_made_private_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        StateFile::in_dir(&open).unwrap();
+        assert_eq!(std::fs::metadata(&open).unwrap().permissions().mode() & 0o777, 0o700);
+        if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            rustix::fs::chown(&theirs, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+            let err = StateFile::in_dir(&theirs).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        }
+    }
 
     #[test]
     fn round_trips_with_mode_0600_and_no_temp_left() {
