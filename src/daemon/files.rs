@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::commands::{Admitted, Commands};
-use super::pathwalk::{Refused, Resolved, resolve};
+use super::pathwalk::{Refused, Resolved, changed_by, resolve};
 use crate::protocol::agent::{AgentMessage, ExecRequest, Requester};
 use crate::protocol::files::{
     FILE_CHUNK, FILE_WINDOW, FileFailure, FileOpened, FrameError, FrameKind, PullRequest, PushRequest, decode_frame,
@@ -296,7 +296,24 @@ async fn open_for_pull(path: &str, cap: u64) -> Result<(std::fs::File, u64, u32)
     if meta.len() > cap {
         return Err((FileFailure::TooLarge, too_large(meta.len(), cap)));
     }
+    refuse_planted_hard_link(&at, &meta, path)?;
     Ok((file, meta.len(), meta.mode() & 0o7777))
+}
+
+/// Refuses a file with more than one name, in a directory another user can
+/// change, that is not that user's: a hard link they may have made to a file
+/// they cannot read (`/etc/shadow`, where `fs.protected_hardlinks` is off).
+fn refuse_planted_hard_link(at: &Resolved, meta: &std::fs::Metadata, path: &str) -> Result<(), Failure> {
+    let Some(changer) = changed_by(&at.dir).map_err(|e| refusal(path, e))? else { return Ok(()) };
+    if meta.nlink() > 1 && (changer == 0 || meta.uid() != changer) {
+        let message = format!(
+            "{path} has {} names and lies in a directory another user can change, who does not own it; \
+             aic does not read it (a hard link there may point anywhere). Copy it elsewhere first",
+            meta.nlink()
+        );
+        return Err((FileFailure::NotAFile, message));
+    }
+    Ok(())
 }
 
 /// SHA-256 of the first `size` bytes of `file`, and its first 512 bytes, read off the async threads.
@@ -545,6 +562,27 @@ mod tests {
         put_in_place(&temp, &at, "x", false).unwrap();
         assert!(base.path().join("moved/x").is_file());
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    /// A hard link to a root-only file in a directory of another user is not
+    /// read (root only: the test gives the directory away).
+    #[tokio::test]
+    async fn a_pull_refuses_a_hard_link_planted_in_another_users_directory() {
+        if !rustix::process::geteuid().is_root() {
+            return eprintln!("skipped: needs root to give a directory to another user");
+        }
+        let base = tempfile::tempdir().unwrap();
+        let theirs = base.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        rustix::fs::chown(&theirs, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        let secret = base.path().join("secret");
+        std::fs::write(&secret, b"s").unwrap();
+        std::fs::hard_link(&secret, theirs.join("log")).unwrap();
+        let refused = open_for_pull(theirs.join("log").to_str().unwrap(), 1 << 20).await.unwrap_err();
+        assert_eq!(refused.0, FileFailure::NotAFile, "{}", refused.1);
+        assert!(refused.1.contains("hard link"), "{}", refused.1);
+        std::fs::write(theirs.join("own"), b"o").unwrap();
+        assert!(open_for_pull(theirs.join("own").to_str().unwrap(), 1 << 20).await.is_ok());
     }
 
     #[tokio::test]

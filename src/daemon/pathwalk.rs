@@ -147,9 +147,22 @@ fn open_dir<Fd: std::os::fd::AsFd>(dir: Fd, name: impl rustix::path::Arg) -> Res
 /// Whether links in `dir` are safe to follow: owned by root or this process's
 /// user, writable by neither its group nor others.
 fn trusted(dir: &OwnedFd) -> Result<bool, Refused> {
+    Ok(changed_by(dir)?.is_none())
+}
+
+/// Who besides root and this process's user can change what `dir` holds:
+/// its owner's uid when that is someone else, `Some(0)` for a root-owned
+/// directory that its group or others can write; `None` when nobody can.
+pub fn changed_by(dir: &OwnedFd) -> Result<Option<u32>, Refused> {
     let st = fstat(dir)?;
     let owner_ok = st.st_uid == 0 || st.st_uid == rustix::process::geteuid().as_raw();
-    Ok(owner_ok && st.st_mode & 0o022 == 0)
+    Ok(if !owner_ok {
+        Some(st.st_uid)
+    } else if st.st_mode & 0o022 != 0 {
+        Some(0)
+    } else {
+        None
+    })
 }
 
 /// Why another user could change `path` (a file the daemon obeys, such as
