@@ -91,6 +91,36 @@ async fn round_trip(site: &Site, name: &str, bytes: Vec<u8>) {
     assert!(pulled == bytes, "the pulled bytes differ from the pushed ones");
 }
 
+/// A local user's links in a directory anyone can write redirect nothing:
+/// the daemon (root, usually) neither writes nor reads through them, and a
+/// path with `..` is refused, so what the operator approves is what is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_a_local_user_planted_redirect_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::auto().await;
+    let (open, real) = (site.path("open"), site.path("real"));
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(real.join("secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink(&real, open.join("dir")).unwrap();
+    std::os::unix::fs::symlink(real.join("secret"), open.join("log")).unwrap();
+
+    let (status, _, body) = send(site.push(&open.join("dir/x"), "", b"planted".to_vec())).await;
+    assert_eq!(status, 400, "{}", json(&body));
+    assert!(json(&body)["error"].as_str().unwrap().contains("aic does not follow it"), "{}", json(&body));
+    assert!(!real.join("x").exists(), "nothing was written through the link");
+
+    let (status, _, body) = send(client().get(site.url(&open.join("log")))).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(json(&body)["error"].as_str().unwrap().contains("aic does not follow it"), "{}", json(&body));
+
+    let (status, _, body) = send(site.push(&site.path("real/../x"), "", b"x".to_vec())).await;
+    assert_eq!(status, 400, "{}", json(&body));
+    assert!(json(&body)["error"].as_str().unwrap().contains("'..'"), "{}", json(&body));
+    assert!(!site.path("x").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_and_every_byte_value_round_trip_exactly() {
     let site = Site::auto().await;
