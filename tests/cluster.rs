@@ -900,3 +900,62 @@ async fn a_relay_joining_a_made_database_logs_no_notices() {
     let log = relay_process(&site).await.stop().await;
     assert!(!log.contains("already exists"), "{log}");
 }
+
+/// The NATS subject a relay answers on for the link `url` (a hash of its token's hash).
+fn link_subject(url: &str) -> String {
+    use sha2::Digest;
+    let token = url.rsplit('/').next().unwrap();
+    let token_hash = sha2::Sha256::digest(token.as_bytes());
+    let digest = sha2::Sha256::new().chain_update(b"aic nats link\0").chain_update(token_hash).finalize();
+    format!("aic.link.{}", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A download link for `path` made through MCP on `relay`.
+async fn download_link(relay: &str, code: SessionCode, path: &std::path::Path) -> String {
+    let result = mcp_tool(relay, "remote_pull", json!({"code": code.to_string(), "path": path})).await;
+    let blocks = result["content"].as_array().unwrap_or_else(|| panic!("no content in {result}"));
+    let link = blocks.iter().find(|b| b["type"] == "resource_link").unwrap_or_else(|| panic!("no link: {result}"));
+    link["uri"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_survives_garbage_on_nats_and_stops_answering_once_used() {
+    let Some(mut site) = Site::start(|c| c.mcp_inline_max = 0).await else { return };
+    let daemon = site.daemon_on(0).await;
+    let code = daemon.code();
+    let (b, c) = (site.relays[1].http(), site.relays[2].http());
+    until_online(&c, code, true).await;
+    let path = site.dir.path().join("linked.txt");
+    std::fs::write(&path, b"linked bytes").unwrap();
+    let nats = async_nats::connect(site.nats.url()).await.unwrap();
+
+    // Garbage, then an ask with nowhere to reply, on the link's subject: the keeper (C) keeps answering.
+    let link = download_link(&c, code, &path).await;
+    let subject = link_subject(&link);
+    nats.publish(subject.clone(), "not an ask".into()).await.unwrap();
+    nats.publish(subject.clone(), "{}".into()).await.unwrap();
+    nats.flush().await.unwrap();
+    let resp = within("the link on B", client().get(link.replace(&c, &b)).send()).await.unwrap();
+    assert_eq!(resp.status(), 200, "a malformed ask on NATS made the link unusable elsewhere");
+    assert_eq!(&within("the linked bytes", resp.bytes()).await.unwrap()[..], b"linked bytes");
+
+    // A link used on its own relay stops answering on NATS (it held its subscription until expiry).
+    let link = download_link(&c, code, &path).await;
+    let resp = within("the link on C", client().get(&link).send()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // A status read on C goes through C's NATS connection after the link's unsubscribe.
+    assert!(says_online(&c, code).await);
+    let asked = nats.request(link_subject(&link), json!({"push": null, "frames": "_INBOX.x"}).to_string().into()).await;
+    assert!(
+        matches!(&asked, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "the used link still answers on NATS: {asked:?}"
+    );
+
+    // NATS down: the link's relay cannot be asked, which is not the link used up.
+    let link = download_link(&c, code, &path).await;
+    site.nats.stop();
+    let resp = within("the link on B without NATS", client().get(link.replace(&c, &b)).send()).await.unwrap();
+    assert_eq!(resp.status(), 503, "a link that may still work is not gone");
+    assert!(resp.headers().contains_key("retry-after"));
+    daemon.stop().await;
+}

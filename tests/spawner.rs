@@ -175,11 +175,33 @@ async fn a_command_whose_start_the_spawner_lost_is_killed_and_the_caller_told() 
     let command = "exec sleep 86391";
     let (status, body) = exec(&relay.http(), json!({"code": daemon.code.to_string(), "command": command})).await;
     assert_ne!(status, 200, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("spawner ended while starting")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("spawner ended")), "{body}");
     // It had started (its exec came first); the daemon killed it, pid unknown to the relay and caller.
     eventually("the lost command is killed", || !a_process_runs("sleep 86391")).await;
     // Later commands are forked by the daemon itself.
     let body = run(&relay.http(), daemon.code, "echo after").await;
     assert_eq!(body["stdout"], "after\n", "{body}");
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_spawner_is_ended_after_the_start_limit_and_later_commands_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, daemon) = pair(dir.path()).await;
+    let spawner = spawner_of(&daemon).await;
+    let pid = rustix::process::Pid::from_raw(spawner).unwrap();
+    // A command running as the daemon's user could do this.
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let command = "echo never";
+    let (status, body) = exec(&relay.http(), json!({"code": daemon.code.to_string(), "command": command})).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("spawner ended")), "{body}");
+    eventually("the stopped spawner is killed and reaped", || {
+        !std::path::Path::new(&format!("/proc/{spawner}")).exists()
+    })
+    .await;
+    let body = run(&relay.http(), daemon.code, "echo after").await;
+    assert_eq!(body["stdout"], "after\n", "{body}");
+    let log = daemon.stop().await;
+    assert!(log.contains("did not answer a start within 10 s"), "{log}");
 }

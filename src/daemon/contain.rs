@@ -209,7 +209,7 @@ impl Cell {
                 }
                 self.kill_lost();
                 Err(io::Error::other(
-                    "the daemon's spawner ended while starting the command, which was stopped if it had started (it may have run in part); check before retrying",
+                    "the daemon's spawner ended (or stopped answering and was ended) while starting the command, which was stopped if it had started (it may have run in part); check before retrying",
                 ))
             }
         })

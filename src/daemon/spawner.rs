@@ -33,7 +33,10 @@
 //! descriptors, signals, process group and cgroup.
 //!
 //! Without a spawner (it died, or a test runs the daemon in-process),
-//! [`spawn`] answers `None` and the caller forks the old way.
+//! [`spawn`] answers `None` and the caller forks the old way. A spawner that
+//! takes longer than [`START_LIMIT`] over a start (stopped with `SIGSTOP` by a
+//! command running as the daemon's user, say) is killed and treated as gone,
+//! so one stuck process never holds every later command.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -44,6 +47,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{
@@ -73,6 +77,10 @@ const CLONED: i32 = -1;
 /// Set in the daemon's environment by a test: the spawner ends right after a
 /// command's exec, without answering, as if killed then.
 pub const TEST_LOSE_ENV: &str = "AIC_SPAWNER_TEST_LOSE_ORDER";
+
+/// How long a start waits for the spawner to take its order and answer it:
+/// a clone takes microseconds, so only a stopped or stuck spawner reaches it.
+pub const START_LIMIT: Duration = Duration::from_secs(10);
 
 /// The spawner's process name, as `ps` shows it.
 const NAME: &[u8] = b"aic-spawner\0";
@@ -231,14 +239,23 @@ pub async fn spawn(order: &Order<'_>, fds: &Fds<'_>) -> Option<Result<Spawned, F
             return other.err().map(|e| Err(Failed::NotStarted(e)));
         }
     };
-    if let Err(e) = conn.send(&message, fds).await {
+    let sent = tokio::time::timeout(START_LIMIT, conn.send(&message, fds)).await;
+    if let Err(e) = sent.unwrap_or_else(|_| Err(stalled())) {
         // It never took the order: the caller may start the command another way.
         conn.forget(tag);
         conn.gone(&e);
         return None;
     }
+    let mut answer = answer;
+    let answered = match tokio::time::timeout(START_LIMIT, &mut answer).await {
+        Ok(answered) => answered,
+        Err(_) => {
+            conn.gone(&stalled());
+            answer.await
+        }
+    };
     // Unanswered, it was lost with the spawner (see `Conn::gone`).
-    Some(answer.await.unwrap_or(Err(Failed::Lost(None))))
+    Some(answered.unwrap_or(Err(Failed::Lost(None))))
 }
 
 /// The open link, opened on the first order (it needs the runtime).
@@ -327,8 +344,12 @@ impl Conn {
         if matches!(&*link, State::Open(conn) if Arc::ptr_eq(conn, self)) {
             *link = State::None;
             tracing::warn!(error = %error, "the spawner process is gone; the daemon forks each command itself from now on");
-            // SAFETY: reaps the spawner, the daemon's own child, if it has ended.
-            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
+            // Ended already, or stopped or stuck: either way it serves no more.
+            // Only this reaps the daemon's own child, so the pid still names it.
+            // SAFETY: a signal to that child, then waiting for it.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let pid = self.pid;
+            tokio::task::spawn_blocking(move || unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) });
         }
         drop(link);
         // It took these orders and may have started their commands: starting
@@ -337,6 +358,12 @@ impl Conn {
             let _ = waiter.answer.send(Err(Failed::Lost(waiter.reaper)));
         }
     }
+}
+
+/// Why [`Conn::gone`] is called on a spawner that let a start wait [`START_LIMIT`].
+fn stalled() -> io::Error {
+    let limit = START_LIMIT.as_secs();
+    io::Error::new(io::ErrorKind::TimedOut, format!("it did not answer a start within {limit} s and was killed"))
 }
 
 /// The one reader of the spawner's answers: each goes to the start that

@@ -333,7 +333,7 @@ impl Cluster {
         let mut beat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
-                event = exec.next(), if seq < acked + WINDOW => {
+                event = exec.next(), if within_window(seq, acked) => {
                     let last = !matches!(event, Some(ExecEvent::Started | ExecEvent::Output(..)));
                     for frame in encode(event, &mut seq) {
                         self.publish(frames.clone(), frame).await;
@@ -345,7 +345,7 @@ impl Cluster {
                 }
                 ack = acks.next() => match ack.as_ref().map(|m| m.payload.as_ref()) {
                     Some([ACK, n @ ..]) => {
-                        acked = acked.max(number(n));
+                        acked = acked_now(acked, number(n), seq);
                         heard = Instant::now();
                     }
                     Some([CANCEL, ..]) | None => return,
@@ -509,6 +509,17 @@ fn number(bytes: &[u8]) -> u64 {
     bytes.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
 }
 
+/// What the sender may count as acknowledged once the receiver says `said`:
+/// never past what was `sent`, whatever a peer claims, so a window stays a window.
+fn acked_now(acked: u64, said: u64, sent: u64) -> u64 {
+    acked.max(said.min(sent))
+}
+
+/// Whether the sender may send more, having `sent` with `acked` acknowledged.
+fn within_window(sent: u64, acked: u64) -> bool {
+    sent < acked.saturating_add(WINDOW)
+}
+
 /// An acknowledgement of `n` events (or chunks) taken, caller to holder.
 fn acknowledgement(n: u64) -> Vec<u8> {
     let mut payload = vec![ACK];
@@ -612,7 +623,7 @@ async fn receive(client: Client, mut frames: Subscriber, acks: String, ends: End
                     return;
                 };
                 let Some(event) = event else { continue };
-                if seq != got + 1 {
+                if Some(seq) != got.checked_add(1) {
                     tracing::warn!("a frame of a command's output was lost between relays");
                     let _ = ends.tx.send(ExecEvent::RelayLost);
                     return;
@@ -651,6 +662,16 @@ fn deliver(ends: &Ends, event: ExecEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_acknowledgement_never_goes_past_what_was_sent() {
+        assert_eq!(acked_now(2, u64::MAX, 5), 5, "an ack of u64::MAX counts as what was sent");
+        assert_eq!(acked_now(2, 4, 5), 4);
+        assert_eq!(acked_now(4, 1, 5), 4, "an older ack takes nothing back");
+        assert!(within_window(5, acked_now(0, u64::MAX, 5)), "no overflow past the window");
+        assert!(!within_window(WINDOW + 5, acked_now(0, u64::MAX, 5)), "the holder waits for the caller");
+        assert!(!within_window(u64::MAX, u64::MAX), "the window saturates rather than wraps");
+    }
 
     #[test]
     fn frames_carry_events_and_output_in_order() {

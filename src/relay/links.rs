@@ -18,6 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::AppState;
 use super::access::Caller;
@@ -54,7 +55,20 @@ pub enum Offer {
 /// Links not yet used. Held for a moment per call, never across an `.await`.
 #[derive(Default)]
 pub struct FileLinks {
-    links: Mutex<HashMap<[u8; 32], (Instant, Offer)>>,
+    links: Mutex<HashMap<[u8; 32], Kept>>,
+}
+
+/// A link not yet used.
+struct Kept {
+    /// When it stops working.
+    expires: Instant,
+    /// What it stands for.
+    offer: Offer,
+    /// Cancelled as the link leaves the map (used, expired, swept), so what
+    /// answers for it elsewhere (a cluster's subscription) ends with it.
+    gone: CancellationToken,
+    /// Cancels `gone` when the link is dropped.
+    _gone: DropGuard,
 }
 
 /// The hash a link is kept under (and, in a cluster, asked for by).
@@ -71,8 +85,10 @@ impl FileLinks {
         let now = Instant::now();
         let mut links = self.links.lock().unwrap();
         // Expired links are dropped here, and with them any pull they held open.
-        links.retain(|_, (expires, _)| *expires > now);
-        links.insert(token_hash(&token), (now + ttl, offer));
+        links.retain(|_, kept| kept.expires > now);
+        let gone = CancellationToken::new();
+        let kept = Kept { expires: now + ttl, offer, _gone: gone.clone().drop_guard(), gone };
+        links.insert(token_hash(&token), kept);
         token
     }
 
@@ -83,8 +99,13 @@ impl FileLinks {
 
     /// The offer kept under `hash`, once, as [`Self::take`].
     pub fn take_hashed(&self, hash: &[u8; 32]) -> Option<Offer> {
-        let (expires, offer) = self.links.lock().unwrap().remove(hash)?;
+        let Kept { expires, offer, .. } = self.links.lock().unwrap().remove(hash)?;
         (expires > Instant::now()).then_some(offer)
+    }
+
+    /// Cancelled once the link kept under `hash` is used or expires; `None` when it already was.
+    pub fn gone(&self, hash: &[u8; 32]) -> Option<CancellationToken> {
+        self.links.lock().unwrap().get(hash).map(|kept| kept.gone.clone())
     }
 
     /// Drops expired links (their held pulls are cancelled on the machine).
@@ -92,8 +113,8 @@ impl FileLinks {
         let now = Instant::now();
         let expired: Vec<Offer> = {
             let mut links = self.links.lock().unwrap();
-            let gone: Vec<[u8; 32]> = links.iter().filter(|(_, (e, _))| *e <= now).map(|(k, _)| *k).collect();
-            gone.iter().filter_map(|k| links.remove(k)).map(|(_, o)| o).collect()
+            let gone: Vec<[u8; 32]> = links.iter().filter(|(_, kept)| kept.expires <= now).map(|(k, _)| *k).collect();
+            gone.iter().filter_map(|k| links.remove(k)).map(|kept| kept.offer).collect()
         };
         drop(expired);
     }
@@ -107,6 +128,17 @@ fn gone() -> ApiError {
         "This link was already used, has expired, or never existed: links work once, within an hour. \
          Ask for a new one (call remote_pull or remote_push again).",
     )
+}
+
+/// The answer for a link whose keeping relay did not answer in time (or NATS is down).
+fn unavailable() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Reason::Internal,
+        "The relay that keeps this link did not answer in time. The link may still work: retry in a few seconds.",
+    );
+    e.retry_after = Some(5);
+    e
 }
 
 /// The answer for a link of the other kind (now used up too).
@@ -146,6 +178,7 @@ pub async fn download(State(state): State<AppState>, Path(token): Path<String>) 
             LinkUse::Download(opened, transfer) => (opened, transfer),
             LinkUse::Gone(Some(upload)) => return Err(wrong_kind(upload)),
             LinkUse::Refused(e) => return Err(e),
+            LinkUse::Unavailable => return Err(unavailable()),
             LinkUse::Upload(..) | LinkUse::Gone(None) => return Err(gone()),
         },
     };
@@ -173,6 +206,7 @@ pub async fn upload(
                 LinkUse::Upload(path, transfer) => files::push_stream(transfer, path, size, body).await,
                 LinkUse::Gone(Some(upload)) => Err(wrong_kind(upload)),
                 LinkUse::Refused(e) => Err(e),
+                LinkUse::Unavailable => Err(unavailable()),
                 LinkUse::Download(..) | LinkUse::Gone(None) => Err(gone()),
             }
         }
@@ -198,5 +232,20 @@ mod tests {
         let expired = links.offer(upload_offer(), Duration::ZERO);
         assert!(links.take(&expired).is_none(), "an expired link");
         assert!(links.take("not a token").is_none());
+    }
+
+    #[test]
+    fn what_answers_for_a_link_elsewhere_hears_when_it_is_used_or_swept() {
+        let links = FileLinks::default();
+        let token = links.offer(upload_offer(), Duration::from_secs(60));
+        let gone = links.gone(&token_hash(&token)).expect("a link just made");
+        assert!(!gone.is_cancelled());
+        assert!(links.take(&token).is_some());
+        assert!(gone.is_cancelled(), "the link was used");
+        assert!(links.gone(&token_hash(&token)).is_none(), "a used link has nothing to answer for");
+        let expired = links.offer(upload_offer(), Duration::ZERO);
+        let gone = links.gone(&token_hash(&expired)).unwrap();
+        links.sweep();
+        assert!(gone.is_cancelled(), "the link expired");
     }
 }

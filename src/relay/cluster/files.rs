@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    ACK, Answer, Ask, BEAT, CANCEL, Cluster, EVENT, HEARTBEAT, OUTPUT, SILENCE, WINDOW, acknowledgement, frame, json,
-    nats_down, number, request_failed, subject,
+    ACK, Answer, Ask, BEAT, CANCEL, Cluster, EVENT, HEARTBEAT, OUTPUT, SILENCE, WINDOW, acked_now, acknowledgement,
+    frame, json, nats_down, number, request_failed, subject, within_window,
 };
 use crate::protocol::files::{FILE_CHUNK, FrameKind};
 use crate::relay::hub::{AgentConn, Progress};
@@ -227,7 +227,7 @@ async fn receive(client: Client, mut frames: Subscriber, holder: String, ends: E
                 if let Heard::Beat = said {
                     continue;
                 }
-                if seq != got + 1 {
+                if Some(seq) != got.checked_add(1) {
                     tracing::warn!("a frame of a file transfer was lost between relays");
                     let _ = ends.tx.send(FileEvent::RelayLost);
                     return;
@@ -260,7 +260,7 @@ fn deliver(ends: &Ends, said: Heard) -> bool {
         Heard::Credit(n) => {
             // Never more than a window outstanding, whatever the holder says.
             let room = (WINDOW as usize).saturating_sub(ends.credit.available_permits());
-            ends.credit.add_permits((n as usize).min(room));
+            ends.credit.add_permits(usize::try_from(n).unwrap_or(usize::MAX).min(room));
             true
         }
         Heard::Event(None) => false,
@@ -324,7 +324,7 @@ impl Pump<'_> {
         loop {
             let front = self.queue.front().cloned();
             tokio::select! {
-                turn = step(&mut transfer, self.ready, front), if self.sent < self.acked + WINDOW => {
+                turn = step(&mut transfer, self.ready, front), if within_window(self.sent, self.acked) => {
                     if !self.stepped(turn).await {
                         break;
                     }
@@ -403,13 +403,13 @@ impl Pump<'_> {
         let Some(msg) = msg else { return Ok(false) };
         self.heard = Instant::now();
         match msg.payload.as_ref() {
-            [ACK, n @ ..] => self.acked = self.acked.max(number(n)),
+            [ACK, n @ ..] => self.acked = acked_now(self.acked, number(n), self.sent),
             [CANCEL, ..] => return Ok(false),
             [START, ..] => transfer.start(),
             [PUSH, end, rest @ ..] => {
                 let seq = number(rest);
                 let fits = (10..=10 + FILE_CHUNK).contains(&msg.payload.len()) && self.queue.len() < WINDOW as usize;
-                if seq != self.next_in + 1 || !fits || !self.ready {
+                if Some(seq) != self.next_in.checked_add(1) || !fits || !self.ready {
                     tracing::warn!("a frame of a file pushed through another relay was lost or came past its credit");
                     return Err(());
                 }

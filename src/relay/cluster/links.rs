@@ -4,7 +4,9 @@
 //! link it does not keep asks there: the keeper takes the link and relays
 //! its transfer (a download's held pull, or an upload's push, opened by the
 //! keeper for the caller who asked for the link) as any transfer through the
-//! cluster goes ([`super::files`]). No responders means no relay keeps it.
+//! cluster goes ([`super::files`]). No responders means no relay keeps it; no
+//! answer in time (or NATS down) is a 503 the user may retry. The keeper stops
+//! answering once the link is used, here or elsewhere, or expires.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use async_nats::Subscriber;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+use tokio_util::sync::CancellationToken;
 
 use super::{ASK_TIMEOUT, Cluster, json, nats_down};
 use crate::protocol::files::FileOpened;
@@ -21,6 +24,11 @@ use crate::relay::error::{ApiError, Reason};
 use crate::relay::files::{self, PushSpec};
 use crate::relay::links::Offer;
 use crate::relay::transfer::Transfer;
+
+/// How long a relay waits for the keeper of a link: longer than the keeper
+/// may spend opening its transfer ([`ASK_TIMEOUT`]) after taking the link, so
+/// a slow open is not reported as a link used up when it is spent.
+const LINK_ASK_TIMEOUT: Duration = Duration::from_secs(2 * ASK_TIMEOUT.as_secs());
 
 /// A link's subject: a hash of its token's hash.
 fn subject(token_hash: &[u8; 32]) -> String {
@@ -87,35 +95,47 @@ pub enum LinkUse {
     Gone(Option<bool>),
     /// The keeper refused the upload's push.
     Refused(ApiError),
+    /// The keeper did not answer in time, or NATS is down: the link may still work, later.
+    Unavailable,
 }
 
 impl Cluster {
-    /// Answers for the link `token_hash` of `state`'s links until it expires in `ttl`.
+    /// Answers for the link `token_hash` of `state`'s links until it is used or expires in `ttl`.
     pub async fn keep_link(self: &Arc<Self>, state: &AppState, token_hash: [u8; 32], ttl: Duration) {
+        let Some(gone) = state.file_links.gone(&token_hash) else { return };
         let asks = match self.client.subscribe(subject(&token_hash)).await {
             Ok(asks) => asks,
             Err(e) => return tracing::warn!("the link works on this relay only: subscribing on NATS: {e}"),
         };
         let _ = self.client.flush().await;
-        tokio::spawn(Arc::clone(self).lend(state.clone(), token_hash, asks, ttl));
+        tokio::spawn(Arc::clone(self).lend(state.clone(), token_hash, asks, (ttl, gone)));
     }
 
-    /// Serves the asks for one link until it is taken or expires.
-    async fn lend(self: Arc<Self>, state: AppState, token_hash: [u8; 32], mut asks: Subscriber, ttl: Duration) {
+    /// Serves the asks for one link until it is taken (here or through
+    /// another relay) or expires, ignoring asks that make no sense.
+    async fn lend(
+        self: Arc<Self>,
+        state: AppState,
+        token_hash: [u8; 32],
+        mut asks: Subscriber,
+        (ttl, gone): (Duration, CancellationToken),
+    ) {
         let expired = tokio::time::sleep(ttl);
         tokio::pin!(expired);
-        let msg = tokio::select! {
-            () = &mut expired => return,
-            () = state.shutdown.cancelled() => return,
-            msg = asks.next() => msg,
+        let (reply, ask) = loop {
+            let msg = tokio::select! {
+                () = &mut expired => return,
+                () = gone.cancelled() => return,
+                () = state.shutdown.cancelled() => return,
+                msg = asks.next() => msg,
+            };
+            let Some(msg) = msg else { return };
+            match (msg.reply, serde_json::from_slice::<LinkAsk>(&msg.payload)) {
+                (Some(reply), Ok(ask)) => break (reply.to_string(), ask),
+                _ => tracing::warn!("an ask for a file link on NATS made no sense; ignored"),
+            }
         };
         drop(asks);
-        let Some((reply, ask)) =
-            msg.and_then(|m| Some((m.reply?, serde_json::from_slice::<LinkAsk>(&m.payload).ok()?)))
-        else {
-            return;
-        };
-        let reply = reply.to_string();
         let offer = state.file_links.take_hashed(&token_hash);
         let inbox = self.client.new_inbox();
         let Ok(inbound) = self.client.subscribe(inbox.clone()).await else { return };
@@ -131,12 +151,18 @@ impl Cluster {
     pub async fn use_link(&self, token_hash: &[u8; 32], push: Option<(u64, Option<String>)>) -> LinkUse {
         let frames_subject = self.client.new_inbox();
         let Ok(frames) = self.client.subscribe(frames_subject.clone()).await.map_err(|e| nats_down(&e)) else {
-            return LinkUse::Gone(None);
+            return LinkUse::Unavailable;
         };
         let ask = json(&LinkAsk { push, frames: frames_subject });
-        let request = async_nats::Request::new().payload(ask.into()).timeout(Some(ASK_TIMEOUT));
-        let Ok(reply) = self.client.send_request(subject(token_hash), request).await else {
-            return LinkUse::Gone(None);
+        // The keeper may spend up to ASK_TIMEOUT opening the transfer once it took the link.
+        let request = async_nats::Request::new().payload(ask.into()).timeout(Some(LINK_ASK_TIMEOUT));
+        let reply = match self.client.send_request(subject(token_hash), request).await {
+            Ok(reply) => reply,
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => return LinkUse::Gone(None),
+            Err(e) => {
+                tracing::warn!("asking the relay that keeps a file link: {e}");
+                return LinkUse::Unavailable;
+            }
         };
         match serde_json::from_slice::<LinkAnswer>(&reply.payload) {
             Ok(LinkAnswer::Download { opened, acks }) => {
@@ -148,7 +174,7 @@ impl Cluster {
             }
             Ok(LinkAnswer::Refused(r)) => LinkUse::Refused(r.into()),
             Ok(LinkAnswer::Gone { upload }) => LinkUse::Gone(upload),
-            Err(_) => LinkUse::Gone(None),
+            Err(_) => LinkUse::Unavailable,
         }
     }
 }
