@@ -13,7 +13,7 @@ pub fn matches(command: clap::Command) -> clap::ArgMatches {
     })
 }
 
-/// `T` from this process's arguments, as [`matches`] reads them.
+/// `T` from this process's arguments, as [`matches()`] reads them.
 pub fn parse<T: clap::Parser>() -> T {
     T::from_arg_matches(&matches(T::command())).unwrap_or_else(|e| e.exit())
 }
