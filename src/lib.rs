@@ -14,6 +14,7 @@
 //! - [`duration`]: human durations (90s, 1h) for flags
 //! - [`logging`]: stderr logging that never carries command payloads
 //! - [`shutdown`]: SIGINT/SIGTERM as a cancellation token for the binaries
+//! - [`suggest`]: argument parsing that suggests the subcommand a typo meant
 //!
 //! `relay` and `daemon` never import each other; `tui` imports only
 //! `protocol` and the small shared modules.
@@ -32,6 +33,7 @@ pub mod logging;
 pub mod protocol;
 pub mod relay;
 pub mod shutdown;
+pub mod suggest;
 pub mod tui;
 
 /// What `--version` shows: the crate version and the git revision it was built

@@ -172,7 +172,10 @@ async fn an_account_lists_and_renames_its_machines() {
     let listed = call(&site, Some(&key), "list_machines", json!({})).await;
     assert_eq!(listed["structuredContent"]["machines"][0]["alias"], host.as_str(), "{listed}");
 
-    assert_eq!(rename(&site, &key, &host, "web-prod").await.0, 200);
+    let (status, renamed) = rename(&site, &key, &host, "web-prod").await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!((renamed["ok"].as_bool(), renamed["alias"].as_str()), (Some(true), Some("web-prod")), "{renamed}");
+    assert_eq!(renamed["online"].as_bool(), Some(true), "{renamed}");
     assert_eq!(rename(&site, &key, &host, "x").await.0, 404);
     assert_eq!(rename(&site, &key, "web-prod", "has space").await.0, 400);
     assert_eq!(rename(&site, &key, "web-prod", &code(&site)).await.0, 400, "an alias may not look like a code");

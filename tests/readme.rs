@@ -149,3 +149,31 @@ fn each_binary_says_what_it_is() {
     assert!(console.starts_with("Watch and steer the aic daemon on this machine"), "{console}");
     assert!(relay != daemon && relay != console, "{relay}");
 }
+
+#[test]
+fn a_mistyped_subcommand_is_refused_with_the_one_it_meant() {
+    let cases = [
+        (env!("CARGO_BIN_EXE_aic-daemon"), "rn", "'run'"),
+        (env!("CARGO_BIN_EXE_aic-relay"), "ky", "'key'"),
+        (env!("CARGO_BIN_EXE_aic-console"), "stauts", "'status'"),
+    ];
+    for (bin, typed, meant) in cases {
+        let out = run(bin, &[typed]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin} {typed}: {stderr}");
+        assert!(stderr.contains(&format!("a similar subcommand exists: {meant}")), "{bin} {typed}: {stderr}");
+        let far = run(bin, &["zzzzzz"]);
+        assert_eq!(far.status.code(), Some(2));
+        assert!(!String::from_utf8_lossy(&far.stderr).contains("similar"), "{bin}: nothing is near zzzzzz");
+    }
+}
+
+#[test]
+fn generate_is_listed_for_packagers() {
+    for bin in [env!("CARGO_BIN_EXE_aic-relay"), env!("CARGO_BIN_EXE_aic-daemon"), env!("CARGO_BIN_EXE_aic-console")] {
+        let help = String::from_utf8(run(bin, &["--help"]).stdout).unwrap();
+        let line =
+            help.lines().find(|l| l.trim_start().starts_with("generate ")).unwrap_or_else(|| panic!("{bin}: {help}"));
+        assert!(line.contains("shell completions or the man page"), "{line}");
+    }
+}

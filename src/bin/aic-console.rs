@@ -82,8 +82,8 @@ enum Sub {
         #[command(subcommand)]
         action: Option<JobAction>,
     },
-    /// Shell completions or the man page, for packagers.
-    #[command(subcommand, hide = true)]
+    /// Write shell completions or the man page into a directory (for packagers and installers).
+    #[command(subcommand)]
     Generate(aic::generate::Generate),
 }
 
@@ -173,7 +173,7 @@ fn console_settings(socket: PathBuf, theme: Option<&str>, config: Option<PathBuf
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = aic::suggest::parse();
     if let Some(Sub::Generate(what)) = &args.command {
         return match aic::generate::run(what, Args::command()) {
             Ok(()) => ExitCode::SUCCESS,

@@ -30,8 +30,8 @@ enum Command {
     /// Check the config, the state file, the relay, the control socket and the clock, each printed as ok or
     /// problem with what to do; exits non-zero when any check fails. Takes the same settings as `run`.
     Doctor(RunArgs),
-    /// Shell completions or the man page, for packagers.
-    #[command(subcommand, hide = true)]
+    /// Write shell completions or the man page into a directory (for packagers and installers).
+    #[command(subcommand)]
     Generate(aic::generate::Generate),
 }
 
@@ -236,7 +236,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args = match Cli::parse().command {
+    let args = match aic::suggest::parse::<Cli>().command {
         Command::Run(args) => args,
         Command::Doctor(args) => return doctor(args).await,
         Command::Generate(what) => return aic::generate::run(&what, Cli::command()),

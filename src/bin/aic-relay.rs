@@ -166,8 +166,8 @@ enum Command {
     /// Check the config, the data dir, the secret, the database, the listen address and the clock, each
     /// printed as ok or problem with what to do; exits non-zero when any check fails.
     Doctor,
-    /// Shell completions or the man page, for packagers.
-    #[command(subcommand, hide = true)]
+    /// Write shell completions or the man page into a directory (for packagers and installers).
+    #[command(subcommand)]
     Generate(aic::generate::Generate),
 }
 
@@ -399,7 +399,7 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 /// Flags and `AIC_RELAY_*` variables, with the config file filling in what they leave at the default;
 /// a problem with the file comes back beside them (for `doctor` to report).
 fn parse_args() -> (Args, Result<PathBuf, ConfigError>) {
-    let matches = Args::command().get_matches();
+    let matches = aic::suggest::matches(Args::command());
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(Command::Generate(_)) = args.command {
         return (args, Ok(PathBuf::new()));

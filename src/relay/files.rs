@@ -29,7 +29,7 @@ use crate::protocol::files::{
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(pull, push, super::machines::get_machines, super::machines::patch_machine),
-    components(schemas(PushResult, super::machines::Machine, super::machines::MachineList, super::machines::RenameParams)),
+    components(schemas(PushResult, super::machines::Machine, super::machines::MachineList, super::machines::Renamed, super::machines::RenameParams)),
     tags(
         (name = "files", description = "Pull and push files"),
         (name = "machines", description = "An account's machines"),

@@ -232,6 +232,16 @@ pub async fn get_machines(
     Ok(Json(list_for(&state, &caller).await?).into_response())
 }
 
+/// The answer of `PATCH /api/v1/machines/{alias}`: `ok` like every other answer, then the machine's fields.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Renamed {
+    /// Always true; lets a client check every answer of the API the same way.
+    pub ok: bool,
+    /// The machine as it is now, its fields at the top level beside `ok`.
+    #[serde(flatten)]
+    pub machine: Machine,
+}
+
 /// The body of `PATCH /api/v1/machines/{alias}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"alias": "web-prod"}))]
@@ -249,7 +259,7 @@ pub struct RenameParams {
     params(("alias" = String, Path, description = "The machine's current alias")),
     request_body(content = RenameParams, content_type = "application/json"),
     responses(
-        (status = 200, description = "Renamed; the machine as it is now", body = Machine),
+        (status = 200, description = "Renamed; the machine as it is now", body = Renamed),
         (status = 400, description = "`bad_request`: not a valid alias", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no API key (an account is needed), or one that is not valid", body = ErrorBody),
         (status = 404, description = "`not_found`: no machine of the account has this alias", body = ErrorBody),
@@ -276,7 +286,14 @@ pub async fn patch_machine(
     })?;
     let machines = list(&state.store, &state.hub, state.cluster.as_deref(), account.id).await.map_err(internal)?;
     let renamed = machines.into_iter().find(|m| m.alias.eq_ignore_ascii_case(params.alias.trim()));
-    Ok(Json(renamed).into_response())
+    let machine = renamed.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            Reason::NotFound,
+            "the machine was renamed, then unlinked; list the machines again",
+        )
+    })?;
+    Ok(Json(Renamed { ok: true, machine }).into_response())
 }
 
 #[cfg(test)]
