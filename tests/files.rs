@@ -93,7 +93,8 @@ async fn round_trip(site: &Site, name: &str, bytes: Vec<u8>) {
 
 /// A local user's links in a directory anyone can write redirect nothing:
 /// the daemon (root, usually) neither writes nor reads through them, and a
-/// path with `..` is refused, so what the operator approves is what is used.
+/// path with `..` is refused, so what the operator approves is what is used;
+/// a replaced setuid file lends only its permission bits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_a_local_user_planted_redirect_nothing() {
     use std::os::unix::fs::PermissionsExt;
@@ -114,6 +115,13 @@ async fn links_a_local_user_planted_redirect_nothing() {
     let (status, _, body) = send(client().get(site.url(&open.join("log")))).await;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(json(&body)["error"].as_str().unwrap().contains("aic does not follow it"), "{}", json(&body));
+
+    // A file a local user made setuid lends the file replacing it only its permissions.
+    let tool = site.path("tool");
+    std::fs::write(&tool, b"theirs").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4777)).unwrap();
+    assert_eq!(send(site.push(&tool, "&overwrite=true", b"ours".to_vec())).await.0, 201);
+    assert_eq!(std::fs::metadata(&tool).unwrap().permissions().mode() & 0o7777, 0o777);
 
     let (status, _, body) = send(site.push(&site.path("real/../x"), "", b"x".to_vec())).await;
     assert_eq!(status, 400, "{}", json(&body));

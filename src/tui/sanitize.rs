@@ -47,9 +47,24 @@ fn push_visible(out: &mut String, c: char) {
     }
 }
 
-/// Characters that reorder or break text on a terminal without being C0/C1 controls.
+/// Characters that reorder or break text on a terminal without being C0/C1
+/// controls, or take no room at all (zero-width spaces and joiners, the soft
+/// hyphen, the byte-order mark): `/etc/pass\u{200b}wd` must not read as
+/// `/etc/passwd` in what the operator approves.
 fn is_deceptive(n: u32) -> bool {
-    matches!(n, 0x061c | 0x200e | 0x200f | 0x2028 | 0x2029 | 0x202a..=0x202e | 0x2066..=0x2069)
+    matches!(
+        n,
+        0x00ad
+            | 0x061c
+            | 0x180e
+            | 0x200b..=0x200f
+            | 0x2028
+            | 0x2029
+            | 0x202a..=0x202e
+            | 0x2060..=0x2064
+            | 0x2066..=0x2069
+            | 0xfeff
+    )
 }
 
 /// JSON text made safe for a terminal: serde_json escapes only U+0000–U+001F,
@@ -81,6 +96,7 @@ mod tests {
         assert_eq!(line("a\nb\tc\r"), "a↵b c^M");
         assert_eq!(line("x\u{9b}31m\u{7f}"), "x\\u{9b}31m^?");
         assert_eq!(line("safe \u{202e}txt.sh"), "safe \\u{202e}txt.sh");
+        assert_eq!(line("/etc/pass\u{200b}wd\u{feff}"), "/etc/pass\\u{200b}wd\\u{feff}");
         assert_eq!(block("one\r\ntwo\x1b[1m"), "one\ntwo^[[1m");
     }
 
