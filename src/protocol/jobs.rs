@@ -99,7 +99,8 @@ pub struct JobInfo {
     #[schema(value_type = Option<String>)]
     #[schemars(with = "Option<String>")]
     pub refusal: Option<super::agent::Refusal>,
-    /// Why it was refused or lost, in words.
+    /// Why it was refused or lost, in words; for a job that ran, that part
+    /// of its output was lost (a full disk) and from which byte.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

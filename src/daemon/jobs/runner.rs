@@ -262,7 +262,7 @@ impl Started {
         // Output still in the pipes is read; a process that escaped the group
         // and holds them open is not waited for long.
         while done_rx.recv_timeout(KILL_GRACE).is_ok() {}
-        let truncated = spool.lock().map(|s| s.truncated).unwrap_or(false);
+        let (truncated, lost) = spool.lock().map(|s| (s.truncated, s.lost.clone())).unwrap_or_default();
         End {
             ended_ms: now_ms(),
             started_ms: Some(started_ms),
@@ -271,7 +271,7 @@ impl Started {
             truncated,
             cancelled: dir.join(record::CANCEL).exists(),
             refusal: None,
-            message: None,
+            message: lost,
         }
     }
 }
@@ -291,7 +291,7 @@ fn pump(mut reader: Box<dyn Read + Send>, stream: Stream, spool: &Mutex<Writer>,
                 drop(spool);
                 stop_group(group);
             }
-            // A full disk: the job runs on, its output is lost from here.
+            // A full disk: the job runs on; its output is lost from here, which its end says.
             Err(_) => {}
         }
     }

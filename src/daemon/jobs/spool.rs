@@ -32,6 +32,8 @@ pub struct Writer {
     err_len: u64,
     /// An exec's output passed the cap.
     pub truncated: bool,
+    /// The first write that failed (a full disk), in words: output from there on is lost.
+    pub lost: Option<String>,
 }
 
 impl Writer {
@@ -39,14 +41,34 @@ impl Writer {
     pub fn create(dir: &Path, cap: u64, cut: bool) -> std::io::Result<Self> {
         let out = private_append(&dir.join("out.0"))?;
         let err = if cut { Some(private_append(&dir.join(ERR))?) } else { None };
-        Ok(Self { dir: dir.to_owned(), cap: cap.max(2), cut, out, base: 0, len: 0, err, err_len: 0, truncated: false })
+        Ok(Self {
+            dir: dir.to_owned(),
+            cap: cap.max(2),
+            cut,
+            out,
+            base: 0,
+            len: 0,
+            err,
+            err_len: 0,
+            truncated: false,
+            lost: None,
+        })
     }
 
-    /// Appends a chunk. False once an exec's cap is reached: the command must be stopped.
+    /// Appends a chunk. False once an exec's cap is reached: the command must
+    /// be stopped. The first failure is kept in [`Writer::lost`].
     pub fn write(&mut self, stream: Stream, data: &[u8]) -> std::io::Result<bool> {
-        if self.cut {
-            return self.write_cut(stream, data);
+        let at = self.base + self.len + self.err_len;
+        let written = if self.cut { self.write_cut(stream, data) } else { self.write_rotating(data) };
+        if let Err(e) = &written
+            && self.lost.is_none()
+        {
+            self.lost = Some(format!("output from byte {at} on was lost, the job running on: {e}"));
         }
+        written
+    }
+
+    fn write_rotating(&mut self, data: &[u8]) -> std::io::Result<bool> {
         let segment = self.cap / 2;
         let mut rest = data;
         while !rest.is_empty() {
@@ -187,6 +209,18 @@ mod tests {
         assert_eq!(read(dir.path(), 0, 100), (10, b"abcdefghij".to_vec()));
         assert_eq!(read(dir.path(), 12, 3), (12, b"cde".to_vec()));
         assert_eq!(read(dir.path(), 20, 3), (20, Vec::new()));
+    }
+
+    #[test]
+    fn a_full_disk_is_kept_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), 100, false).unwrap();
+        assert!(w.write(Stream::Stdout, b"abc").unwrap());
+        w.out = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        assert!(w.write(Stream::Stdout, b"def").is_err());
+        assert!(w.write(Stream::Stdout, b"ghi").is_err());
+        let lost = w.lost.unwrap();
+        assert!(lost.starts_with("output from byte 3 on was lost") && lost.contains("space"), "{lost}");
     }
 
     #[test]
