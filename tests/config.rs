@@ -165,6 +165,16 @@ fn daemon_refuses_a_config_file_others_can_change() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("can be written by other users (mode 0666)") && err.contains("chmod go-w"), "{err}");
+
+    // So is a CA file: it decides which relay the daemon trusts.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ca = write(dir.path(), "ca.pem", "");
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let state = dir.path().join("state");
+    let out = daemon(&["run", "--config", &file, "--ca-cert", &ca, "--state-dir", state.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("CA file") && err.contains("(mode 0666)"), "{err}");
 }
 
 /// The example in packaging/config, and the same with every commented-out `# key = value` line switched on.

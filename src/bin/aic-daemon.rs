@@ -133,17 +133,18 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<ConfigFile> {
         None => ConfigFile::read(&default_dir("/etc/aic-daemon", |d| d.config_dir())?.join("config.toml"), true)?,
     };
     file.check_keys(FILE_KEYS)?;
-    refuse_if_others_can_change(file.path())?;
+    refuse_if_others_can_change("config file", file.path())?;
     Ok(file)
 }
 
-/// The daemon (often root) obeys its config file: its relay, its mode. One
-/// another user could change would let them point it at their relay in
-/// `auto` mode, so it is refused, the way sshd refuses such files.
-fn refuse_if_others_can_change(path: &Path) -> anyhow::Result<()> {
+/// The daemon (often root) obeys its config file (its relay, its mode) and
+/// its CA file (which relay it trusts). One another user could change would
+/// let them point it at their relay in `auto` mode, so it is refused, the
+/// way sshd refuses such files.
+fn refuse_if_others_can_change(what: &str, path: &Path) -> anyhow::Result<()> {
     match daemon::pathwalk::changeable_by_others(path) {
         Ok(Some(why)) => anyhow::bail!(
-            "config file {}: {why}; this daemon would obey whoever changes it. Make it root's (or yours) and not writable by others: chown root {0}; chmod go-w {0} and its directory",
+            "{what} {}: {why}; this daemon would obey whoever changes it. Make it root's (or yours) and not writable by others: chown root {0}; chmod go-w {0} and its directory",
             path.display()
         ),
         Ok(None) | Err(_) => Ok(()),
@@ -167,6 +168,9 @@ fn config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     config.allow_insecure_relay = args.insecure_relay || insecure.unwrap_or(false);
     let ca_cert = file.string("ca_cert", "a PEM file such as \"/etc/aic-daemon/relay-ca.pem\"")?.map(PathBuf::from);
     config.ca_cert = args.ca_cert.or(ca_cert);
+    if let Some(ca) = &config.ca_cert {
+        refuse_if_others_can_change("CA file", ca)?;
+    }
     let mode = file.parsed("mode", "one of \"supervised\", \"auto\", \"disabled\"", str::parse::<Mode>)?;
     config.mode = args.mode.or(mode);
     let count = "a whole number of commands, at least 1";
