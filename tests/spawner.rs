@@ -172,12 +172,14 @@ async fn a_command_whose_start_the_spawner_lost_is_killed_and_the_caller_told() 
     let envs = [(aic::daemon::spawner::TEST_LOSE_ENV, "1")];
     let daemon = DaemonProcess::start(&relay.ws(), &dir.path().join("daemon"), &envs).await;
     spawner_of(&daemon).await;
-    let command = "exec sleep 86391";
+    // A duration of this run's own, so a sleep leaked by an earlier failed run is not taken for it.
+    let sleep = format!("sleep {}", 90_000 + std::process::id());
+    let command = format!("exec {sleep}");
     let (status, body) = exec(&relay.http(), json!({"code": daemon.code.to_string(), "command": command})).await;
     assert_ne!(status, 200, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("spawner ended")), "{body}");
     // It had started (its exec came first); the daemon killed it, pid unknown to the relay and caller.
-    eventually("the lost command is killed", || !a_process_runs("sleep 86391")).await;
+    eventually("the lost command is killed", || !a_process_runs(&format!("{sleep} "))).await;
     // Later commands are forked by the daemon itself.
     let body = run(&relay.http(), daemon.code, "echo after").await;
     assert_eq!(body["stdout"], "after\n", "{body}");
