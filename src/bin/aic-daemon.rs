@@ -144,9 +144,10 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<ConfigFile> {
 fn refuse_if_others_can_change(what: &str, path: &Path) -> anyhow::Result<()> {
     match daemon::pathwalk::changeable_by_others(path) {
         Ok(Some(why)) => anyhow::bail!(
-            "{what} {}: {why}; this daemon would obey whoever changes it. Make it root's (or yours) and not writable by others: chown root {0}; chmod go-w {0} and its directory",
+            "the {what}: {why}; this daemon would obey whoever changes it. Make it root's (or yours) and not writable by others: chown root {0}; chmod go-w {0} and its directory",
             path.display()
         ),
+        // A file that cannot be looked at is reported where it is read.
         Ok(None) | Err(_) => Ok(()),
     }
 }

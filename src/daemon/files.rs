@@ -382,7 +382,7 @@ fn push_target(path: &str, overwrite: bool) -> Result<Resolved, Failure> {
 
 /// Checks the final name of a push: it is not a directory or a symbolic link
 /// (a link is refused, never written through or replaced); an existing file
-/// only with `overwrite`. The existing file's mode, if any.
+/// only with `overwrite`. The permission bits of the existing file, if any (never setuid or setgid).
 fn check_push_target(at: &Resolved, shown: &str, overwrite: bool) -> Result<Option<u32>, Failure> {
     match rustix::fs::statat(&at.dir, at.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
         Err(rustix::io::Errno::NOENT) => Ok(None),
@@ -401,7 +401,7 @@ fn check_push_target(at: &Resolved, shown: &str, overwrite: bool) -> Result<Opti
             _ if !overwrite => {
                 Err((FileFailure::Exists, format!("{shown} already exists; send overwrite=true to replace it")))
             }
-            _ => Ok(Some(st.st_mode & 0o7777)),
+            _ => Ok(Some(st.st_mode & 0o777)),
         },
     }
 }
